@@ -1,0 +1,111 @@
+"""Glue between Invoke tasks and the library: error printing, exit codes, summaries."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, Iterable
+
+from invoke.exceptions import Exit
+from rich.table import Table
+
+from . import host, ui
+from .errors import ProvisionError
+from .pipeline import STEPS, StepResult, run_steps
+from .plan import Plan, build_plan
+
+
+def handles_errors(func: Callable) -> Callable:
+    """Turn ProvisionError into `error:`/`hint:` lines and exit 1 (failed) or 2 (bad input)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ProvisionError as exc:
+            ui.error(exc.message, exc.hint, exc.log_tail)
+            raise Exit(code=exc.exit_code)
+        except KeyboardInterrupt:
+            ui.error("interrupted", "rerun the same command: finished steps are skipped, the interrupted one resumes")
+            raise Exit(code=130)
+
+    return wrapper
+
+
+def cli_settings(**flags: Any) -> dict:
+    """Map task flags onto config keys (None = not given)."""
+    out: dict = {}
+    for key in ("release", "profile", "offline"):
+        if flags.get(key) is not None and flags.get(key) is not False:
+            out[key] = flags[key]
+    if flags.get("arch"):
+        out.setdefault("build", {})["arch_list"] = flags["arch"]
+    if flags.get("max_jobs"):
+        out.setdefault("build", {})["max_jobs"] = int(flags["max_jobs"])
+    if flags.get("backend"):
+        out.setdefault("env", {})["backend"] = flags["backend"]
+    if flags.get("python"):
+        out.setdefault("env", {})["python"] = str(flags["python"])
+    if flags.get("model"):
+        out.setdefault("smoke", {})["model"] = flags["model"]
+    if flags.get("parity"):
+        out.setdefault("smoke", {})["parity"] = True
+    return out
+
+
+def make_plan(**flags: Any) -> Plan:
+    return build_plan(cli_settings(**flags))
+
+
+def print_plan(plan: Plan, as_json: bool) -> None:
+    data = plan.to_dict()
+    if as_json:
+        ui.out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"plan: vLLM {plan.release.version} / profile {plan.profile}", show_lines=False)
+    table.add_column("section")
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    def add(section: str, items: Iterable[tuple[str, Any]]) -> None:
+        for i, (k, v) in enumerate(items):
+            table.add_row(section if i == 0 else "", k, v if isinstance(v, str) else json.dumps(v))
+    add("release", data["release"].items())
+    add("workspace", data["workspace"].items())
+    add("sources", [(f"{i + 1}. {s['kind']}", s["url"]) for i, s in enumerate(data["sources"])])
+    add("env", [(k, v) for k, v in data["env"].items() if v not in (None, "", [], ())])
+    add("patches", [(p["file"], p["when"] or "always") for p in data["patches"]] or [("(none)", "")])
+    add("build", data["build"].items())
+    add("smoke", data["smoke"].items())
+    ui.out.print(table)
+
+
+def print_summary(results: list[StepResult]) -> None:
+    table = Table(title="summary")
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("detail", overflow="fold")
+    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red",
+              "not implemented": "red", "not run": "dim"}
+    for r in results:
+        table.add_row(r.step, f"[{colors.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.1f} s", r.detail)
+    ui.console.print(table)
+
+
+def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), **flags: Any) -> list[StepResult]:
+    plan = make_plan(**flags)
+    unknown = set(force) - set(STEPS)
+    if unknown:
+        from .errors import ConfigError
+        raise ConfigError(f"--force names unknown step(s) {', '.join(sorted(unknown))}",
+                          hint=f"steps: {', '.join(STEPS)}")
+    facts = host.probe(str(plan.workspace.root.parent))
+    results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
+    print_summary(results)
+    bad = [r for r in results if r.status in ("failed", "not implemented")]
+    if bad:
+        first = bad[0]
+        ui.error(f"step {first.step} {first.status}: {first.detail}", first.hint, first.facts.get("log_tail"))
+        raise Exit(code=first.exit_code or 1)
+    return results

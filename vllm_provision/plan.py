@@ -1,0 +1,244 @@
+"""The Plan: everything a run will do, fully resolved and immutable, before anything is done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from packaging.version import Version
+
+from . import PROJECT_ROOT, catalog, config, host, patches
+from .catalog import Release
+from .errors import ConfigError
+from .redact import redact_text, redact_url
+from .workspace import Workspace
+
+GIB = 1 << 30
+# Peak RSS of one nvcc job on vLLM 0.2.2's largest unit (attention_kernels.cu), with headroom.
+BUILD_JOB_PEAK_BYTES = int(3.5 * GIB)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    kind: str            # mirror | pypi-sdist | github-archive
+    url: str             # for pypi-sdist: the index project page; the file link is read from it
+    file: str
+    sha256: str = ""
+    tree_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    backend: str                   # effective: conda | venv | existing
+    requested_backend: str
+    note: str                      # why the effective backend/python differ from the request, if they do
+    python: str                    # requested version ("3.10.12") or "host"
+    python_path: str | None        # interpreter to build the env from (venv/existing)
+    installer: str
+    cuda: str | None
+    lock: str | None               # path of the lock file, relative to the project root
+    index_url: str
+    extra_index_urls: tuple[str, ...]
+    trusted_hosts: tuple[str, ...]
+    timeout: int
+    retries: int
+    cert: str | None
+    channels: tuple[str, ...]
+    override_channels: bool
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    arch_list: tuple[str, ...]
+    arch_source: str               # config | gpus | release default
+    torch_cuda_arch_list: str      # rendered in the form the release parses
+    max_jobs: int
+    max_jobs_reason: str
+    parallel_extensions: bool
+    ccache: bool
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    file: str
+    why: str
+    when: Mapping[str, str]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    release: Release
+    profile: str
+    offline: bool
+    workspace: Workspace
+    sources: tuple[SourcePlan, ...]
+    env: EnvPlan
+    patches: tuple[PatchPlan, ...]
+    build: BuildPlan
+    smoke: Mapping[str, Any]
+    settings: Mapping[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict:
+        data = {
+            "release": {"version": self.release.version, "released": str(self.release.released),
+                        "build_system": self.release.build_system, "cuda_archs": list(self.release.cuda_archs),
+                        "main_cuda": self.release.main_cuda},
+            "profile": self.profile,
+            "offline": self.offline,
+            "workspace": {"root": str(self.workspace.root), "cache": str(self.workspace.cache)},
+            "sources": [asdict(s) for s in self.sources],
+            "env": asdict(self.env),
+            "patches": [asdict(p) | {"when": dict(p.when)} for p in self.patches],
+            "build": asdict(self.build),
+            "smoke": dict(self.smoke),
+        }
+        return json.loads(redact_text(json.dumps(data)))
+
+    def section_hash(self, name: str) -> str:
+        """Stable hash of one plan section, an input of that step's stamp."""
+        section = self.to_dict()[name] if name in self.to_dict() else None
+        return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()
+
+
+def _arch_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = str(value).replace(",", ";").replace(" ", ";").split(";")
+    return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+
+
+def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFacts) -> BuildPlan:
+    build = settings["build"]
+    requested = _arch_list(build.get("arch_list"))
+    if requested:
+        archs, source = requested, "config"
+    elif facts.compute_caps:
+        archs, source = facts.compute_caps, "gpus"
+    else:
+        archs, source = release.cuda_archs, "release default (no GPU visible)"
+    supported = set(release.cuda_archs)
+    bad = [a for a in archs if a.removesuffix("+PTX") not in supported]
+    if bad:
+        raise ConfigError(f"arch {', '.join(bad)} is not supported by vLLM {release.version} "
+                          f"(it builds for {', '.join(release.cuda_archs)})",
+                          hint="set build.arch_list / --arch to supported compute capabilities, e.g. --arch 9.0")
+    if build.get("max_jobs"):
+        max_jobs, reason = int(build["max_jobs"]), "config"
+    else:
+        by_ram = max(1, facts.mem_available_bytes // BUILD_JOB_PEAK_BYTES) if facts.mem_available_bytes else 1
+        max_jobs = max(1, min(facts.cpu_count, by_ram))
+        reason = (f"min({facts.cpu_count} cores, {facts.mem_available_bytes / GIB:.1f} GiB free / "
+                  f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB a job)")
+    return BuildPlan(arch_list=tuple(archs), arch_source=source,
+                     torch_cuda_arch_list=release.arch_list_separator.join(archs),
+                     max_jobs=max_jobs, max_jobs_reason=reason,
+                     parallel_extensions=bool(build.get("parallel_extensions", True)),
+                     ccache=bool(build.get("ccache", True)))
+
+
+def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:
+    return root / "envs" / "locks" / release / f"{profile}-py{python_minor}.txt"
+
+
+def _minor(version: str) -> str:
+    v = Version(version)
+    return f"{v.major}.{v.minor}"
+
+
+def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: Path = PROJECT_ROOT,
+             interpreters: Mapping[str, str] | None = None) -> EnvPlan:
+    """`interpreters` (minor -> path) replaces interpreter discovery, for tests."""
+    env, pypi, conda = settings["env"], settings["pypi"], settings["conda"]
+    requested = env["backend"]
+    if requested not in ("conda", "venv", "existing"):
+        raise ConfigError(f"unknown env backend {requested!r}", hint="use conda, venv or existing")
+    backend, note = requested, ""
+    python = str(env.get("python") or "")
+    python_path = env.get("python_path")
+    find = (lambda m: interpreters.get(m)) if interpreters is not None else host.find_interpreter
+    if requested == "conda" and not conda.get("channels"):
+        backend = "venv"
+        note = "no conda channel configured (conda.channels): using a venv from the PyPI index instead"
+    if backend == "venv" and not python_path:
+        wanted = _minor(python)
+        supported = [f"3.{n}" for n in range(8, 16) if release.python_tested.contains(f"3.{n}.0")]
+
+        # nearest supported minor first, and among equals one that has a committed lock
+        def preference(m: str) -> tuple:
+            return (abs(int(m.split(".")[1]) - int(wanted.split(".")[1])),
+                    not lock_path(release.version, profile, m, root).is_file())
+        for minor in sorted(supported, key=preference):
+            python_path = find(minor)
+            if python_path:
+                if minor != wanted:
+                    note = (note + "; " if note else "") + f"Python {wanted} not found, using the nearest supported {minor}"
+                    python = minor
+                break
+        else:
+            note = (note + "; " if note else "") + f"no Python {' / '.join(supported)} interpreter found"
+    if backend == "existing":
+        python = "host"
+    lock = None
+    if env.get("lock") and backend != "existing":
+        lock = str(lock_path(release.version, profile, _minor(python), root).relative_to(root))
+    return EnvPlan(
+        backend=backend, requested_backend=requested, note=note, python=python,
+        python_path=str(python_path) if python_path else None, installer=env.get("installer", "auto"),
+        cuda=str(env["cuda"]) if env.get("cuda") else None, lock=lock,
+        index_url=pypi["index_url"],
+        extra_index_urls=tuple(pypi.get("extra_index_urls") or ()),
+        trusted_hosts=tuple(pypi.get("trusted_hosts") or ()), timeout=int(pypi.get("timeout") or 60),
+        retries=int(pypi.get("retries") or 5), cert=pypi.get("cert"),
+        channels=tuple(conda.get("channels") or ()), override_channels=bool(conda.get("override_channels", True)),
+    )
+
+
+def plan_sources(release: Release, settings: Mapping[str, Any]) -> tuple[SourcePlan, ...]:
+    fetch, pypi = settings["fetch"], settings["pypi"]
+    sdist = release.sdist
+    out = []
+    for template in fetch.get("mirrors") or ():
+        try:
+            url = template.format(file=sdist.file, version=release.version)
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(f"mirror template {redact_url(template)!r} uses an unknown field {exc}",
+                              hint="templates may use {file} and {version}") from exc
+        out.append(SourcePlan("mirror", url, sdist.file, sdist.sha256))
+    if fetch.get("pypi_sdist", True):
+        out.append(SourcePlan("pypi-sdist", pypi["index_url"].rstrip("/") + "/vllm/", sdist.file, sdist.sha256))
+    if fetch.get("github", True):
+        for s in release.sources:
+            if s.kind == "github-archive":
+                out.append(SourcePlan("github-archive", s.url, s.file, s.sha256, s.tree_sha256))
+    if not out:
+        raise ConfigError("no source enabled for the release download",
+                          hint="enable fetch.pypi_sdist, fetch.github or add fetch.mirrors")
+    return tuple(out)
+
+
+def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+               root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None) -> Plan:
+    settings = config.resolve(cli, environ, root)
+    release = catalog.get_release(settings["release"])
+    profile = settings["profile"]
+    cache = Path(os.path.expanduser(str(settings["cache_dir"])))
+    ws_root = Path(os.path.expanduser(str(settings["workspace_root"])))
+    if not ws_root.is_absolute():
+        ws_root = root / ws_root
+    workspace = Workspace(root=ws_root / f"{release.version}-{profile}", cache=cache)
+    facts = facts if facts is not None else host.probe(str(ws_root))
+    series = patches.load_series(release.version, root)
+    return Plan(
+        release=release, profile=profile, offline=bool(settings.get("offline")), workspace=workspace,
+        sources=plan_sources(release, settings), env=plan_env(release, profile, settings, root),
+        patches=tuple(PatchPlan(p.file, p.why, dict(p.when), p.sha256) for p in series),
+        build=plan_build(release, settings, facts), smoke=dict(settings["smoke"]), settings=settings,
+    )

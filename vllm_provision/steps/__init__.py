@@ -1,0 +1,1 @@
+"""One module per pipeline step, each with `stamp_inputs(ctx)`, `run(ctx)` and optionally `intact(ctx)`."""

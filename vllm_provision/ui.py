@@ -1,0 +1,42 @@
+"""Console output: rich on a TTY, plain lines otherwise (CI logs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+from .redact import redact_text
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def interactive() -> bool:
+    return console.is_terminal and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
+
+
+def info(message: str) -> None:
+    console.print(redact_text(message), markup=False)
+
+
+def warn(message: str) -> None:
+    console.print(f"warning: {redact_text(message)}", style="yellow", markup=False)
+
+
+def error(message: str, hint: str | None = None, log_tail: str | None = None) -> None:
+    if log_tail:
+        console.print(redact_text(log_tail.rstrip()), markup=False, style="dim")
+    console.print(f"error: {redact_text(message)}", style="bold red", markup=False)
+    if hint:
+        console.print(f"hint: {redact_text(hint)}", style="cyan", markup=False)
+
+
+def step(name: str, message: str) -> None:
+    console.print(f"[{name}] {redact_text(message)}", markup=False)
+
+
+def flush() -> None:
+    sys.stderr.flush()
+    sys.stdout.flush()
