@@ -1,0 +1,137 @@
+"""Shared fixtures: a real HTTP server on 127.0.0.1 with fault injection, and isolated settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import sys
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+class Route:
+    """What the server does for one path. `faults` is consumed one per request, then `body` is served."""
+
+    def __init__(self, body: bytes = b"", status: int = 200, content_type: str = "application/octet-stream",
+                 faults: list | None = None, delay: float = 0.0):
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+        self.faults = list(faults or [])   # items: ("status", code) | ("drop", nbytes) | ("sleep", s)
+        self.delay = delay
+
+
+class FaultServer:
+    def __init__(self):
+        self.routes: dict[str, Route] = {}
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                server.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                                        "auth": self.headers.get("Authorization")})
+                route = server.routes.get(self.path.split("?")[0])
+                if route is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                fault = route.faults.pop(0) if route.faults else None
+                if fault and fault[0] == "status":
+                    self.send_response(fault[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if fault and fault[0] == "sleep":
+                    time.sleep(fault[1])
+                body, status = route.body, route.status
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes=") and status == 200:
+                    start = int(rng[6:].split("-")[0])
+                    status = 206
+                self.send_response(status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(body) - start))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                if fault and fault[0] == "drop":
+                    self.wfile.write(body[start:start + fault[1]])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if route.delay:
+                    time.sleep(route.delay)
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def add(self, path: str, route: Route) -> str:
+        self.routes[path] = route
+        return self.url + path
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+
+@pytest.fixture
+def http_server():
+    server = FaultServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def make_tarball(members: dict[str, bytes], top: str = "vllm-0.0.1", extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Settings that point the cache and workspaces into tmp_path, with no VLLMP_* leaking in."""
+    for name in list(__import__("os").environ):
+        if name.startswith("VLLMP_"):
+            monkeypatch.delenv(name)
+    env = {"VLLMP_CACHE_DIR": str(tmp_path / "cache"), "VLLMP_WORKSPACE_ROOT": str(tmp_path / "ws"),
+           "VLLMP_FETCH__BACKOFF": "0.01", "VLLMP_FETCH__TIMEOUT": "2", "VLLMP_FETCH__RETRIES": "3"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def with_sources(plan, sources):
+    return dataclasses.replace(plan, sources=tuple(sources))

@@ -1,0 +1,161 @@
+"""Config precedence, profile validation, the plan, and the pipeline's stamps/locks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from conftest import ROOT
+from vllm_provision import config, pipeline
+from vllm_provision.errors import ConfigError, StepFailed
+from vllm_provision.host import Gpu, HostFacts
+from vllm_provision.pipeline import StepOutcome
+from vllm_provision.plan import build_plan, plan_env
+from vllm_provision.catalog import get_release, known_versions
+from vllm_provision.workspace import RunLock
+
+H100 = HostFacts(gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159.04"),), cpu_count=16,
+                 mem_available_bytes=120 << 30)
+
+
+def test_precedence_yaml_profile_env_flag(isolated, monkeypatch):
+    assert config.resolve({}, {})["env"]["backend"] == "conda"             # seed profile over invoke.yaml's venv
+    assert config.resolve({}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "venv"
+    assert config.resolve({"env": {"backend": "existing"}}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "existing"
+    assert config.resolve({}, {"VLLMP_FETCH__TIMEOUT": "5"})["fetch"]["timeout"] == 5
+    assert config.resolve({}, {"VLLMP_PROFILE": "host-torch"})["env"]["backend"] == "existing"
+    assert config.resolve({}, {"VLLMP_ENV__PYTHON": "3.10"})["env"]["python"] == "3.10"   # not the float 3.1
+
+
+def test_unknown_setting_names_the_source(isolated):
+    with pytest.raises(ConfigError) as err:
+        config.resolve({}, {"VLLMP_FETCH__TIMEOUTT": "5"})
+    assert "fetch.'timeout'" not in err.value.message and "'timeoutt'" in err.value.message
+    assert "timeout" in err.value.hint
+
+
+def test_unknown_profile_lists_profiles(isolated):
+    with pytest.raises(ConfigError) as err:
+        config.resolve({"profile": "nope"}, {})
+    assert "host-torch" in err.value.message and "seed" in err.value.message
+
+
+def test_catalog_has_the_seeded_releases():
+    assert {"0.2.2", "0.2.7", "0.4.3", "0.6.6.post1", "0.33.0"} <= set(known_versions())
+    r = get_release("v0.2.2")
+    assert r.sdist.sha256.startswith("d047bec3") and r.arch_list_separator == ";"
+    assert r.requires_python.contains("3.10.12") and r.build_system == "setuptools-cpp-extension"
+
+
+def test_plan_arch_from_gpus_and_rendering(isolated):
+    plan = build_plan({}, facts=H100)
+    assert plan.build.arch_list == ("9.0",) and plan.build.arch_source == "gpus"
+    plan = build_plan({"build": {"arch_list": "8.0,9.0"}}, facts=H100)
+    assert plan.build.torch_cuda_arch_list == "8.0;9.0"       # 0.2.2 does not split on commas
+    none = build_plan({}, facts=HostFacts())
+    assert none.build.torch_cuda_arch_list == "7.0;7.5;8.0;8.6;8.9;9.0"
+
+
+def test_plan_refuses_arch_the_release_cannot_build(isolated):
+    with pytest.raises(ConfigError) as err:
+        build_plan({"build": {"arch_list": ["10.0"]}}, facts=H100)
+    assert "10.0" in err.value.message and "9.0" in err.value.message
+
+
+def test_max_jobs_from_ram(isolated):
+    small = HostFacts(cpu_count=16, mem_available_bytes=8 << 30)
+    assert build_plan({}, facts=small).build.max_jobs == 2
+    assert build_plan({}, facts=H100).build.max_jobs == 16
+
+
+def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):
+    release = get_release("0.2.2")
+    settings = config.resolve({}, {})
+    env = plan_env(release, "seed", settings, interpreters={"3.11": "/usr/bin/python3.11"})
+    assert env.backend == "venv" and env.requested_backend == "conda"
+    assert env.python == "3.11" and env.python_path == "/usr/bin/python3.11"
+    assert "no conda channel" in env.note and "nearest supported 3.11" in env.note
+    assert env.lock == "envs/locks/0.2.2/seed-py3.11.txt"
+    settings["conda"]["channels"] = ["http://127.0.0.1:1/channel"]
+    assert plan_env(release, "seed", settings, interpreters={}).backend == "conda"
+
+
+def test_plan_json_redacts_credentials(isolated, monkeypatch):
+    monkeypatch.setenv("VLLMP_PYPI__INDEX_URL", "https://bob:hunter2@nexus.example/repository/pypi/simple")
+    out = json.dumps(build_plan({}, facts=H100).to_dict())
+    assert "hunter2" not in out and "bob:***@nexus.example" in out
+
+
+def test_cli_plan_json_does_nothing_else(isolated, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "invoke", "plan", "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["release"]["version"] == "0.2.2"
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "cache").exists()
+
+
+def _fake_steps(monkeypatch, behaviours: dict):
+    """Step modules for the pipeline mechanism itself (the real steps are tested on their own)."""
+    calls = []
+
+    def module(name):
+        if name not in behaviours:
+            return None
+        def run(ctx):
+            calls.append(name)
+            b = behaviours[name]
+            if isinstance(b, Exception):
+                raise b
+            return StepOutcome(detail=f"{name} done", status=b)
+        return types.SimpleNamespace(stamp_inputs=lambda ctx: {"n": name}, run=run)
+    monkeypatch.setattr(pipeline, "step_module", module)
+    return calls
+
+
+def test_missing_step_fails_honestly_and_later_steps_do_not_run(isolated, monkeypatch):
+    _fake_steps(monkeypatch, {"fetch": "ok"})
+    results = pipeline.run_steps(build_plan({}, facts=HostFacts()), HostFacts())
+    assert [(r.step, r.status) for r in results] == [
+        ("fetch", "ok"), ("env", "not implemented"), ("patch", "not run"), ("build", "not run"),
+        ("verify", "not run"), ("smoke", "not run")]
+
+
+def test_failed_step_stops_and_next_run_resumes_from_it(isolated, monkeypatch):
+    behaviours = {s: "ok" for s in pipeline.STEPS}
+    behaviours["build"] = StepFailed("compile failed", hint="lower MAX_JOBS")
+    calls = _fake_steps(monkeypatch, behaviours)
+    plan = build_plan({}, facts=HostFacts())
+    first = pipeline.run_steps(plan, HostFacts())
+    assert [r.status for r in first] == ["ok", "ok", "ok", "failed", "not run", "not run"]
+    assert first[3].hint == "lower MAX_JOBS" and first[3].exit_code == 1
+    behaviours["build"] = "ok"
+    calls.clear()
+    second = pipeline.run_steps(plan, HostFacts())
+    assert calls == ["build", "verify", "smoke"]
+    assert [r.status for r in second][:3] == ["up-to-date"] * 3
+    calls.clear()
+    pipeline.run_steps(plan, HostFacts(), force=["patch"])
+    assert calls == ["patch"]   # patch's stamp is unchanged by a rerun, so build stays up to date
+    report = json.loads(plan.workspace.report.read_text())
+    assert report["steps"]["build"]["status"] == "up-to-date" and report["steps"]["patch"]["status"] == "ok"
+
+
+def test_skipped_step_is_not_stamped(isolated, monkeypatch):
+    calls = _fake_steps(monkeypatch, {s: ("skipped" if s == "smoke" else "ok") for s in pipeline.STEPS})
+    plan = build_plan({}, facts=HostFacts())
+    pipeline.run_steps(plan, HostFacts())
+    calls.clear()
+    pipeline.run_steps(plan, HostFacts())
+    assert calls == ["smoke"]
+
+
+def test_second_run_on_the_same_workspace_is_refused_with_the_holder(isolated):
+    plan = build_plan({}, facts=HostFacts())
+    plan.workspace.ensure()
+    with RunLock(plan.workspace.root / ".lock"):
+        with pytest.raises(ConfigError) as err:
+            pipeline.run_steps(plan, HostFacts(), ["fetch"])
+    assert "another run holds" in err.value.message and '"pid"' in err.value.message
