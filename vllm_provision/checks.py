@@ -1,0 +1,47 @@
+"""Named checks (DeepOps-doctor style) shared by preflight, doctor and verify.
+
+Each check is `pass`/`warn`/`fail`/`skip` with one line of detail and a fix. A run of checks is
+ok when none failed (warnings allowed); the exit code is 0 then, else 1 (bad input raises
+ConfigError before any check runs and exits 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+STATUSES = ("pass", "warn", "fail", "skip")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # pass|warn|fail|skip
+    detail: str
+    hint: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(checks: Iterable[Check]) -> tuple[bool, int]:
+    """(ok, exit_code): ok unless a check failed; exit 0 when ok, else 1."""
+    ok = not any(c.status == "fail" for c in checks)
+    return ok, 0 if ok else 1
+
+
+def to_json(checks: Iterable[Check]) -> dict:
+    checks = list(checks)
+    ok, _ = summarize(checks)
+    return {"ok": ok, "checks": [c.to_dict() for c in checks]}
+
+
+def from_dicts(items: Iterable[dict]) -> list[Check]:
+    return [Check(i["name"], i["status"], i.get("detail", ""), i.get("hint")) for i in items]
+
+
+def counts(checks: Iterable[Check]) -> dict[str, int]:
+    out = {s: 0 for s in STATUSES}
+    for c in checks:
+        out[c.status] = out.get(c.status, 0) + 1
+    return out
