@@ -32,6 +32,25 @@ def fetch(c, release=None, profile=None, offline=False, force=False):
     cli.run_pipeline(["fetch"], ["fetch"] if force else [], release=release, profile=profile, offline=offline)
 
 
+@task(help={**COMMON, "force": "recreate the env even if up to date",
+            "backend": "conda | venv | existing (default: from the profile)",
+            "python": "Python for the env, e.g. 3.10"})
+@handles_errors
+def env(c, release=None, profile=None, offline=False, force=False, backend=None, python=None):
+    """Create the target environment from the lock (new prefix, switched atomically) and write env.json."""
+    cli.run_pipeline(["env"], ["env"] if force else [], release=release, profile=profile, offline=offline,
+                     backend=backend, python=python)
+
+
+@task(help={"release": "vLLM release, e.g. 0.2.2", "profile": "profile in envs/ (e.g. seed)",
+            "python": "Python minor version to lock for, e.g. 3.11 (default: the profile's)"})
+@handles_errors
+def lock(c, release=None, profile=None, python=None):
+    """Resolve the release's requirements as of its release date into envs/locks/<release>/<profile>-py<X.Y>.txt."""
+    from vllm_provision import lock as locks
+    locks.lock_task(release=release, profile=profile, python=python)
+
+
 @task(iterable=["force"], help={**COMMON, "force": "rerun this step even if up to date (repeatable)",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
@@ -42,6 +61,20 @@ def provision(c, release=None, profile=None, offline=False, force=None, arch=Non
     from vllm_provision.pipeline import STEPS
     cli.run_pipeline(STEPS, force or [], release=release, profile=profile, offline=offline, arch=arch,
                      max_jobs=max_jobs, model=model)
+
+
+@task(help={"python_version": "target host's Python, e.g. 3.12", "out": "directory to fill with wheels",
+            "extras": "comma-separated extras to include (e.g. test,conda); default none"})
+@handles_errors
+def wheelhouse(c, python_version, out="wheelhouse", extras=""):
+    """Download the toolkit's wheels for an offline host; bootstrap there with VLLMP_WHEELHOUSE=DIR ./inv ..."""
+    from pathlib import Path
+
+    from vllm_provision import ui
+    from vllm_provision import wheelhouse as wh
+    wheels = wh.build(Path(out).resolve(), python_version, [e for e in extras.split(",") if e])
+    ui.info(f"{len(wheels)} wheels in {Path(out).resolve()} ({sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB); "
+            f"on the offline host: VLLMP_WHEELHOUSE={out} VLLMP_EXTRAS= ./inv provision")
 
 
 @task(help={"k": "only tests matching this pytest -k expression", "quick": "skip the slow and network tiers"})
