@@ -1,0 +1,77 @@
+"""Package-index settings as environment variables, so every pip/uv process (and the isolated build
+subprocesses pip and uv start) uses the same mirror, trust, timeout, retries and CA bundle.
+
+Credentials stay inside the URL values of these variables (or in ~/.netrc, which pip and uv read
+themselves); argv, logs and plans only ever see `redact_url(...)` forms.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from .redact import redact_url
+
+
+def _get(env: Any, name: str, default: Any = None) -> Any:
+    if isinstance(env, Mapping):
+        return env.get(name, default)
+    return getattr(env, name, default)
+
+
+def index_env(env: Any, *, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """PIP_* and UV_* variables for the mirror settings of `env` (an EnvPlan or the `pypi` settings mapping).
+
+    Keys read: index_url, extra_index_urls, trusted_hosts, timeout, retries, cert.
+    `cache_dir` (optional) becomes UV_CACHE_DIR.
+    """
+    out: dict[str, str] = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    index_url = _get(env, "index_url")
+    extras = [str(u) for u in (_get(env, "extra_index_urls") or ())]
+    trusted = [str(h) for h in (_get(env, "trusted_hosts") or ())]
+    timeout = _get(env, "timeout")
+    retries = _get(env, "retries")
+    cert = _get(env, "cert")
+    if index_url:
+        out["PIP_INDEX_URL"] = out["UV_INDEX_URL"] = str(index_url)
+    if extras:
+        out["PIP_EXTRA_INDEX_URL"] = out["UV_EXTRA_INDEX_URL"] = " ".join(extras)
+    if trusted:
+        out["PIP_TRUSTED_HOST"] = out["UV_INSECURE_HOST"] = " ".join(trusted)
+    if timeout:
+        out["PIP_DEFAULT_TIMEOUT"] = out["UV_HTTP_TIMEOUT"] = str(int(timeout))
+    if retries is not None and retries != "":
+        out["PIP_RETRIES"] = out["UV_HTTP_RETRIES"] = str(int(retries))
+    if cert:
+        cert = os.path.expanduser(str(cert))
+        out["PIP_CERT"] = out["SSL_CERT_FILE"] = cert
+    if cache_dir:
+        out["UV_CACHE_DIR"] = str(cache_dir)
+    return out
+
+
+def describe(env: Any) -> str:
+    """The mirror for messages: the redacted index URL (+ extras)."""
+    urls = [str(_get(env, "index_url") or "https://pypi.org/simple")]
+    urls += [str(u) for u in (_get(env, "extra_index_urls") or ())]
+    return " + ".join(redact_url(u) for u in urls)
+
+
+def url_secrets(env: Any) -> list[str]:
+    """Literal passwords/tokens in the configured URLs, to scrub from text that is not URL-shaped."""
+    out = []
+    for url in [_get(env, "index_url")] + list(_get(env, "extra_index_urls") or ()) + list(_get(env, "channels") or ()):
+        if not url:
+            continue
+        parts = urlsplit(str(url))
+        out += [s for s in (parts.password, parts.username if parts.password is None else None) if s]
+    return out
+
+
+def scrub(text: str, env: Any) -> str:
+    from .redact import redact_text
+    text = redact_text(text)
+    for secret in url_secrets(env):
+        text = text.replace(secret, "***")
+    return text
