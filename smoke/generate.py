@@ -445,7 +445,7 @@ def cache_facts(llm, log_text: str) -> dict:
     engine = llm.llm_engine if llm is not None else None
     cc = _get(engine, "cache_config") if engine is not None else None
     out = {
-        "num_gpu_blocks": _get(cc, "num_gpu_blocks", "num_gpu_blocks_override"),
+        "num_gpu_blocks": _get(cc, "num_gpu_blocks"),
         "num_cpu_blocks": _get(cc, "num_cpu_blocks"),
         "block_size": _get(cc, "block_size"),
         "gpu_memory_utilization": _get(cc, "gpu_memory_utilization"),
@@ -605,7 +605,11 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
             # completion at once (anchors item 9). We pass no stop strings at all.
             doc["sampling"] = dict(sampling, dropped_unsupported=dropped)
             doc["stop"] = stop_info
-            doc["model"] = model_facts(llm, cfg, args.model, args)
+            try:
+                doc["model"] = model_facts(llm, cfg, args.model, args)
+            except Exception as e:  # facts are best effort; generation still runs
+                doc["model"] = {"path": os.path.abspath(args.model), "model_type": cfg.get("model_type"),
+                                "facts_error": f"{type(e).__name__}: {e}"}
             params = SamplingParams(**sampling)
             t1 = time.perf_counter()
             results = llm.generate(prompts, params, use_tqdm=False)
@@ -629,7 +633,7 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
             if isinstance(e, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()
-            doc["error"] = {"type": type(e).__name__, "message": str(e).strip().splitlines()[-1][:2000] if str(e).strip() else type(e).__name__,
+            doc["error"] = {"type": type(e).__name__, "message": (" ".join(str(e).split())[:2000] or type(e).__name__),
                             "traceback_tail": tb[-6000:], "hint": error_hint(str(e) + tb)}
             exit_code = 1
     finally:
