@@ -63,6 +63,24 @@ def provision(c, release=None, profile=None, offline=False, force=None, arch=Non
                      max_jobs=max_jobs, model=model)
 
 
+@task(help={**COMMON, "model": "local model dir (default: make and use a tiny ChatGLM)",
+            "parity": "also check vLLM's compiled kernels and greedy tokens against PyTorch references",
+            "force": "run again even if up to date"})
+@handles_errors
+def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False):
+    """Generate with the blog's sampling parameters; check and explain the GPU/CPU KV-cache blocks."""
+    cli.require_gpu("inv smoke")
+    cli.run_pipeline(["smoke"], ["smoke"] if force else [], release=release, profile=profile, offline=offline,
+                     model=model, parity=parity)
+
+
+@task(name="make-tiny-model", help={**COMMON, "out": "output directory (default: <workspace>/models/tiny-chatglm)"})
+@handles_errors
+def make_tiny_model(c, out=None, release=None, profile=None, offline=False):
+    """Write a deterministic random-weight ChatGLM checkpoint (THUDM layout) with the target env's python."""
+    cli.make_tiny_model(out, release=release, profile=profile)
+
+
 @task(help={"python_version": "target host's Python, e.g. 3.12", "out": "directory to fill with wheels",
             "extras": "comma-separated extras to include (e.g. test,conda); default none"})
 @handles_errors

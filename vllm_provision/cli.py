@@ -109,3 +109,23 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), **flags: Any) 
         ui.error(f"step {first.step} {first.status}: {first.detail}", first.hint, first.facts.get("log_tail"))
         raise Exit(code=first.exit_code or 1)
     return results
+
+
+def require_gpu(what: str) -> None:
+    facts = host.probe()
+    if not facts.gpus:
+        from .errors import ConfigError
+        raise ConfigError(f"{what} needs a GPU and none is visible ({facts.gpu_error or 'nvidia-smi lists none'})",
+                          hint="run it on the GPU host (`inv provision` skips the smoke on GPU-less hosts)")
+
+
+def make_tiny_model(out: str | None, **flags: Any) -> None:
+    from pathlib import Path
+
+    from . import envinfo
+    from .steps.smoke import make_tiny_model as make
+    plan = make_plan(**flags)
+    env = envinfo.load(plan.workspace)
+    target = Path(out).resolve() if out else plan.workspace.root / "models" / "tiny-chatglm"
+    make(env.python, target, plan.workspace.log("make-tiny-model"))
+    ui.info(f"tiny ChatGLM written to {target}")

@@ -25,6 +25,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from .checks import Check
+
 GiB = 1 << 30
 DEFAULT_BLOCK_SIZE = 16
 # SchedulerConfig in 0.2.x: max_num_batched_tokens defaults to max(max_model_len, 2048),
@@ -354,17 +356,6 @@ def explain(smoke: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- judge
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    detail: str = ""
-    hint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class Verdict:
