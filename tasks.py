@@ -95,6 +95,36 @@ def wheelhouse(c, python_version, out="wheelhouse", extras=""):
             f"on the offline host: VLLMP_WHEELHOUSE={out} VLLMP_EXTRAS= ./inv provision")
 
 
+@task(help={**COMMON, "json": "print {ok, checks:[{name, status, detail, hint}]} instead of a table",
+            "junit": "also write JUnit XML to this path (one testcase per check)",
+            "arch": "CUDA archs for a GPU-less image build, e.g. 9.0 (no GPU is then a warning)",
+            "timeout": "seconds for each mirror/channel look-up (default 3)"})
+@handles_errors
+def doctor(c, release=None, profile=None, offline=False, arch=None, json=False, junit=None, timeout=None):
+    """Is this host ready to build? GPUs, driver, nvcc vs torch CUDA, compiler, RAM/disk, mirrors, source, archs."""
+    from invoke.exceptions import Exit
+
+    from vllm_provision.doctor import doctor_task
+    code = doctor_task(as_json=json, junit=junit, timeout=timeout, release=release, profile=profile,
+                       offline=offline, arch=arch)
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={**COMMON, "json": "print {ok, checks:[{name, status, detail, hint}]} instead of a table",
+            "junit": "also write JUnit XML to this path (one testcase per check)",
+            "arch": "CUDA archs the build used when this host has no GPU"})
+@handles_errors
+def verify(c, release=None, profile=None, offline=False, arch=None, json=False, junit=None):
+    """Prove the install: vllm editable at the release, pip check, lock, extension imports, SASS vs GPUs."""
+    from invoke.exceptions import Exit
+
+    from vllm_provision.steps.verify import verify_task
+    code = verify_task(as_json=json, junit=junit, release=release, profile=profile, offline=offline, arch=arch)
+    if code:
+        raise Exit(code=code)
+
+
 @task(help={"k": "only tests matching this pytest -k expression", "quick": "skip the slow and network tiers"})
 def test(c, k=None, quick=False):
     """Run the test suite (pytest). CI runs exactly this through .ci/run."""

@@ -45,3 +45,28 @@ def counts(checks: Iterable[Check]) -> dict[str, int]:
     for c in checks:
         out[c.status] = out.get(c.status, 0) + 1
     return out
+
+
+def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None:
+    """`--json`: {ok, checks:[...]} on stdout; otherwise a table (rich on a TTY, plain text in CI)."""
+    import json
+    import sys
+
+    from . import ui
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(checks), indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    from rich.table import Table
+    colors = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    table = Table(title=title)
+    for col in ("check", "status", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(c.name, f"[{colors.get(c.status, '')}]{c.status.upper()}[/]", c.detail, c.hint or "",
+                      )
+    ui.out.print(table)
+    n = counts(checks)
+    ok, _ = summarize(checks)
+    ui.out.print(f"{'ok' if ok else 'FAILED'}: {n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip",
+                 markup=False)

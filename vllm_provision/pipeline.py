@@ -154,17 +154,7 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
 
 
 def _record(ws: Workspace, results: list[StepResult], plan: Plan) -> None:
-    """Merge this run's step results into report.json (later issues add host/verify/smoke sections)."""
-    try:
-        report = json.loads(ws.report.read_text())
-    except (OSError, ValueError):
-        report = {}
-    steps = report.get("steps", {})
-    for r in results:
-        if r.status != "not run":
-            steps[r.step] = asdict(r)
-    report.update({"release": plan.release.version, "profile": plan.profile, "steps": steps,
-                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    tmp = ws.report.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(ws.report)
+    """Merge this run's step results into report.json and render report.md (see report.py)."""
+    from .report import record_run
+    record_run(ws.report, {r.step: asdict(r) for r in results if r.status != "not run"},
+               release=plan.release.version, profile=plan.profile)

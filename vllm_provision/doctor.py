@@ -1,0 +1,536 @@
+"""`inv doctor`: is this host ready to build the plan? Runs without the target env, never imports vllm.
+
+Named checks (DeepOps doctor style), each pass/warn/fail/skip with one line of detail and a fix.
+Everything slow (subprocess probes, each mirror/channel look-up) runs in parallel with a short
+timeout, so the whole doctor stays within a few seconds even when a mirror hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urljoin
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from . import PROJECT_ROOT, runner
+from .checks import Check
+from .download import HttpSettings, NotFound, fetch_text, open_url
+from .errors import ProvisionError
+from .host import HostFacts
+from .plan import BUILD_JOB_PEAK_BYTES, GIB, Plan
+from .redact import redact_text, redact_url
+
+DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
+KEY_PACKAGES = ("torch", "vllm", "xformers")
+CONDA_SUBDIRS = ("linux-64", "noarch")
+CONDA_KEY_PACKAGES = ("python",)
+REPODATA_READ_LIMIT = 32 << 20   # only read small (mirror-side filtered) repodata in full
+# Disk for the plan: a fresh env with torch + CUDA wheels, the build tree, logs and caches.
+DISK_NEW_ENV_BYTES = 12 * GIB
+DISK_REUSED_ENV_BYTES = 3 * GIB
+NO_DRIVER_HINT = ("install the NVIDIA driver (nvidia-smi must work) or run on a GPU host; "
+                  "for a CPU-only image build give the arch list explicitly, e.g. --arch 9.0")
+
+
+# ---------------------------------------------------------------------------------------------- probes
+@dataclass(frozen=True)
+class Nvcc:
+    path: str
+    version: str | None           # "13.0"
+    archs: tuple[str, ...] = ()   # compute capabilities it compiles for ("7.5", "8.0", ...)
+    top: str | None = None        # its CUDA home, as nvcc itself reports it (wrapper scripts resolved)
+    include_dirs: tuple[str, ...] = ()
+
+    @property
+    def cuda_home(self) -> Path:
+        return Path(self.top).resolve() if self.top else Path(self.path).resolve().parent.parent
+
+    def header_dirs(self) -> list[Path]:
+        return [Path(d) for d in self.include_dirs] + [self.cuda_home / "include",
+                                                       *self.cuda_home.glob("targets/*/include")]
+
+
+def parse_nvcc_version(text: str) -> str | None:
+    m = re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def parse_gpu_archs(text: str) -> tuple[str, ...]:
+    """`nvcc --list-gpu-arch` (compute_75 ...) -> ("7.5", ...)."""
+    out = []
+    for m in re.finditer(r"compute_(\d+)(\d)\b", text):
+        out.append(f"{m.group(1)}.{m.group(2)}")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_gcc_limit(header_text: str) -> int | None:
+    """The newest gcc major nvcc accepts, from `crt/host_config.h` (`#if __GNUC__ > 15` -> 15)."""
+    m = re.search(r"#if\s+__GNUC__\s*>\s*(\d+)", header_text)
+    return int(m.group(1)) if m else None
+
+
+def nvcc_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
+    """nvcc paths in order: $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda; the host probe's list when it has one."""
+    from . import host
+    if hasattr(host, "nvcc_candidates"):
+        try:
+            found = [str(getattr(c, "path", c)) for c in host.nvcc_candidates()]
+            if found:
+                return list(dict.fromkeys(found))
+        except Exception:  # noqa: BLE001 - fall back to our own search
+            pass
+    environ = os.environ if environ is None else environ
+    paths = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if environ.get(var):
+            paths.append(str(Path(environ[var]) / "bin" / "nvcc"))
+    which = shutil.which("nvcc", path=environ.get("PATH"))
+    if which:
+        paths.append(which)
+    paths.append("/usr/local/cuda/bin/nvcc")
+    return [p for p in dict.fromkeys(paths) if os.path.isfile(p) and os.access(p, os.X_OK)]
+
+
+def parse_dryrun(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """TOP and the -I dirs from `nvcc --dryrun -E -x cu /dev/null`."""
+    top = re.search(r"^#\$ TOP=(.+)$", text, re.M)
+    inc = re.search(r"^#\$ INCLUDES=(.+)$", text, re.M)
+    dirs = tuple(re.findall(r'"-I([^"]+)"', inc.group(1))) if inc else ()
+    return (top.group(1).strip() if top else None), dirs
+
+
+def probe_nvcc(path: str, timeout: float) -> Nvcc:
+    version = runner.capture([path, "--version"], timeout=timeout)
+    archs = runner.capture([path, "--list-gpu-arch"], timeout=timeout)
+    dry = runner.capture([path, "--dryrun", "-E", "-x", "cu", os.devnull], timeout=timeout)
+    top, dirs = parse_dryrun(dry.output) if dry else (None, ())
+    return Nvcc(path, parse_nvcc_version(version.output) if version else None,
+                parse_gpu_archs(archs.output) if archs and archs.returncode == 0 else (), top, dirs)
+
+
+def host_compiler(environ: Mapping[str, str] | None = None) -> str | None:
+    environ = os.environ if environ is None else environ
+    for var in ("CUDAHOSTCXX", "CXX", "CC"):
+        if environ.get(var):
+            return shutil.which(environ[var]) or environ[var]
+    return shutil.which("g++") or shutil.which("gcc")
+
+
+def compiler_version(cc: str, timeout: float) -> str | None:
+    done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=timeout)
+    if not done or done.returncode != 0:
+        return None
+    m = re.search(r"\d+(\.\d+)*", done.output)
+    return m.group(0) if m else None
+
+
+_TORCH_PROBE = "import json, torch; print(json.dumps([torch.__version__, torch.version.cuda]))"
+
+
+def torch_of_python(python: str, timeout: float) -> tuple[str | None, str | None, str]:
+    """(torch version, torch.version.cuda, why-not) of an interpreter, asked in a child with a timeout."""
+    exe = shutil.which(python) or python
+    try:
+        done = runner.run([exe, "-c", _TORCH_PROBE], timeout=timeout, check=False, what=f"{python} (torch probe)")
+    except ProvisionError as exc:
+        return None, None, exc.message
+    if done.returncode != 0:
+        last = (done.output.strip().splitlines() or ["no output"])[-1]
+        return None, None, f"{python}: {last}"
+    try:
+        version, cuda = json.loads(done.output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None, None, f"{python}: unexpected output"
+    return version, cuda, ""
+
+
+def lock_torch(plan: Plan, root: Path = PROJECT_ROOT) -> tuple[str | None, str | None]:
+    """(torch version, CUDA from its +cuXYZ tag) pinned in the plan's lock file, if there is one."""
+    if not plan.env.lock:
+        return None, None
+    path = root / plan.env.lock
+    try:
+        text = path.read_text()
+    except OSError:
+        return None, None
+    m = re.search(r"^torch==([^\s;\\]+)", text, re.M)
+    if not m:
+        return None, None
+    version = m.group(1)
+    tag = re.search(r"\+cu(\d+)(\d)$", version)
+    return version, f"{tag.group(1)}.{tag.group(2)}" if tag else None
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _caps_text(facts: HostFacts) -> str:
+    names: dict[str, int] = {}
+    for g in facts.gpus:
+        key = f"{g.name} (cc {g.compute_cap}, {g.memory_total_mib // 1024} GiB)"
+        names[key] = names.get(key, 0) + 1
+    return ", ".join(f"{n}× {k}" for k, n in names.items())
+
+
+def check_gpus(facts: HostFacts, plan: Plan) -> Check:
+    if facts.gpus:
+        return Check("gpus", "pass", f"{len(facts.gpus)} GPU(s): {_caps_text(facts)}")
+    why = facts.gpu_error or "no GPU listed by nvidia-smi"
+    if plan.build.arch_source == "config":
+        return Check("gpus", "warn", f"{why}; building for the configured archs {';'.join(plan.build.arch_list)} "
+                     "(CPU-only image build: nothing can run here)",
+                     "run verify's GPU checks and smoke on a GPU host")
+    return Check("gpus", "fail", why, NO_DRIVER_HINT)
+
+
+def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
+    if not facts.gpus:
+        return Check("driver", "skip", "no GPU driver to check (see gpus)")
+    driver = facts.gpus[0].driver_version
+    if not facts.driver_cuda:
+        return Check("driver", "warn", f"driver {driver}; the CUDA version it supports is unknown",
+                     "check `nvidia-smi` prints 'CUDA Version'")
+    detail = f"driver {driver} supports CUDA {facts.driver_cuda}"
+    if torch_cuda:
+        try:
+            if Version(facts.driver_cuda) < Version(torch_cuda):
+                return Check("driver", "fail", f"{detail}, older than torch's CUDA {torch_cuda}",
+                             f"upgrade the NVIDIA driver to one that supports CUDA {torch_cuda}, "
+                             "or pick a torch built for an older CUDA")
+        except InvalidVersion:
+            pass
+        detail += f" (torch needs {torch_cuda})"
+    return Check("driver", "pass", detail)
+
+
+def _major(v: str) -> int:
+    return Version(v).major
+
+
+def check_nvcc(nvccs: list[Nvcc], torch_cuda: str | None, torch_from: str, plan: Plan) -> tuple[Check, Nvcc | None]:
+    """nvcc present and matching torch's CUDA (torch's own rule: same major required, minor may differ)."""
+    usable = [n for n in nvccs if n.version]
+    if not torch_cuda:
+        if usable:
+            return Check("nvcc", "warn", f"nvcc {usable[0].version} at {usable[0].path}; torch's CUDA unknown ({torch_from})",
+                         "install the profile's torch first (`inv env`) or set env.cuda"), usable[0]
+        return Check("nvcc", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
+                     "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
+    exact = [n for n in usable if Version(n.version).release[:2] == Version(torch_cuda).release[:2]]
+    if exact:
+        return Check("nvcc", "pass", f"nvcc {exact[0].version} at {exact[0].path} matches torch's CUDA "
+                     f"{torch_cuda} ({torch_from})"), exact[0]
+    same_major = [n for n in usable if _major(n.version) == _major(torch_cuda)]
+    if same_major:
+        n = same_major[0]
+        return Check("nvcc", "warn", f"nvcc {n.version} at {n.path}, torch's CUDA {torch_cuda} ({torch_from}): "
+                     "minor versions differ (torch only warns)", f"a CUDA {torch_cuda} toolkit is the exact match"), n
+    found = ", ".join(f"{n.version} ({n.path})" for n in usable) or "none"
+    # The env step can provision a matching compiler: CUDA >= 13 from PyPI wheels, 12.x from a conda channel.
+    if plan.env.backend != "existing" and (_major(torch_cuda) >= 13 or plan.env.channels):
+        where = "nvidia-cuda-nvcc wheels from the PyPI index" if _major(torch_cuda) >= 13 else \
+            f"cuda-nvcc={torch_cuda} from the conda channel"
+        return Check("nvcc", "warn", f"no host nvcc matches torch's CUDA {torch_cuda} ({torch_from}); found: {found}; "
+                     f"the env step installs {where}", None), (usable[0] if usable else None)
+    return Check("nvcc", "fail", f"no nvcc matches torch's CUDA {torch_cuda} ({torch_from}); found: {found}",
+                 f"install CUDA {torch_cuda} (e.g. conda `cuda-nvcc={torch_cuda}`) and set CUDA_HOME, "
+                 "or use a torch built for the host's CUDA"), (usable[0] if usable else None)
+
+
+def check_compiler(nvcc: Nvcc | None, cc: str | None, cc_version: str | None) -> Check:
+    if not cc or not cc_version:
+        return Check("compiler", "fail", "no host C++ compiler (g++/gcc) found", "install gcc/g++ (build-essential)")
+    if nvcc is None:
+        return Check("compiler", "skip", f"{Path(cc).name} {cc_version}; no nvcc to check it against")
+    limit = None
+    for header in [d / "crt" / "host_config.h" for d in nvcc.header_dirs()]:
+        try:
+            limit = parse_gcc_limit(header.read_text(errors="replace"))
+        except OSError:
+            continue
+        if limit:
+            break
+    if limit is None:
+        return Check("compiler", "warn", f"{Path(cc).name} {cc_version}; nvcc {nvcc.version}'s gcc limit unknown "
+                     "(no crt/host_config.h)", "make sure the CUDA headers are installed next to nvcc")
+    if "clang" not in Path(cc).name and Version(cc_version).major > limit:
+        return Check("compiler", "fail", f"{Path(cc).name} {cc_version} is newer than nvcc {nvcc.version} accepts "
+                     f"(gcc <= {limit})", f"install gcc-{limit} and set CC/CXX/CUDAHOSTCXX to it")
+    return Check("compiler", "pass", f"{Path(cc).name} {cc_version} accepted by nvcc {nvcc.version} (gcc <= {limit})")
+
+
+def check_memory(facts: HostFacts, plan: Plan) -> Check:
+    avail = facts.mem_available_bytes
+    need = plan.build.max_jobs * BUILD_JOB_PEAK_BYTES
+    detail = (f"{avail / GIB:.1f} GiB available of {facts.mem_total_bytes / GIB:.1f} GiB; plan: "
+              f"{plan.build.max_jobs} compile job(s) × {BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB")
+    if avail < BUILD_JOB_PEAK_BYTES:
+        return Check("memory", "fail", detail, "free memory or add swap: one nvcc job needs about "
+                     f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB")
+    if avail < need:
+        fit = max(1, avail // BUILD_JOB_PEAK_BYTES)
+        return Check("memory", "warn", detail, f"the build may be killed (OOM): use --max-jobs {fit}")
+    return Check("memory", "pass", detail)
+
+
+def check_disk(facts: HostFacts, plan: Plan) -> Check:
+    need = DISK_REUSED_ENV_BYTES if plan.env.backend == "existing" else DISK_NEW_ENV_BYTES
+    free = facts.disk_free_bytes
+    detail = f"{free / GIB:.1f} GiB free under {plan.workspace.root.parent}; plan needs about {need / GIB:.0f} GiB"
+    if free < need:
+        return Check("disk", "fail", detail, "free disk space or point workspace_root/cache_dir at a larger disk")
+    if free < 2 * need:
+        return Check("disk", "warn", detail, "little headroom for caches and a second env")
+    return Check("disk", "pass", detail)
+
+
+def check_archs(plan: Plan, facts: HostFacts, nvcc: Nvcc | None) -> Check:
+    release = plan.release
+    archs = [a.removesuffix("+PTX") for a in plan.build.arch_list]
+    unsupported_gpu = [c for c in facts.compute_caps if c not in release.cuda_archs]
+    if unsupported_gpu:
+        return Check("archs", "fail", f"GPU compute capability {', '.join(unsupported_gpu)} is not supported by "
+                     f"vLLM {release.version} (it builds for {', '.join(release.cuda_archs)})",
+                     "use a newer vLLM release for this GPU, or run on a supported GPU")
+    if nvcc and nvcc.archs:
+        missing = [a for a in archs if a not in nvcc.archs]
+        if missing:
+            return Check("archs", "fail", f"nvcc {nvcc.version} cannot compile for {', '.join(missing)} "
+                         f"(plan: {';'.join(archs)} from {plan.build.arch_source})",
+                         "pass --arch with only the archs you need (e.g. --arch 9.0), or use an older CUDA")
+    return Check("archs", "pass", f"{';'.join(archs)} ({plan.build.arch_source}) supported by vLLM "
+                 f"{release.version}" + (f" and nvcc {nvcc.version}" if nvcc and nvcc.archs else ""))
+
+
+def _http(timeout: float, plan: Plan) -> HttpSettings:
+    return HttpSettings(timeout=timeout, retries=0, backoff=0.0, cert=plan.settings["pypi"].get("cert"))
+
+
+def _project_files(index_url: str, project: str, settings: HttpSettings) -> list[str]:
+    """File names on a PEP 503 (HTML) / PEP 691 (JSON) simple-index project page."""
+    from .sources import _Links  # the same parser the fetch step uses
+    url = index_url.rstrip("/") + f"/{canonicalize_name(project)}/"
+    text, ctype = fetch_text(url, settings, {"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    if "json" in ctype:
+        return [f.get("filename", "") for f in json.loads(text).get("files", [])]
+    parser = _Links()
+    parser.feed(text)
+    return [name or href.rsplit("/", 1)[-1].split("#")[0] for name, href in parser.links]
+
+
+def _short(exc: Exception) -> str:
+    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return redact_text(msg.splitlines()[0])[:160]
+
+
+def check_index(index_url: str, plan: Plan, timeout: float) -> Check:
+    """One configured PyPI index/mirror: reachable and serving the release's key packages."""
+    shown = redact_url(index_url)
+    settings = _http(timeout, plan)
+    needs_torch = plan.env.backend != "existing"
+    served, missing, problems = [], [], []
+    started = time.monotonic()
+
+    def look(project: str):
+        try:
+            return project, _project_files(index_url, project, settings), None
+        except Exception as exc:  # noqa: BLE001 - sorted out below
+            return project, None, exc
+
+    with ThreadPoolExecutor(max_workers=len(KEY_PACKAGES)) as pool:
+        answers = list(pool.map(look, KEY_PACKAGES))
+    for project, files, exc in answers:
+        if isinstance(exc, NotFound):
+            missing.append(project)
+            continue
+        if exc is not None:
+            return Check(f"index {shown}", "fail", f"unreachable: {_short(exc)}",
+                         "check the URL, proxy (HTTPS_PROXY/NO_PROXY), credentials (~/.netrc) and pypi.cert")
+        if project == "vllm" and not any(f == plan.release.sdist.file or f.startswith(f"vllm-{plan.release.version}-")
+                                         for f in files):
+            problems.append(f"vllm page has no {plan.release.version} file")
+            continue
+        served.append(f"{project} ({len(files)} files)")
+    seconds = time.monotonic() - started
+    detail = f"serves {', '.join(served) or 'none of ' + ', '.join(KEY_PACKAGES)}"
+    if missing:
+        detail += f"; missing: {', '.join(missing)}"
+    if problems:
+        detail += f"; {'; '.join(problems)}"
+    detail += f" ({seconds:.1f} s)"
+    fatal = [p for p in missing if p == "vllm" or (p == "torch" and needs_torch)] + problems
+    if fatal:
+        return Check(f"index {shown}", "fail", detail,
+                     "make the mirror proxy/host these projects, or add one that does to pypi.extra_index_urls")
+    if missing:
+        return Check(f"index {shown}", "warn", detail, "only needed when the profile installs them")
+    return Check(f"index {shown}", "pass", detail)
+
+
+def check_channel(channel: str, plan: Plan, timeout: float) -> Check:
+    """One conda channel: repodata.json of each subdir reachable (and, when small, listing the key packages)."""
+    shown = redact_url(channel)
+    settings = _http(timeout, plan)
+    seen, notes = [], []
+    for subdir in CONDA_SUBDIRS:
+        url = channel.rstrip("/") + f"/{subdir}/repodata.json"
+        try:
+            with open_url(url, settings) as resp:
+                size = int(resp.headers.get("Content-Length") or 0)
+                if size and size > REPODATA_READ_LIMIT:
+                    seen.append(f"{subdir} ({size >> 20} MiB)")
+                    continue
+                data = json.loads(resp.read(REPODATA_READ_LIMIT + 1).decode("utf-8", "replace"))
+        except NotFound as exc:
+            return Check(f"channel {shown}", "fail", f"{subdir}/repodata.json not found: {_short(exc)}",
+                         "check the channel URL (…/<channel> without the subdir)")
+        except (ProvisionError, OSError, ValueError) as exc:
+            return Check(f"channel {shown}", "fail", f"{subdir}/repodata.json unreachable: {_short(exc)}",
+                         "check the URL, proxy and credentials of conda.channels")
+        names = {p.get("name") for key in ("packages", "packages.conda") for p in (data.get(key) or {}).values()}
+        seen.append(f"{subdir} ({len(names)} names)")
+        if subdir == "linux-64":
+            notes += [n for n in CONDA_KEY_PACKAGES if n not in names]
+    if notes:
+        return Check(f"channel {shown}", "fail", f"repodata {', '.join(seen)}; missing: {', '.join(notes)}",
+                     "mirror the channel that provides these packages")
+    return Check(f"channel {shown}", "pass", f"repodata {', '.join(seen)}")
+
+
+def check_source(plan: Plan, timeout: float) -> Check:
+    from .sources import cached_archive, sdist_url_from_index
+    hit = cached_archive(plan)
+    if hit:
+        return Check("source", "pass", f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")
+    if plan.offline:
+        return Check("source", "fail", f"--offline and {plan.release.sdist.file} is not in {plan.workspace.downloads}",
+                     f"run `inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
+    settings = _http(timeout, plan)
+
+    def reach(source) -> tuple[str | None, str]:
+        if not (source.sha256 or source.tree_sha256):
+            return None, f"{source.kind}: no checksum recorded"
+        try:
+            url = source.url
+            if source.kind == "pypi-sdist":
+                url = sdist_url_from_index(source.url, source.file, settings)
+            with open_url(url, settings, {"Range": "bytes=0-0"}):
+                pass
+            return url, ""
+        except Exception as exc:  # noqa: BLE001
+            return None, f"{source.kind}: {_short(exc)}"
+
+    # every source at once; the first reachable one in the plan's order wins
+    with ThreadPoolExecutor(max_workers=max(1, len(plan.sources))) as pool:
+        answers = list(pool.map(reach, plan.sources))
+    tried = []
+    for source, (url, why) in zip(plan.sources, answers):
+        if url:
+            return Check("source", "pass", f"{source.file} reachable at {redact_url(url)} ({source.kind})")
+        tried.append(why)
+    return Check("source", "fail", "release archive not cached and no source reachable: " + "; ".join(tried),
+                 f"configure a reachable mirror (fetch.mirrors / pypi.index_url) or copy {plan.release.sdist.file} "
+                 f"into {plan.workspace.downloads}/ and use --offline")
+
+
+# ---------------------------------------------------------------------------------------------- runner
+def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | None, str]:
+    """(torch version, its CUDA, where that came from) for the plan's profile."""
+    if plan.env.backend == "existing":
+        python = plan.env.python_path or "python3"
+        version, cuda, why = torch_of_python(python, timeout)
+        if version:
+            return version, cuda, f"host {python}: torch {version}"
+        return None, None, why or f"{python} has no torch"
+    version, cuda = lock_torch(plan)
+    cuda = plan.env.cuda or cuda
+    src = f"lock torch {version}" if version else "profile env.cuda"
+    return version, cuda, src if cuda else "no lock, env.cuda unset"
+
+
+def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT,
+               environ: Mapping[str, str] | None = None) -> list[Check]:
+    """All checks, in a fixed order; the slow ones run in parallel."""
+    environ = os.environ if environ is None else environ
+    indexes = [plan.env.index_url, *plan.env.extra_index_urls] if not plan.offline else []
+    channels = list(plan.env.channels) if not plan.offline else []
+    probe_timeout = max(timeout, 10.0)   # local commands: a cold python/nvcc start can take seconds
+    with ThreadPoolExecutor(max_workers=8 + len(indexes) + len(channels)) as pool:
+        f_torch = pool.submit(torch_cuda_of_plan, plan, probe_timeout)
+        f_nvccs = [pool.submit(probe_nvcc, p, probe_timeout) for p in nvcc_candidates(environ)]
+        cc = host_compiler(environ)
+        f_ccv = pool.submit(compiler_version, cc, probe_timeout) if cc else None
+        f_index = [pool.submit(_guard, f"index {redact_url(u)}", check_index, u, plan, timeout) for u in indexes]
+        f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
+        f_source = pool.submit(_guard, "source", check_source, plan, timeout)
+        torch_version, torch_cuda, torch_from = f_torch.result()
+        nvccs, homes = [], set()
+        for n in (f.result() for f in f_nvccs):     # a wrapper script and its target are one toolkit
+            if n.cuda_home not in homes:
+                homes.add(n.cuda_home)
+                nvccs.append(n)
+        nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_from, plan)
+        checks = [
+            check_gpus(facts, plan),
+            check_driver(facts, torch_cuda),
+            nvcc_check,
+            check_compiler(nvcc, cc, f_ccv.result() if f_ccv else None),
+            check_memory(facts, plan),
+            check_disk(facts, plan),
+            check_archs(plan, facts, nvcc),
+            *[f.result() for f in f_index],
+            *[f.result() for f in f_chan],
+            f_source.result(),
+        ]
+    if plan.offline:
+        checks.append(Check("mirrors", "skip", "--offline: no index or channel is contacted"))
+    return checks
+
+
+def _guard(name: str, func: Callable[..., Check], *args) -> Check:
+    """A check that crashes is a failed check naming the error, never a traceback."""
+    try:
+        return func(*args)
+    except Exception as exc:  # noqa: BLE001
+        return Check(name, "fail", f"check crashed: {_short(exc)}", "report this as a vllm-provision bug")
+
+
+def host_section(facts: HostFacts) -> dict:
+    """The `host` section of report.json."""
+    import platform
+    import socket
+    data = facts.to_dict()
+    data.update({"hostname": socket.gethostname(), "kernel": platform.release(),
+                 "probed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return data
+
+
+def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
+    """`inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
+    from . import cli, host, report
+    from .checks import print_checks, summarize, to_json
+    started = time.monotonic()
+    plan = cli.make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
+    facts = host.probe(str(plan.workspace.root.parent))
+    checks = run_doctor(plan, facts, timeout=float(timeout) if timeout else DEFAULT_TIMEOUT)
+    seconds = time.monotonic() - started
+    rep = plan.workspace.report
+    try:
+        report.merge_section(rep, "host", host_section(facts), release=plan.release.version, profile=plan.profile)
+        report.merge_section(rep, "doctor", to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                                "seconds": round(seconds, 2)})
+        report.render(rep)
+    except OSError as exc:   # a read-only workspace must not hide the checks
+        from . import ui
+        ui.warn(f"could not write {rep}: {exc}")
+    if junit:
+        report.write_junit(junit, "vllm-provision.doctor", checks)
+    print_checks(f"doctor: vLLM {plan.release.version} / {plan.profile} ({seconds:.1f} s)", checks, as_json)
+    return summarize(checks)[1]
