@@ -1,0 +1,139 @@
+"""conda backend: conda/mamba/micromamba when one is on PATH, else py-rattler in a child process.
+
+Only the configured channels are used; with override_channels (the default) no default channel is
+ever contacted. Python comes from the channel; the lock is then installed with uv/pip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .. import mirrors, runner
+from ..errors import ConfigError, ProvisionError, StepFailed
+from ..redact import redact_url
+from .common import Compiler, bin_python, nvcc_version, cuda_matches
+
+DEFAULT_CHANNELS = ("conda-forge",)
+TOOLS = ("micromamba", "mamba", "conda")
+
+
+def channels(plan) -> list[str]:
+    out = list(plan.env.channels)
+    if not plan.env.override_channels:
+        out += [c for c in DEFAULT_CHANNELS if c not in out]
+    return out
+
+
+def _shown(chs: Sequence[str]) -> str:
+    return ", ".join(redact_url(c) for c in chs)
+
+
+def find_tool() -> str | None:
+    for name in TOOLS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def solve_install(ctx, chs: Sequence[str], specs: Sequence[str], prefix: Path, *, what: str) -> dict:
+    """Create `prefix` with `specs` from `chs`: the conda CLI if present, else rattler in a child process."""
+    plan = ctx.plan
+    tool = find_tool()
+    if tool:
+        argv = [tool, "create", "-y", "-p", str(prefix)]
+        if plan.env.override_channels:
+            argv.append("--override-channels")
+        for c in chs:
+            argv += ["-c", c]
+        result = runner.run(argv + list(specs), log=ctx.log, timeout=3600, check=False,
+                            what=f"{Path(tool).name} create")
+        if result.returncode != 0:
+            _fail(result.output, chs, specs, what, plan)
+        return {"tool": Path(tool).name}
+    try:
+        import rattler  # noqa: F401
+    except ImportError:
+        raise ConfigError("the conda backend needs conda, mamba or micromamba on PATH, or py-rattler installed",
+                          hint="install the toolkit's `conda` extra (VLLMP_EXTRAS=conda,test ./inv ...) "
+                               "or put micromamba on PATH") from None
+    spec = {"channels": list(chs), "specs": list(specs), "prefix": str(prefix), "timeout": plan.env.timeout,
+            "cache_dir": str(plan.workspace.cache / "rattler")}
+    fd, spec_file = tempfile.mkstemp(prefix="vllmp-rattler-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(spec, fh)
+        ctx.say(f"solving {' '.join(specs)} from {_shown(chs)} (rattler)")
+        result = runner.run([sys.executable, "-m", "vllm_provision.envs.rattler_child", spec_file], log=ctx.log,
+                            timeout=max(600, plan.env.timeout * 10), check=False, what="rattler")
+    finally:
+        os.unlink(spec_file)
+    data = None
+    for line in result.output.splitlines():
+        if line.startswith("VLLMP-RATTLER "):
+            data = json.loads(line[len("VLLMP-RATTLER "):])
+    if not data or not data.get("ok") or result.returncode != 0:
+        _fail((data or {}).get("error") or result.output, chs, specs, what, plan)
+    return {"tool": "rattler", "packages": data.get("packages", {})}
+
+
+def _fail(output: str, chs: Sequence[str], specs: Sequence[str], what: str, plan) -> None:
+    text = mirrors.scrub(output, plan.env)
+    low = text.lower()
+    shown = _shown(chs)
+    python_spec = next((s for s in specs if s.split("=")[0].split(" ")[0] == "python"), None)
+    if python_spec and ("python" in low and ("no candidates" in low or "cannot solve" in low
+                                               or "nothing provides" in low or "packagesnotfound" in low
+                                               or "not available" in low)):
+        version = python_spec.split("=", 1)[-1].strip()
+        raise ConfigError(f"conda channel(s) {shown} have no python {version}",
+                          hint="pick a Python the channel has (env.python) or add a channel that has it")
+    if "connect" in low or "timed out" in low or "timeout" in low or "dns" in low or "error sending request" in low:
+        raise StepFailed(f"conda channel(s) {shown} unreachable while creating {what}",
+                         hint=f"check conda.channels and the network; the previous env is unchanged. Detail: {text[-300:]}")
+    last = [l for l in text.strip().splitlines() if l.strip()][-1:] or ["unknown error"]
+    raise StepFailed(f"could not create {what} from {shown}: {last[0][:300]}",
+                     hint="the previous env is unchanged; read the step log")
+
+
+def create(ctx, prefix: Path) -> Path:
+    plan = ctx.plan
+    chs = channels(plan)
+    if not chs:
+        raise ConfigError("the conda backend needs conda.channels", hint="set conda.channels or use --backend venv")
+    specs = [f"python={plan.env.python}"]
+    installer = plan.env.installer
+    if installer == "pip":
+        specs.append("pip")
+    info = solve_install(ctx, chs, specs, prefix, what=f"the conda env {prefix.name}")
+    python = bin_python(prefix)
+    if not python.exists():
+        raise StepFailed(f"the conda env at {prefix} has no bin/python", hint=f"check that {_shown(chs)} serves python")
+    ctx.say(f"conda env created with {info['tool']} from {_shown(chs)}")
+    return python
+
+
+def conda_compiler(ctx, plan, torch_cuda: str, target: Path) -> Compiler:
+    """CUDA 12.x: `cuda-nvcc=<major.minor>` from the configured channel into its own prefix (the CUDA_HOME)."""
+    from packaging.version import Version
+    v = Version(torch_cuda)
+    minor = f"{v.major}.{v.minor}"
+    chs = channels(plan)
+    ctx.say(f"installing cuda-nvcc {minor} from {_shown(chs)} (no PyPI wheel carries nvcc for CUDA {v.major})")
+    try:
+        solve_install(ctx, chs, [f"cuda-nvcc={minor}"], target, what=f"cuda-nvcc {minor}")
+    except ProvisionError as exc:
+        return Compiler(None, None, None, "none", f"cuda-nvcc={minor} could not come from {_shown(chs)}: {exc}")
+    nvcc = target / "bin" / "nvcc"
+    version = nvcc_version(nvcc) if nvcc.exists() else None
+    if version and cuda_matches(version, torch_cuda):
+        return Compiler(str(target), str(nvcc), version, "conda", f"nvcc {version} from conda channel {_shown(chs)}")
+    return Compiler(None, None, None, "none", f"cuda-nvcc={minor} from {_shown(chs)} gave no working nvcc "
+                                             f"(found {version or 'none'})")
+

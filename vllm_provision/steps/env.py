@@ -1,0 +1,144 @@
+"""env: the target environment, created at a new versioned prefix <workspace>/envs/<n> and switched
+in through the stable link <workspace>/env only on success; then <workspace>/env.json.
+
+Envs are not relocatable (venv and conda bake their prefix into files), so nothing is renamed: a
+failure removes the half-made prefix and leaves the previous env (and its env.json) in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+from .. import PROJECT_ROOT, envinfo, lock as locks, mirrors
+from ..envinfo import EnvInfo
+from ..envs import common
+from ..errors import ConfigError
+from ..pipeline import StepContext, StepOutcome
+
+BACKENDS = ("venv", "conda", "existing")
+
+
+def envs_dir(ctx: StepContext) -> Path:
+    return ctx.workspace.root / "envs"
+
+
+def lock_file(ctx: StepContext) -> Path | None:
+    return PROJECT_ROOT / ctx.plan.env.lock if ctx.plan.env.lock else None
+
+
+def _sha256(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
+
+
+def stamp_inputs(ctx: StepContext) -> dict:
+    return {"env": ctx.plan.to_dict()["env"], "lock_sha256": _sha256(lock_file(ctx)),
+            "release": ctx.plan.release.version}
+
+
+def intact(ctx: StepContext) -> bool:
+    link = ctx.workspace.env
+    if not link.is_symlink() or not envinfo.path(ctx.workspace).is_file():
+        return False
+    python = link / "bin" / "python"
+    if not python.exists():
+        return False
+    from .. import runner
+    result = runner.capture([str(python), "-c", "import sys"], timeout=30)
+    return bool(result and result.returncode == 0)
+
+
+def _next_prefix(ctx: StepContext) -> Path:
+    base = envs_dir(ctx)
+    base.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+    n = max(numbers, default=0) + 1
+    while (base / str(n)).exists():
+        n += 1
+    return base / str(n)
+
+
+def switch_link(link: Path, prefix: Path) -> None:
+    """Point `link` at `prefix` atomically (a temp symlink renamed over it)."""
+    if link.exists() and not link.is_symlink():
+        # an env made in place by an older version: move it aside so the link can take its name
+        link.rename(link.with_name(f"env.old-{os.getpid()}"))
+    tmp = link.with_name(f".env.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(prefix, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def _prune(ctx: StepContext, keep: Path) -> None:
+    for p in envs_dir(ctx).iterdir():
+        if p != keep and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+    for p in ctx.workspace.root.glob("env.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
+    plan = ctx.plan
+    backend = plan.env.backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown env backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    lock = lock_file(ctx)
+    if lock is not None:
+        locks.check(lock, plan.release.version, plan.profile, locks.python_minor(plan.env.python))
+    module = importlib.import_module(f"vllm_provision.envs.{backend}")
+    python = module.create(ctx, prefix)
+    installer = common.choose_installer(plan)
+    if lock is not None:
+        ctx.say(f"installing {lock.relative_to(PROJECT_ROOT)} with {installer.kind} from "
+                f"{mirrors.describe(plan.env)}")
+        common.install_lock(ctx, installer, python, lock, plan.env)
+        # the lock fixes the versions: the env must hold exactly those
+        want = locks.pinned(lock)
+    else:
+        want = {}
+    facts = common.probe(python)
+    wrong = {n: (v, facts["packages"].get(n)) for n, v in want.items() if facts["packages"].get(n) != v}
+    if wrong:
+        from ..errors import StepFailed
+        first = ", ".join(f"{n} {got} (lock {v})" for n, (v, got) in list(wrong.items())[:5])
+        raise StepFailed(f"the env does not match the lock: {first}", hint="rerun `inv env --force`; report if it persists")
+    compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix)
+    if compiler.source == "pip":
+        facts = common.probe(python)  # the compiler wheels add packages and include dirs
+    info = EnvInfo(
+        backend=backend, prefix=str(prefix), python=str(python), python_version=facts["python_version"],
+        packages=dict(sorted(facts["packages"].items())), torch=facts.get("torch"), torch_cuda=facts.get("torch_cuda"),
+        cxx11_abi=facts.get("cxx11_abi"), cuda_home=compiler.cuda_home, nvcc=compiler.nvcc,
+        nvcc_version=compiler.nvcc_version, include_dirs=tuple(facts.get("include_dirs") or ()),
+        lock=str(lock.relative_to(PROJECT_ROOT)) if lock else None, installer=installer.kind,
+    )
+    extra = {"compiler_source": compiler.source, "compiler_reason": compiler.reason}
+    if facts.get("torch_error") and "No module named" not in facts["torch_error"]:
+        extra["torch_error"] = facts["torch_error"]
+    return info, extra
+
+
+def run(ctx: StepContext) -> StepOutcome:
+    prefix = _next_prefix(ctx)
+    try:
+        info, extra = build_env(ctx, prefix)
+    except BaseException:
+        shutil.rmtree(prefix, ignore_errors=True)
+        raise
+    switch_link(ctx.workspace.env, prefix)
+    envinfo.save(ctx.workspace, info)
+    _prune(ctx, prefix)
+    torch = f"torch {info.torch} (CUDA {info.torch_cuda})" if info.torch else "no torch"
+    cc = f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home else f"no matching nvcc: {extra['compiler_reason']}"
+    ctx.say(f"{info.backend} env at {prefix}: Python {info.python_version}, {torch}, {cc}")
+    if not info.cuda_home and info.torch_cuda:
+        ctx.say(f"warning: {extra['compiler_reason']}")
+    return StepOutcome(
+        detail=f"{info.backend} Python {info.python_version}, {len(info.packages)} packages, {torch}, {cc}",
+        facts={"prefix": info.prefix, "python": info.python, "python_version": info.python_version,
+               "torch": info.torch, "torch_cuda": info.torch_cuda, "cuda_home": info.cuda_home,
+               "nvcc_version": info.nvcc_version, "lock": info.lock, "installer": info.installer,
+               "packages": len(info.packages), **extra})
