@@ -57,6 +57,19 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None
         sys.stdout.write(json.dumps(to_json(checks), indent=2) + "\n")
         sys.stdout.flush()
         return
+    ok, _ = summarize(checks)
+    n = counts(checks)
+    total = f"{'ok' if ok else 'FAILED'}: {n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip"
+    if not ui.out.is_terminal:      # CI logs: one line per check, its fix below it, nothing wrapped
+        lines = [title]
+        width = max((len(c.name) for c in checks), default=0)
+        for c in checks:
+            lines.append(f"{c.status.upper():4}  {c.name:{width}}  {c.detail}")
+            if c.hint and c.status != "pass":
+                lines.append(f"      {'':{width}}  fix: {c.hint}")
+        sys.stdout.write("\n".join(lines + [total]) + "\n")
+        sys.stdout.flush()
+        return
     from rich.table import Table
     colors = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
     table = Table(title=title)
@@ -66,7 +79,4 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None
         table.add_row(c.name, f"[{colors.get(c.status, '')}]{c.status.upper()}[/]", c.detail, c.hint or "",
                       )
     ui.out.print(table)
-    n = counts(checks)
-    ok, _ = summarize(checks)
-    ui.out.print(f"{'ok' if ok else 'FAILED'}: {n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip",
-                 markup=False)
+    ui.out.print(total, markup=False)

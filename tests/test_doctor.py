@@ -1,0 +1,241 @@
+"""inv doctor against real loopback mirrors (up / down / slow / incomplete) and recorded host facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Route
+from vllm_provision import doctor, report
+from vllm_provision.checks import summarize
+from vllm_provision.host import HostFacts, parse_driver_cuda, parse_gpu_csv
+from vllm_provision.plan import GIB, build_plan
+
+FIXTURES = ROOT / "tests" / "fixtures" / "gpu" / "h100"
+# Same format as `nvidia-smi --query-gpu=index,name,memory.total,memory.used,compute_cap,driver_version,uuid
+# --format=csv,noheader,nounits` on the H100 machine; the recorded file is used once it exists.
+H100_CSV = "0, NVIDIA H100 80GB HBM3, 81559, 0, 9.0, 580.82.07, GPU-5b1a3c2e-0000-0000-0000-000000000000\n"
+H100_HEADER = "| NVIDIA-SMI 580.82.07    Driver Version: 580.82.07    CUDA Version: 13.0     |\n"
+
+
+def recorded(pattern: str, fallback: str) -> str:
+    for path in sorted(FIXTURES.glob(pattern)) if FIXTURES.is_dir() else ():
+        text = path.read_text()
+        if text.strip():
+            return text
+    return fallback
+
+
+def h100_facts() -> HostFacts:
+    gpus = parse_gpu_csv(recorded("*query*", H100_CSV))
+    return HostFacts(gpus=gpus, driver_cuda=parse_driver_cuda(recorded("*nvidia-smi*.txt", H100_HEADER)) or "13.0",
+                     cpu_count=16, mem_available_bytes=120 * GIB, mem_total_bytes=128 * GIB,
+                     disk_free_bytes=500 * GIB)
+
+
+NO_GPU = HostFacts(gpu_error="nvidia-smi not found", cpu_count=2, mem_available_bytes=20 * GIB,
+                   mem_total_bytes=24 * GIB, disk_free_bytes=100 * GIB)
+HOST_NVCC = Path("/usr/local/cuda/bin/nvcc")
+
+
+def simple_page(*files: str) -> bytes:
+    links = "".join(f'<a href="../../files/{f}#sha256=00">{f}</a>\n' for f in files)
+    return f"<!DOCTYPE html><html><body>{links}</body></html>".encode()
+
+
+def serve_index(server, *, vllm_files=("vllm-0.2.2.tar.gz",), xformers=True, delay=0.0):
+    html = "text/html"
+    server.add("/simple/torch/", Route(simple_page("torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl"), content_type=html,
+                                       delay=delay))
+    server.add("/simple/vllm/", Route(simple_page(*vllm_files), content_type=html, delay=delay))
+    if xformers:
+        server.add("/simple/xformers/", Route(simple_page("xformers-0.0.22.post7.tar.gz"), content_type=html,
+                                              delay=delay))
+    server.add("/files/vllm-0.2.2.tar.gz", Route(b"x" * 100))
+    return server.url + "/simple"
+
+
+def closed_port_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/simple"
+
+
+def make_plan(index_url: str, facts: HostFacts, **extra):
+    cli = {"pypi": {"index_url": index_url}, "fetch": {"github": False}, **extra}
+    return build_plan(cli, facts=facts)
+
+
+def by_name(checks):
+    return {c.name.split(" ")[0] if c.name.startswith(("index", "channel")) else c.name: c for c in checks}
+
+
+needs_nvcc = pytest.mark.skipif(not HOST_NVCC.exists(), reason="needs the system CUDA toolkit at /usr/local/cuda")
+
+
+@needs_nvcc
+def test_h100_host_with_matching_toolchain_passes(isolated, http_server):
+    facts = h100_facts()
+    index = serve_index(http_server)
+    # torch's CUDA = the host nvcc's (13.0), as on a host-torch / torch 2.14.1 stack
+    plan = make_plan(index, facts, env={"cuda": "13.0"})
+    checks = doctor.run_doctor(plan, facts, timeout=2)
+    c = by_name(checks)
+    assert c["gpus"].status == "pass" and "H100" in c["gpus"].detail and "9.0" in c["gpus"].detail
+    assert c["driver"].status == "pass" and "13.0" in c["driver"].detail
+    assert c["nvcc"].status == "pass" and "13.0" in c["nvcc"].detail
+    assert c["compiler"].status == "pass" and "gcc <=" in c["compiler"].detail
+    assert c["archs"].status == "pass" and "9.0" in c["archs"].detail
+    assert c["index"].status == "pass" and "vllm" in c["index"].detail
+    assert c["source"].status == "pass" and "reachable" in c["source"].detail
+    assert summarize(checks) == (True, 0), [x for x in checks if x.status == "fail"]
+
+
+def test_no_nvidia_smi_is_a_failed_check_with_the_hint(isolated, http_server):
+    plan = make_plan(serve_index(http_server), NO_GPU)
+    checks = doctor.run_doctor(plan, NO_GPU, timeout=2)
+    gpus = by_name(checks)["gpus"]
+    assert gpus.status == "fail" and "nvidia-smi not found" in gpus.detail
+    assert "NVIDIA driver" in gpus.hint and "--arch" in gpus.hint
+    assert by_name(checks)["driver"].status == "skip"
+    assert summarize(checks) == (False, 1)
+
+
+def test_explicit_arch_without_gpu_is_only_a_warning(isolated, http_server):
+    plan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"})
+    gpus = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["gpus"]
+    assert gpus.status == "warn" and "9.0" in gpus.detail
+
+
+def test_driver_older_than_torch_cuda_fails(isolated, http_server):
+    facts = h100_facts()
+    old = HostFacts(**{**facts.__dict__, "driver_cuda": "12.0"})
+    plan = make_plan(serve_index(http_server), old, env={"cuda": "12.1"})
+    drv = by_name(doctor.run_doctor(plan, old, timeout=2))["driver"]
+    assert drv.status == "fail" and "12.0" in drv.detail and "12.1" in drv.detail and "driver" in drv.hint
+
+
+@needs_nvcc
+def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, http_server):
+    plan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"})
+    assert plan.env.cuda == "12.1"
+    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc"]
+    assert nvcc.status == "fail"
+    assert "12.1" in nvcc.detail and "13.0" in nvcc.detail and "cuda-nvcc=12.1" in nvcc.hint
+
+
+@needs_nvcc
+def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_server):
+    plan = make_plan(serve_index(http_server), NO_GPU)     # no GPU, no --arch: 7.0 ... 9.0
+    archs = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["archs"]
+    assert archs.status == "fail" and "7.0" in archs.detail and "--arch" in archs.hint
+
+
+def test_mirror_down_fails_fast_and_redacts_credentials(isolated):
+    url = closed_port_url().replace("http://", "http://alice:s3cret@")
+    plan = make_plan(url, NO_GPU)
+    checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
+    index = by_name(checks)["index"]
+    assert index.status == "fail" and "unreachable" in index.detail
+    assert by_name(checks)["source"].status == "fail"
+    text = json.dumps([c.to_dict() for c in checks])
+    assert "s3cret" not in text and "alice:***@" in text
+
+
+def test_slow_mirror_times_out_instead_of_hanging(isolated, http_server):
+    index = serve_index(http_server, delay=4.0)
+    plan = make_plan(index, NO_GPU)
+    checks = doctor.run_doctor(plan, NO_GPU, timeout=0.5)
+    index_check = by_name(checks)["index"]
+    assert index_check.status == "fail" and "timed out" in index_check.detail.lower() + str(index_check.hint)
+
+
+def test_mirror_without_the_release_or_xformers(isolated, http_server):
+    index = serve_index(http_server, vllm_files=("vllm-0.2.7.tar.gz",), xformers=False)
+    checks = doctor.run_doctor(make_plan(index, NO_GPU), NO_GPU, timeout=2)
+    c = by_name(checks)["index"]
+    assert c.status == "fail" and "no 0.2.2 file" in c.detail and "missing: xformers" in c.detail
+
+
+def test_mirror_missing_only_xformers_is_a_warning(isolated, http_server):
+    index = serve_index(http_server, xformers=False)
+    c = by_name(doctor.run_doctor(make_plan(index, NO_GPU), NO_GPU, timeout=2))["index"]
+    assert c.status == "warn" and "xformers" in c.detail
+
+
+def test_extra_index_and_conda_channel_each_checked(isolated, http_server):
+    index = serve_index(http_server)
+    repodata = json.dumps({"packages": {"python-3.10.12-h0.tar.bz2": {"name": "python", "version": "3.10.12"}},
+                           "packages.conda": {}}).encode()
+    http_server.add("/chan/linux-64/repodata.json", Route(repodata, content_type="application/json"))
+    http_server.add("/chan/noarch/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
+    http_server.add("/bad/linux-64/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
+    plan = make_plan(index, NO_GPU, conda={"channels": [http_server.url + "/chan", http_server.url + "/bad"]},
+                     pypi={"index_url": index, "extra_index_urls": [closed_port_url()]})
+    checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
+    idx = [c for c in checks if c.name.startswith("index ")]
+    assert [c.status for c in idx] == ["pass", "fail"]
+    chans = {c.name: c for c in checks if c.name.startswith("channel ")}
+    assert chans[f"channel {http_server.url}/chan"].status == "pass"
+    bad = chans[f"channel {http_server.url}/bad"]
+    assert bad.status == "fail"     # no noarch subdir, no python
+
+
+def test_cached_source_passes_offline(isolated, tmp_path):
+    plan = make_plan(closed_port_url(), NO_GPU, offline=True)
+    checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
+    c = by_name(checks)
+    assert c["source"].status == "fail" and "--offline" in c["source"].detail
+    assert c["mirrors"].status == "skip"
+    assert not any(x.name.startswith("index") for x in checks)
+
+
+def test_parsers_on_real_tool_output():
+    assert doctor.parse_gcc_limit("#if __GNUC__ > 15\n#error -- unsupported GNU version!") == 15
+    assert doctor.parse_nvcc_version("Cuda compilation tools, release 12.1, V12.1.105") == "12.1"
+    assert doctor.parse_gpu_archs("compute_75 compute_80 compute_90 compute_100 compute_120") == \
+        ("7.5", "8.0", "9.0", "10.0", "12.0")
+    top, dirs = doctor.parse_dryrun('#$ TOP=/opt/cuda/bin/..\n#$ INCLUDES="-I/opt/cuda/bin/../targets/x86_64-linux/include"  \n')
+    assert top == "/opt/cuda/bin/.." and dirs == ("/opt/cuda/bin/../targets/x86_64-linux/include",)
+
+
+def _inv(*args, env):
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_json_shape_junit_and_exit_codes(isolated, http_server, tmp_path):
+    env = {**os.environ, "VLLMP_PYPI__INDEX_URL": serve_index(http_server), "VLLMP_FETCH__GITHUB": "false"}
+    junit = tmp_path / "doctor.xml"
+    done = _inv("doctor", "--json", "--arch", "9.0", "--junit", str(junit), env=env)
+    data = json.loads(done.stdout)
+    assert set(data) == {"ok", "checks"}
+    assert all(set(c) == {"name", "status", "detail", "hint"} for c in data["checks"])
+    assert {c["status"] for c in data["checks"]} <= {"pass", "warn", "fail", "skip"}
+    assert done.returncode == (0 if data["ok"] else 1), done.stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert int(suite.get("tests")) == len(data["checks"])
+    assert int(suite.get("failures")) == sum(c["status"] == "fail" for c in data["checks"])
+    rep = Path(isolated["VLLMP_WORKSPACE_ROOT"]) / "0.2.2-seed" / "report.json"
+    saved = json.loads(rep.read_text())
+    assert saved["doctor"]["checks"] == data["checks"] and "gpus" in saved["host"]
+    assert "## Doctor" in rep.with_suffix(".md").read_text()
+    bad = _inv("doctor", "--release", "9.9.9", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
+
+
+def test_no_gpu_host_cli_fails_with_exit_1_not_a_traceback(isolated, http_server):
+    if NO_GPU.gpu_error and os.path.exists("/usr/bin/nvidia-smi"):
+        pytest.skip("this host has nvidia-smi")
+    env = {**os.environ, "VLLMP_PYPI__INDEX_URL": serve_index(http_server), "VLLMP_FETCH__GITHUB": "false"}
+    done = _inv("doctor", env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    assert "gpus" in done.stdout and "FAIL" in done.stdout and "NVIDIA driver" in done.stdout.replace("\n", " ")
