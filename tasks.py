@@ -134,3 +134,19 @@ def test(c, k=None, quick=False):
     if quick:
         args += ["-m", "not slow and not network"]
     sys.exit(subprocess.call(args, cwd=PROJECT_ROOT))
+
+
+@task(help={**COMMON, "force": "check and apply the patches again even if up to date"})
+@handles_errors
+def patch(c, release=None, profile=None, offline=False, force=False):
+    """Apply the release's patch series whose conditions hold for the env (idempotent)."""
+    cli.run_pipeline(["patch"], ["patch"] if force else [], release=release, profile=profile, offline=offline)
+
+
+@task(help={**COMMON, "force": "rebuild even if up to date", "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'",
+            "max_jobs": "parallel compile jobs (default: from free RAM and cores)"})
+@handles_errors
+def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None):
+    """Preflight, then compile vLLM's CUDA extensions (parallel, ccache) and install it editable."""
+    cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
+                     arch=arch, max_jobs=max_jobs)

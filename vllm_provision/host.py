@@ -39,6 +39,11 @@ class HostFacts:
     mem_total_bytes: int = 0
     disk_free_bytes: int = 0
     extra: dict = field(default_factory=dict)
+    driver_version: str | None = None     # "580.95.05"
+    nvcc: tuple = ()                      # NvccInfo for every candidate compiler found
+    gcc_version: str | None = None        # the host C++ compiler's version ("12.2.0")
+    gcc_path: str | None = None
+    gpu_processes: tuple = ()             # GpuProcess: other programs holding GPU memory
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +51,28 @@ class HostFacts:
     @property
     def compute_caps(self) -> tuple[str, ...]:
         return tuple(sorted({g.compute_cap for g in self.gpus}, key=lambda c: tuple(int(x) for x in c.split("."))))
+
+
+@dataclass(frozen=True)
+class NvccInfo:
+    path: str
+    source: str                  # CUDA_HOME | PATH | /usr/local/cuda | env (pip wheels)
+    version: str | None          # "13.0"
+    gcc_max: int | None = None   # newest gcc major it accepts (crt/host_config.h), None: no limit found
+
+    @property
+    def cuda_home(self) -> str:
+        return str(Path(self.path).parent.parent)
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    name: str
+    used_mib: int
+
+
+COMPUTE_APPS_QUERY = "pid,process_name,used_memory"
 
 
 def parse_gpu_csv(text: str) -> tuple[Gpu, ...]:
@@ -65,6 +92,57 @@ def parse_driver_cuda(nvidia_smi_text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def parse_driver_version(text: str) -> str | None:
+    """`Driver Version: 580.95.05` from plain nvidia-smi, or the first cell of a one-column CSV."""
+    m = re.search(r"Driver Version\s*:\s*([0-9.]+)", text)
+    if m:
+        return m.group(1)
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    return first if re.fullmatch(r"[0-9]+(\.[0-9]+)+", first) else None
+
+
+def parse_nvcc_version(text: str) -> str | None:
+    """`Cuda compilation tools, release 13.0, V13.0.88` -> "13.0"."""
+    m = re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def parse_gcc_limit(header_text: str) -> int | None:
+    """Newest gcc major nvcc accepts, from crt/host_config.h: `#if __GNUC__ > 15` -> 15."""
+    m = re.search(r"#if\s+__GNUC__\s*>\s*(\d+)", header_text)
+    return int(m.group(1)) if m else None
+
+
+def parse_gpu_archs(text: str) -> tuple[str, ...]:
+    """`nvcc --list-gpu-arch` (compute_75 ... compute_120) -> ("7.5", ..., "12.0")."""
+    return tuple(dict.fromkeys(f"{m.group(1)}.{m.group(2)}" for m in re.finditer(r"compute_(\d+?)(\d)[a-z]?\b", text)))
+
+
+def parse_gcc_version(text: str) -> str | None:
+    """`gcc -dumpfullversion -dumpversion` ("12.2.0") or `gcc --version`'s first line."""
+    m = re.search(r"(?<![\w.])(\d+\.\d+(?:\.\d+)?)(?![\w.])", text.strip().splitlines()[0] if text.strip() else "")
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"\s*(\d+)\s*", text)
+    return m.group(1) if m else None
+
+
+def parse_compute_apps(text: str) -> tuple[GpuProcess, ...]:
+    """`nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader,nounits`."""
+    out = []
+    for line in text.strip().splitlines():
+        cells = [c.strip() for c in line.rsplit(",", 1)]
+        head = [c.strip() for c in cells[0].split(",", 1)] if cells else []
+        if len(cells) != 2 or len(head) != 2 or not head[0].isdigit():
+            continue
+        try:
+            used = int(float(cells[1]))
+        except ValueError:
+            used = 0
+        out.append(GpuProcess(pid=int(head[0]), name=head[1], used_mib=used))
+    return tuple(out)
+
+
 def parse_meminfo(text: str) -> tuple[int, int]:
     values = {}
     for line in text.splitlines():
@@ -73,6 +151,65 @@ def parse_meminfo(text: str) -> tuple[int, int]:
         if parts:
             values[key] = int(parts[0]) * 1024
     return values.get("MemAvailable", values.get("MemFree", 0)), values.get("MemTotal", 0)
+
+
+def nvcc_candidates(environ=None, env_nvcc: str | None = None) -> list[NvccInfo]:
+    """Every nvcc found, in torch's search order ($CUDA_HOME, PATH, /usr/local/cuda) then the env's
+    pip-provisioned one; each with its version and gcc limit. Duplicates (same real file) once."""
+    environ = os.environ if environ is None else environ
+    found: list[tuple[str, str]] = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if environ.get(var):
+            found.append((str(Path(environ[var]) / "bin" / "nvcc"), var))
+    which = shutil.which("nvcc", path=environ.get("PATH", ""))
+    if which:
+        found.append((which, "PATH"))
+    found.append(("/usr/local/cuda/bin/nvcc", "/usr/local/cuda"))
+    if env_nvcc:
+        found.append((env_nvcc, "env (pip wheels)"))
+    out, seen = [], set()
+    for path, source in found:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append(probe_nvcc(path, source))
+    return out
+
+
+def probe_nvcc(path: str, source: str = "") -> NvccInfo:
+    done = runner.capture([path, "--version"], timeout=20)
+    version = parse_nvcc_version(done.output) if done and done.returncode == 0 else None
+    return NvccInfo(path=path, source=source, version=version, gcc_max=gcc_limit_of(str(Path(path).parent.parent)))
+
+
+def gcc_limit_of(cuda_home: str) -> int | None:
+    for header in (Path(cuda_home) / "include" / "crt" / "host_config.h",
+                   Path(cuda_home) / "targets" / "x86_64-linux" / "include" / "crt" / "host_config.h"):
+        try:
+            return parse_gcc_limit(header.read_text(errors="replace"))
+        except OSError:
+            continue
+    return None
+
+
+def host_compiler(environ=None) -> str | None:
+    """The compiler nvcc will use as host compiler: $CUDAHOSTCXX, $CC (torch passes it as -ccbin), $CXX, gcc."""
+    environ = os.environ if environ is None else environ
+    for var in ("CUDAHOSTCXX", "CC", "CXX"):
+        if environ.get(var):
+            return shutil.which(environ[var]) or environ[var]
+    return shutil.which("gcc") or shutil.which("g++")
+
+
+def probe_gcc(environ=None) -> tuple[str | None, str | None]:
+    cc = host_compiler(environ)
+    if not cc:
+        return None, None
+    done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=10)
+    return cc, parse_gcc_version(done.output) if done and done.returncode == 0 else None
 
 
 def probe_gpus() -> tuple[tuple[Gpu, ...], str | None, str | None]:
@@ -90,6 +227,12 @@ def probe_gpus() -> tuple[tuple[Gpu, ...], str | None, str | None]:
 @lru_cache(maxsize=4)
 def probe(disk_path: str = ".") -> HostFacts:
     gpus, gpu_error, driver_cuda = probe_gpus()
+    processes: tuple = ()
+    smi = shutil.which("nvidia-smi")
+    if gpus and smi:
+        apps = runner.capture([smi, f"--query-compute-apps={COMPUTE_APPS_QUERY}", "--format=csv,noheader,nounits"])
+        processes = parse_compute_apps(apps.output) if apps and apps.returncode == 0 else ()
+    gcc_path, gcc_version = probe_gcc()
     try:
         available, total = parse_meminfo(Path("/proc/meminfo").read_text())
     except OSError:
@@ -100,7 +243,10 @@ def probe(disk_path: str = ".") -> HostFacts:
     return HostFacts(gpus=gpus, gpu_error=gpu_error, driver_cuda=driver_cuda,
                      cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
                      mem_available_bytes=available, mem_total_bytes=total,
-                     disk_free_bytes=shutil.disk_usage(path).free)
+                     disk_free_bytes=shutil.disk_usage(path).free,
+                     driver_version=gpus[0].driver_version if gpus else None,
+                     nvcc=tuple(nvcc_candidates()), gcc_version=gcc_version, gcc_path=gcc_path,
+                     gpu_processes=processes)
 
 
 @lru_cache(maxsize=None)
@@ -118,3 +264,15 @@ def find_interpreter(minor: str) -> str | None:
         if result and result.returncode == 0 and result.output.strip().endswith(minor):
             return path
     return None
+
+
+def facts_from(*, gpu_csv: str = "", smi_text: str = "", apps_csv: str = "", meminfo: str = "", cpu_count: int = 1,
+               disk_free_bytes: int = 0, gpu_error: str | None = None) -> HostFacts:
+    """HostFacts from recorded command outputs (no commands run): the parsing half of `probe()`."""
+    gpus = parse_gpu_csv(gpu_csv)
+    available, total = parse_meminfo(meminfo) if meminfo else (0, 0)
+    return HostFacts(gpus=gpus, gpu_error=None if gpus else (gpu_error or "nvidia-smi not found"),
+                     driver_cuda=parse_driver_cuda(smi_text), cpu_count=cpu_count, mem_available_bytes=available,
+                     mem_total_bytes=total, disk_free_bytes=disk_free_bytes,
+                     driver_version=(gpus[0].driver_version if gpus else parse_driver_version(smi_text)),
+                     gpu_processes=parse_compute_apps(apps_csv))

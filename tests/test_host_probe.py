@@ -1,0 +1,86 @@
+"""Host-probe parsers on recorded outputs (H100 from the GPU machine when recorded; mixed and no-GPU hosts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vllm_provision import host
+from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
+from vllm_provision.catalog import get_release
+
+FIX = Path(__file__).parent / "fixtures"
+H100 = FIX / "gpu" / "h100"
+
+
+def read(d: Path, name: str) -> str:
+    p = d / name
+    return p.read_text() if p.is_file() else ""
+
+
+def facts_of(d: Path, disk=100 * GIB) -> host.HostFacts:
+    return host.facts_from(gpu_csv=read(d, "query-gpu.csv"), smi_text=read(d, "nvidia-smi.txt"),
+                           apps_csv=read(d, "compute-apps.csv"), meminfo=read(d, "meminfo"),
+                           cpu_count=int(read(d, "cpu_count") or 1), disk_free_bytes=disk)
+
+
+SETTINGS = {"build": {"arch_list": None, "max_jobs": None, "parallel_extensions": True, "ccache": True}}
+
+
+def test_mixed_gpu_host():
+    f = facts_of(FIX / "hosts" / "mixed")
+    assert [g.name for g in f.gpus][:2] == ["NVIDIA A100-SXM4-80GB"] * 2
+    assert f.compute_caps == ("7.0", "8.0", "8.9")          # deduplicated, numeric order
+    assert f.driver_cuda == "12.4" and f.driver_version == "550.54.15"
+    assert [(p.pid, p.used_mib) for p in f.gpu_processes] == [(4242, 1010), (977, 498)]
+    assert f.mem_available_bytes == 40 * GIB and f.cpu_count == 64
+    b = plan_build(get_release("0.2.2"), SETTINGS, f)
+    assert b.arch_list == ("7.0", "8.0", "8.9") and b.arch_source == "gpus"
+    assert b.torch_cuda_arch_list == "7.0;8.0;8.9"
+    assert b.max_jobs == min(64, (40 * GIB) // BUILD_JOB_PEAK_BYTES) == 11
+
+
+def test_no_gpu_host_uses_release_archs_and_ram_bounds_jobs():
+    f = facts_of(FIX / "hosts" / "nogpu")
+    assert f.gpus == () and f.gpu_error and f.driver_cuda is None and f.gpu_processes == ()
+    b = plan_build(get_release("0.2.2"), SETTINGS, f)
+    assert b.arch_list == ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
+    assert b.max_jobs == 2                         # 2 cores (20 GiB would allow 5)
+    small = host.facts_from(meminfo="MemAvailable: 4194304 kB\n", cpu_count=16)
+    assert plan_build(get_release("0.2.2"), SETTINGS, small).max_jobs == 1
+
+
+@pytest.mark.skipif(not H100.is_dir(), reason="H100 recordings not present")
+def test_recorded_h100():
+    files = {p.name: p.read_text(errors="replace") for p in H100.iterdir() if p.is_file()}
+    csv = next((t for n, t in files.items() if "query-gpu" in n or n.startswith("gpu")), "")
+    gpus = host.parse_gpu_csv(csv)
+    assert gpus and all("H100" in g.name and g.compute_cap == "9.0" for g in gpus)
+    smi = next((t for t in files.values() if "CUDA Version" in t), "")
+    assert host.parse_driver_cuda(smi)
+
+
+def test_arch_list_rendering_per_release():
+    f = host.HostFacts()
+    for given in ("8.0,9.0", "8.0;9.0", "8.0 9.0", ["8.0", "9.0"]):
+        b = plan_build(get_release("0.2.2"), {"build": {"arch_list": given}}, f)
+        assert b.torch_cuda_arch_list == "8.0;9.0"      # 0.2.2 splits on ';'/space only: no commas
+
+
+def test_nvcc_and_compiler_parsers():
+    assert host.parse_nvcc_version("Cuda compilation tools, release 13.0, V13.0.88\n") == "13.0"
+    assert host.parse_gcc_limit("#if __GNUC__ > 15\n#error -- unsupported GNU version!") == 15
+    assert host.parse_gpu_archs("compute_75\ncompute_80\ncompute_90\ncompute_100\ncompute_120\n") == \
+        ("7.5", "8.0", "9.0", "10.0", "12.0")
+    assert host.parse_gcc_version("12.2.0\n") == "12.2.0"
+    assert host.parse_gcc_version("13\n") == "13"
+    assert host.parse_driver_version("| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: 13.0 |") == "580.95.05"
+
+
+def test_real_nvcc_candidates_carry_version_and_gcc_limit():
+    found = host.nvcc_candidates()
+    if not found:
+        pytest.skip("no nvcc on this host")
+    real = [c for c in found if c.gcc_max is not None]
+    assert real and real[0].version and real[0].gcc_max >= 12

@@ -1,0 +1,74 @@
+"""Patch conditions, idempotent apply and a failing hunk, on a real small tree with real `patch`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vllm_provision import patches
+from vllm_provision.errors import StepFailed
+from vllm_provision.steps import patch as step
+
+PATCH = """--- a/setup.py
++++ b/setup.py
+@@ -1,3 +1,3 @@
+ import torch
+-CXX_FLAGS = ["-std=c++17"]
++CXX_FLAGS = ["-std=c++20"]
+ print("ok")
+"""
+
+
+def tree(tmp_path: Path, text='import torch\nCXX_FLAGS = ["-std=c++17"]\nprint("ok")\n') -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "setup.py").write_text(text)
+    return src
+
+
+def series(tmp_path: Path, when: str = '{ torch = ">=2.13" }') -> tuple:
+    d = tmp_path / "patches" / "9.9"
+    d.mkdir(parents=True)
+    (d / "0001-cxx20.patch").write_text(PATCH)
+    (d / "series.toml").write_text(f'[[patch]]\nfile = "0001-cxx20.patch"\nwhy = "c++20"\nupstream = ""\nwhen = {when}\n')
+    return patches.load_series("9.9", tmp_path)
+
+
+def test_conditions(tmp_path):
+    [p] = series(tmp_path)
+    assert p.applies({"torch": "2.14.1"})[0]
+    assert not p.applies({"torch": "2.1.0"})[0]
+    assert not p.applies({})[0]
+    [q] = series(tmp_path / "x", '{ xformers = "absent", release = "==9.9" }')
+    assert q.applies({"release": "9.9"})[0]
+    assert not q.applies({"release": "9.9", "xformers": "0.0.23"})[0]
+
+
+def test_apply_is_idempotent(tmp_path):
+    [p] = series(tmp_path)
+    src = tree(tmp_path)
+    assert step.apply_one(p, src, tmp_path / "log") == "applied"
+    assert "c++20" in (src / "setup.py").read_text()
+    assert step.apply_one(p, src, tmp_path / "log") == "already applied"
+    assert (src / "setup.py").read_text().count("c++20") == 1
+    assert not list(src.glob("*.orig")) and not list(src.glob("*.rej"))
+
+
+def test_failing_hunk_is_named(tmp_path):
+    [p] = series(tmp_path)
+    src = tree(tmp_path, 'import torch\nCXX_FLAGS = ["-std=gnu++14"]\nprint("ok")\n')
+    with pytest.raises(StepFailed) as err:
+        step.apply_one(p, src, tmp_path / "log")
+    assert "0001-cxx20.patch" in err.value.message and "setup.py hunk #1" in err.value.message
+    assert "gnu++14" in (src / "setup.py").read_text()            # untouched
+    assert not list(src.glob("*.rej"))
+
+
+def test_real_series_022_cxx20_applies_to_torch_214():
+    found = {p.file: p for p in patches.load_series("0.2.2")}
+    if "0001-build-with-cxx20.patch" not in found:
+        pytest.skip("0.2.2 series has no C++20 patch yet")
+    p = found["0001-build-with-cxx20.patch"]
+    assert p.applies({"torch": "2.14.1", "release": "0.2.2"})[0]
+    assert not p.applies({"torch": "2.1.0", "release": "0.2.2"})[0]

@@ -1,0 +1,77 @@
+"""Preflight messages, and the seed lock's torch 2.1.0 (CUDA 12.1) refused against nvcc 13.0 in seconds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from vllm_provision import envinfo, preflight
+from vllm_provision.envinfo import EnvInfo
+from vllm_provision.host import HostFacts
+from vllm_provision.pipeline import run_steps
+from vllm_provision.plan import GIB, build_plan
+
+
+def test_nvcc_torch_rule():
+    assert preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc").status == "fail"
+    c = preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc")
+    assert "nvidia-cuda-nvcc-cu12==12.1.*" in c.hint and "CUDA_HOME" in c.hint
+    assert preflight.check_nvcc_torch("12.1", "12.4", "/x/nvcc").status == "warn"
+    assert preflight.check_nvcc_torch("13.0", "13.0", "/x/nvcc").status == "pass"
+    assert preflight.check_nvcc_torch(None, "13.0", "/x/nvcc").status == "fail"
+    assert "nvidia-cuda-nvcc==13.0.*" in preflight.check_nvcc_torch("13.0", None, None).hint
+
+
+def test_gcc_limit():
+    c = preflight.check_gcc("14.2.0", "/usr/bin/gcc", 13, "12.4")
+    assert c.status == "fail" and "CC=gcc-13" in c.hint and "CUDAHOSTCXX=g++-13" in c.hint
+    assert preflight.check_gcc("12.2.0", "/usr/bin/gcc", 15, "13.0").status == "pass"
+    assert preflight.check_gcc(None, None, 15, "13.0").status == "fail"
+
+
+def test_archs_release_and_nvcc():
+    rel = ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
+    nvcc13 = ("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "12.0")
+    c = preflight.check_archs(rel, rel, "0.2.2", nvcc13, "13.0")
+    assert c.status == "fail" and "7.0" in c.detail and "--arch '7.5;8.0;8.6;8.9;9.0'" in c.hint
+    assert preflight.check_archs(("9.0",), rel, "0.2.2", nvcc13, "13.0").status == "pass"
+    assert preflight.check_archs(("10.0",), rel, "0.2.2", nvcc13, "13.0").status == "fail"
+
+
+def test_driver_disk_ram():
+    assert preflight.check_driver(HostFacts(), "13.0").status == "skip"
+    from vllm_provision.host import Gpu
+    old = HostFacts(gpus=(Gpu(0, "H100", 81559, 0, "9.0", "535.1"),), driver_cuda="12.2", driver_version="535.1")
+    c = preflight.check_driver(old, "13.0")
+    assert c.status == "fail" and "driver" in c.hint
+    assert preflight.check_driver(old, "12.4").status == "warn"
+    assert preflight.check_disk(1 * GIB).status == "fail"
+    assert preflight.check_ram(2 * GIB, 1).status == "fail"
+    r = preflight.check_ram(8 * GIB, 4)
+    assert r.status == "warn" and r.hint == "--max-jobs 2"
+
+
+def test_seed_torch_refused_before_any_compile(tmp_path, monkeypatch):
+    """torch 2.1.0+cu121 (the seed lock) with only nvcc 13.0 available: refused in seconds, with the fix."""
+    plan = build_plan({"workspace_root": str(tmp_path / "ws"), "build": {"arch_list": "9.0", "max_jobs": 1}},
+                      facts=HostFacts(cpu_count=2, mem_available_bytes=20 * GIB, disk_free_bytes=100 * GIB))
+    plan.workspace.ensure()
+    plan.workspace.src.mkdir(parents=True)
+    (plan.workspace.src / "setup.py").write_text("raise SystemExit('must not run')\n")
+    nvcc = tmp_path / "cuda-13.0" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDA_HOME", str(nvcc.parent.parent))
+    envinfo.save(plan.workspace, EnvInfo(backend="venv", prefix=str(tmp_path), python="/nonexistent/python",
+                                         python_version="3.10.12", torch="2.1.0+cu121", torch_cuda="12.1",
+                                         cuda_home=None, nvcc=None, nvcc_version=None))
+    facts = HostFacts(cpu_count=2, mem_available_bytes=20 * GIB, disk_free_bytes=100 * GIB)
+    started = time.monotonic()
+    [result] = run_steps(plan, facts, ["build"])
+    assert time.monotonic() - started < 30
+    assert result.status == "failed"
+    assert "nvcc-vs-torch" in result.detail and "13.0" in result.detail and "12.1" in result.detail
+    assert "nvidia-cuda-nvcc-cu12==12.1.*" in result.hint
+    assert not (plan.workspace.src / "build").exists()      # nothing compiled

@@ -1,0 +1,225 @@
+"""Build helpers for the build step: the compile environment, compiler-cache wrappers, diagnosis.
+
+`driver.py` beside this file is a standalone script run with the *target env's* python inside the
+source tree; it must not import the toolkit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..plan import BUILD_JOB_PEAK_BYTES, GIB
+
+DRIVER = Path(__file__).with_name("driver.py")
+
+# Header -> the PyPI wheel that ships it (CUDA 13 wheels drop the -cuXX suffix; CUDA 12: "-cu12").
+HEADER_WHEELS = {
+    "cusparse": "nvidia-cusparse", "cublas": "nvidia-cublas", "cublasLt": "nvidia-cublas",
+    "cusolver": "nvidia-cusolver", "curand": "nvidia-curand", "cufft": "nvidia-cufft",
+    "nvrtc": "nvidia-cuda-nvrtc", "cudnn": "nvidia-cudnn", "nccl": "nvidia-nccl", "nvToolsExt": "nvidia-nvtx",
+    "nvtx3": "nvidia-nvtx", "cupti": "nvidia-cuda-cupti", "cufile": "nvidia-cufile",
+    "cuda_runtime": "nvidia-cuda-runtime", "cuda_runtime_api": "nvidia-cuda-runtime", "cuda": "nvidia-cuda-runtime",
+    "cuda_fp16": "nvidia-cuda-runtime", "cuda_bf16": "nvidia-cuda-runtime", "cuda_fp8": "nvidia-cuda-runtime",
+    "host_config": "nvidia-cuda-crt", "host_defines": "nvidia-cuda-crt", "crt": "nvidia-cuda-crt",
+    "thrust": "nvidia-cuda-cccl", "cub": "nvidia-cuda-cccl", "cuda/std": "nvidia-cuda-cccl",
+    "nvJitLink": "nvidia-nvjitlink",
+}
+UNVERSIONED_WHEELS = {"nvidia-cudnn": "nvidia-cudnn-cu{major}", "nvidia-nccl": "nvidia-nccl-cu{major}"}
+
+
+def wheel_for_header(header: str, cuda: str | None) -> str | None:
+    """`cusparse.h` -> `nvidia-cusparse` (CUDA 13) / `nvidia-cusparse-cu12` (CUDA 12)."""
+    base = header.strip().removesuffix(".h").removesuffix(".hpp").removesuffix(".cuh")
+    key = next((k for k in (base, base.split("/")[0], base.rsplit("/", 1)[-1], re.sub(r"_v\d+$", "", base),
+                            re.sub(r"(Dn|Sp|Mg|Rf|Xt|_api|_common|_kernel|_v2)$", "", base))
+                if k in HEADER_WHEELS), None)
+    if key is None:
+        if base == "Python":
+            return "python3-dev (the interpreter's headers)"
+        return None
+    wheel = HEADER_WHEELS[key]
+    major = (cuda or "13").split(".")[0]
+    if wheel in UNVERSIONED_WHEELS:
+        return UNVERSIONED_WHEELS[wheel].format(major=major)
+    return wheel if int(major) >= 13 else f"{wheel}-cu{major}"
+
+
+def diagnose(output: str, returncode: int, *, max_jobs: int = 1, cuda: str | None = None) -> str | None:
+    """A hint for a failed compile, from its output and exit code (None: nothing recognised)."""
+    m = re.search(r"gcc versions? later than (\d+) (?:are|is) not supported", output)
+    if "unsupported GNU version" in output or m:
+        limit = m.group(1) if m else "N"
+        return (f"the host gcc is newer than this nvcc accepts (newest: gcc {limit}): install gcc-{limit} "
+                f"and set CC=gcc-{limit} CXX=g++-{limit} CUDAHOSTCXX=g++-{limit}")
+    if re.search(r"detected CUDA version \(([\d.]+)\) mismatches the version that was used to compile\s+PyTorch \(([\d.]+)\)",
+                 output) or "mismatches the version that was used to compile PyTorch" in output:
+        mm = re.search(r"\(([\d.]+)\) mismatches.*?\(([\d.]+)\)", output, re.S)
+        have, want = (mm.group(1), mm.group(2)) if mm else ("?", "torch's")
+        return (f"nvcc {have} does not match torch's CUDA {want}: install a matching compiler "
+                f"(pip install 'nvidia-cuda-nvcc=={want}.*' into the env, which `inv env` does) or point CUDA_HOME at a CUDA {want} toolkit")
+    if returncode in (137, -9) or re.search(r"(^|\s)Killed(\s|$)|signal 9|Killed signal terminated program", output):
+        lower = max(1, max_jobs // 2)
+        return (f"a compiler was killed, most likely out of memory (each nvcc job peaks near "
+                f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB): lower MAX_JOBS from {max_jobs} to {lower} (--max-jobs {lower})")
+    m = re.search(r"fatal error: ([\w./+-]+\.(?:h|hpp|cuh)): No such file", output)
+    if m:
+        header = m.group(1)
+        wheel = wheel_for_header(header, cuda)
+        if wheel:
+            return (f"{header} is missing: it comes from {wheel}; install it into the env "
+                    f"(pip install {wheel.split(' ')[0]}) or add its include dir to CPATH")
+        return f"{header} is missing: install the package that provides it or add its directory to CPATH"
+    if "C++20 or later compatible compiler is required" in output:
+        return ("this torch needs C++20 and the sources ask for C++17: apply the C++20 patch "
+                "(`inv patch`; patches/<release>/series.toml, when torch >= 2.13)")
+    m = re.search(r"cannot find -l(\w+)", output)
+    if m:
+        return (f"the linker cannot find lib{m.group(1)}.so: the CUDA/torch library dirs lack it "
+                f"(pip wheels ship only lib{m.group(1)}.so.N; rerun `inv build`, which links against a symlink)")
+    if "No space left on device" in output:
+        return "the disk is full: free space (the build needs a few GiB) and rerun"
+    return None
+
+
+def relevant_tail(output: str, lines: int = 30) -> str:
+    """The error lines of a compile log (plus a little context), else its last lines."""
+    rows = output.splitlines()
+    hits = [i for i, r in enumerate(rows) if re.search(r"error|Error|Killed|FAILED|fatal", r)]
+    if hits:
+        first = max(0, hits[0] - 3)
+        chunk = rows[first:first + lines]
+        return "\n".join(chunk) + "\n"
+    return "\n".join(rows[-lines:]) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ environment
+NVCC_WRAPPER = """#!/bin/sh
+# Written by vllm-provision: nvcc through ccache. ccache 4.7 knows nvcc's short dependency options
+# only (-MD/-MF), so torch's long forms are rewritten; all else passes through unchanged.
+n=$#
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n-1))
+  case "$a" in
+    --generate-dependencies-with-compile) set -- "$@" -MD ;;
+    --dependency-output) set -- "$@" -MF ;;
+    --dependency-output=*) set -- "$@" -MF "${a#*=}" ;;
+    *) set -- "$@" "$a" ;;
+  esac
+done
+exec "{ccache}" "{nvcc}" "$@"
+"""
+CXX_WRAPPER = """#!/bin/sh
+# Written by vllm-provision: the host C++ compiler through ccache.
+exec "{ccache}" "{cxx}" "$@"
+"""
+
+
+def _write_exec(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    tmp.replace(path)
+
+
+def _is_system_cuda(entry: str, cuda_home: str | None) -> bool:
+    p = os.path.realpath(entry)
+    if cuda_home and p.startswith(os.path.realpath(cuda_home)):
+        return False
+    return bool(re.search(r"(^|/)(usr/local/cuda[^/]*|opt/cuda[^/]*)(/|$)", entry)) or \
+        bool(re.search(r"/usr/local/cuda", p))
+
+
+@dataclass
+class BuildEnv:
+    env: dict
+    ccache: str | None                    # path of ccache, None when not used
+    notes: list = field(default_factory=list)
+    cuda_home: str | None = None
+
+
+def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, include_dirs=(),
+                   arch_list: str, jobs_per_ext: int, tools_dir: Path, src: Path, ccache_dir: Path,
+                   use_ccache: bool = True) -> BuildEnv:
+    """The environment for the compile: CUDA_HOME/PATH from the env (system CUDA out of reach when the
+    env provides the compiler), CPATH for pip-wheel headers, arch list, MAX_JOBS, ccache wrappers."""
+    notes: list[str] = []
+    env = {k: v for k, v in base.items() if k not in ("CUDA_PATH", "CUDA_ROOT", "CUDACXX", "PYTORCH_NVCC")}
+    env_bin = str(Path(python).parent)
+    path = [p for p in base.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p]
+    if cuda_home:
+        # the env's compiler only: drop system CUDA dirs and any other PATH dir holding an nvcc
+        foreign = [p for p in path if _is_system_cuda(p, cuda_home) or (
+            (Path(p) / "nvcc").exists() and os.path.realpath(p) != os.path.realpath(Path(cuda_home) / "bin"))]
+        if foreign:
+            notes.append(f"kept out of reach (another CUDA): {', '.join(foreign)}")
+        path = [p for p in path if p not in foreign]
+        env["CUDA_HOME"] = cuda_home
+    path = [env_bin] + ([str(Path(cuda_home) / "bin")] if cuda_home else []) + [p for p in path if p != env_bin]
+    for var in ("LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH"):
+        if cuda_home and env.get(var):
+            env[var] = os.pathsep.join(p for p in env[var].split(os.pathsep) if p and not _is_system_cuda(p, cuda_home))
+    includes = [d for d in include_dirs if d and Path(d).is_dir()]
+    if includes:
+        env["CPATH"] = os.pathsep.join(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p])
+    # pip CUDA wheels ship libcudart.so.N only; torch links with -lcudart.
+    if cuda_home:
+        libdirs = [Path(cuda_home) / d for d in ("lib64", "lib")]
+        if not any((d / "libcudart.so").exists() for d in libdirs):
+            real = next((f for d in libdirs if d.is_dir() for f in sorted(d.glob("libcudart.so.*"))), None)
+            if real:
+                link_dir = tools_dir / "lib"
+                link_dir.mkdir(parents=True, exist_ok=True)
+                link = link_dir / "libcudart.so"
+                link.unlink(missing_ok=True)
+                link.symlink_to(real)
+                env["LIBRARY_PATH"] = os.pathsep.join([str(link_dir)] + [p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p])
+                notes.append(f"linking against {real.name} through {link}")
+    env["TORCH_CUDA_ARCH_LIST"] = arch_list
+    env["MAX_JOBS"] = str(max(1, jobs_per_ext))
+    env["TORCH_NO_COMPILER_WRAPPER"] = "1"     # torch >= 2.14 would prepend ccache itself: we wrap explicitly
+    ccache = shutil.which("ccache", path=os.pathsep.join(path)) if use_ccache else None
+    if use_ccache and not ccache:
+        notes.append("ccache not found: building without a compiler cache (install ccache for near-instant rebuilds)")
+    if ccache:
+        wrappers = tools_dir / "ccache-bin"
+        nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=os.pathsep.join(path)) or "nvcc")
+        host_cxx = base.get("CXX") or shutil.which("c++", path=os.pathsep.join(path)) or "c++"
+        host_cxx = shutil.which(host_cxx, path=os.pathsep.join(path)) or host_cxx
+        _write_exec(wrappers / "nvcc", NVCC_WRAPPER.replace("{ccache}", ccache).replace("{nvcc}", nvcc))
+        # named after the real compiler, so torch's compiler-ABI check recognises it (g++, c++, clang++)
+        _write_exec(wrappers / Path(host_cxx).name, CXX_WRAPPER.replace("{ccache}", ccache).replace("{cxx}", host_cxx))
+        env["PYTORCH_NVCC"] = str(wrappers / "nvcc")
+        env["CXX"] = str(wrappers / Path(host_cxx).name)
+        env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src), "CCACHE_NOHASHDIR": "1",
+                    "CCACHE_COMPILERCHECK": "content"})
+        ccache_dir.mkdir(parents=True, exist_ok=True)
+    env["PATH"] = os.pathsep.join(dict.fromkeys(path))
+    return BuildEnv(env=env, ccache=ccache, notes=notes, cuda_home=cuda_home)
+
+
+def parse_ccache_stats(text: str) -> dict[str, int]:
+    """`ccache --print-stats` (tab-separated key value) -> dict."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
+            out[parts[0].strip()] = int(parts[1])
+    return out
+
+
+def cache_summary(stats: Mapping[str, int]) -> dict[str, int]:
+    hits = stats.get("direct_cache_hit", 0) + stats.get("preprocessed_cache_hit", 0)
+    return {"hits": hits, "misses": stats.get("cache_miss", 0),
+            "uncacheable": sum(v for k, v in stats.items() if k not in (
+                "direct_cache_hit", "preprocessed_cache_hit", "cache_miss", "direct_cache_miss",
+                "preprocessed_cache_miss", "files_in_cache", "cache_size_kibibyte", "stats_updated_timestamp",
+                "stats_zeroed_timestamp", "local_storage_hit", "local_storage_miss", "local_storage_read_hit",
+                "local_storage_read_miss", "local_storage_write", "cleanups_performed", "recache")
+                and not k.startswith("remote_") and not k.startswith("stats_"))}

@@ -1,0 +1,243 @@
+"""build: compile vLLM's CUDA extensions (concurrently, compiler-cached) and install it editable.
+
+Preflight first (seconds; refuses a mismatched nvcc/torch, a too-new gcc, unsupported archs, too
+little disk/RAM). Then each of setup.py's extensions is built in place in its own build-temp dir,
+several at once (bounded by MAX_JOBS), and `pip install --no-build-isolation --no-deps -e src` makes
+the real editable install; with ccache its own compile of the same sources is all cache hits.
+Afterwards torch must be unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from .. import PROJECT_ROOT, envinfo, preflight, runner
+from ..build import DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, parse_ccache_stats, relevant_tail
+from ..errors import StepFailed
+from ..pipeline import StepContext, StepOutcome
+
+EXT_TIMEOUT = 3 * 3600
+PIP_TIMEOUT = 3 * 3600
+MARKER = ".vllmp-build.json"
+_TORCH_PROBE = "import json, torch; print('TORCH-JSON ' + json.dumps([torch.__version__, torch.version.cuda]))"
+
+
+def stamp_inputs(ctx: StepContext) -> dict:
+    info = envinfo.load(ctx.workspace)
+    return {"build": ctx.plan.to_dict()["build"], "release": ctx.plan.release.version,
+            "env": {"python": info.python, "torch": info.torch, "torch_cuda": info.torch_cuda,
+                    "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock}}
+
+
+def intact(ctx: StepContext) -> bool:
+    try:
+        data = json.loads((ctx.workspace.src / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all((ctx.workspace.src / so).is_file() for so in data.get("libraries", []))
+
+
+def _say_lines(ctx: StepContext, lines) -> None:
+    for line in lines:
+        ctx.say(line)
+
+
+def run(ctx: StepContext) -> StepOutcome:
+    plan, ws = ctx.plan, ctx.workspace
+    info = envinfo.load(ws)
+    src = ws.src
+    if not (src / "setup.py").is_file():
+        raise StepFailed(f"no setup.py in {src}", hint="run `inv fetch` first")
+    ws.logs.mkdir(parents=True, exist_ok=True)
+    ctx.log.write_text("")  # the build log of this run only
+
+    # 1. preflight: seconds, before any compile
+    checks = preflight.run(plan, ctx.facts, info)
+    preflight.write_report(ws, checks)
+    failed = [c for c in checks if c.status == "fail"]
+    for c in checks:
+        if c.status in ("warn", "fail"):
+            ctx.say(f"preflight {c.name}: {c.status}: {c.detail}")
+    if failed:
+        first = failed[0]
+        raise StepFailed(f"preflight refused the build: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}",
+                         hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
+
+    # 2. the compile environment
+    jobs = max(1, plan.build.max_jobs)
+    tools = src / "build" / "vllmp-tools"
+    benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
+                          include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
+                          jobs_per_ext=jobs, tools_dir=tools, src=src,
+                          ccache_dir=Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache"),
+                          use_ccache=plan.build.ccache)
+    _say_lines(ctx, benv.notes)
+    before = _ccache_stats(benv)
+    torch_before = _torch_of(info.python, benv, ctx.log)
+    if info.torch and torch_before[0] != info.torch:
+        raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
+                         hint="rerun `inv env --force` so env.json describes the env")
+    started = time.monotonic()
+
+    # 3. the extensions, each in its own build-temp dir, several at once
+    exts = _list_extensions(info.python, src, benv, ctx.log)
+    parallel = plan.build.parallel_extensions and benv.ccache is not None and len(exts) > 1
+    if plan.build.parallel_extensions and benv.ccache is None:
+        ctx.say("no compiler cache: pip's own editable build would compile everything again, "
+                "so the extensions are compiled once, serially, by pip")
+    built: list[dict] = []
+    if parallel:
+        built = _build_parallel(ctx, exts, benv, jobs, info)
+    compile_s = time.monotonic() - started
+
+    # 4. the real editable install (with ccache its compile is all cache hits)
+    pip_started = time.monotonic()
+    argv = [info.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)]
+    if info.lock:
+        lock = Path(info.lock)
+        lock = lock if lock.is_absolute() else PROJECT_ROOT / lock
+        if lock.is_file():
+            argv += ["-c", str(lock)]
+    env = dict(benv.env, MAX_JOBS=str(jobs))
+    ctx.say("pip install --no-build-isolation --no-deps -e src")
+    runner.run(argv, log=ctx.log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
+               diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
+               tail_lines=60)
+    pip_s = time.monotonic() - pip_started
+
+    # 5. what came out: editable install, every extension library, torch unchanged
+    libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
+    missing = [e["name"] for e in exts if not any(Path(l).name.startswith(e["name"].split(".")[-1] + ".")
+                                                  for l in libraries)]
+    if missing:
+        raise StepFailed(f"build finished but {', '.join(missing)} has no library in {src / 'vllm'}",
+                         hint=f"read {ctx.log}")
+    editable = _editable_version(info.python, src, benv, ctx.log)
+    torch_after = _torch_of(info.python, benv, ctx.log)
+    if torch_after != torch_before:
+        raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
+                         f"after {torch_after[0]} (CUDA {torch_after[1]})",
+                         hint="something installed torch during the build: use --no-build-isolation --no-deps "
+                              "(the toolkit does) and rerun `inv env --force`")
+    after = _ccache_stats(benv)
+    cache = None
+    if before is not None and after is not None:
+        cache = cache_summary({k: after.get(k, 0) - before.get(k, 0) for k in after})
+    total = time.monotonic() - started
+    facts = {"version": editable, "libraries": libraries, "extensions": [e["name"] for e in exts],
+             "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
+             "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
+             "per_extension": built, "ccache": cache, "cuda_home": info.cuda_home,
+             "torch": torch_after[0], "log": str(ctx.log)}
+    (src / MARKER).write_text(json.dumps(facts, indent=2))
+    cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
+    detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
+              f"{total:.0f} s{' (' + str(len(exts)) + ' extensions in parallel)' if parallel else ''}{cache_note}")
+    return StepOutcome(detail=detail, facts=facts)
+
+
+# ------------------------------------------------------------------------------------------------ parts
+def _json_line(output: str, tag: str):
+    for line in reversed(output.splitlines()):
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1:])
+    return None
+
+
+def _list_extensions(python: str, src: Path, benv: BuildEnv, log: Path) -> list[dict]:
+    done = runner.run([python, str(DRIVER), "list"], log=log, cwd=src, env=benv.env, timeout=600,
+                      what="setup.py (reading the extension list)",
+                      diagnose=lambda out, rc: diagnose(out, rc))
+    data = _json_line(done.output, "DRIVER-JSON")
+    if data is None:
+        raise StepFailed("could not read the extension list from setup.py", hint=f"read {log}")
+    # the largest sources first: the longest job starts first (the build ends with the slowest unit)
+    return sorted(data["extensions"], key=lambda e: -e["bytes"])
+
+
+def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: int, info) -> list[dict]:
+    """Each extension in its own build-temp dir; at most `jobs` compile processes in all."""
+    src = ctx.workspace.src
+    workers = max(1, min(jobs, len(exts)))
+    per_ext = max(1, jobs // workers)
+    ctx.say(f"compiling {len(exts)} extensions, {workers} at once ({per_ext} job(s) each), "
+            f"arch {ctx.plan.build.torch_cuda_arch_list}")
+    lock = threading.Lock()
+    results: list[dict] = []
+    failures: list[tuple[str, StepFailed, Path]] = []
+
+    def one(ext: dict) -> None:
+        name = ext["name"]
+        ext_log = ctx.workspace.logs / f"build-{name}.log"
+        ext_log.write_text("")
+        t0 = time.monotonic()
+        try:
+            runner.run([info.python, str(DRIVER), "one", name, f"build/temp-{name}"], log=ext_log, cwd=src,
+                       env=dict(benv.env, MAX_JOBS=str(per_ext)), timeout=EXT_TIMEOUT, what=f"compile {name}",
+                       diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
+        except StepFailed as exc:
+            with lock:
+                failures.append((name, exc, ext_log))
+        finally:
+            with lock:
+                with open(ctx.log, "a", encoding="utf-8") as fh:
+                    fh.write(f"==== {name} ({time.monotonic() - t0:.1f} s) ====\n")
+                    fh.write(ext_log.read_text(errors="replace"))
+                results.append({"name": name, "seconds": round(time.monotonic() - t0, 1)})
+        ctx.say(f"{name}: {'failed' if any(f[0] == name for f in failures) else 'built'} "
+                f"in {time.monotonic() - t0:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, exts))
+    if failures:
+        name, exc, ext_log = failures[0]
+        output = ext_log.read_text(errors="replace")
+        raise StepFailed(f"compiling {name} failed ({len(failures)} of {len(exts)} extensions failed); "
+                         f"full log: {ctx.log}", hint=exc.hint, log_tail=relevant_tail(output))
+    return sorted(results, key=lambda r: -r["seconds"])
+
+
+def _ccache_stats(benv: BuildEnv) -> dict | None:
+    if not benv.ccache:
+        return None
+    done = runner.capture([benv.ccache, "--print-stats"], env=benv.env)
+    return parse_ccache_stats(done.output) if done and done.returncode == 0 else None
+
+
+def _torch_of(python: str, benv: BuildEnv, log: Path) -> tuple[str | None, str | None]:
+    done = runner.run([python, "-c", _TORCH_PROBE], env=benv.env, log=log, timeout=300, check=False,
+                      what="torch probe")
+    data = _json_line(done.output, "TORCH-JSON")
+    return (data[0], data[1]) if data else (None, None)
+
+
+def _editable_version(python: str, src: Path, benv: BuildEnv, log: Path) -> str:
+    done = runner.run([python, "-m", "pip", "list", "--editable", "--format", "json"], env=benv.env, log=None,
+                      timeout=300, what="pip list")
+    try:
+        items = json.loads(done.output[done.output.index("["):done.output.rindex("]") + 1])
+    except ValueError:
+        items = []
+    for item in items:
+        if item.get("name", "").lower() == "vllm":
+            where = item.get("editable_project_location") or ""
+            if where and Path(where).resolve() != src.resolve():
+                raise StepFailed(f"vllm is installed editable from {where}, not {src}",
+                                 hint="uninstall the other checkout (pip uninstall vllm) and rerun")
+            return item.get("version", "?")
+    raise StepFailed("pip does not list vllm as an editable install after the build", hint=f"read {log}")
+
+
+def release_matches(version: str, release: str) -> bool:
+    try:
+        return Version(version).base_version == Version(release).base_version
+    except InvalidVersion:
+        return False

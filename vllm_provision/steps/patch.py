@@ -1,0 +1,109 @@
+"""patch: apply the release's patch series (patches/<release>/series.toml) whose `when` holds.
+
+Idempotent: a patch that is already applied (its reverse applies cleanly) is skipped; one that
+neither applies nor is applied stops the run naming the patch and the failing hunk. The applied
+patches and their sha256 are this step's facts and part of its stamp, so the build's stamp follows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .. import envinfo, patches, runner
+from ..errors import StepFailed
+from ..pipeline import StepContext, StepOutcome
+
+MARKER = ".vllmp-patches.json"
+
+
+def _versions(ctx: StepContext) -> dict:
+    versions = dict(envinfo.load(ctx.workspace).versions())
+    versions["release"] = ctx.plan.release.version
+    return versions
+
+
+def selected(series, versions) -> list[tuple[patches.Patch, bool, str]]:
+    return [(p, *p.applies(versions)) for p in series]
+
+
+def stamp_inputs(ctx: StepContext) -> dict:
+    series = patches.load_series(ctx.plan.release.version)
+    versions = _versions(ctx)
+    return {"release": ctx.plan.release.version,
+            "patches": [{"file": p.file, "sha256": p.sha256, "applies": ok} for p, ok, _ in selected(series, versions)]}
+
+
+def intact(ctx: StepContext) -> bool:
+    try:
+        recorded = json.loads((ctx.workspace.src / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(is_applied(Path(p["path"]), ctx.workspace.src, None)
+               for p in recorded.get("applied", []) if Path(p["path"]).is_file())
+
+
+def _patch(args: list[str], patch_file: Path, src: Path, log: Path | None):
+    return runner.run(["patch", "-p1", "--batch", "-i", str(patch_file), *args],
+                      cwd=src, log=log, check=False, timeout=120, what=f"patch {patch_file.name}")
+
+
+def is_applied(patch_file: Path, src: Path, log: Path | None) -> bool:
+    """Already applied: the reverse applies cleanly (and the forward does not)."""
+    return _patch(["--reverse", "--dry-run", "--force"], patch_file, src, log).returncode == 0
+
+
+def failing_hunk(output: str) -> str:
+    """`Hunk #2 FAILED at 31.` + the file it was for, from patch's output."""
+    current = ""
+    failed = []
+    for line in output.splitlines():
+        m = re.match(r"(?:patching|checking) file (.+)", line)
+        if m:
+            current = m.group(1).strip()
+        m = re.search(r"Hunk #(\d+) FAILED at (\d+)", line)
+        if m:
+            failed.append(f"{current} hunk #{m.group(1)} (at line {m.group(2)})")
+        if "can't find file to patch" in line or "No file to patch" in line:
+            failed.append("a file the patch names is missing")
+    return ", ".join(failed) or (output.strip().splitlines() or ["no output"])[-1]
+
+
+def apply_one(p: patches.Patch, src: Path, log: Path | None) -> str:
+    """'applied' | 'already applied'; StepFailed naming the patch and hunk when it does not apply."""
+    forward = _patch(["--forward", "--dry-run"], p.path, src, log)
+    if forward.returncode == 0:
+        done = _patch(["--forward"], p.path, src, log)
+        if done.returncode != 0:
+            raise StepFailed(f"patch {p.file} failed while applying: {failing_hunk(done.output)}",
+                             hint=f"the source tree may be half-patched: `inv fetch --force` re-extracts it; log: {log}")
+        return "applied"
+    if is_applied(p.path, src, log):
+        return "already applied"
+    raise StepFailed(f"patch {p.file} does not apply to {src}: {failing_hunk(forward.output)}",
+                     hint=f"the sources differ from what the patch expects: re-extract with `inv fetch --force`, "
+                          f"or update {p.path} (why: {p.why})")
+
+
+def run(ctx: StepContext) -> StepOutcome:
+    src = ctx.workspace.src
+    if not src.is_dir():
+        raise StepFailed(f"no sources in {src}", hint="run `inv fetch` first")
+    series = patches.load_series(ctx.plan.release.version)
+    versions = _versions(ctx)
+    applied, skipped = [], []
+    ctx.log.write_text("")
+    for p, ok, why in selected(series, versions):
+        if not ok:
+            skipped.append({"file": p.file, "reason": why})
+            ctx.say(f"{p.file}: not needed ({why})")
+            continue
+        state = apply_one(p, src, ctx.log)
+        applied.append({"file": p.file, "sha256": p.sha256, "state": state, "when": why, "path": str(p.path)})
+        ctx.say(f"{p.file}: {state} ({why})")
+    (src / MARKER).write_text(json.dumps({"applied": applied, "skipped": skipped}, indent=2))
+    detail = (f"{len(applied)} patch(es) applied" + (f" ({', '.join(a['file'] for a in applied)})" if applied else "")
+              + (f", {len(skipped)} not needed" if skipped else ""))
+    return StepOutcome(detail=detail, facts={"applied": [{k: a[k] for k in ("file", "sha256", "state")} for a in applied],
+                                             "skipped": skipped})
