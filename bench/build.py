@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Build benchmark for the GPU machine; prints JSON (no assertions).
+
+Same sources, same arch, same env, side by side:
+  plain  - the blog's `pip install -e .` (serial setuptools build, no compiler cache)
+  cold   - the toolkit's build step (extensions in parallel, each in its own build-temp) on an empty ccache
+  warm   - the toolkit's build step again on the warm ccache
+  floor  - the slowest single translation unit (attention_kernels.cu) compiled alone
+
+Works on an existing workspace (after `inv fetch env patch`): pass --workspace <.provision/0.2.2-host-torch>.
+Each phase can run alone (--phases plain,cold) so a run fits in the device's 10-minute limit;
+results are merged into --out (JSON) across calls.
+
+    python bench/build.py --workspace .provision/0.2.2-host-torch --arch 9.0 --phases plain
+    python bench/build.py --workspace .provision/0.2.2-host-torch --arch 9.0 --phases cold,warm,floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vllm_provision import envinfo, host, runner  # noqa: E402
+from vllm_provision.build import make_build_env  # noqa: E402
+from vllm_provision.pipeline import run_steps  # noqa: E402
+from vllm_provision.plan import build_plan  # noqa: E402
+from vllm_provision.workspace import Workspace  # noqa: E402
+
+
+def _clean(src: Path) -> None:
+    shutil.rmtree(src / "build", ignore_errors=True)
+    for so in (src / "vllm").glob("*.so"):
+        so.unlink()
+
+
+def plain(ws: Workspace, info, arch: str, log: Path) -> dict:
+    """`pip install -e .` as the blog does (with --no-build-isolation so it keeps the env's torch)."""
+    _clean(ws.src)
+    benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
+                          include_dirs=info.include_dirs, arch_list=arch, jobs_per_ext=os.cpu_count() or 1,
+                          tools_dir=Path(tempfile.mkdtemp()), src=ws.src, ccache_dir=Path(tempfile.mkdtemp()),
+                          use_ccache=False)
+    t0 = time.monotonic()
+    runner.run([info.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(ws.src)],
+               env=benv.env, cwd=ws.src, log=log, timeout=7200, what="plain pip install -e")
+    return {"seconds": round(time.monotonic() - t0, 1)}
+
+
+def toolkit(cli: dict, ccache_dir: Path, fresh: bool) -> dict:
+    if fresh:
+        shutil.rmtree(ccache_dir, ignore_errors=True)
+    os.environ["CCACHE_DIR"] = str(ccache_dir)
+    plan = build_plan(cli)
+    if fresh:
+        _clean(plan.workspace.src)
+    facts = host.probe(str(plan.workspace.root.parent))
+    t0 = time.monotonic()
+    [r] = run_steps(plan, facts, ["build"], force=["build"])
+    out = {"seconds": round(time.monotonic() - t0, 1), "status": r.status, "detail": r.detail}
+    for k in ("compile_seconds", "pip_seconds", "per_extension", "ccache", "max_jobs", "parallel"):
+        out[k] = r.facts.get(k)
+    if r.status != "ok":
+        out["hint"] = r.hint
+    return out
+
+
+def floor(ws: Workspace, info, arch: str, log: Path, unit: str) -> dict:
+    """The slowest unit alone: the attention_ops extension built by itself, no cache."""
+    benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
+                          include_dirs=info.include_dirs, arch_list=arch, jobs_per_ext=2,
+                          tools_dir=Path(tempfile.mkdtemp()), src=ws.src, ccache_dir=Path(tempfile.mkdtemp()),
+                          use_ccache=False)
+    temp = f"build/bench-floor-{int(time.time())}"
+    driver = ROOT / "vllm_provision" / "build" / "driver.py"
+    t0 = time.monotonic()
+    runner.run([info.python, str(driver), "one", unit, temp], env=benv.env, cwd=ws.src, log=log, timeout=7200,
+               what=f"compile {unit} alone")
+    seconds = time.monotonic() - t0
+    shutil.rmtree(ws.src / temp, ignore_errors=True)
+    return {"unit": unit, "seconds": round(seconds, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workspace", required=True, help="an existing workspace dir (<root>/<release>-<profile>)")
+    ap.add_argument("--arch", default="9.0")
+    ap.add_argument("--max-jobs", type=int, default=None)
+    ap.add_argument("--phases", default="plain,cold,warm,floor")
+    ap.add_argument("--unit", default="vllm.attention_ops", help="extension holding the slowest unit")
+    ap.add_argument("--ccache-dir", default=None, help="default: <workspace>/bench-ccache")
+    ap.add_argument("--out", default=None, help="merge results into this JSON file")
+    args = ap.parse_args()
+    ws_dir = Path(args.workspace).resolve()
+    release, _, profile = ws_dir.name.partition("-")
+    cli = {"workspace_root": str(ws_dir.parent), "release": release, "profile": profile,
+           "build": {"arch_list": args.arch, **({"max_jobs": args.max_jobs} if args.max_jobs else {})}}
+    plan = build_plan(cli)
+    ws = plan.workspace
+    info = envinfo.load(ws)
+    ccache_dir = Path(args.ccache_dir or ws.root / "bench-ccache")
+    out_path = Path(args.out) if args.out else None
+    result = json.loads(out_path.read_text()) if out_path and out_path.is_file() else {}
+    result.update({"workspace": str(ws.root), "arch": args.arch, "cpus": os.cpu_count(), "torch": info.torch,
+                   "nvcc": info.nvcc_version, "ccache": shutil.which("ccache")})
+    log = ws.logs / "bench-build.log"
+    for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
+        if phase == "plain":
+            result["plain"] = plain(ws, info, plan.build.torch_cuda_arch_list, log)
+        elif phase == "cold":
+            result["cold"] = toolkit(cli, ccache_dir, fresh=True)
+        elif phase == "warm":
+            result["warm"] = toolkit(cli, ccache_dir, fresh=False)
+        elif phase == "floor":
+            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.unit)
+        else:
+            ap.error(f"unknown phase {phase}")
+        if out_path:
+            out_path.write_text(json.dumps(result, indent=2))
+    p, c, w, f = (result.get(k, {}).get("seconds") for k in ("plain", "cold", "warm", "floor"))
+    result["ratios"] = {"cold_over_plain": round(c / p, 3) if c and p else None,
+                        "cold_over_floor": round(c / f, 3) if c and f else None, "warm_seconds": w}
+    if out_path:
+        out_path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
