@@ -1,0 +1,240 @@
+"""verify's checks on real artifacts: .so files compiled with the system nvcc, a real venv with real
+editable/non-editable installs, a lock that no longer matches, `pip check` complaints, and the
+real env built by the slow tier when it exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from vllm_provision import envinfo, runner
+from vllm_provision.errors import NotBuiltYet
+from vllm_provision.host import HostFacts
+from vllm_provision.pipeline import StepContext
+from vllm_provision.plan import build_plan
+from vllm_provision.steps import verify
+
+NVCC = Path("/usr/local/cuda/bin/nvcc")
+needs_nvcc = pytest.mark.skipif(not NVCC.exists(), reason="needs the system CUDA toolkit at /usr/local/cuda")
+
+KERNEL = """
+__global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }
+extern "C" void launch(float* x) { twice<<<1, 32>>>(x); }
+"""
+# A real CPython extension module with a CUDA kernel in it, like vLLM's cache_ops.
+EXTENSION = KERNEL + """
+#include <Python.h>
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "cache_ops", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_cache_ops(void) { return PyModule_Create(&mod); }
+"""
+
+
+def nvcc_so(tmp: Path, name: str, arch: str, source: str = KERNEL, python_ext: bool = False) -> Path:
+    cu = tmp / f"{name}.cu"
+    cu.write_text(source)
+    out = tmp / (f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}" if python_ext else f"{name}.so")
+    argv = [NVCC, f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC", cu, "-o", out]
+    if python_ext:
+        argv[1:1] = [f"-I{sysconfig.get_paths()['include']}"]
+    runner.run(argv, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cuobjdump():
+    found = verify.find_cuobjdump()
+    if not found:
+        pytest.skip("no cuobjdump (pip install nvidia-cuda-cuobjdump, the test extra)")
+    return found
+
+
+@needs_nvcc
+def test_so_built_for_sm80_fails_on_a_9_0_gpu_naming_sm90(tmp_path, cuobjdump):
+    so = nvcc_so(tmp_path, "cache_ops", "sm_80")
+    [check] = verify.check_sass({"cache_ops": so}, ["9.0"], cuobjdump, "this host's GPUs")
+    assert check.status == "fail"
+    assert "sm_80" in check.detail and "missing sm_90" in check.detail and "--arch '9.0'" in check.hint
+    # the same SASS runs on an 8.6 GPU (same major, newer minor)
+    [ok86] = verify.check_sass({"cache_ops": so}, ["8.6"], cuobjdump)
+    assert ok86.status == "pass"
+
+
+@needs_nvcc
+def test_so_built_for_sm90_passes(tmp_path, cuobjdump):
+    so = nvcc_so(tmp_path, "attention_ops", "sm_90")
+    [check] = verify.check_sass({"attention_ops": so}, ["9.0"], cuobjdump)
+    assert check.status == "pass" and "sm_90" in check.detail
+
+
+def test_sass_compatibility_rule():
+    assert verify.covers("sm_80", "8.9") and not verify.covers("sm_86", "8.0")
+    assert not verify.covers("sm_80", "9.0") and verify.covers("sm_90a", "9.0")
+    assert not verify.covers("sm_90a", "9.1")
+    assert verify.parse_list_elf("ELF file    1: k.1.sm_90a.cubin\nELF file    2: k.2.sm_80.cubin\n") == ("sm_90a", "sm_80")
+
+
+def test_no_cuobjdump_is_a_skip_with_the_fix(tmp_path):
+    [check] = verify.check_sass({"x": tmp_path / "x.so"}, ["9.0"], None)
+    assert check.status == "skip" and "nvidia-cuda-cuobjdump" in check.hint
+
+
+# ------------------------------------------------------------------------------ a real venv
+def make_project(root: Path, name: str, version: str, deps: tuple[str, ...] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{name}"
+        version = "{version}"
+        dependencies = {json.dumps(list(deps))}
+        [tool.setuptools]
+        packages = ["{name}"]
+    """))
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "__init__.py").write_text(f"__version__ = '{version}'\n")
+    return root
+
+
+def pip(python: Path, *args: str) -> None:
+    runner.run([python, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--no-index", *args],
+               timeout=300, extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": ""})
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A real venv holding setuptools (to build the tiny projects offline) and tinydep 1.0."""
+    base = tmp_path_factory.mktemp("verify-venv")
+    runner.run([sys.executable, "-m", "venv", base / "env"], timeout=300)
+    python = base / "env" / "bin" / "python"
+    # the build backend's own wheel support (setuptools < 70 needs `wheel`), from the configured index
+    runner.run([python, "-m", "pip", "install", "-q", "wheel", "setuptools>=64"], timeout=300,
+               extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    pip(python, str(make_project(base / "tinydep-1", "tinydep", "1.0")))
+    return base, python
+
+
+def test_editable_install_from_src_passes_and_reinstall_non_editable_fails(venv, tmp_path):
+    base, python = venv
+    src = make_project(tmp_path / "src", "vllm", "0.2.2", deps=("tinydep>=1", "xformers"))
+    pip(python, "-e", str(src))
+    checks = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", src)
+    assert [c.status for c in checks] == ["pass", "pass"], checks
+    assert str(src) in checks[1].detail
+    # editable, but from another tree than the workspace's src/
+    other = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", tmp_path / "elsewhere")
+    assert other[1].status == "fail" and "not from" in other[1].detail
+    # another version than the release
+    assert verify.check_vllm_install(verify.pip_inspect(python), "0.2.7", src)[0].status == "fail"
+    pip(python, "--force-reinstall", str(src))
+    checks = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", src)
+    assert checks[0].status == "pass"
+    assert checks[1].status == "fail" and "non-editable" in checks[1].detail and "inv build" in checks[1].hint
+
+
+def test_pip_check_allows_only_what_the_profile_declares(venv, tmp_path):
+    base, python = venv
+    src = make_project(tmp_path / "src", "vllm", "0.2.2", deps=("tinydep>=1", "xformers"))
+    pip(python, "-e", str(src))
+    reason = "patch 0002 replaces xformers"
+    allowed = verify.check_pip(str(python), [{"package": "vllm", "requires": "xformers", "reason": reason}])
+    assert allowed.status == "pass" and reason in allowed.detail
+    strict = verify.check_pip(str(python), [])
+    assert strict.status == "fail" and "xformers" in strict.detail and "allowed_pip_check" in strict.hint
+
+
+def test_package_changed_after_the_build_fails_naming_before_and_after(venv, tmp_path):
+    base, python = venv
+    lock = tmp_path / "lock.txt"
+    lock.write_text("# release: 0.2.2\ntinydep==1.0 \\\n    --hash=sha256:00\npip==99.0 ; python_version < '3'\n")
+    before = {"tinydep": "1.0"}
+    from vllm_provision.lock import pinned
+    installed = verify.installed_versions(verify.pip_inspect(python))
+    ok = verify.check_locked(installed, {"tinydep": "1.0"}, before, None, None)
+    assert ok.status == "pass", ok
+    pip(python, str(make_project(tmp_path / "tinydep-2", "tinydep", "2.0")))
+    installed = verify.installed_versions(verify.pip_inspect(python))
+    bad = verify.check_locked(installed, {"tinydep": pinned(lock)["tinydep"]}, before, None, None)
+    assert bad.status == "fail"
+    assert "tinydep: lock 1.0, installed 2.0" in bad.detail
+    # without a lock (host-torch): compared with what the env step recorded
+    torch_swap = verify.check_locked({"torch": "2.1.2"}, None, {"torch": "2.1.0"}, "12.1", "12.1")
+    assert torch_swap.status == "fail" and "torch: before 2.1.0, after 2.1.2" in torch_swap.detail
+    cuda_swap = verify.check_locked({"torch": "2.1.0"}, None, {"torch": "2.1.0"}, "11.8", "12.1")
+    assert cuda_swap.status == "fail" and "torch CUDA: before 12.1, after 11.8" in cuda_swap.detail
+    pip(python, str(make_project(tmp_path / "tinydep-1", "tinydep", "1.0")))   # leave the venv as it was
+
+
+@needs_nvcc
+def test_compiled_extension_imports_and_a_broken_one_fails(venv, tmp_path, cuobjdump):
+    base, python = venv
+    good = nvcc_so(tmp_path, "cache_ops", "sm_90", EXTENSION, python_ext=True)
+    broken = nvcc_so(tmp_path, "layernorm_ops", "sm_90")          # a shared library, not a module
+    checks = verify.check_extension_imports(str(python), {"cache_ops": good, "layernorm_ops": broken}, has_gpu=False)
+    status = {c.name: c for c in checks}
+    assert status["import cache_ops"].status == "pass"
+    assert status["import layernorm_ops"].status == "fail" and "PyInit_layernorm_ops" in status["import layernorm_ops"].detail
+    [sass] = verify.check_sass({"cache_ops": good}, ["9.0"], cuobjdump)
+    assert sass.status == "pass"
+
+
+def test_import_vllm_is_skipped_without_a_gpu():
+    check = verify.check_import_vllm(sys.executable, has_gpu=False)
+    assert check.status == "skip" and "GPU" in check.detail
+
+
+# ------------------------------------------------------------------------------ the step / task
+def test_verify_before_a_build_says_run_inv_build(isolated):
+    plan = build_plan({}, facts=HostFacts())
+    with pytest.raises(NotBuiltYet) as err:
+        verify.ensure_built(StepContext(plan, HostFacts(), "verify"))
+    assert err.value.message == "nothing built for 0.2.2/seed yet; run `inv build`"
+    assert err.value.exit_code == 2
+
+
+def test_cli_verify_before_a_build_exits_2(isolated):
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), "verify", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 2, done.stderr
+    assert "nothing built for 0.2.2/seed yet; run `inv build`" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def _built_workspaces() -> list[Path]:
+    roots = [Path(os.environ["VLLMP_VERIFY_WORKSPACE"])] if os.environ.get("VLLMP_VERIFY_WORKSPACE") else []
+    roots += sorted((ROOT / ".provision").glob("0.2.2-*"))
+    return [r for r in roots if (r / "env.json").is_file() and (r / "stamps" / "build.json").is_file()]
+
+
+@pytest.mark.slow
+def test_real_env_built_by_the_slow_tier(tmp_path):
+    built = _built_workspaces()
+    if not built:
+        pytest.skip("no built workspace (.provision/0.2.2-*/ with env.json and stamps/build.json, or "
+                    "VLLMP_VERIFY_WORKSPACE): run the build issue's slow tier first")
+    ws_root = built[0]
+    release, profile = ws_root.name.split("-", 1)
+    plan = build_plan({"profile": profile, "workspace_root": str(ws_root.parent), "build": {"arch_list": "9.0"}},
+                      facts=HostFacts())
+    ctx = StepContext(plan, HostFacts(), "verify")
+    info = verify.ensure_built(ctx)
+    checks = {c.name: c for c in verify.collect(ctx, info)}
+    assert checks["vllm-version"].status == "pass", checks["vllm-version"]
+    assert checks["vllm-editable"].status == "pass", checks["vllm-editable"]
+    sass = [c for n, c in checks.items() if n.startswith("sass ")]
+    assert sass and all(c.status == "pass" for c in sass), sass
+    # the negative case on the real build: its .so files hold no SASS for 8.0
+    so = next(iter(verify.extension_files([ws_root / "src" / "vllm"], plan.release.extensions)[0].items()))
+    [wrong] = verify.check_sass(dict([so]), ["8.0"], verify.find_cuobjdump(info))
+    assert wrong.status == "fail" and "sm_80" in wrong.detail
+    assert checks["import-vllm"].status == "skip"
+    assert envinfo.load(plan.workspace).python == info.python
