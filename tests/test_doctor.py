@@ -239,3 +239,18 @@ def test_no_gpu_host_cli_fails_with_exit_1_not_a_traceback(isolated, http_server
     done = _inv("doctor", env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     assert "gpus" in done.stdout and "FAIL" in done.stdout and "NVIDIA driver" in done.stdout.replace("\n", " ")
+
+
+def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(isolated, http_server):
+    import sys
+    pytest.importorskip("torch")           # the toolkit's test venv holds torch 2.13.0+cpu
+    plan = make_plan(serve_index(http_server), NO_GPU, profile="host-torch",
+                     env={"python_path": sys.executable}, build={"arch_list": "9.0"})
+    version, cuda, where = doctor.torch_cuda_of_plan(plan, 10)
+    import torch
+    assert version == torch.__version__ and cuda == torch.version.cuda
+    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc"]
+    if cuda is None:
+        assert nvcc.status == "fail" and "CPU build" in nvcc.detail and "CUDA build of torch" in nvcc.hint
+    missing = doctor.torch_of_python(str(HOST_NVCC), 5)    # not a python at all: a reason, no exception
+    assert missing[0] is None and missing[2]

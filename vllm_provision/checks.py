@@ -37,7 +37,8 @@ def to_json(checks: Iterable[Check]) -> dict:
 
 
 def from_dicts(items: Iterable[dict]) -> list[Check]:
-    return [Check(i["name"], i["status"], i.get("detail", ""), i.get("hint")) for i in items]
+    return [Check(str(i.get("name", "?")), str(i.get("status", "skip")), str(i.get("detail", "")), i.get("hint"))
+            for i in items]
 
 
 def counts(checks: Iterable[Check]) -> dict[str, int]:

@@ -133,7 +133,17 @@ def compiler_version(cc: str, timeout: float) -> str | None:
     return m.group(0) if m else None
 
 
-_TORCH_PROBE = "import json, torch; print(json.dumps([torch.__version__, torch.version.cuda]))"
+# Reads torch/version.py without importing torch (an import takes seconds and may need a driver).
+_TORCH_PROBE = r"""
+import importlib.util, json, os, re
+spec = importlib.util.find_spec("torch")
+if spec is None or not spec.origin:
+    raise SystemExit("ModuleNotFoundError: No module named 'torch'")
+text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
+v = re.search(r"^__version__\s*(?::[^=]*)?=\s*['\"]([^'\"]+)", text, re.M)
+c = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]?([0-9.]+|None)", text, re.M)
+print(json.dumps([v.group(1) if v else None, None if not c or c.group(1) == "None" else c.group(1)]))
+"""
 
 
 def torch_of_python(python: str, timeout: float) -> tuple[str | None, str | None, str]:
@@ -217,6 +227,11 @@ def _major(v: str) -> int:
 def check_nvcc(nvccs: list[Nvcc], torch_cuda: str | None, torch_from: str, plan: Plan) -> tuple[Check, Nvcc | None]:
     """nvcc present and matching torch's CUDA (torch's own rule: same major required, minor may differ)."""
     usable = [n for n in nvccs if n.version]
+    if not torch_cuda and "torch " in torch_from:      # torch is there, but a CPU build
+        return Check("nvcc", "fail", f"{torch_from} is a CPU build (torch.version.cuda is None): "
+                     "vLLM's CUDA kernels cannot be built against it",
+                     "install a CUDA build of torch in that interpreter, or use the seed profile"), \
+            (usable[0] if usable else None)
     if not torch_cuda:
         if usable:
             return Check("nvcc", "warn", f"nvcc {usable[0].version} at {usable[0].path}; torch's CUDA unknown ({torch_from})",

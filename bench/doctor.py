@@ -1,0 +1,120 @@
+"""Benchmark: `inv doctor` wall time against loopback mirrors (goal < 5 s on a ready host).
+
+Starts real HTTP servers on 127.0.0.1: a PEP 503 index that answers at once ("up"), one that answers
+after 10 s ("slow"), and a closed port ("down"); runs the doctor library function with all three
+configured (index + extra indexes + a conda channel), then the CLI `invoke doctor --json` once.
+Prints JSON. Usage: .venv/bin/python bench/doctor.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOAL_S = 5.0
+
+
+def serve(delay: float) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            time.sleep(delay)
+            parts = self.path.strip("/").split("/")
+            if self.path.endswith("repodata.json"):
+                body = json.dumps({"packages": {"python-3.10.12-0.tar.bz2": {"name": "python"}}}).encode()
+                ctype = "application/json"
+            elif len(parts) == 2 and parts[0] == "simple":
+                name = {"vllm": "vllm-0.2.2.tar.gz", "torch": "torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl",
+                        "xformers": "xformers-0.0.22.post7.tar.gz"}.get(parts[1])
+                if not name:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = f'<html><body><a href="/files/{name}">{name}</a></body></html>'.encode()
+                ctype = "text/html"
+            else:
+                body, ctype = b"x" * 100, "application/octet-stream"
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def closed_port() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    up, up_url = serve(0.0)
+    slow, slow_url = serve(10.0)
+    down_url = closed_port()
+    tmp = tempfile.mkdtemp(prefix="bench-doctor-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")}
+    env.update({"VLLMP_CACHE_DIR": f"{tmp}/cache", "VLLMP_WORKSPACE_ROOT": f"{tmp}/ws",
+                "VLLMP_PYPI__INDEX_URL": up_url + "/simple",
+                "VLLMP_PYPI__EXTRA_INDEX_URLS": json.dumps([slow_url + "/simple", down_url + "/simple"]),
+                "VLLMP_CONDA__CHANNELS": json.dumps([up_url + "/chan"]), "VLLMP_FETCH__GITHUB": "false"})
+    os.environ.update(env)
+    from vllm_provision import doctor, host
+    from vllm_provision.plan import build_plan
+    started = time.monotonic()
+    facts = host.probe(env["VLLMP_WORKSPACE_ROOT"])
+    ready_env = {k: v for k, v in env.items() if k != "VLLMP_PYPI__EXTRA_INDEX_URLS"}
+    plan = build_plan({"build": {"arch_list": "9.0"}}, environ=ready_env, facts=facts)
+    ready = doctor.run_doctor(plan, facts)
+    ready_s = time.monotonic() - started
+    started = time.monotonic()
+    plan = build_plan({"build": {"arch_list": "9.0"}}, environ=env, facts=facts)
+    checks = doctor.run_doctor(plan, facts)
+    library_s = time.monotonic() - started
+    started = time.monotonic()
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), "doctor", "--json", "--arch", "9.0"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    cli_s = time.monotonic() - started
+    cli = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+    print(json.dumps({
+        "goal_s": GOAL_S,
+        "ready_host_wall_s": round(ready_s, 2),
+        "ready_checks": {c.name: c.status for c in ready},
+        "library_wall_s_with_slow_and_down_mirrors": round(library_s, 2),
+        "cli_wall_s": round(cli_s, 2),
+        "within_goal": max(cli_s, library_s, ready_s) < GOAL_S,
+        "mirrors": {"up": up_url, "slow (10 s)": slow_url, "down (closed port)": down_url},
+        "timeout_s": doctor.DEFAULT_TIMEOUT,
+        "cli_exit": done.returncode,
+        "checks": {c.name: c.status for c in checks},
+        "cli_checks": {c["name"]: c["status"] for c in cli.get("checks", [])},
+    }, indent=2))
+    up.shutdown()
+    slow.shutdown()
+
+
+if __name__ == "__main__":
+    main()
