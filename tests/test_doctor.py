@@ -90,10 +90,10 @@ def test_h100_host_with_matching_toolchain_passes(isolated, http_server):
     checks = doctor.run_doctor(plan, facts, timeout=2)
     c = by_name(checks)
     assert c["gpus"].status == "pass" and "H100" in c["gpus"].detail and "9.0" in c["gpus"].detail
-    assert c["driver"].status == "pass" and "13.0" in c["driver"].detail
-    assert c["nvcc"].status == "pass" and "13.0" in c["nvcc"].detail
-    assert c["compiler"].status == "pass" and "gcc <=" in c["compiler"].detail
-    assert c["archs"].status == "pass" and "9.0" in c["archs"].detail
+    assert c["driver-vs-cuda"].status == "pass" and "13.0" in c["driver-vs-cuda"].detail
+    assert c["nvcc-vs-torch"].status == "pass" and "13.0" in c["nvcc-vs-torch"].detail
+    assert c["gcc-vs-nvcc"].status == "pass" and "gcc <=" in c["gcc-vs-nvcc"].detail
+    assert c["arch-list"].status == "pass" and "9.0" in c["arch-list"].detail
     assert c["index"].status == "pass" and "vllm" in c["index"].detail
     assert c["source"].status == "pass" and "reachable" in c["source"].detail
     assert summarize(checks) == (True, 0), [x for x in checks if x.status == "fail"]
@@ -105,7 +105,7 @@ def test_no_nvidia_smi_is_a_failed_check_with_the_hint(isolated, http_server):
     gpus = by_name(checks)["gpus"]
     assert gpus.status == "fail" and "nvidia-smi not found" in gpus.detail
     assert "NVIDIA driver" in gpus.hint and "--arch" in gpus.hint
-    assert by_name(checks)["driver"].status == "skip"
+    assert by_name(checks)["driver-vs-cuda"].status == "skip"
     assert summarize(checks) == (False, 1)
 
 
@@ -117,25 +117,31 @@ def test_explicit_arch_without_gpu_is_only_a_warning(isolated, http_server):
 
 def test_driver_older_than_torch_cuda_fails(isolated, http_server):
     facts = h100_facts()
-    old = HostFacts(**{**facts.__dict__, "driver_cuda": "12.0"})
-    plan = make_plan(serve_index(http_server), old, env={"cuda": "12.1"})
-    drv = by_name(doctor.run_doctor(plan, old, timeout=2))["driver"]
-    assert drv.status == "fail" and "12.0" in drv.detail and "12.1" in drv.detail and "driver" in drv.hint
+    old = HostFacts(**{**facts.__dict__, "driver_cuda": "12.4"})
+    plan = make_plan(serve_index(http_server), old, env={"cuda": "13.0"})
+    drv = by_name(doctor.run_doctor(plan, old, timeout=2))["driver-vs-cuda"]
+    assert drv.status == "fail" and "12.4" in drv.detail and "13.0" in drv.detail and "driver" in drv.hint
 
 
 @needs_nvcc
 def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, http_server):
     plan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"})
     assert plan.env.cuda == "12.1"
-    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc"]
+    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc-vs-torch"]
     assert nvcc.status == "fail"
-    assert "12.1" in nvcc.detail and "13.0" in nvcc.detail and "cuda-nvcc=12.1" in nvcc.hint
+    assert "12.1" in nvcc.detail and "13.0" in nvcc.detail and "lock torch 2.1.0" in nvcc.detail
+    assert "CUDA 12.1" in nvcc.hint
+    # with a conda channel configured the env step provisions cuda-nvcc=12.1: only a warning
+    chan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"},
+                     conda={"channels": [http_server.url + "/chan"]})
+    warned = doctor.check_nvcc([doctor.probe_nvcc(str(HOST_NVCC), 10)], "12.1", "2.1.0", "lock", chan)[0]
+    assert warned.status == "warn" and "cuda-nvcc=12.1 from the conda channel" in warned.detail
 
 
 @needs_nvcc
 def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_server):
     plan = make_plan(serve_index(http_server), NO_GPU)     # no GPU, no --arch: 7.0 ... 9.0
-    archs = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["archs"]
+    archs = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["arch-list"]
     assert archs.status == "fail" and "7.0" in archs.detail and "--arch" in archs.hint
 
 
@@ -249,8 +255,17 @@ def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(is
     version, cuda, where = doctor.torch_cuda_of_plan(plan, 10)
     import torch
     assert version == torch.__version__ and cuda == torch.version.cuda
-    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc"]
+    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc-vs-torch"]
     if cuda is None:
         assert nvcc.status == "fail" and "CPU build" in nvcc.detail and "CUDA build of torch" in nvcc.hint
     missing = doctor.torch_of_python(str(HOST_NVCC), 5)    # not a python at all: a reason, no exception
     assert missing[0] is None and missing[2]
+
+
+def test_other_processes_on_the_gpu_are_a_warning(isolated, http_server):
+    from vllm_provision.host import parse_compute_apps
+    busy = HostFacts(**{**h100_facts().__dict__,
+                        "gpu_processes": parse_compute_apps("4242, python3, 30000\n")})
+    plan = make_plan(serve_index(http_server), busy, env={"cuda": "13.0"})
+    gpus = doctor.check_gpus(busy, plan)
+    assert gpus.status == "warn" and "30000 MiB" in gpus.detail and "pid 4242" in gpus.detail

@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urljoin
@@ -21,12 +21,12 @@ from urllib.parse import urljoin
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from . import PROJECT_ROOT, runner
+from . import PROJECT_ROOT, preflight, runner
 from .checks import Check
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .host import HostFacts
-from .plan import BUILD_JOB_PEAK_BYTES, GIB, Plan
+from .plan import GIB, Plan
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -191,7 +191,14 @@ def _caps_text(facts: HostFacts) -> str:
 
 def check_gpus(facts: HostFacts, plan: Plan) -> Check:
     if facts.gpus:
-        return Check("gpus", "pass", f"{len(facts.gpus)} GPU(s): {_caps_text(facts)}")
+        detail = f"{len(facts.gpus)} GPU(s): {_caps_text(facts)}"
+        others = getattr(facts, "gpu_processes", ()) or ()
+        if others:
+            used = sum(getattr(p, "used_mib", 0) for p in others)
+            names = ", ".join(f"{getattr(p, 'name', '?')} (pid {getattr(p, 'pid', '?')})" for p in others[:3])
+            return Check("gpus", "warn", f"{detail}; {len(others)} other process(es) hold {used} MiB: {names}",
+                         "their memory counts against gpu_memory_utilization (fewer KV-cache blocks): stop them")
+        return Check("gpus", "pass", detail)
     why = facts.gpu_error or "no GPU listed by nvidia-smi"
     if plan.build.arch_source == "config":
         return Check("gpus", "warn", f"{why}; building for the configured archs {';'.join(plan.build.arch_list)} "
@@ -200,128 +207,83 @@ def check_gpus(facts: HostFacts, plan: Plan) -> Check:
     return Check("gpus", "fail", why, NO_DRIVER_HINT)
 
 
-def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
-    if not facts.gpus:
-        return Check("driver", "skip", "no GPU driver to check (see gpus)")
-    driver = facts.gpus[0].driver_version
-    if not facts.driver_cuda:
-        return Check("driver", "warn", f"driver {driver}; the CUDA version it supports is unknown",
-                     "check `nvidia-smi` prints 'CUDA Version'")
-    detail = f"driver {driver} supports CUDA {facts.driver_cuda}"
-    if torch_cuda:
-        try:
-            if Version(facts.driver_cuda) < Version(torch_cuda):
-                return Check("driver", "fail", f"{detail}, older than torch's CUDA {torch_cuda}",
-                             f"upgrade the NVIDIA driver to one that supports CUDA {torch_cuda}, "
-                             "or pick a torch built for an older CUDA")
-        except InvalidVersion:
-            pass
-        detail += f" (torch needs {torch_cuda})"
-    return Check("driver", "pass", detail)
-
-
 def _major(v: str) -> int:
     return Version(v).major
 
 
-def check_nvcc(nvccs: list[Nvcc], torch_cuda: str | None, torch_from: str, plan: Plan) -> tuple[Check, Nvcc | None]:
-    """nvcc present and matching torch's CUDA (torch's own rule: same major required, minor may differ)."""
+def _best_nvcc(nvccs: list[Nvcc], torch_cuda: str | None) -> Nvcc | None:
+    """The nvcc the build would pick: exact major.minor match, else same major, else the first found."""
     usable = [n for n in nvccs if n.version]
-    if not torch_cuda and "torch " in torch_from:      # torch is there, but a CPU build
-        return Check("nvcc", "fail", f"{torch_from} is a CPU build (torch.version.cuda is None): "
-                     "vLLM's CUDA kernels cannot be built against it",
-                     "install a CUDA build of torch in that interpreter, or use the seed profile"), \
-            (usable[0] if usable else None)
-    if not torch_cuda:
-        if usable:
-            return Check("nvcc", "warn", f"nvcc {usable[0].version} at {usable[0].path}; torch's CUDA unknown ({torch_from})",
-                         "install the profile's torch first (`inv env`) or set env.cuda"), usable[0]
-        return Check("nvcc", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
+    if not usable:
+        return None
+    try:
+        want = Version(torch_cuda).release[:2] if torch_cuda else None
+        exact = [n for n in usable if want and Version(n.version).release[:2] == want]
+        same = [n for n in usable if want and Version(n.version).major == want[0]]
+    except InvalidVersion:
+        exact = same = []
+    return (exact or same or usable)[0]
+
+
+def check_nvcc(nvccs: list[Nvcc], torch_cuda: str | None, torch_version: str | None, torch_from: str,
+               plan: Plan) -> tuple[Check, Nvcc | None]:
+    """nvcc vs torch's CUDA with preflight's rule; before the env exists, a compiler the env step
+    provisions (CUDA >= 13 from PyPI wheels, 12.x from a conda channel) turns a mismatch into a warning."""
+    nvcc = _best_nvcc(nvccs, torch_cuda)
+    if not torch_cuda and not torch_version:          # torch not known yet: nothing to match against
+        if nvcc:
+            return Check("nvcc-vs-torch", "warn", f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
+                         f"({torch_from})", "install the profile's torch first (`inv env`) or set env.cuda"), nvcc
+        return Check("nvcc-vs-torch", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
                      "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
-    exact = [n for n in usable if Version(n.version).release[:2] == Version(torch_cuda).release[:2]]
-    if exact:
-        return Check("nvcc", "pass", f"nvcc {exact[0].version} at {exact[0].path} matches torch's CUDA "
-                     f"{torch_cuda} ({torch_from})"), exact[0]
-    same_major = [n for n in usable if _major(n.version) == _major(torch_cuda)]
-    if same_major:
-        n = same_major[0]
-        return Check("nvcc", "warn", f"nvcc {n.version} at {n.path}, torch's CUDA {torch_cuda} ({torch_from}): "
-                     "minor versions differ (torch only warns)", f"a CUDA {torch_cuda} toolkit is the exact match"), n
-    found = ", ".join(f"{n.version} ({n.path})" for n in usable) or "none"
-    # The env step can provision a matching compiler: CUDA >= 13 from PyPI wheels, 12.x from a conda channel.
-    if plan.env.backend != "existing" and (_major(torch_cuda) >= 13 or plan.env.channels):
+    check = preflight.check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
+    check = replace(check, detail=f"{check.detail} [{torch_from}]")
+    if check.status == "fail" and torch_cuda and plan.env.backend != "existing" and \
+            (_major(torch_cuda) >= 13 or plan.env.channels):
         where = "nvidia-cuda-nvcc wheels from the PyPI index" if _major(torch_cuda) >= 13 else \
             f"cuda-nvcc={torch_cuda} from the conda channel"
-        return Check("nvcc", "warn", f"no host nvcc matches torch's CUDA {torch_cuda} ({torch_from}); found: {found}; "
-                     f"the env step installs {where}", None), (usable[0] if usable else None)
-    return Check("nvcc", "fail", f"no nvcc matches torch's CUDA {torch_cuda} ({torch_from}); found: {found}",
-                 f"install CUDA {torch_cuda} (e.g. conda `cuda-nvcc={torch_cuda}`) and set CUDA_HOME, "
-                 "or use a torch built for the host's CUDA"), (usable[0] if usable else None)
+        check = replace(check, status="warn", detail=f"{check.detail}; the env step installs {where}")
+    return check, nvcc
 
 
-def check_compiler(nvcc: Nvcc | None, cc: str | None, cc_version: str | None) -> Check:
-    if not cc or not cc_version:
-        return Check("compiler", "fail", "no host C++ compiler (g++/gcc) found", "install gcc/g++ (build-essential)")
-    if nvcc is None:
-        return Check("compiler", "skip", f"{Path(cc).name} {cc_version}; no nvcc to check it against")
-    limit = None
+def gcc_limit(nvcc: Nvcc) -> int | None:
+    """nvcc's newest accepted gcc major, from the crt/host_config.h of the headers it really uses."""
     for header in [d / "crt" / "host_config.h" for d in nvcc.header_dirs()]:
         try:
             limit = parse_gcc_limit(header.read_text(errors="replace"))
         except OSError:
             continue
         if limit:
-            break
-    if limit is None:
-        return Check("compiler", "warn", f"{Path(cc).name} {cc_version}; nvcc {nvcc.version}'s gcc limit unknown "
-                     "(no crt/host_config.h)", "make sure the CUDA headers are installed next to nvcc")
-    if "clang" not in Path(cc).name and Version(cc_version).major > limit:
-        return Check("compiler", "fail", f"{Path(cc).name} {cc_version} is newer than nvcc {nvcc.version} accepts "
-                     f"(gcc <= {limit})", f"install gcc-{limit} and set CC/CXX/CUDAHOSTCXX to it")
-    return Check("compiler", "pass", f"{Path(cc).name} {cc_version} accepted by nvcc {nvcc.version} (gcc <= {limit})")
+            return limit
+    return None
 
 
-def check_memory(facts: HostFacts, plan: Plan) -> Check:
-    avail = facts.mem_available_bytes
-    need = plan.build.max_jobs * BUILD_JOB_PEAK_BYTES
-    detail = (f"{avail / GIB:.1f} GiB available of {facts.mem_total_bytes / GIB:.1f} GiB; plan: "
-              f"{plan.build.max_jobs} compile job(s) × {BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB")
-    if avail < BUILD_JOB_PEAK_BYTES:
-        return Check("memory", "fail", detail, "free memory or add swap: one nvcc job needs about "
-                     f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB")
-    if avail < need:
-        fit = max(1, avail // BUILD_JOB_PEAK_BYTES)
-        return Check("memory", "warn", detail, f"the build may be killed (OOM): use --max-jobs {fit}")
-    return Check("memory", "pass", detail)
+def check_compiler(nvcc: Nvcc | None, cc: str | None, cc_version: str | None) -> Check:
+    if nvcc is None and cc_version:
+        return Check("gcc-vs-nvcc", "skip", f"{Path(cc).name} {cc_version}; no nvcc to check it against")
+    return preflight.check_gcc(cc_version, cc, gcc_limit(nvcc) if nvcc else None, nvcc.version if nvcc else None)
 
 
 def check_disk(facts: HostFacts, plan: Plan) -> Check:
+    """Disk for the whole plan: a new env (torch + CUDA wheels) unless the profile reuses one, plus the build."""
     need = DISK_REUSED_ENV_BYTES if plan.env.backend == "existing" else DISK_NEW_ENV_BYTES
-    free = facts.disk_free_bytes
-    detail = f"{free / GIB:.1f} GiB free under {plan.workspace.root.parent}; plan needs about {need / GIB:.0f} GiB"
-    if free < need:
-        return Check("disk", "fail", detail, "free disk space or point workspace_root/cache_dir at a larger disk")
-    if free < 2 * need:
-        return Check("disk", "warn", detail, "little headroom for caches and a second env")
-    return Check("disk", "pass", detail)
+    check = preflight.check_disk(facts.disk_free_bytes, need)
+    where = f" under {plan.workspace.root.parent}"
+    if check.status == "pass" and facts.disk_free_bytes < 2 * need:
+        return Check("disk", "warn", check.detail + where, "little headroom for caches and a second env")
+    return replace(check, detail=check.detail + where)
 
 
 def check_archs(plan: Plan, facts: HostFacts, nvcc: Nvcc | None) -> Check:
     release = plan.release
-    archs = [a.removesuffix("+PTX") for a in plan.build.arch_list]
     unsupported_gpu = [c for c in facts.compute_caps if c not in release.cuda_archs]
     if unsupported_gpu:
-        return Check("archs", "fail", f"GPU compute capability {', '.join(unsupported_gpu)} is not supported by "
+        return Check("arch-list", "fail", f"GPU compute capability {', '.join(unsupported_gpu)} is not supported by "
                      f"vLLM {release.version} (it builds for {', '.join(release.cuda_archs)})",
                      "use a newer vLLM release for this GPU, or run on a supported GPU")
-    if nvcc and nvcc.archs:
-        missing = [a for a in archs if a not in nvcc.archs]
-        if missing:
-            return Check("archs", "fail", f"nvcc {nvcc.version} cannot compile for {', '.join(missing)} "
-                         f"(plan: {';'.join(archs)} from {plan.build.arch_source})",
-                         "pass --arch with only the archs you need (e.g. --arch 9.0), or use an older CUDA")
-    return Check("archs", "pass", f"{';'.join(archs)} ({plan.build.arch_source}) supported by vLLM "
-                 f"{release.version}" + (f" and nvcc {nvcc.version}" if nvcc and nvcc.archs else ""))
+    check = preflight.check_archs(plan.build.arch_list, release.cuda_archs, release.version,
+                                  nvcc.archs if nvcc else (), nvcc.version if nvcc else None)
+    return replace(check, detail=f"{check.detail} (archs from {plan.build.arch_source})")
 
 
 def _http(timeout: float, plan: Plan) -> HttpSettings:
@@ -491,13 +453,13 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             if n.cuda_home not in homes:
                 homes.add(n.cuda_home)
                 nvccs.append(n)
-        nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_from, plan)
+        nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_version, torch_from, plan)
         checks = [
             check_gpus(facts, plan),
-            check_driver(facts, torch_cuda),
+            preflight.check_driver(facts, torch_cuda),
             nvcc_check,
             check_compiler(nvcc, cc, f_ccv.result() if f_ccv else None),
-            check_memory(facts, plan),
+            preflight.check_ram(facts.mem_available_bytes, plan.build.max_jobs),
             check_disk(facts, plan),
             check_archs(plan, facts, nvcc),
             *[f.result() for f in f_index],
