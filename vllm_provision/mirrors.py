@@ -75,3 +75,33 @@ def scrub(text: str, env: Any) -> str:
     for secret in url_secrets(env):
         text = text.replace(secret, "***")
     return text
+
+
+def probe_index(index_url: str, package: str, timeout: float = 10) -> str | None:
+    """Why `package` cannot be read from the index (auth, not found, unreachable), or None when it can.
+    pip reports a 401 as "from versions: none"; this asks the index directly. Credentials from the URL."""
+    import base64
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlunsplit
+
+    parts = urlsplit(index_url)
+    if parts.scheme not in ("http", "https"):
+        return None
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + f"/{package}/", "", ""))
+    request = urllib.request.Request(url)
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return f"authentication failed (HTTP {exc.code}; check the credentials in the URL or ~/.netrc)"
+        if exc.code == 404:
+            return "not available on the mirror (HTTP 404)"
+        return f"HTTP {exc.code}"
+    except (OSError, urllib.error.URLError) as exc:
+        return f"unreachable ({getattr(exc, 'reason', exc)})"

@@ -96,6 +96,12 @@ def install(ctx, installer: Installer, python: Path, args: Sequence[str], *, wha
                         what=f"{installer.kind} install")
     if result.returncode != 0:
         pkg, reason = diagnose_install(result.output)
+        if pkg and reason == "not available on the mirror":
+            for url in [getattr(index, "index_url", None)] + list(getattr(index, "extra_index_urls", ()) or ()):
+                why = mirrors.probe_index(url, pkg, timeout=min(30, getattr(index, "timeout", 10) or 10)) if url else None
+                if why:
+                    reason = why
+                    break
         tail = "\n".join(result.output.strip().splitlines()[-12:])
         raise StepFailed(mirrors.scrub(f"could not install {pkg or what} from {mirrors.describe(index)}: {reason}",
                                        index),

@@ -30,6 +30,10 @@ def lock_file(ctx: StepContext) -> Path | None:
     return PROJECT_ROOT / ctx.plan.env.lock if ctx.plan.env.lock else None
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def _sha256(path: Path | None) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
 
@@ -85,14 +89,16 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     backend = plan.env.backend
     if backend not in BACKENDS:
         raise ConfigError(f"unknown env backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    module = importlib.import_module(f"vllm_provision.envs.{backend}")
+    if hasattr(module, "interpreter"):
+        module.interpreter(plan)  # a missing interpreter is the first thing to say
     lock = lock_file(ctx)
     if lock is not None:
         locks.check(lock, plan.release.version, plan.profile, locks.python_minor(plan.env.python))
-    module = importlib.import_module(f"vllm_provision.envs.{backend}")
     python = module.create(ctx, prefix)
     installer = common.choose_installer(plan)
     if lock is not None:
-        ctx.say(f"installing {lock.relative_to(PROJECT_ROOT)} with {installer.kind} from "
+        ctx.say(f"installing {_shown(lock)} with {installer.kind} from "
                 f"{mirrors.describe(plan.env)}")
         common.install_lock(ctx, installer, python, lock, plan.env)
         # the lock fixes the versions: the env must hold exactly those
@@ -113,7 +119,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
         packages=dict(sorted(facts["packages"].items())), torch=facts.get("torch"), torch_cuda=facts.get("torch_cuda"),
         cxx11_abi=facts.get("cxx11_abi"), cuda_home=compiler.cuda_home, nvcc=compiler.nvcc,
         nvcc_version=compiler.nvcc_version, include_dirs=tuple(facts.get("include_dirs") or ()),
-        lock=str(lock.relative_to(PROJECT_ROOT)) if lock else None, installer=installer.kind,
+        lock=_shown(lock) if lock else None, installer=installer.kind,
     )
     extra = {"compiler_source": compiler.source, "compiler_reason": compiler.reason}
     if facts.get("torch_error") and "No module named" not in facts["torch_error"]:
@@ -131,7 +137,8 @@ def run(ctx: StepContext) -> StepOutcome:
     switch_link(ctx.workspace.env, prefix)
     envinfo.save(ctx.workspace, info)
     _prune(ctx, prefix)
-    torch = f"torch {info.torch} (CUDA {info.torch_cuda})" if info.torch else "no torch"
+    torch = (f"torch {info.torch} ({'CUDA ' + info.torch_cuda if info.torch_cuda else 'no CUDA'})"
+             if info.torch else "no torch")
     cc = f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home else f"no matching nvcc: {extra['compiler_reason']}"
     ctx.say(f"{info.backend} env at {prefix}: Python {info.python_version}, {torch}, {cc}")
     if not info.cuda_home and info.torch_cuda:
