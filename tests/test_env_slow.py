@@ -1,0 +1,85 @@
+"""Slow tiers: the real committed 0.2.2 seed lock from PyPI; the CUDA 13 compiler assembled from wheels."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirrors import Pypiserver
+from vllm_provision import PROJECT_ROOT, envinfo
+from vllm_provision.envs import common
+from vllm_provision.host import HostFacts
+from vllm_provision.pipeline import StepContext, run_steps
+from vllm_provision.plan import build_plan
+
+CACHE = Path(os.path.expanduser("~/.cache/vllm-provision"))
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_committed_seed_lock_installs_from_pypi(tmp_path):
+    """torch 2.1.0 + xformers 0.0.22.post7 + transformers 4.35.2 import in a fresh env (no GPU needed).
+    uv (not pip: /etc/xdg/pip/pip.conf may carry constraints); downloads cached under ~/.cache/vllm-provision/uv."""
+    cli = {"profile": "seed", "workspace_root": str(tmp_path / "ws"), "cache_dir": str(CACHE),
+           "env": {"backend": "venv", "python": "3.11", "installer": "uv"}}
+    plan = build_plan(cli, environ={}, facts=HostFacts())
+    assert plan.env.lock == "envs/locks/0.2.2/seed-py3.11.txt"
+    [result] = [r for r in run_steps(plan, HostFacts(), ["env"]) if r.step == "env"]
+    assert result.status == "ok", (result.detail, result.facts.get("log_tail"))
+    info = envinfo.load(plan.workspace)
+    assert info.torch == "2.1.0+cu121" and info.torch_cuda == "12.1" and info.cxx11_abi is False
+    assert info.packages["xformers"] == "0.0.22.post7" and info.packages["transformers"] == "4.35.2"
+    assert info.packages["pydantic"] == "1.10.13"
+    code = "import torch, xformers, transformers; print(torch.__version__, xformers.__version__, transformers.__version__)"
+    out = subprocess.run([info.python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2.1.0+cu121", "0.0.22.post7", "4.35.2"]
+    assert any(d.endswith("nvidia/cuda_runtime/include") for d in info.include_dirs)
+
+
+@pytest.mark.slow
+def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch):
+    """No host toolkit in reach: nvcc 13.0 comes from the nvidia-* wheels on a (local) mirror and runs."""
+    wheels = sorted(Path("/opt/pypi/files").glob("nvidia_*13.0*.whl")) if Path("/opt/pypi/files").is_dir() else []
+    names = {w.name.split("-")[0] for w in wheels}
+    need = {n.replace("-", "_") for n in common.PIP_COMPILER_WHEELS}
+    if not need <= names:
+        pytest.skip("the nvidia-cuda-nvcc/nvvm/crt/runtime/cccl 13.0 wheels are not on this machine's disk")
+    pkgs = tmp_path / "packages"
+    pkgs.mkdir()
+    for w in wheels:
+        if w.name.split("-")[0] in need:
+            shutil.copy(w, pkgs)
+    server = Pypiserver(pkgs)
+    try:
+        monkeypatch.setattr(common, "HOST_CUDA_CANDIDATES", ())
+        monkeypatch.delenv("CUDA_HOME", raising=False)
+        monkeypatch.delenv("CUDA_PATH", raising=False)
+        monkeypatch.setenv("PATH", "/usr/bin:/bin")
+        cli = {"profile": "seed", "workspace_root": str(tmp_path / "ws"), "cache_dir": str(tmp_path / "cache"),
+               "env": {"backend": "venv", "python": "3.11", "installer": "uv"},
+               "pypi": {"index_url": server.url, "timeout": 30, "retries": 0}}
+        plan = build_plan(cli, environ={}, facts=HostFacts())
+        plan = dataclasses.replace(plan, env=dataclasses.replace(plan.env, lock=None))
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = venv / "bin" / "python"
+        facts = common.probe(python)
+        ctx = StepContext(plan, HostFacts(), "env")
+        got = common.resolve_compiler(ctx, plan, common.choose_installer(plan), python,
+                                      {**facts, "torch": "2.14.1", "torch_cuda": "13.0"}, venv)
+    finally:
+        server.stop()
+    assert got.source == "pip" and got.nvcc_version == "13.0", got.reason
+    home = Path(got.cuda_home)
+    assert home.name == "cu13" and (home / "lib64").is_symlink() and (home / "include" / "cuda_runtime.h").is_file()
+    kernel = tmp_path / "k.cu"
+    kernel.write_text("__global__ void k(float *x) { x[threadIdx.x] *= 2; }\n")
+    out = subprocess.run([got.nvcc, "-arch=sm_90", "-c", str(kernel), "-o", str(tmp_path / "k.o")],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stdout + out.stderr
