@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, Route
 from vllm_provision import doctor, report
 from vllm_provision.checks import summarize
-from vllm_provision.host import HostFacts, parse_driver_cuda, parse_gpu_csv
+from vllm_provision.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
 from vllm_provision.plan import GIB, build_plan
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu" / "h100"
@@ -24,17 +24,29 @@ H100_CSV = "0, NVIDIA H100 80GB HBM3, 81559, 0, 9.0, 580.82.07, GPU-5b1a3c2e-000
 H100_HEADER = "| NVIDIA-SMI 580.82.07    Driver Version: 580.82.07    CUDA Version: 13.0     |\n"
 
 
-def recorded(pattern: str, fallback: str) -> str:
-    for path in sorted(FIXTURES.glob(pattern)) if FIXTURES.is_dir() else ():
-        text = path.read_text()
-        if text.strip():
-            return text
-    return fallback
+def recorded_h100() -> tuple[str, str]:
+    """(query-gpu CSV in host.GPU_QUERY's column order, `nvidia-smi` text) from the real H100 recording
+    (tests/fixtures/gpu/h100/probes.json), else the in-file copy of the same format."""
+    probes = FIXTURES / "probes.json"
+    if not probes.is_file():
+        return H100_CSV, H100_HEADER
+    data = json.loads(probes.read_text())
+    smi = data.get("nvidia-smi", {}).get("stdout", H100_HEADER)
+    for cmd, out in data.items():
+        if "--query-gpu=" in cmd and "nounits" in cmd and out.get("rc") == 0:
+            fields = cmd.split("--query-gpu=")[1].split()[0].split(",")
+            rows = []
+            for line in out["stdout"].strip().splitlines():
+                cells = dict(zip(fields, (c.strip() for c in line.split(","))))
+                rows.append(", ".join(cells.get(f, "") for f in GPU_QUERY.split(",")))
+            return "\n".join(rows) + "\n", smi
+    return H100_CSV, smi
 
 
 def h100_facts() -> HostFacts:
-    gpus = parse_gpu_csv(recorded("*query*", H100_CSV))
-    return HostFacts(gpus=gpus, driver_cuda=parse_driver_cuda(recorded("*nvidia-smi*.txt", H100_HEADER)) or "13.0",
+    csv, smi = recorded_h100()
+    gpus = parse_gpu_csv(csv)
+    return HostFacts(gpus=gpus, driver_cuda=parse_driver_cuda(smi) or "13.0",
                      cpu_count=16, mem_available_bytes=120 * GIB, mem_total_bytes=128 * GIB,
                      disk_free_bytes=500 * GIB)
 
@@ -89,7 +101,7 @@ def test_h100_host_with_matching_toolchain_passes(isolated, http_server):
     plan = make_plan(index, facts, env={"cuda": "13.0"})
     checks = doctor.run_doctor(plan, facts, timeout=2)
     c = by_name(checks)
-    assert c["gpus"].status == "pass" and "H100" in c["gpus"].detail and "9.0" in c["gpus"].detail
+    assert c["gpus"].status == "pass" and "H100" in c["gpus"].detail and "cc 9.0" in c["gpus"].detail
     assert c["driver-vs-cuda"].status == "pass" and "13.0" in c["driver-vs-cuda"].detail
     assert c["nvcc-vs-torch"].status == "pass" and "13.0" in c["nvcc-vs-torch"].detail
     assert c["gcc-vs-nvcc"].status == "pass" and "gcc <=" in c["gcc-vs-nvcc"].detail
