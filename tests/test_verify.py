@@ -150,6 +150,11 @@ def test_pip_check_allows_only_what_the_profile_declares(venv, tmp_path):
     assert allowed.status == "pass" and reason in allowed.detail
     strict = verify.check_pip(str(python), [])
     assert strict.status == "fail" and "xformers" in strict.detail and "allowed_pip_check" in strict.hint
+    # existing-env backend: a complaint about vllm is still ours and fails ...
+    assert verify.check_pip(str(python), [], ours=["vllm"]).status == "fail"
+    # ... one about a package of the host's own is only a warning
+    host_own = verify.check_pip(str(python), [], ours=["tinydep"])
+    assert host_own.status == "warn" and "host's own" in host_own.detail
 
 
 def test_package_changed_after_the_build_fails_naming_before_and_after(venv, tmp_path):
@@ -209,24 +214,37 @@ def test_cli_verify_before_a_build_exits_2(isolated):
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
-def _built_workspaces() -> list[Path]:
+def _built_workspaces(tmp_path_factory) -> list[Path]:
+    """Workspaces a real build left: $VLLMP_VERIFY_WORKSPACE, ./.provision/0.2.2-*, and the build
+    slow tier's (tests/test_build_slow.py) under this and earlier pytest base temp dirs."""
     roots = [Path(os.environ["VLLMP_VERIFY_WORKSPACE"])] if os.environ.get("VLLMP_VERIFY_WORKSPACE") else []
     roots += sorted((ROOT / ".provision").glob("0.2.2-*"))
-    return [r for r in roots if (r / "env.json").is_file() and (r / "stamps" / "build.json").is_file()]
+    base = tmp_path_factory.getbasetemp()
+    roots += sorted(base.glob("test_real_compile*/ws/0.2.2-*"))
+    roots += sorted(base.parent.glob("pytest-*/test_real_compile*/ws/0.2.2-*"), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    return [r for r in roots if (r / "env.json").is_file() and (r / "stamps" / "build.json").is_file()
+            and Path(envinfo.load(_ws(r)).python).exists()]
+
+
+def _ws(root: Path):
+    from vllm_provision.workspace import Workspace
+    return Workspace(root=root, cache=root / "cache")
 
 
 @pytest.mark.slow
-def test_real_env_built_by_the_slow_tier(tmp_path):
-    built = _built_workspaces()
+def test_real_env_built_by_the_slow_tier(tmp_path, tmp_path_factory):
+    built = _built_workspaces(tmp_path_factory)
     if not built:
-        pytest.skip("no built workspace (.provision/0.2.2-*/ with env.json and stamps/build.json, or "
-                    "VLLMP_VERIFY_WORKSPACE): run the build issue's slow tier first")
+        pytest.skip("no built workspace (env.json + stamps/build.json in VLLMP_VERIFY_WORKSPACE, .provision/0.2.2-*/ or "
+                    "the build slow tier's pytest temp dir): run tests/test_build_slow.py first")
     ws_root = built[0]
     release, profile = ws_root.name.split("-", 1)
     plan = build_plan({"profile": profile, "workspace_root": str(ws_root.parent), "build": {"arch_list": "9.0"}},
                       facts=HostFacts())
     ctx = StepContext(plan, HostFacts(), "verify")
     info = verify.ensure_built(ctx)
+    ctx.log.parent.mkdir(parents=True, exist_ok=True)
     checks = {c.name: c for c in verify.collect(ctx, info)}
     assert checks["vllm-version"].status == "pass", checks["vllm-version"]
     assert checks["vllm-editable"].status == "pass", checks["vllm-editable"]

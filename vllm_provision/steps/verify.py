@@ -146,22 +146,35 @@ def parse_pip_check(output: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def check_pip(python: str, allowed: Iterable[Mapping[str, str]], log: Path | None = None) -> Check:
+def check_pip(python: str, allowed: Iterable[Mapping[str, str]], log: Path | None = None,
+              ours: Iterable[str] | None = None) -> Check:
+    """`pip check`, minus the complaints the profile accepts. With `ours` (the existing-env backend: the
+    host's packages are not ours to change), complaints about other packages are only a warning."""
     done = runner.run([python, "-m", "pip", "check"], log=log, timeout=PROBE_TIMEOUT, check=False, what="pip check",
                       extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     rules = [(canonicalize_name(a.get("package", "")), canonicalize_name(a.get("requires", "")), a.get("reason", ""))
              for a in allowed or ()]
-    bad, accepted = [], []
+    mine = {canonicalize_name(n) for n in ours} if ours is not None else None
+    bad, accepted, foreign = [], [], []
     for pkg, req, line in parse_pip_check(done.output):
         rule = next((r for r in rules if r[0] == pkg and r[1] == req), None)
-        (accepted if rule else bad).append(f"{line} (allowed: {rule[2]})" if rule else line)
+        if rule:
+            accepted.append(f"{line} (allowed: {rule[2]})")
+        elif mine is not None and pkg and pkg not in mine:
+            foreign.append(line)
+        else:
+            bad.append(line)
     if bad:
         return Check("pip-check", "fail", "; ".join(bad),
                      "restore the locked versions (`inv env --force env`), or, when the profile drops it on "
                      "purpose, add it to verify.allowed_pip_check with the reason")
-    if done.returncode != 0 and not accepted:
+    if done.returncode != 0 and not (accepted or foreign):
         return Check("pip-check", "fail", f"pip check exit {done.returncode}: {done.output.strip()[-200:]}",
                      f"run `{python} -m pip check`")
+    if foreign:
+        return Check("pip-check", "warn", f"{len(foreign)} complaint(s) about the host's own packages, not changed "
+                     f"by vllm-provision: " + "; ".join(foreign[:3]) + ("" if not accepted else
+                     "; accepted: " + "; ".join(accepted)), "fix them in the host's environment if they matter")
     if accepted:
         return Check("pip-check", "pass", "clean apart from: " + "; ".join(accepted))
     return Check("pip-check", "pass", "no broken requirements")
@@ -390,9 +403,10 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo) -> list[Check]:
     installed = installed_versions(inspected)
     probe = env_probe(python, log)
     checks = check_vllm_install(inspected, ctx.plan.release.version, ctx.workspace.src)
-    checks.append(check_pip(python, _settings(ctx).get("allowed_pip_check") or (), log))
     lock_file = _lock_file(ctx, info)
     lock = pinned(lock_file) if lock_file and lock_file.is_file() else None
+    ours = ["vllm", *(lock or {})] if info.backend == "existing" else None
+    checks.append(check_pip(python, _settings(ctx).get("allowed_pip_check") or (), log, ours))
     if lock_file and lock is None:
         checks.append(Check("locked", "fail", f"lock {lock_file} is missing", "restore it from git or `inv lock`"))
     else:
