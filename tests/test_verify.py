@@ -256,3 +256,36 @@ def test_real_env_built_by_the_slow_tier(tmp_path, tmp_path_factory):
     assert wrong.status == "fail" and "sm_80" in wrong.detail
     assert checks["import-vllm"].status == "skip"
     assert envinfo.load(plan.workspace).python == info.python
+
+
+@needs_nvcc
+def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuobjdump):
+    """`inv verify --json --junit` through the pipeline on a workspace holding a real editable install
+    and one real compiled extension (the other six missing): JSON shape, exit 1, report sections."""
+    import xml.etree.ElementTree as ET
+    base, python = venv
+    plan = build_plan({"profile": "host-torch", "build": {"arch_list": "9.0"}}, facts=HostFacts())
+    ws = plan.workspace
+    ws.ensure()
+    src = make_project(ws.src, "vllm", "0.2.2")
+    pip(python, "-e", str(src))
+    nvcc_so(src / "vllm", "cache_ops", "sm_90", EXTENSION, python_ext=True)
+    envinfo.save(ws, envinfo.EnvInfo(backend="venv", prefix=str(base / "env"), python=str(python),
+                                     python_version="3.11", packages={"tinydep": "1.0"}))
+    (ws.stamps / "build.json").write_text(json.dumps({"stamp": "x", "facts": {}}))
+    junit = tmp_path / "verify.xml"
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), "verify", "--profile", "host-torch", "--arch", "9.0",
+                           "--json", "--junit", str(junit)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+    data = json.loads(done.stdout)
+    checks = {c["name"]: c for c in data["checks"]}
+    assert done.returncode == 1 and data["ok"] is False, done.stderr
+    assert checks["vllm-version"]["status"] == "pass" and checks["vllm-editable"]["status"] == "pass"
+    assert checks["import cache_ops"]["status"] == "pass" and checks["sass cache_ops"]["status"] == "pass"
+    assert checks["import attention_ops"]["status"] == "fail" and "not found" in checks["import attention_ops"]["detail"]
+    assert checks["import-vllm"]["status"] == "skip"
+    saved = json.loads(ws.report.read_text())
+    assert saved["verify"]["checks"] == data["checks"] and saved["steps"]["verify"]["status"] == "failed"
+    assert "## Verify: FAILED" in ws.report.with_suffix(".md").read_text()
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert int(suite.get("failures")) == sum(c["status"] == "fail" for c in data["checks"])

@@ -433,8 +433,9 @@ def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | No
 
 
 def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT,
-               environ: Mapping[str, str] | None = None) -> list[Check]:
-    """All checks, in a fixed order; the slow ones run in parallel."""
+               environ: Mapping[str, str] | None = None, toolchain: dict | None = None) -> list[Check]:
+    """All checks, in a fixed order; the slow ones run in parallel. `toolchain` (optional) receives
+    what was found: nvcc, compiler, torch (for report.json's `toolchain` section)."""
     environ = os.environ if environ is None else environ
     indexes = [plan.env.index_url, *plan.env.extra_index_urls] if not plan.offline else []
     channels = list(plan.env.channels) if not plan.offline else []
@@ -454,11 +455,18 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
                 homes.add(n.cuda_home)
                 nvccs.append(n)
         nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_version, torch_from, plan)
+        cc_version = f_ccv.result() if f_ccv else None
+        if toolchain is not None:
+            toolchain.update({"nvcc": nvcc.path if nvcc else None, "nvcc_version": nvcc.version if nvcc else None,
+                              "cuda_home": str(nvcc.cuda_home) if nvcc else None,
+                              "compiler": f"{Path(cc).name} {cc_version}" if cc else None,
+                              "torch": torch_version, "torch_cuda": torch_cuda, "torch_from": torch_from,
+                              "lock": plan.env.lock})
         checks = [
             check_gpus(facts, plan),
             preflight.check_driver(facts, torch_cuda),
             nvcc_check,
-            check_compiler(nvcc, cc, f_ccv.result() if f_ccv else None),
+            check_compiler(nvcc, cc, cc_version),
             preflight.check_ram(facts.mem_available_bytes, plan.build.max_jobs),
             check_disk(facts, plan),
             check_archs(plan, facts, nvcc),
@@ -496,11 +504,13 @@ def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: flo
     started = time.monotonic()
     plan = cli.make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
     facts = host.probe(str(plan.workspace.root.parent))
-    checks = run_doctor(plan, facts, timeout=float(timeout) if timeout else DEFAULT_TIMEOUT)
+    toolchain: dict = {}
+    checks = run_doctor(plan, facts, timeout=float(timeout) if timeout else DEFAULT_TIMEOUT, toolchain=toolchain)
     seconds = time.monotonic() - started
     rep = plan.workspace.report
     try:
         report.merge_section(rep, "host", host_section(facts), release=plan.release.version, profile=plan.profile)
+        report.merge_section(rep, "toolchain", toolchain)
         report.merge_section(rep, "doctor", to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                                 "seconds": round(seconds, 2)})
         report.render(rep)
