@@ -289,3 +289,15 @@ def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuo
     assert "## Verify: FAILED" in ws.report.with_suffix(".md").read_text()
     suite = ET.parse(junit).getroot().find("testsuite")
     assert int(suite.get("failures")) == sum(c["status"] == "fail" for c in data["checks"])
+
+
+def test_allowed_pip_check_entries_apply_to_their_profiles(isolated):
+    seed = build_plan({}, facts=HostFacts())
+    host_torch = build_plan({"profile": "host-torch"}, facts=HostFacts())
+    assert [r["requires"] for r in verify.allowed_pip_check(seed.settings, "seed")] == ["xformers"]
+    names = {r["requires"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch")}
+    assert {"xformers", "ray", "pydantic"} <= names
+    assert all(r["reason"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch"))
+    parsed = verify.parse_pip_check("vllm 0.2.2+cu130 requires uvicorn[standard], which is not installed.\n"
+                                    "vllm 0.2.2 has requirement pydantic==1.10.13, but you have pydantic 2.5.0.\n")
+    assert [(p, r) for p, r, _ in parsed] == [("vllm", "uvicorn"), ("vllm", "pydantic")]

@@ -140,7 +140,7 @@ def parse_pip_check(output: str) -> list[tuple[str, str, str]]:
         line = line.strip()
         m = _NOT_INSTALLED.match(line) or _WRONG.match(line)
         if m:
-            out.append((canonicalize_name(m.group(1)), canonicalize_name(m.group(2)), line))
+            out.append((canonicalize_name(m.group(1)), canonicalize_name(m.group(2).split("[")[0]), line))
         elif line and not line.startswith("No broken requirements"):
             out.append(("", "", line))
     return out
@@ -374,6 +374,12 @@ def _lock_file(ctx: StepContext, info: envinfo.EnvInfo) -> Path | None:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
+def allowed_pip_check(settings: Mapping, profile: str) -> list[dict]:
+    """verify.allowed_pip_check entries for this profile (an entry with `profiles:` applies only to those)."""
+    rules = (settings.get("verify") or {}).get("allowed_pip_check") or ()
+    return [dict(r) for r in rules if not r.get("profiles") or profile in r["profiles"]]
+
+
 def _settings(ctx: StepContext) -> dict:
     return dict(ctx.plan.settings.get("verify") or {})
 
@@ -406,7 +412,7 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo) -> list[Check]:
     lock_file = _lock_file(ctx, info)
     lock = pinned(lock_file) if lock_file and lock_file.is_file() else None
     ours = ["vllm", *(lock or {})] if info.backend == "existing" else None
-    checks.append(check_pip(python, _settings(ctx).get("allowed_pip_check") or (), log, ours))
+    checks.append(check_pip(python, allowed_pip_check(ctx.plan.settings, ctx.plan.profile), log, ours))
     if lock_file and lock is None:
         checks.append(Check("locked", "fail", f"lock {lock_file} is missing", "restore it from git or `inv lock`"))
     else:
