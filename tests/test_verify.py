@@ -301,3 +301,16 @@ def test_allowed_pip_check_entries_apply_to_their_profiles(isolated):
     parsed = verify.parse_pip_check("vllm 0.2.2+cu130 requires uvicorn[standard], which is not installed.\n"
                                     "vllm 0.2.2 has requirement pydantic==1.10.13, but you have pydantic 2.5.0.\n")
     assert [(p, r) for p, r, _ in parsed] == [("vllm", "uvicorn"), ("vllm", "pydantic")]
+
+
+def test_without_gpu_the_build_stamps_arch_list_is_required(isolated):
+    plan = build_plan({}, facts=HostFacts())            # no --arch: the plan defaults to 7.0 ... 9.0
+    ctx = StepContext(plan, HostFacts(), "verify")
+    plan.workspace.ensure()
+    (plan.workspace.stamps / "build.json").write_text(json.dumps({"stamp": "s", "facts": {"arch_list": "9.0"}}))
+    assert verify.required_archs(ctx) == (("9.0",), "the arch list the build used (no GPU here)")
+    explicit = build_plan({"build": {"arch_list": "8.0;9.0"}}, facts=HostFacts())
+    assert verify.required_archs(StepContext(explicit, HostFacts(), "verify"))[0] == ("8.0", "9.0")
+    from test_doctor import h100_facts
+    gpu = h100_facts()
+    assert verify.required_archs(StepContext(build_plan({}, facts=gpu), gpu, "verify"))[0] == ("9.0",)

@@ -385,8 +385,15 @@ def _settings(ctx: StepContext) -> dict:
 
 
 def required_archs(ctx: StepContext) -> tuple[tuple[str, ...], str]:
+    """Every GPU's compute capability; without GPUs the archs given for this run (--arch/config), else
+    the arch list the build recorded in its stamp, else the plan's default."""
     if ctx.facts.compute_caps:
         return ctx.facts.compute_caps, "this host's GPUs"
+    if ctx.plan.build.arch_source != "config":
+        built = ((read_stamp(ctx.workspace, "build") or {}).get("facts") or {}).get("arch_list")
+        if built:
+            archs = [a for a in re.split(r"[;,\s]+", str(built)) if a]
+            return tuple(a.removesuffix("+PTX") for a in archs), "the arch list the build used (no GPU here)"
     return tuple(a.removesuffix("+PTX") for a in ctx.plan.build.arch_list), f"the plan's archs ({ctx.plan.build.arch_source})"
 
 
