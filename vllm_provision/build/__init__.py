@@ -154,11 +154,15 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
     env_bin = str(Path(python).parent)
     path = [p for p in base.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p]
     if cuda_home:
-        # the env's compiler only: drop system CUDA dirs and any other PATH dir holding an nvcc
-        foreign = [p for p in path if _is_system_cuda(p, cuda_home) or (
-            (Path(p) / "nvcc").exists() and os.path.realpath(p) != os.path.realpath(Path(cuda_home) / "bin"))]
+        # the env's compiler only: system CUDA dirs leave PATH; another dir that merely holds an nvcc
+        # (a /usr/local/bin wrapper) stays for its other tools, shadowed by <cuda_home>/bin in front
+        foreign = [p for p in path if _is_system_cuda(p, cuda_home)]
+        shadowed = [p for p in path if p not in foreign and (Path(p) / "nvcc").exists()
+                    and os.path.realpath(p) != os.path.realpath(Path(cuda_home) / "bin")]
         if foreign:
-            notes.append(f"kept out of reach (another CUDA): {', '.join(foreign)}")
+            notes.append(f"kept out of reach (system CUDA): {', '.join(foreign)}")
+        if shadowed:
+            notes.append(f"another nvcc in {', '.join(shadowed)} is shadowed by {Path(cuda_home) / 'bin'}")
         path = [p for p in path if p not in foreign]
         env["CUDA_HOME"] = cuda_home
     path = [env_bin] + ([str(Path(cuda_home) / "bin")] if cuda_home else []) + [p for p in path if p != env_bin]

@@ -106,7 +106,11 @@ def run(ctx: StepContext) -> StepOutcome:
         lock = lock if lock.is_absolute() else PROJECT_ROOT / lock
         if lock.is_file():
             argv += ["-c", str(lock)]
-    env = dict(benv.env, MAX_JOBS=str(jobs))
+    # pip's editable build compiles again in $TMPDIR/tmpXXXX.build-temp; a sibling of the pre-build's
+    # temp dirs, so ccache (which relativizes paths to the ninja cwd under CCACHE_BASEDIR) sees the same
+    # command lines and serves every object from the cache.
+    tmp_root(src).mkdir(parents=True, exist_ok=True)
+    env = dict(benv.env, MAX_JOBS=str(jobs), TMPDIR=str(tmp_root(src)))
     ctx.say("pip install --no-build-isolation --no-deps -e src")
     runner.run(argv, log=ctx.log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
                diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
@@ -145,6 +149,11 @@ def run(ctx: StepContext) -> StepOutcome:
 
 
 # ------------------------------------------------------------------------------------------------ parts
+def tmp_root(src: Path) -> Path:
+    """Parent of every build-temp dir (ours: temp-<ext>; pip's: tmpXXXX.build-temp), all at one depth."""
+    return src / "build" / "tmp"
+
+
 def _json_line(output: str, tag: str):
     for line in reversed(output.splitlines()):
         if line.startswith(tag + " "):
@@ -180,7 +189,7 @@ def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: in
         ext_log.write_text("")
         t0 = time.monotonic()
         try:
-            runner.run([info.python, str(DRIVER), "one", name, f"build/temp-{name}"], log=ext_log, cwd=src,
+            runner.run([info.python, str(DRIVER), "one", name, str(tmp_root(src) / f"temp-{name}")], log=ext_log, cwd=src,
                        env=dict(benv.env, MAX_JOBS=str(per_ext)), timeout=EXT_TIMEOUT, what=f"compile {name}",
                        diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
         except StepFailed as exc:
