@@ -76,3 +76,24 @@ def test_junit_marks_failures_and_skips(tmp_path):
     assert "fix: install the driver" in cases["gpus"].find("failure").text
     assert cases["driver"].find("skipped") is not None
     assert cases["nvcc"].find("failure") is None and "warn" in cases["nvcc"].find("system-out").text
+
+
+RECORDED = __import__("pathlib").Path(__file__).parent / "fixtures" / "gpu" / "h100" / "doctor-verify"
+
+
+def test_recorded_h100_report_renders_for_onboarding_docs():
+    import pytest
+    if not (RECORDED / "report.json").is_file():
+        pytest.skip("no recorded H100 report")
+    data = json.loads((RECORDED / "report.json").read_text())
+    md = report.render_markdown(data)
+    assert "| 0 | NVIDIA H100 80GB HBM3 | 9.0 | 81559 MiB |" in md
+    assert "| torch | 2.11.0+cu130 |" in md and "| host compiler | g++ 13.3.0 |" in md
+    assert "`0002-no-xformers-sdpa-prompt-attention.patch` (sha256 d8bbea52e7ca…): xformers is imported" in md
+    steps = [line.split("|")[1].strip() for line in md.split("## Steps")[1].splitlines() if line.startswith("| ")][1:]
+    assert steps == ["fetch", "env", "patch", "build", "verify"]
+    assert "## Verify: ok (19 pass, 0 warn, 0 fail, 0 skip" in md
+    verify_json = json.loads((RECORDED / "verify-host-torch.json").read_text())
+    checks = [Check(**c) for c in verify_json["checks"]]
+    suite = ET.fromstring(report.junit_xml("v", [c.to_dict() for c in checks])).find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("19", "0")

@@ -135,21 +135,28 @@ def render_markdown(data: dict) -> str:
     lines += ["", "## Patches applied", ""]
     patch_facts = (steps.get("patch") or {}).get("facts") or {}
     applied = patch_facts.get("applied") or patch_facts.get("patches")
+    why = _patch_reasons(str(release))
     if isinstance(applied, list) and applied:
         for p in applied:
             if isinstance(p, dict):
-                lines.append(f"- `{p.get('file', p.get('name', '?'))}`: {p.get('why', p.get('status', ''))}")
+                name = p.get("file", p.get("name", "?"))
+                sha = f" (sha256 {p['sha256'][:12]}…)" if p.get("sha256") else ""
+                lines.append(f"- `{name}`{sha}: {p.get('why') or why.get(name, p.get('state', ''))}")
             else:
-                lines.append(f"- `{p}`")
+                lines.append(f"- `{p}`: {why.get(str(p), '')}")
     elif "patch" in steps:
         lines.append("none")
     else:
         lines.append("patch step not run yet")
+    for p in patch_facts.get("skipped") or ():
+        if isinstance(p, dict):
+            lines.append(f"- not needed: `{p.get('file', '?')}` ({p.get('reason', '')})")
     lines += ["", "## Steps", ""]
     if steps:
+        order = {name: i for i, name in enumerate(("fetch", "env", "patch", "build", "verify", "smoke"))}
         lines += _table(["step", "status", "time", "detail"],
                         [[name, s.get("status"), f"{float(s.get('seconds') or 0):.1f} s", s.get("detail", "")]
-                         for name, s in steps.items()])
+                         for name, s in sorted(steps.items(), key=lambda kv: order.get(kv[0], 99))])
     else:
         lines.append("no step has run yet")
     for section, title in (("doctor", "Doctor"), ("verify", "Verify")):
@@ -167,6 +174,15 @@ def render_markdown(data: dict) -> str:
         lines += _table(["fact", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
                                             for k, v in smoke.items()])
     return "\n".join(lines) + "\n"
+
+
+def _patch_reasons(release: str) -> dict[str, str]:
+    """file -> why, from patches/<release>/series (empty when it cannot be read)."""
+    try:
+        from .patches import load_series
+        return {p.file: p.why for p in load_series(release)}
+    except Exception:  # noqa: BLE001 - a report must render even without the series
+        return {}
 
 
 def render(report: Path) -> Path:

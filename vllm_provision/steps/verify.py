@@ -42,7 +42,8 @@ LAST: list[Check] | None = None
 # ------------------------------------------------------------------------------------------ env facts
 def pip_inspect(python: str, log: Path | None = None) -> dict[str, dict]:
     """canonical name -> pip inspect entry ({metadata:{name,version}, direct_url, ...}) of the env."""
-    done = runner.run([python, "-m", "pip", "inspect"], log=log, timeout=PROBE_TIMEOUT, check=False,
+    # not logged: its JSON (every package's metadata) is megabytes; the argv and exit code are what matter
+    done = runner.run([python, "-m", "pip", "inspect"], timeout=PROBE_TIMEOUT, check=False,
                       what="pip inspect", extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     text = done.output
     start = text.find("{")
@@ -159,7 +160,7 @@ def check_pip(python: str, allowed: Iterable[Mapping[str, str]], log: Path | Non
     for pkg, req, line in parse_pip_check(done.output):
         rule = next((r for r in rules if r[0] == pkg and r[1] == req), None)
         if rule:
-            accepted.append(f"{line} (allowed: {rule[2]})")
+            accepted.append(f"{pkg} → {req} ({rule[2]})")
         elif mine is not None and pkg and pkg not in mine:
             foreign.append(line)
         else:
@@ -176,7 +177,7 @@ def check_pip(python: str, allowed: Iterable[Mapping[str, str]], log: Path | Non
                      f"by vllm-provision: " + "; ".join(foreign[:3]) + ("" if not accepted else
                      "; accepted: " + "; ".join(accepted)), "fix them in the host's environment if they matter")
     if accepted:
-        return Check("pip-check", "pass", "clean apart from: " + "; ".join(accepted))
+        return Check("pip-check", "pass", "clean apart from what the profile drops: " + "; ".join(accepted))
     return Check("pip-check", "pass", "no broken requirements")
 
 
