@@ -90,7 +90,8 @@ def test_recorded_h100_report_renders_for_onboarding_docs():
     assert "| 0 | NVIDIA H100 80GB HBM3 | 9.0 | 81559 MiB |" in md
     assert "| torch | 2.11.0+cu130 |" in md and "| host compiler | g++ 13.3.0 |" in md
     assert "`0002-no-xformers-sdpa-prompt-attention.patch` (sha256 d8bbea52e7ca…): xformers is imported" in md
-    steps = [line.split("|")[1].strip() for line in md.split("## Steps")[1].splitlines() if line.startswith("| ")][1:]
+    section = md.split("## Steps")[1].split("\n## ")[0]
+    steps = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
     assert steps == ["fetch", "env", "patch", "build", "verify"]
     assert "## Verify: ok (19 pass, 0 warn, 0 fail, 0 skip" in md
     verify_json = json.loads((RECORDED / "verify-host-torch.json").read_text())
