@@ -69,8 +69,10 @@ def _plan(tmp_path, **build):
     return build_plan(cli)
 
 
-def _elf_archs(so: Path) -> set[str]:
-    tool = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
+def _elf_archs(so: Path, info: EnvInfo) -> set[str]:
+    from vllm_provision.steps.verify import find_cuobjdump
+    tool = find_cuobjdump(info) or shutil.which("cuobjdump")
+    assert tool, "no cuobjdump (the test extra installs nvidia-cuda-cuobjdump)"
     out = subprocess.run([tool, "--list-elf", str(so)], capture_output=True, text=True).stdout
     return set(re.findall(r"sm_\d+", out))
 
@@ -98,7 +100,7 @@ def test_real_compile_then_warm_rebuild(cuda13_env, tmp_path, monkeypatch):
     libs = sorted((src / "vllm").glob("*.so"))
     assert len(libs) == 7 == len(built["extensions"]), libs
     for so in libs:
-        assert "sm_90" in _elf_archs(so), so
+        assert "sm_90" in _elf_archs(so, cuda13_env), so
     assert built["parallel"] is True
     assert built["version"].split("+")[0] == "0.2.2"
     listed = json.loads(_sh([cuda13_env.python, "-m", "pip", "list", "--editable", "--format", "json"]).stdout)
