@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Route
-from vllm_provision import doctor, report
+from vllm_provision import doctor
 from vllm_provision.checks import summarize
 from vllm_provision.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
 from vllm_provision.plan import GIB, build_plan

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
-from urllib.parse import urljoin
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version

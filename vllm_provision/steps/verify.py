@@ -124,7 +124,7 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
                             f"reinstall editable from the workspace: `inv build --force build` (pip install -e {src})"))
     elif where is None or where.resolve() != src.resolve():
         checks.append(Check(f"{dist}-editable", "fail", f"{dist} is editable from {where}, not from {src}",
-                            f"reinstall from the workspace: `inv build --force build`"))
+                            "reinstall from the workspace: `inv build --force build`"))
     else:
         checks.append(Check(f"{dist}-editable", "pass", f"editable from {src}"))
     return checks
