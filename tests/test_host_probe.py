@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import pytest
 
 from vllm_provision import host
@@ -51,14 +53,16 @@ def test_no_gpu_host_uses_release_archs_and_ram_bounds_jobs():
     assert plan_build(get_release("0.2.2"), SETTINGS, small).max_jobs == 1
 
 
-@pytest.mark.skipif(not H100.is_dir(), reason="H100 recordings not present")
 def test_recorded_h100():
-    files = {p.name: p.read_text(errors="replace") for p in H100.iterdir() if p.is_file()}
-    csv = next((t for n, t in files.items() if "query-gpu" in n or n.startswith("gpu")), "")
-    gpus = host.parse_gpu_csv(csv)
-    assert gpus and all("H100" in g.name and g.compute_cap == "9.0" for g in gpus)
-    smi = next((t for t in files.values() if "CUDA Version" in t), "")
-    assert host.parse_driver_cuda(smi)
+    """The real H100's nvidia-smi outputs (tests/fixtures/gpu/h100/probes.json), parsed by column name."""
+    probes = json.loads((H100 / "probes.json").read_text())
+    command = next(c for c in probes if "--query-gpu=" in c and "nounits" in c)
+    fields = command.split("--query-gpu=")[1].split()[0]
+    gpus = host.parse_gpu_csv(probes[command]["stdout"], fields)
+    assert [(g.name, g.compute_cap, g.memory_total_mib, g.driver_version) for g in gpus] == [
+        ("NVIDIA H100 80GB HBM3", "9.0", 81559, "580.159.04")]
+    smi = next(p["stdout"] for c, p in probes.items() if c.strip() == "nvidia-smi")
+    assert host.parse_driver_cuda(smi) == "13.0"
 
 
 def test_arch_list_rendering_per_release():

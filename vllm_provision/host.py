@@ -75,15 +75,18 @@ class GpuProcess:
 COMPUTE_APPS_QUERY = "pid,process_name,used_memory"
 
 
-def parse_gpu_csv(text: str) -> tuple[Gpu, ...]:
+def parse_gpu_csv(text: str, fields: str = GPU_QUERY) -> tuple[Gpu, ...]:
+    """Rows of `nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits`, by column name."""
+    names = fields.split(",")
     gpus = []
     for line in text.strip().splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < 6:
+        cells = dict(zip(names, (c.strip() for c in line.split(","))))
+        if not {"index", "name", "memory.total", "compute_cap"} <= cells.keys():
             continue
-        gpus.append(Gpu(index=int(cells[0]), name=cells[1], memory_total_mib=int(float(cells[2])),
-                        memory_used_mib=int(float(cells[3])), compute_cap=cells[4], driver_version=cells[5],
-                        uuid=cells[6] if len(cells) > 6 else ""))
+        gpus.append(Gpu(index=int(cells["index"]), name=cells["name"],
+                        memory_total_mib=int(float(cells["memory.total"])),
+                        memory_used_mib=int(float(cells.get("memory.used") or 0)), compute_cap=cells["compute_cap"],
+                        driver_version=cells.get("driver_version", ""), uuid=cells.get("uuid", "")))
     return tuple(gpus)
 
 

@@ -32,7 +32,10 @@ _TORCH_PROBE = "import json, torch; print('TORCH-JSON ' + json.dumps([torch.__ve
 
 def stamp_inputs(ctx: StepContext) -> dict:
     info = envinfo.load(ctx.workspace)
-    return {"build": ctx.plan.to_dict()["build"], "release": ctx.plan.release.version,
+    build = ctx.plan.to_dict()["build"]
+    # Only what changes the output: MAX_JOBS and its reason (free RAM right now) do not, and a
+    # stamp that held them rebuilt whenever free memory moved.
+    return {"build": {k: build[k] for k in ("arch_list", "torch_cuda_arch_list")}, "release": ctx.plan.release.version,
             "env": {"python": info.python, "torch": info.torch, "torch_cuda": info.torch_cuda,
                     "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock}}
 
@@ -89,10 +92,13 @@ def run(ctx: StepContext) -> StepOutcome:
 
     # 3. the extensions, each in its own build-temp dir, several at once
     exts = _list_extensions(info.python, src, benv, ctx.log)
-    parallel = plan.build.parallel_extensions and benv.ccache is not None and len(exts) > 1
-    if plan.build.parallel_extensions and benv.ccache is None:
-        ctx.say("no compiler cache: pip's own editable build would compile everything again, "
-                "so the extensions are compiled once, serially, by pip")
+    # With the prebuilt patch applied, pip's editable pass packages the pre-built libraries;
+    # without it pip compiles everything again, which only a compiler cache makes cheap.
+    reuses_prebuilt = PREBUILT_FLAG in (src / "setup.py").read_text(errors="replace")
+    parallel = plan.build.parallel_extensions and len(exts) > 1 and (reuses_prebuilt or benv.ccache is not None)
+    if plan.build.parallel_extensions and not parallel and len(exts) > 1:
+        ctx.say("no compiler cache and no prebuilt patch: pip's own editable build would compile everything "
+                "again, so the extensions are compiled once, serially, by pip")
     built: list[dict] = []
     if parallel:
         built = _build_parallel(ctx, exts, benv, jobs, info)
@@ -111,7 +117,10 @@ def run(ctx: StepContext) -> StepOutcome:
     # command lines and serves every object from the cache.
     tmp_root(src).mkdir(parents=True, exist_ok=True)
     env = dict(benv.env, MAX_JOBS=str(jobs), TMPDIR=str(tmp_root(src)))
-    ctx.say("pip install --no-build-isolation --no-deps -e src")
+    if parallel and reuses_prebuilt:
+        env[PREBUILT_FLAG] = "1"
+    ctx.say("pip install --no-build-isolation --no-deps -e src"
+            + (" (packaging the pre-built extensions)" if env.get(PREBUILT_FLAG) else ""))
     runner.run(argv, log=ctx.log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
                diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
                tail_lines=60)
@@ -149,6 +158,10 @@ def run(ctx: StepContext) -> StepOutcome:
 
 
 # ------------------------------------------------------------------------------------------------ parts
+# Set for pip's editable pass once every extension is pre-built (patches/<release>/*reuse-prebuilt*).
+PREBUILT_FLAG = "VLLM_PROVISION_PREBUILT"
+
+
 def tmp_root(src: Path) -> Path:
     """Parent of every build-temp dir (ours: temp-<ext>; pip's: tmpXXXX.build-temp), all at one depth."""
     return src / "build" / "tmp"
