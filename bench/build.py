@@ -4,7 +4,7 @@
 Same sources, same arch, same env, side by side:
   plain  - the blog's `pip install -e .` (serial setuptools build, no compiler cache)
   cold   - the toolkit's build step (extensions in parallel, each in its own build-temp) on an empty ccache
-  warm   - the toolkit's build step again on the warm ccache
+  warm   - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
   floor  - the slowest single translation unit (attention_kernels.cu) compiled alone
 
 Works on an existing workspace (after `inv fetch env patch`): pass --workspace <.provision/0.2.2-host-torch>.
@@ -60,8 +60,9 @@ def toolkit(cli: dict, ccache_dir: Path, fresh: bool) -> dict:
         shutil.rmtree(ccache_dir, ignore_errors=True)
     os.environ["CCACHE_DIR"] = str(ccache_dir)
     plan = build_plan(cli)
-    if fresh:
-        _clean(plan.workspace.src)
+    # Both start from sources without build outputs (as after a re-fetch): cold with an empty
+    # compiler cache, warm with the cache the cold run filled.
+    _clean(plan.workspace.src)
     facts = host.probe(str(plan.workspace.root.parent))
     t0 = time.monotonic()
     [r] = run_steps(plan, facts, ["build"], force=["build"])

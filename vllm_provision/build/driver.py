@@ -5,7 +5,7 @@ vllm-provision. The toolkit starts one of these per extension, several at once, 
 `setup.py build_ext -j N` shares one build-temp dir and torch's ninja backend then overwrites
 a single build.ninja.
 
-    python driver.py list                  -> JSON: [{"name", "sources", "bytes"}] and the version
+    python driver.py list                  -> JSON: [{"name", "sources", "bytes"}], the version, torch
     python driver.py one NAME BUILD_TEMP   -> setup.py build_ext --inplace for NAME only
 """
 
@@ -46,7 +46,9 @@ def main(argv):
         for ext in kwargs.get("ext_modules") or ():
             size = sum(os.path.getsize(s) for s in ext.sources if os.path.isfile(s))
             exts.append({"name": ext.name, "sources": list(ext.sources), "bytes": size})
-        print("DRIVER-JSON " + json.dumps({"version": kwargs.get("version"), "extensions": exts}))
+        import torch  # setup.py has imported it already: free to report, and the build's "torch before"
+        print("DRIVER-JSON " + json.dumps({"version": kwargs.get("version"), "extensions": exts,
+                                           "torch": [torch.__version__, torch.version.cuda]}))
         return 0
     if len(argv) == 3 and argv[0] == "one":
         name, build_temp = argv[1], argv[2]

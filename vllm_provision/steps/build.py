@@ -27,7 +27,19 @@ from ..pipeline import StepContext, StepOutcome
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
 MARKER = ".vllmp-build.json"
-_TORCH_PROBE = "import json, torch; print('TORCH-JSON ' + json.dumps([torch.__version__, torch.version.cuda]))"
+# direct_url.json (PEP 610) says whether and from where a distribution is installed editable.
+_INSTALLED_PROBE = (
+    "import json, importlib.metadata as md, torch\n"
+    "from urllib.parse import urlparse, unquote\n"
+    "out = {'torch': [torch.__version__, torch.version.cuda], 'vllm': None, 'editable_dir': None}\n"
+    "try:\n"
+    "    d = md.distribution('vllm'); out['vllm'] = d.version\n"
+    "    url = json.loads(d.read_text('direct_url.json') or '{}')\n"
+    "    if url.get('dir_info', {}).get('editable'): out['editable_dir'] = unquote(urlparse(url['url']).path)\n"
+    "except md.PackageNotFoundError:\n"
+    "    pass\n"
+    "print('INSTALLED-JSON ' + json.dumps(out))\n"
+)
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
@@ -84,14 +96,13 @@ def run(ctx: StepContext) -> StepOutcome:
                           use_ccache=plan.build.ccache)
     _say_lines(ctx, benv.notes)
     before = _ccache_stats(benv)
-    torch_before = _torch_of(info.python, benv, ctx.log)
+    exts, torch_before = _list_extensions(info.python, src, benv, ctx.log)
     if info.torch and torch_before[0] != info.torch:
         raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
                          hint="rerun `inv env --force` so env.json describes the env")
     started = time.monotonic()
 
     # 3. the extensions, each in its own build-temp dir, several at once
-    exts = _list_extensions(info.python, src, benv, ctx.log)
     # With the prebuilt patch applied, pip's editable pass packages the pre-built libraries;
     # without it pip compiles everything again, which only a compiler cache makes cheap.
     reuses_prebuilt = PREBUILT_FLAG in (src / "setup.py").read_text(errors="replace")
@@ -99,32 +110,55 @@ def run(ctx: StepContext) -> StepOutcome:
     if plan.build.parallel_extensions and not parallel and len(exts) > 1:
         ctx.say("no compiler cache and no prebuilt patch: pip's own editable build would compile everything "
                 "again, so the extensions are compiled once, serially, by pip")
-    built: list[dict] = []
-    if parallel:
-        built = _build_parallel(ctx, exts, benv, jobs, info)
-    compile_s = time.monotonic() - started
-
-    # 4. the real editable install (with ccache its compile is all cache hits)
-    pip_started = time.monotonic()
+    # 4. the real editable install. With the pre-built extensions it compiles nothing, so it runs
+    # alongside the compile; otherwise it is the compile (ccache hits after a parallel pre-build).
     argv = [info.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)]
     if info.lock:
         lock = Path(info.lock)
         lock = lock if lock.is_absolute() else PROJECT_ROOT / lock
         if lock.is_file():
             argv += ["-c", str(lock)]
-    # pip's editable build compiles again in $TMPDIR/tmpXXXX.build-temp; a sibling of the pre-build's
+    # pip's editable build compiles in $TMPDIR/tmpXXXX.build-temp; a sibling of the pre-build's
     # temp dirs, so ccache (which relativizes paths to the ninja cwd under CCACHE_BASEDIR) sees the same
     # command lines and serves every object from the cache.
     tmp_root(src).mkdir(parents=True, exist_ok=True)
     env = dict(benv.env, MAX_JOBS=str(jobs), TMPDIR=str(tmp_root(src)))
     if parallel and reuses_prebuilt:
         env[PREBUILT_FLAG] = "1"
-    ctx.say("pip install --no-build-isolation --no-deps -e src"
-            + (" (packaging the pre-built extensions)" if env.get(PREBUILT_FLAG) else ""))
-    runner.run(argv, log=ctx.log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
-               diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
-               tail_lines=60)
-    pip_s = time.monotonic() - pip_started
+    pip_log = ctx.workspace.logs / "build-pip.log"
+    pip_log.write_text("")
+    pip_timing: dict = {}
+
+    def pip_install() -> None:
+        ctx.say("pip install --no-build-isolation --no-deps -e src"
+                + (" (packaging the pre-built extensions, alongside the compile)" if env.get(PREBUILT_FLAG) else ""))
+        t0 = time.monotonic()
+        try:
+            runner.run(argv, log=pip_log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
+                       diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
+                       tail_lines=60)
+        finally:
+            pip_timing["seconds"] = time.monotonic() - t0
+            with open(ctx.log, "a", encoding="utf-8") as fh:
+                fh.write(pip_log.read_text(errors="replace"))
+
+    built: list[dict] = []
+    if parallel and reuses_prebuilt:
+        with ThreadPoolExecutor(max_workers=1) as side:
+            pip_done = side.submit(pip_install)
+            try:
+                built = _build_parallel(ctx, exts, benv, jobs, info)
+            finally:
+                pip_error = pip_done.exception()
+        if pip_error:
+            raise pip_error
+        compile_s = time.monotonic() - started
+    else:
+        if parallel:
+            built = _build_parallel(ctx, exts, benv, jobs, info)
+        compile_s = time.monotonic() - started
+        pip_install()
+    pip_s = pip_timing.get("seconds", 0.0)
 
     # 5. what came out: editable install, every extension library, torch unchanged
     libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
@@ -133,8 +167,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if missing:
         raise StepFailed(f"build finished but {', '.join(missing)} has no library in {src / 'vllm'}",
                          hint=f"read {ctx.log}")
-    editable = _editable_version(info.python, src, benv, ctx.log)
-    torch_after = _torch_of(info.python, benv, ctx.log)
+    editable, torch_after = _installed(info.python, src, benv, ctx.log)
     if torch_after != torch_before:
         raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
                          f"after {torch_after[0]} (CUDA {torch_after[1]})",
@@ -174,7 +207,8 @@ def _json_line(output: str, tag: str):
     return None
 
 
-def _list_extensions(python: str, src: Path, benv: BuildEnv, log: Path) -> list[dict]:
+def _list_extensions(python: str, src: Path, benv: BuildEnv, log: Path) -> tuple[list[dict], tuple]:
+    """setup.py's extensions, largest first, and the (version, CUDA) of the torch it imported."""
     done = runner.run([python, str(DRIVER), "list"], log=log, cwd=src, env=benv.env, timeout=600,
                       what="setup.py (reading the extension list)",
                       diagnose=lambda out, rc: diagnose(out, rc))
@@ -182,7 +216,7 @@ def _list_extensions(python: str, src: Path, benv: BuildEnv, log: Path) -> list[
     if data is None:
         raise StepFailed("could not read the extension list from setup.py", hint=f"read {log}")
     # the largest sources first: the longest job starts first (the build ends with the slowest unit)
-    return sorted(data["extensions"], key=lambda e: -e["bytes"])
+    return sorted(data["extensions"], key=lambda e: -e["bytes"]), tuple(data["torch"])
 
 
 def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: int, info) -> list[dict]:
@@ -234,28 +268,20 @@ def _ccache_stats(benv: BuildEnv) -> dict | None:
     return parse_ccache_stats(done.output) if done and done.returncode == 0 else None
 
 
-def _torch_of(python: str, benv: BuildEnv, log: Path) -> tuple[str | None, str | None]:
-    done = runner.run([python, "-c", _TORCH_PROBE], env=benv.env, log=log, timeout=300, check=False,
-                      what="torch probe")
-    data = _json_line(done.output, "TORCH-JSON")
-    return (data[0], data[1]) if data else (None, None)
-
-
-def _editable_version(python: str, src: Path, benv: BuildEnv, log: Path) -> str:
-    done = runner.run([python, "-m", "pip", "list", "--editable", "--format", "json"], env=benv.env, log=None,
-                      timeout=300, what="pip list")
-    try:
-        items = json.loads(done.output[done.output.index("["):done.output.rindex("]") + 1])
-    except ValueError:
-        items = []
-    for item in items:
-        if item.get("name", "").lower() == "vllm":
-            where = item.get("editable_project_location") or ""
-            if where and Path(where).resolve() != src.resolve():
-                raise StepFailed(f"vllm is installed editable from {where}, not {src}",
-                                 hint="uninstall the other checkout (pip uninstall vllm) and rerun")
-            return item.get("version", "?")
-    raise StepFailed("pip does not list vllm as an editable install after the build", hint=f"read {log}")
+def _installed(python: str, src: Path, benv: BuildEnv, log: Path) -> tuple[str, tuple]:
+    """After the install, in one interpreter: vllm's version (editable from `src`) and torch's."""
+    done = runner.run([python, "-c", _INSTALLED_PROBE], env=benv.env, log=log, timeout=300, check=False,
+                      what="install probe")
+    data = _json_line(done.output, "INSTALLED-JSON")
+    if not data or not data.get("vllm"):
+        raise StepFailed("pip does not list vllm as installed after the build", hint=f"read {log}")
+    where = data.get("editable_dir")
+    if not where:
+        raise StepFailed("vllm is installed, but not editable", hint="pip uninstall vllm, then rerun `inv build --force`")
+    if Path(where).resolve() != src.resolve():
+        raise StepFailed(f"vllm is installed editable from {where}, not {src}",
+                         hint="uninstall the other checkout (pip uninstall vllm) and rerun")
+    return data["vllm"], tuple(data["torch"])
 
 
 def release_matches(version: str, release: str) -> bool:
