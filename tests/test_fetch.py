@@ -162,6 +162,7 @@ def test_fetch_step_twice_second_is_up_to_date(http_server, isolated):
     first = pipeline.run_steps(plan, HostFacts(), ["fetch"])
     second = pipeline.run_steps(plan, HostFacts(), ["fetch"])
     assert [r.status for r in first] == ["ok"] and [r.status for r in second] == ["up-to-date"]
+    assert "last run took" in second[0].detail and first[0].detail in second[0].detail   # kept for the report
     assert (plan.workspace.src / "setup.py").read_bytes() == b"print('hi')\n"
     forced = pipeline.run_steps(plan, HostFacts(), ["fetch"], force=["fetch"])
     assert [r.status for r in forced] == ["ok"]

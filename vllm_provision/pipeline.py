@@ -125,9 +125,10 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
             previous = read_stamp(ws, name)
             intact = getattr(module, "intact", lambda c: True)
             if name not in force and previous and previous.get("stamp") == stamp and intact(ctx):
-                result = StepResult(name, "up-to-date", "inputs unchanged since "
-                                    f"{previous.get('finished', '?')}; skipped", time.monotonic() - started,
-                                    previous.get("facts", {}))
+                # The report keeps what the step did when it last ran, not just "skipped".
+                then = f"; last run took {previous['seconds']:.1f} s: {previous['detail']}" if "detail" in previous else ""
+                result = StepResult(name, "up-to-date", f"inputs unchanged since {previous.get('finished', '?')}{then}",
+                                    time.monotonic() - started, previous.get("facts", {}))
             else:
                 _stamp_file(ws, name).unlink(missing_ok=True)
                 try:
@@ -143,7 +144,8 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
                 result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
                 if outcome.status == "ok":
                     _stamp_file(ws, name).write_text(json.dumps(
-                        {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts},
+                        {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts,
+                         "seconds": round(result.seconds, 1), "detail": outcome.detail},
                         indent=2, default=str))
             upstream = stamp
             results.append(result)
