@@ -113,6 +113,54 @@ def load_model_config(model: str) -> dict:
     return cfg
 
 
+def safetensors_headers(model_dir: str) -> dict[str, dict]:
+    """Tensor name -> {dtype, shape} from every *.safetensors header (stdlib: 8-byte length + JSON)."""
+    out: dict[str, dict] = {}
+    for fn in sorted(os.listdir(model_dir)):
+        if fn.endswith(".safetensors"):
+            with open(os.path.join(model_dir, fn), "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                out.update({k: v for k, v in json.loads(fh.read(n)).items() if k != "__metadata__"})
+    return out
+
+
+# Where the embedding lives and which config keys size it, per model_type (checked before vLLM loads).
+_EMBEDDINGS = {
+    "chatglm": ("transformer.embedding.word_embeddings.weight", "padded_vocab_size", "num_layers",
+                "transformer.encoder.layers.{}."),
+    "llama": ("model.embed_tokens.weight", "vocab_size", "num_hidden_layers", "model.layers.{}."),
+}
+
+
+def check_weights(model: str, cfg: dict) -> None:
+    """Weights that do not match config.json fail here, with the file named, not deep inside vLLM."""
+    names = os.listdir(model)
+    if not any(n.endswith((".safetensors", ".bin", ".pt")) for n in names):
+        raise BadInput(f"{model} holds no weights (*.safetensors / *.bin)",
+                       "copy the checkpoint's weight files next to config.json")
+    layout = _EMBEDDINGS.get(cfg.get("model_type", ""))
+    if not layout or not any(n.endswith(".safetensors") for n in names):
+        return
+    try:
+        headers = safetensors_headers(model)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"a *.safetensors file in {model} is unreadable: {e}", "re-download or regenerate the weights")
+    embedding, vocab_key, layers_key, layer_prefix = layout
+    shape = (headers.get(embedding) or {}).get("shape")
+    want = [cfg.get(vocab_key), cfg.get("hidden_size")]
+    if shape is None:
+        raise BadInput(f"the weights have no {embedding}", "the weights are not this model's: check the directory")
+    if None not in want and list(shape) != want:
+        raise BadInput(f"{embedding} is {list(shape)} but config.json says [{vocab_key}, hidden_size] = {want}",
+                       "the weights do not belong to this config.json: re-download or regenerate the model")
+    layers = cfg.get(layers_key)
+    if isinstance(layers, int):
+        have = sum(1 for i in range(layers + 1) if any(k.startswith(layer_prefix.format(i)) for k in headers))
+        if have != layers:
+            raise BadInput(f"the weights hold {have} layers, config.json says {layers_key} = {layers}",
+                           "the weights do not belong to this config.json: re-download or regenerate the model")
+
+
 def vllm_registry() -> tuple[list[str], str]:
     """Architectures the installed vLLM knows, read from its sources without importing it."""
     try:
@@ -685,6 +733,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_model_config(args.model)
         arch_info = check_architecture(cfg)
+        check_weights(args.model, cfg)
         if args.trust_remote_code is None:
             args.trust_remote_code = cfg.get("model_type") == "chatglm"
         check_gpu()

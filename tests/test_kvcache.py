@@ -211,3 +211,18 @@ def test_judge_does_not_mutate_input():
     before = copy.deepcopy(s)
     kv.judge(s, {"max_model_len": 65536})
     assert s == before
+
+
+def test_judge_on_the_real_h100_smoke_run():
+    """The JSON smoke/generate.py wrote on the H100 (tests/fixtures/gpu/h100/provision/smoke.json)."""
+    import json
+    from pathlib import Path
+
+    smoke = json.loads((Path(__file__).parent / "fixtures/gpu/h100/provision/smoke.json").read_text())
+    verdict = kv.judge(smoke)
+    assert verdict.ok, [c for c in verdict.checks if c.status == "fail"]
+    assert {c.name: c.status for c in verdict.checks}["blocks-predicted"] == "pass"
+    text = "\n".join(verdict.explanation)
+    assert "4 663 853 KV-cache blocks × 16 tokens" in text and "262 144 CPU blocks = 4 GiB swap space" in text
+    # the predicted count is within 0.1 % of the measured one on that run
+    assert abs(verdict.prediction["num_gpu_blocks"] - smoke["cache"]["num_gpu_blocks"]) < 0.001 * smoke["cache"]["num_gpu_blocks"]

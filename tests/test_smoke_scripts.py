@@ -85,9 +85,44 @@ def test_generate_reads_registry_from_installed_vllm_sources(tmp_path):
     assert "model_loader.py" in r.stderr and "must not be imported" not in r.stderr
 
 
+def write_safetensors(path: Path, tensors: dict[str, list[int]]) -> None:
+    """A real (zero-filled fp16) safetensors file: 8-byte header length, JSON header, data."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        size = math.prod(shape) * 2
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+
+
+TINY_GLM = {"model_type": "chatglm", "architectures": ["ChatGLMModel"], "padded_vocab_size": 8, "hidden_size": 4,
+            "num_layers": 2}
+TINY_GLM_WEIGHTS = {"transformer.embedding.word_embeddings.weight": [8, 4],
+                    "transformer.encoder.layers.0.input_layernorm.weight": [4],
+                    "transformer.encoder.layers.1.input_layernorm.weight": [4]}
+
+
+def test_generate_no_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY_GLM))
+    assert_one_line_error(run_script(GENERATE, "--model", tmp_path), "holds no weights")
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"transformer.embedding.word_embeddings.weight": [16, 4]}, "config.json says [padded_vocab_size, hidden_size] = [8, 4]"),
+    ({"transformer.encoder.layers.1.input_layernorm.weight": None}, "hold 1 layers, config.json says num_layers = 2"),
+])
+def test_generate_weights_that_do_not_match_the_config(tmp_path, change, needle):
+    (tmp_path / "config.json").write_text(json.dumps(TINY_GLM))
+    tensors = {k: v for k, v in {**TINY_GLM_WEIGHTS, **change}.items() if v is not None}
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    assert_one_line_error(run_script(GENERATE, "--model", tmp_path), needle)
+
+
 def test_generate_supported_arch_reaches_gpu_check(tmp_path):
-    """ChatGLMModel passes the registry; what stops it here is torch/GPU/vllm, still exit 2."""
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "architectures": ["ChatGLMModel"]}))
+    """ChatGLMModel passes the registry and matching weights; what stops it here is torch/GPU/vllm, still exit 2."""
+    (tmp_path / "config.json").write_text(json.dumps(TINY_GLM))
+    write_safetensors(tmp_path / "model.safetensors", TINY_GLM_WEIGHTS)
     r = run_script(GENERATE, "--model", tmp_path)
     if r.returncode != 2:
         pytest.skip("this machine has torch+GPU+vllm; the pre-import path is not the one under test")
