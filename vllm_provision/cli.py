@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Any, Callable, Iterable
 
 from invoke.exceptions import Exit

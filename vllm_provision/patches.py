@@ -70,7 +70,7 @@ def load_series(release: str, root: Path = PROJECT_ROOT) -> tuple[Patch, ...]:
         file = entry.get("file", "")
         patch_path = path.parent / file
         if not file or not patch_path.is_file():
-            raise ConfigError(f"{path}: patch file {file!r} does not exist", hint=f"add it or remove its entry")
+            raise ConfigError(f"{path}: patch file {file!r} does not exist", hint="add it or remove its entry")
         when = {str(k): str(v) for k, v in (entry.get("when") or {}).items()}
         for key, spec in when.items():
             if spec != ABSENT:

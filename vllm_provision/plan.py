@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -102,10 +101,6 @@ class Plan:
         }
         return json.loads(redact_text(json.dumps(data)))
 
-    def section_hash(self, name: str) -> str:
-        """Stable hash of one plan section, an input of that step's stamp."""
-        section = self.to_dict()[name] if name in self.to_dict() else None
-        return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()
 
 
 def _arch_list(value: Any) -> tuple[str, ...]:

@@ -148,7 +148,7 @@ def check_ram(available: int, max_jobs: int, peak: int = BUILD_JOB_PEAK_BYTES) -
                      "free memory (stop other programs) or add swap")
     fit = max(1, available // peak)
     if max_jobs > fit:
-        return Check("ram", "warn", detail + f": more jobs than RAM allows, the compiler may be Killed",
+        return Check("ram", "warn", detail + ": more jobs than RAM allows, the compiler may be Killed",
                      f"--max-jobs {fit}")
     return Check("ram", "pass", detail)
 

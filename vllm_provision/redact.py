@@ -30,9 +30,3 @@ def redact_text(text: str) -> str:
         return f"{m.group('scheme')}***@"
 
     return _USERINFO.sub(repl, text)
-
-
-def secrets_in(url: str) -> list[str]:
-    """The literal secrets of a URL, so callers can scrub them from text that is not URL-shaped."""
-    parts = urlsplit(url)
-    return [s for s in (parts.password,) if s]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from rich.console import Console
 
@@ -35,8 +34,3 @@ def error(message: str, hint: str | None = None, log_tail: str | None = None) ->
 
 def step(name: str, message: str) -> None:
     console.print(f"[{name}] {redact_text(message)}", markup=False)
-
-
-def flush() -> None:
-    sys.stderr.flush()
-    sys.stdout.flush()

@@ -57,7 +57,10 @@ def main(argv):
         if not exts:
             sys.exit(f"driver: setup.py defines no extension {name!r}")
         kwargs["ext_modules"] = exts
-        kwargs["script_args"] = ["build_ext", "--inplace", "--build-temp", build_temp]
+        # --force: the toolkit only builds when something changed (or was asked to); distutils would
+        # otherwise skip an extension whose library is newer than its sources. The compiler cache
+        # makes a forced rebuild of unchanged sources cheap.
+        kwargs["script_args"] = ["build_ext", "--inplace", "--force", "--build-temp", build_temp]
         setuptools.setup(**kwargs)
         return 0
     sys.exit("usage: driver.py list | driver.py one NAME BUILD_TEMP")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +121,9 @@ def run(ctx: StepContext) -> StepOutcome:
     # pip's editable build compiles in $TMPDIR/tmpXXXX.build-temp; a sibling of the pre-build's
     # temp dirs, so ccache (which relativizes paths to the ninja cwd under CCACHE_BASEDIR) sees the same
     # command lines and serves every object from the cache.
+    # Every build starts from empty build dirs (stale objects cannot leak in); ccache serves what is
+    # unchanged. The libraries of the last good build stay in place until the new ones are linked.
+    shutil.rmtree(tmp_root(src), ignore_errors=True)
     tmp_root(src).mkdir(parents=True, exist_ok=True)
     env = dict(benv.env, MAX_JOBS=str(jobs), TMPDIR=str(tmp_root(src)))
     if parallel and reuses_prebuilt:
