@@ -72,3 +72,28 @@ def test_real_series_022_cxx20_applies_to_torch_214():
     p = found["0001-build-with-cxx20.patch"]
     assert p.applies({"torch": "2.14.1", "release": "0.2.2"})[0]
     assert not p.applies({"torch": "2.1.0", "release": "0.2.2"})[0]
+
+
+@pytest.mark.network
+def test_every_022_patch_applies_to_the_pristine_sdist_and_does_its_job(isolated, tmp_path):
+    """The whole series, in order, on the real PyPI sdist; then each patch's change is in the tree."""
+    from vllm_provision.host import HostFacts
+    from vllm_provision.plan import build_plan
+    from vllm_provision.sources import extract_to, obtain
+
+    archive, _ = obtain(build_plan({}, facts=HostFacts()))
+    src = extract_to(archive, tmp_path / "src")
+    series = patches.load_series("0.2.2")
+    assert [p.file[:4] for p in series] == ["0001", "0002", "0003", "0004"]
+    for p in series:
+        step.apply_one(p, src, tmp_path / "log")
+        assert step.is_applied(p.path, src, None)
+    setup = (src / "setup.py").read_text()
+    assert "-std=c++20" in setup and "-std=c++17" not in setup                       # 0001
+    assert 'os.environ.get("VLLM_PROVISION_PREBUILT") == "1"' in setup              # 0004
+    attention = (src / "vllm/model_executor/layers/attention.py").read_text()
+    assert "scaled_dot_product_attention" in attention                               # 0002
+    assert '"factor" not in rope_scaling' in (src / "vllm/config.py").read_text()       # 0003: no factor = no scaling
+    assert "rope_parameters" in (src / "vllm/transformers_utils/config.py").read_text()
+    for p in series:                                                                 # idempotent: a second pass skips
+        assert step.is_applied(p.path, src, None)
