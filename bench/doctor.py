@@ -10,71 +10,38 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# The test suite's real loopback servers and index pages, so the bench and the tests agree.
+from conftest import FaultServer, Route  # noqa: E402
+from test_doctor import closed_port_url, serve_index  # noqa: E402
 
 GOAL_S = 5.0
+REPODATA = json.dumps({"packages": {"python-3.10.12-0.tar.bz2": {"name": "python"}}}).encode()
 
 
-def serve(delay: float) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            time.sleep(delay)
-            parts = self.path.strip("/").split("/")
-            if self.path.endswith("repodata.json"):
-                body = json.dumps({"packages": {"python-3.10.12-0.tar.bz2": {"name": "python"}}}).encode()
-                ctype = "application/json"
-            elif len(parts) == 2 and parts[0] == "simple":
-                name = {"vllm": "vllm-0.2.2.tar.gz", "torch": "torch-2.1.0-cp310-cp310-manylinux1_x86_64.whl",
-                        "xformers": "xformers-0.0.22.post7.tar.gz"}.get(parts[1])
-                if not name:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = f'<html><body><a href="/files/{name}">{name}</a></body></html>'.encode()
-                ctype = "text/html"
-            else:
-                body, ctype = b"x" * 100, "application/octet-stream"
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:
-                pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
-def closed_port() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+def serve(delay: float) -> tuple[FaultServer, str]:
+    """A PEP 503 index (torch, vllm, xformers) and a conda channel answering after `delay` seconds."""
+    server = FaultServer()
+    server.thread.start()
+    index = serve_index(server, delay=delay)
+    for subdir in ("linux-64", "noarch"):
+        server.add(f"/chan/{subdir}/repodata.json", Route(REPODATA, content_type="application/json", delay=delay))
+    return server, index.removesuffix("/simple")
 
 
 def main() -> None:
     up, up_url = serve(0.0)
     slow, slow_url = serve(10.0)
-    down_url = closed_port()
+    down_url = closed_port_url().removesuffix("/simple")
     tmp = tempfile.mkdtemp(prefix="bench-doctor-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")}
     env.update({"VLLMP_CACHE_DIR": f"{tmp}/cache", "VLLMP_WORKSPACE_ROOT": f"{tmp}/ws",
@@ -112,8 +79,8 @@ def main() -> None:
         "checks": {c.name: c.status for c in checks},
         "cli_checks": {c["name"]: c["status"] for c in cli.get("checks", [])},
     }, indent=2))
-    up.shutdown()
-    slow.shutdown()
+    for server in (up, slow):
+        server.httpd.shutdown()
 
 
 if __name__ == "__main__":
