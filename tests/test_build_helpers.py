@@ -16,7 +16,7 @@ def test_diagnose_hints():
     assert "CC=gcc-13" in h and "CUDAHOSTCXX=g++-13" in h
     h = diagnose("RuntimeError: The detected CUDA version (13.0) mismatches the version that was used to compile\n"
                  "PyTorch (12.1). Please make sure to use the same CUDA versions.", 1)
-    assert "12.1" in h and "nvidia-cuda-nvcc" in h
+    assert "nvcc 13.0 does not match torch's CUDA 12.1" in h and "cuda-nvcc=12.1" in h
     h = diagnose("/x/ATen/cuda/CUDAContextLight.h:8:10: fatal error: cusparse.h: No such file or directory", 1, cuda="13.0")
     assert "nvidia-cusparse" in h and "-cu" not in h.split("nvidia-cusparse")[1][:3]
     assert "nvidia-cusparse-cu12" in diagnose("fatal error: cusparse.h: No such file or directory", 1, cuda="12.1")

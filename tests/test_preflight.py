@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -16,11 +15,11 @@ from vllm_provision.plan import GIB, build_plan
 def test_nvcc_torch_rule():
     assert preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc").status == "fail"
     c = preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc")
-    assert "nvidia-cuda-nvcc-cu12==12.1.*" in c.hint and "CUDA_HOME" in c.hint
+    assert "no PyPI wheel carries nvcc for CUDA 12.1" in c.hint and "cuda-nvcc=12.1" in c.hint and "CUDA_HOME" in c.hint
     assert preflight.check_nvcc_torch("12.1", "12.4", "/x/nvcc").status == "warn"
     assert preflight.check_nvcc_torch("13.0", "13.0", "/x/nvcc").status == "pass"
     assert preflight.check_nvcc_torch(None, "13.0", "/x/nvcc").status == "fail"
-    assert "nvidia-cuda-nvcc==13.0.*" in preflight.check_nvcc_torch("13.0", None, None).hint
+    assert "nvidia-cuda-nvcc/nvvm/crt==13.0.*" in preflight.check_nvcc_torch("13.0", None, None).hint
 
 
 def test_gcc_limit():
@@ -68,10 +67,8 @@ def test_seed_torch_refused_before_any_compile(tmp_path, monkeypatch):
                                          python_version="3.10.12", torch="2.1.0+cu121", torch_cuda="12.1",
                                          cuda_home=None, nvcc=None, nvcc_version=None))
     facts = HostFacts(cpu_count=2, mem_available_bytes=20 * GIB, disk_free_bytes=100 * GIB)
-    started = time.monotonic()
     [result] = run_steps(plan, facts, ["build"])
-    assert time.monotonic() - started < 30
     assert result.status == "failed"
     assert "nvcc-vs-torch" in result.detail and "13.0" in result.detail and "12.1" in result.detail
-    assert "nvidia-cuda-nvcc-cu12==12.1.*" in result.hint
+    assert "cuda-nvcc=12.1" in result.hint and "conda.channels" in result.hint
     assert not (plan.workspace.src / "build").exists()      # nothing compiled

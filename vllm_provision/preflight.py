@@ -57,22 +57,28 @@ def _v(text: str | None) -> Version | None:
         return None
 
 
+def matching_compiler_hint(cuda: str) -> str:
+    """Where a compiler for torch's CUDA comes from: PyPI wheels exist for CUDA >= 13 only."""
+    v = _v(cuda)
+    if v is not None and v.major >= 13:
+        return (f"let `inv env --force` provision it (pip wheels nvidia-cuda-nvcc/nvvm/crt=={v.major}.{v.minor}.*), "
+                f"or set CUDA_HOME to a CUDA {v.major}.{v.minor} toolkit")
+    return (f"no PyPI wheel carries nvcc for CUDA {cuda}: set conda.channels to a channel with cuda-nvcc={cuda} "
+            f"and run `inv env --force`, or install the CUDA {cuda} toolkit and set CUDA_HOME")
+
+
 def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path: str | None) -> Check:
     name = "nvcc-vs-torch"
     if not torch_cuda:
         return Check(name, "fail", "the env's torch has no CUDA (a CPU build): nothing to compile against",
                      "install a CUDA build of torch (envs/locks pin one; `inv env --force`)")
     if not nvcc_path or not nvcc_version:
-        return Check(name, "fail", f"no nvcc found; torch needs CUDA {torch_cuda}",
-                     f"let `inv env` provision it (pip install 'nvidia-cuda-nvcc=={torch_cuda}.*'), "
-                     f"or set CUDA_HOME to a CUDA {torch_cuda} toolkit")
+        return Check(name, "fail", f"no nvcc found; torch needs CUDA {torch_cuda}", matching_compiler_hint(torch_cuda))
     have, want = _v(nvcc_version), _v(torch_cuda)
     detail = f"nvcc {nvcc_version} ({nvcc_path}), torch built with CUDA {torch_cuda}"
     if have is None or want is None:
         return Check(name, "warn", detail + ": versions unparsable")
-    wheel = "nvidia-cuda-nvcc" if want.major >= 13 else f"nvidia-cuda-nvcc-cu{want.major}"
-    fix = (f"use a CUDA {want.major}.{want.minor} compiler: pip install '{wheel}=={want.major}.{want.minor}.*' into the env "
-           f"(`inv env` does this) or set CUDA_HOME to a CUDA {want.major}.{want.minor} toolkit; "
+    fix = (f"use a CUDA {want.major}.{want.minor} compiler: {matching_compiler_hint(f'{want.major}.{want.minor}')}; "
            f"or pick a torch built for CUDA {have.major}.x (a lock/profile with that torch)")
     if have.major != want.major:
         return Check(name, "fail", detail + ": CUDA major versions differ, torch refuses to build "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..plan import BUILD_JOB_PEAK_BYTES, GIB
+from ..preflight import matching_compiler_hint
 
 DRIVER = Path(__file__).with_name("driver.py")
 
@@ -61,8 +62,7 @@ def diagnose(output: str, returncode: int, *, max_jobs: int = 1, cuda: str | Non
                  output) or "mismatches the version that was used to compile PyTorch" in output:
         mm = re.search(r"\(([\d.]+)\) mismatches.*?\(([\d.]+)\)", output, re.S)
         have, want = (mm.group(1), mm.group(2)) if mm else ("?", "torch's")
-        return (f"nvcc {have} does not match torch's CUDA {want}: install a matching compiler "
-                f"(pip install 'nvidia-cuda-nvcc=={want}.*' into the env, which `inv env` does) or point CUDA_HOME at a CUDA {want} toolkit")
+        return f"nvcc {have} does not match torch's CUDA {want}: {matching_compiler_hint(want)}"
     if returncode in (137, -9) or re.search(r"(^|\s)Killed(\s|$)|signal 9|Killed signal terminated program", output):
         lower = max(1, max_jobs // 2)
         return (f"a compiler was killed, most likely out of memory (each nvcc job peaks near "
