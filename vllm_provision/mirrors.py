@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .redact import redact_url
 
@@ -79,23 +79,18 @@ def scrub(text: str, env: Any) -> str:
 
 def probe_index(index_url: str, package: str, timeout: float = 10) -> str | None:
     """Why `package` cannot be read from the index (auth, not found, unreachable), or None when it can.
-    pip reports a 401 as "from versions: none"; this asks the index directly. Credentials from the URL."""
-    import base64
+    pip reports a 401 as "from versions: none"; this asks the index directly (credentials from the URL
+    or ~/.netrc, proxies from the environment, as every toolkit download)."""
     import urllib.error
-    import urllib.request
-    from urllib.parse import urlunsplit
+
+    from .download import HttpSettings, open_url
 
     parts = urlsplit(index_url)
     if parts.scheme not in ("http", "https"):
         return None
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + f"/{package}/", "", ""))
-    request = urllib.request.Request(url)
-    if parts.username:
-        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+    url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + f"/{package}/", "", ""))
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
+        with open_url(url, HttpSettings(timeout=timeout, retries=0)):
             return None
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
