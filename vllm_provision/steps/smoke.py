@@ -91,7 +91,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if facts.get("parity") and not facts["parity"].get("ok"):
         raise StepFailed("kernel parity failed: " + "; ".join(facts["parity"].get("failures", [])[:3]),
                          hint=f"see {ctx.workspace.root / 'parity.json'}; a wrong-arch or miscompiled kernel "
-                              "shows here: rebuild with the GPU's arch (`inv build --force build`)")
+                              "shows here: rebuild with the GPU's arch (`inv build --force`)")
     blocks = facts["num_gpu_blocks"]
     return StepOutcome(detail=f"{blocks} GPU blocks, all checks passed"
                        + (", kernel parity ok" if facts.get("parity") else ""), facts=facts)

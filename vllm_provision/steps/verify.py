@@ -90,7 +90,7 @@ def env_probe(python: str, log: Path | None = None) -> dict:
         return json.loads(done.output.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise StepFailed(f"could not probe the env's python {python}: {(done.output.strip() or 'no output')[-200:]}",
-                         hint="rebuild the env with `inv env --force env`") from None
+                         hint="rebuild the env with `inv env --force`") from None
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -112,7 +112,7 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
         ok = False
     checks = [Check(f"{dist}-version", "pass", f"{dist} {version} installed (release {release})") if ok else
               Check(f"{dist}-version", "fail", f"{dist} {version} installed, release is {release}",
-                    f"rebuild: `inv build --force build` installs {dist} {release} from {src}")]
+                    f"rebuild: `inv build --force` installs {dist} {release} from {src}")]
     direct = entry.get("direct_url") or {}
     editable = bool((direct.get("dir_info") or {}).get("editable"))
     where = _path_of(direct.get("url", "")) if direct else None
@@ -121,10 +121,10 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
     if not editable:
         how = f"from {direct.get('url')}" if direct.get("url") else "from a wheel/index"
         checks.append(Check(f"{dist}-editable", "fail", f"{dist} is installed non-editable ({how})",
-                            f"reinstall editable from the workspace: `inv build --force build` (pip install -e {src})"))
+                            f"reinstall editable from the workspace: `inv build --force` (pip install -e {src})"))
     elif where is None or where.resolve() != src.resolve():
         checks.append(Check(f"{dist}-editable", "fail", f"{dist} is editable from {where}, not from {src}",
-                            "reinstall from the workspace: `inv build --force build`"))
+                            "reinstall from the workspace: `inv build --force`"))
     else:
         checks.append(Check(f"{dist}-editable", "pass", f"editable from {src}"))
     return checks
@@ -167,7 +167,7 @@ def check_pip(python: str, allowed: Iterable[Mapping[str, str]], log: Path | Non
             bad.append(line)
     if bad:
         return Check("pip-check", "fail", "; ".join(bad),
-                     "restore the locked versions (`inv env --force env`), or, when the profile drops it on "
+                     "restore the locked versions (`inv env --force`), or, when the profile drops it on "
                      "purpose, add it to verify.allowed_pip_check with the reason")
     if done.returncode != 0 and not (accepted or foreign):
         return Check("pip-check", "fail", f"pip check exit {done.returncode}: {done.output.strip()[-200:]}",
@@ -213,7 +213,7 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
     if problems:
         return Check("locked", "fail", "changed after the build: " + "; ".join(problems),
                      "something replaced locked packages (a pip install without constraints?): "
-                     "`inv env --force env` restores the lock, then `inv build --force build`")
+                     "`inv env --force` restores the lock, then `inv build --force`")
     if lock:
         return Check("locked", "pass", f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
     return Check("locked", "pass", f"no lock for this profile; {torch_now} unchanged since the env step")
@@ -281,7 +281,7 @@ def check_sass(so_files: Mapping[str, Path], required: Iterable[str], cuobjdump:
             out.append(Check(f"sass {name}", "fail",
                              f"{so.name} has SASS {', '.join(sass) or 'none'}; missing {want} for {why} "
                              "(`no kernel image is available for execution on the device`)",
-                             f"rebuild for these archs: `inv build --force build --arch '{';'.join(required)}'`"))
+                             f"rebuild for these archs: `inv build --force --arch '{';'.join(required)}'`"))
         else:
             out.append(Check(f"sass {name}", "pass", f"{', '.join(sass)} covers {', '.join(required)} ({why})"))
     return out
@@ -334,7 +334,7 @@ def check_extension_imports(python: str, so_files: Mapping[str, Path], has_gpu: 
             why = f"; torch itself failed: {torch_err}" if torch_err else ""
             out.append(Check(f"import {name}", "fail", f"{err}{why}",
                              "an undefined symbol means it was built against another torch: "
-                             "`inv build --force build`"))
+                             "`inv build --force`"))
     return out
 
 
@@ -433,7 +433,7 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo) -> list[Check]:
     so_files, missing = extension_files(dirs, ctx.plan.release.extensions)
     for name in missing:
         checks.append(Check(f"import {name}", "fail", f"{name}*.so not found in {', '.join(dirs)}",
-                            "the build did not produce it: `inv build --force build`"))
+                            "the build did not produce it: `inv build --force`"))
     has_gpu = bool(ctx.facts.gpus)
     checks += check_extension_imports(python, so_files, has_gpu, log)
     archs, why = required_archs(ctx)
