@@ -3,9 +3,12 @@
 
 Same sources, same arch, same env, side by side:
   plain  - the blog's `pip install -e .` (serial setuptools build, no compiler cache)
-  cold   - the toolkit's build step (extensions in parallel, each in its own build-temp) on an empty ccache
-  warm   - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
-  floor  - the slowest single translation unit (attention_kernels.cu) compiled alone
+  cold     - the toolkit's build step (extensions in parallel, each in its own build-temp, the slowest
+             units on cores of their own) on an empty ccache
+  cold-off - the same with build.cpu_placement off (every compile anywhere), for comparison
+  warm     - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
+  floor    - the slowest single translation unit (attention_kernels.cu) compiled alone on the idle host:
+             its extension built by itself without cache; the unit's time comes from ninja's log
 
 Works on an existing workspace (after `inv fetch env patch`): pass --workspace <.provision/0.2.2-host-torch>.
 Each phase can run alone (--phases plain,cold) so a run fits in the device's 10-minute limit;
@@ -30,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vllm_provision import envinfo, host, runner  # noqa: E402
-from vllm_provision.build import make_build_env  # noqa: E402
+from vllm_provision.build import make_build_env, ninja_unit_times  # noqa: E402
+from vllm_provision.build.placement import physical_cores  # noqa: E402
 from vllm_provision.pipeline import run_steps  # noqa: E402
 from vllm_provision.plan import build_plan  # noqa: E402
 from vllm_provision.workspace import Workspace  # noqa: E402
@@ -55,7 +59,8 @@ def plain(ws: Workspace, info, arch: str, log: Path) -> dict:
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 
-def toolkit(cli: dict, ccache_dir: Path, fresh: bool) -> dict:
+def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto") -> dict:
+    cli = dict(cli, build=dict(cli["build"], cpu_placement=placement))
     if fresh:
         shutil.rmtree(ccache_dir, ignore_errors=True)
     os.environ["CCACHE_DIR"] = str(ccache_dir)
@@ -67,15 +72,17 @@ def toolkit(cli: dict, ccache_dir: Path, fresh: bool) -> dict:
     t0 = time.monotonic()
     [r] = run_steps(plan, facts, ["build"], force=["build"])
     out = {"seconds": round(time.monotonic() - t0, 1), "status": r.status, "detail": r.detail}
-    for k in ("compile_seconds", "pip_seconds", "per_extension", "ccache", "max_jobs", "parallel"):
+    for k in ("compile_seconds", "pip_seconds", "per_extension", "units", "cpu_placement", "ccache", "max_jobs",
+              "parallel"):
         out[k] = r.facts.get(k)
     if r.status != "ok":
         out["hint"] = r.hint
     return out
 
 
-def floor(ws: Workspace, info, arch: str, log: Path, unit: str) -> dict:
-    """The slowest unit alone: the attention_ops extension built by itself, no cache."""
+def floor(ws: Workspace, info, arch: str, log: Path, ext: str, unit: str) -> dict:
+    """The slowest unit alone: its extension built by itself on the idle host, no cache, no placement;
+    the unit's own compile time from ninja's log."""
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=arch, jobs_per_ext=2,
                           tools_dir=Path(tempfile.mkdtemp()), src=ws.src, ccache_dir=Path(tempfile.mkdtemp()),
@@ -83,11 +90,22 @@ def floor(ws: Workspace, info, arch: str, log: Path, unit: str) -> dict:
     temp = f"build/bench-floor-{int(time.time())}"
     driver = ROOT / "vllm_provision" / "build" / "driver.py"
     t0 = time.monotonic()
-    runner.run([info.python, str(driver), "one", unit, temp], env=benv.env, cwd=ws.src, log=log, timeout=7200,
-               what=f"compile {unit} alone")
-    seconds = time.monotonic() - t0
+    runner.run([info.python, str(driver), "one", ext, temp], env=benv.env, cwd=ws.src, log=log, timeout=7200,
+               what=f"compile {ext} alone")
+    ext_seconds = time.monotonic() - t0
+    units = ninja_unit_times(ws.src / temp, ws.src)
     shutil.rmtree(ws.src / temp, ignore_errors=True)
-    return {"unit": unit, "seconds": round(seconds, 1)}
+    mine = next((u["seconds"] for u in units if u["unit"] == unit), None)
+    return {"unit": unit, "seconds": mine, "extension": ext, "extension_seconds": round(ext_seconds, 1),
+            "units": units}
+
+
+def topology() -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    cores = physical_cores(cpus)
+    lscpu = runner.capture(["lscpu"])
+    return {"cpus": len(cpus), "cores": len(cores), "threads_per_core": max(len(c) for c in cores),
+            "lscpu": lscpu.output.splitlines()[:25] if lscpu and lscpu.returncode == 0 else None}
 
 
 def main() -> int:
@@ -96,7 +114,8 @@ def main() -> int:
     ap.add_argument("--arch", default="9.0")
     ap.add_argument("--max-jobs", type=int, default=None)
     ap.add_argument("--phases", default="plain,cold,warm,floor")
-    ap.add_argument("--unit", default="vllm.attention_ops", help="extension holding the slowest unit")
+    ap.add_argument("--extension", default="vllm.attention_ops", help="extension holding the slowest unit")
+    ap.add_argument("--unit", default="csrc/attention/attention_kernels.cu", help="the slowest unit")
     ap.add_argument("--ccache-dir", default=None, help="default: <workspace>/bench-ccache")
     ap.add_argument("--out", default=None, help="merge results into this JSON file")
     args = ap.parse_args()
@@ -111,24 +130,27 @@ def main() -> int:
     out_path = Path(args.out) if args.out else None
     result = json.loads(out_path.read_text()) if out_path and out_path.is_file() else {}
     result.update({"workspace": str(ws.root), "arch": args.arch, "cpus": os.cpu_count(), "torch": info.torch,
-                   "nvcc": info.nvcc_version, "ccache": shutil.which("ccache")})
+                   "nvcc": info.nvcc_version, "ccache": shutil.which("ccache"), "host": topology()})
     log = ws.logs / "bench-build.log"
     for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
         if phase == "plain":
             result["plain"] = plain(ws, info, plan.build.torch_cuda_arch_list, log)
         elif phase == "cold":
             result["cold"] = toolkit(cli, ccache_dir, fresh=True)
+        elif phase == "cold-off":
+            result["cold-off"] = toolkit(cli, ccache_dir, fresh=True, placement="off")
         elif phase == "warm":
             result["warm"] = toolkit(cli, ccache_dir, fresh=False)
         elif phase == "floor":
-            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.unit)
+            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit)
         else:
             ap.error(f"unknown phase {phase}")
         if out_path:
             out_path.write_text(json.dumps(result, indent=2))
-    p, c, w, f = (result.get(k, {}).get("seconds") for k in ("plain", "cold", "warm", "floor"))
-    result["ratios"] = {"cold_over_plain": round(c / p, 3) if c and p else None,
-                        "cold_over_floor": round(c / f, 3) if c and f else None, "warm_seconds": w}
+    p, c, o, w, f = (result.get(k, {}).get("seconds") for k in ("plain", "cold", "cold-off", "warm", "floor"))
+    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
+    result["ratios"] = {"cold_over_plain": ratio(c, p), "cold_over_floor": ratio(c, f),
+                        "cold_off_over_floor": ratio(o, f), "warm_seconds": w}
     if out_path:
         out_path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -62,6 +62,7 @@ class BuildPlan:
     max_jobs_reason: str
     parallel_extensions: bool
     ccache: bool
+    cpu_placement: str = "auto"     # auto: the slowest units get a core of their own | off
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,15 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
         max_jobs = max(1, min(facts.cpu_count, by_ram))
         reason = (f"min({facts.cpu_count} cores, {facts.mem_available_bytes / GIB:.1f} GiB free / "
                   f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB a job)")
+    placement = str(build.get("cpu_placement") or "auto")
+    if placement not in ("auto", "off"):
+        raise ConfigError(f"build.cpu_placement is {placement!r}; it takes auto or off",
+                          hint="set build.cpu_placement: auto (the slowest units get a core of their own) or off")
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
-                     ccache=bool(build.get("ccache", True)))
+                     ccache=bool(build.get("ccache", True)), cpu_placement=placement)
 
 
 def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:

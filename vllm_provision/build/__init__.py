@@ -16,6 +16,7 @@ from typing import Mapping
 
 from ..plan import BUILD_JOB_PEAK_BYTES, GIB
 from ..preflight import matching_compiler_hint
+from .placement import Placement
 
 DRIVER = Path(__file__).with_name("driver.py")
 
@@ -99,10 +100,8 @@ def relevant_tail(output: str, lines: int = 30) -> str:
 
 
 # ------------------------------------------------------------------------------------------ environment
-NVCC_WRAPPER = """#!/bin/sh
-# Written by vllm-provision: nvcc through ccache. ccache 4.7 knows nvcc's short dependency options
-# only (-MD/-MF), so torch's long forms are rewritten; all else passes through unchanged.
-n=$#
+# ccache 4.7 knows nvcc's short dependency options only (-MD/-MF): torch's long forms are rewritten.
+_NVCC_DEP_OPTIONS = """n=$#
 while [ "$n" -gt 0 ]; do
   a=$1; shift; n=$((n-1))
   case "$a" in
@@ -112,12 +111,27 @@ while [ "$n" -gt 0 ]; do
     *) set -- "$@" "$a" ;;
   esac
 done
-exec "{ccache}" "{nvcc}" "$@"
 """
-CXX_WRAPPER = """#!/bin/sh
-# Written by vllm-provision: the host C++ compiler through ccache.
-exec "{ccache}" "{cxx}" "$@"
-"""
+
+
+def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement | None = None,
+                     taskset: str | None = None, nvcc: bool = False) -> str:
+    """A /bin/sh wrapper for `compiler`: through ccache, and pinned to the CPUs the placement gives
+    the source it compiles (a critical unit: its own core; anything else: the pool)."""
+    what = " and ".join(x for x in ("through ccache" if ccache else "", "placed on CPUs" if placement else "") if x)
+    lines = ["#!/bin/sh", f"# Written by vllm-provision: {Path(compiler).name} {what}."]
+    if ccache and nvcc:
+        lines.append(_NVCC_DEP_OPTIONS.rstrip("\n"))
+    prefix = []
+    if placement and taskset:
+        lines.append(f"cpus={placement.pool}")
+        cases = "\n".join(f"    */{unit}) cpus={cpus} ;;" for unit, cpus in placement.reserved.items())
+        lines.append(f'for a in "$@"; do\n  case "$a" in\n{cases}\n  esac\ndone')
+        prefix = [f'"{taskset}"', '-c', '"$cpus"']
+    if ccache:
+        prefix.append(f'"{ccache}"')
+    lines.append("exec " + " ".join(prefix + [f'"{compiler}"', '"$@"']))
+    return "\n".join(lines) + "\n"
 
 
 def _write_exec(path: Path, text: str) -> None:
@@ -142,13 +156,15 @@ class BuildEnv:
     ccache: str | None                    # path of ccache, None when not used
     notes: list = field(default_factory=list)
     cuda_home: str | None = None
+    placement: Placement | None = None   # applied by the compiler wrappers
 
 
 def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, include_dirs=(),
                    arch_list: str, jobs_per_ext: int, tools_dir: Path, src: Path, ccache_dir: Path,
-                   use_ccache: bool = True) -> BuildEnv:
+                   use_ccache: bool = True, placement: Placement | None = None) -> BuildEnv:
     """The environment for the compile: CUDA_HOME/PATH from the env (system CUDA out of reach when the
-    env provides the compiler), CPATH for pip-wheel headers, arch list, MAX_JOBS, ccache wrappers."""
+    env provides the compiler), CPATH for pip-wheel headers, arch list, MAX_JOBS, compiler wrappers
+    (ccache, CPU placement)."""
     notes: list[str] = []
     env = {k: v for k, v in base.items() if k not in ("CUDA_PATH", "CUDA_ROOT", "CUDACXX", "PYTORCH_NVCC")}
     env_bin = str(Path(python).parent)
@@ -188,24 +204,34 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
     env["TORCH_CUDA_ARCH_LIST"] = arch_list
     env["MAX_JOBS"] = str(max(1, jobs_per_ext))
     env["TORCH_NO_COMPILER_WRAPPER"] = "1"     # torch >= 2.14 would prepend ccache itself: we wrap explicitly
-    ccache = shutil.which("ccache", path=os.pathsep.join(path)) if use_ccache else None
+    search = os.pathsep.join(path)
+    ccache = shutil.which("ccache", path=search) if use_ccache else None
     if use_ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache (install ccache for near-instant rebuilds)")
-    if ccache:
-        wrappers = tools_dir / "ccache-bin"
-        nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=os.pathsep.join(path)) or "nvcc")
-        host_cxx = base.get("CXX") or shutil.which("c++", path=os.pathsep.join(path)) or "c++"
-        host_cxx = shutil.which(host_cxx, path=os.pathsep.join(path)) or host_cxx
-        _write_exec(wrappers / "nvcc", NVCC_WRAPPER.replace("{ccache}", ccache).replace("{nvcc}", nvcc))
+    taskset = shutil.which("taskset", path=search) or shutil.which("taskset") if placement else None
+    if placement and not taskset:
+        notes.append("taskset (util-linux) not found: compiles are not placed on CPUs")
+        placement = None
+    if placement:
+        notes.append(f"CPU placement: {placement.describe()}")
+    if ccache or placement:
+        wrappers = tools_dir / "compiler-bin"
+        nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=search) or "nvcc")
+        host_cxx = base.get("CXX") or shutil.which("c++", path=search) or "c++"
+        host_cxx = shutil.which(host_cxx, path=search) or host_cxx
+        _write_exec(wrappers / "nvcc", compiler_wrapper(nvcc, ccache=ccache, placement=placement, taskset=taskset,
+                                                        nvcc=True))
         # named after the real compiler, so torch's compiler-ABI check recognises it (g++, c++, clang++)
-        _write_exec(wrappers / Path(host_cxx).name, CXX_WRAPPER.replace("{ccache}", ccache).replace("{cxx}", host_cxx))
+        _write_exec(wrappers / Path(host_cxx).name,
+                    compiler_wrapper(host_cxx, ccache=ccache, placement=placement, taskset=taskset))
         env["PYTORCH_NVCC"] = str(wrappers / "nvcc")
         env["CXX"] = str(wrappers / Path(host_cxx).name)
+    if ccache:
         env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src), "CCACHE_NOHASHDIR": "1",
                     "CCACHE_COMPILERCHECK": "content"})
         ccache_dir.mkdir(parents=True, exist_ok=True)
     env["PATH"] = os.pathsep.join(dict.fromkeys(path))
-    return BuildEnv(env=env, ccache=ccache, notes=notes, cuda_home=cuda_home)
+    return BuildEnv(env=env, ccache=ccache, notes=notes, cuda_home=cuda_home, placement=placement)
 
 
 def parse_ccache_stats(text: str) -> dict[str, int]:
@@ -227,3 +253,37 @@ def cache_summary(stats: Mapping[str, int]) -> dict[str, int]:
                 "stats_zeroed_timestamp", "local_storage_hit", "local_storage_miss", "local_storage_read_hit",
                 "local_storage_read_miss", "local_storage_write", "cleanups_performed", "recache")
                 and not k.startswith("remote_") and not k.startswith("stats_"))}
+
+
+def _ninja_unescape(path: str) -> str:
+    return path.replace("$ ", " ").replace("$:", ":").replace("$$", "$")
+
+
+def ninja_unit_times(temp_dir: Path, src: Path) -> list[dict]:
+    """Each compiled source's wall time in one ninja build dir, from its .ninja_log and build.ninja:
+    [{"unit": path relative to src, "seconds"}] (empty when ninja did not run there)."""
+    try:
+        log = (temp_dir / ".ninja_log").read_text(errors="replace").splitlines()
+        rules = (temp_dir / "build.ninja").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    source_of: dict[str, str] = {}
+    for line in rules:
+        m = re.match(r"build (.+?(?<!\$)): \S+ (.+)$", line)
+        if m:
+            source_of[_ninja_unescape(m.group(1))] = _ninja_unescape(m.group(2).split(" ")[0])
+    last: dict[str, float] = {}
+    for line in log:
+        parts = line.split("\t")
+        if len(parts) >= 4 and parts[0].isdigit() and parts[1].isdigit():
+            last[parts[3]] = (int(parts[1]) - int(parts[0])) / 1000.0   # later entries win (rebuilds)
+    out = []
+    for output, seconds in last.items():
+        source = source_of.get(output)
+        if source:
+            try:
+                unit = str(Path(source).resolve().relative_to(src.resolve()))
+            except ValueError:
+                unit = source
+            out.append({"unit": unit, "seconds": round(seconds, 1)})
+    return sorted(out, key=lambda u: -u["seconds"])

@@ -20,7 +20,9 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from .. import PROJECT_ROOT, envinfo, preflight, runner
-from ..build import DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, parse_ccache_stats, relevant_tail
+from ..build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
+                     parse_ccache_stats, relevant_tail)
+from ..build.placement import host_placement
 from ..errors import StepFailed
 from ..pipeline import StepContext, StepOutcome
 
@@ -86,20 +88,28 @@ def run(ctx: StepContext) -> StepOutcome:
         raise StepFailed(f"preflight refused the build: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}",
                          hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
 
-    # 2. the compile environment
+    # 2. the compile environment: setup.py's extensions first (read without compiler wrappers), then
+    # the wrappers that cache every compile and give the slowest units a core of their own
     jobs = max(1, plan.build.max_jobs)
     tools = src / "build" / "vllmp-tools"
-    benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
-                          include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
-                          jobs_per_ext=jobs, tools_dir=tools, src=src,
-                          ccache_dir=Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache"),
-                          use_ccache=plan.build.ccache)
-    _say_lines(ctx, benv.notes)
-    before = _ccache_stats(benv)
-    exts, torch_before = _list_extensions(info.python, src, benv, ctx.log)
+    ccache_dir = Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache")
+
+    def build_env(*, wrapped: bool, placement=None) -> BuildEnv:
+        return make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
+                              include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
+                              jobs_per_ext=jobs, tools_dir=tools, src=src, ccache_dir=ccache_dir,
+                              use_ccache=wrapped and plan.build.ccache, placement=placement)
+
+    exts, torch_before = _list_extensions(info.python, src, build_env(wrapped=False), ctx.log)
     if info.torch and torch_before[0] != info.torch:
         raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
                          hint="rerun `inv env --force` so env.json describes the env")
+    placement = None
+    if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
+        placement = host_placement({s: _size(src / s) for e in exts for s in e["sources"]})
+    benv = build_env(wrapped=True, placement=placement)
+    _say_lines(ctx, benv.notes)
+    before = _ccache_stats(benv)
     started = time.monotonic()
 
     # 3. the extensions, each in its own build-temp dir, several at once
@@ -131,6 +141,7 @@ def run(ctx: StepContext) -> StepOutcome:
     pip_log = ctx.workspace.logs / "build-pip.log"
     pip_log.write_text("")
     pip_timing: dict = {}
+    installed: dict = {}
 
     def pip_install() -> None:
         ctx.say("pip install --no-build-isolation --no-deps -e src"
@@ -144,6 +155,9 @@ def run(ctx: StepContext) -> StepOutcome:
             pip_timing["seconds"] = time.monotonic() - t0
             with open(ctx.log, "a", encoding="utf-8") as fh:
                 fh.write(pip_log.read_text(errors="replace"))
+        # what pip installed (editable from src, torch unchanged): needs no compiled library, so
+        # with the pre-built extensions it too runs alongside the compile
+        installed["version"], installed["torch"] = _installed(info.python, src, benv, ctx.log)
 
     built: list[dict] = []
     if parallel and reuses_prebuilt:
@@ -170,7 +184,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if missing:
         raise StepFailed(f"build finished but {', '.join(missing)} has no library in {src / 'vllm'}",
                          hint=f"read {ctx.log}")
-    editable, torch_after = _installed(info.python, src, benv, ctx.log)
+    editable, torch_after = installed["version"], installed["torch"]
     if torch_after != torch_before:
         raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
                          f"after {torch_after[0]} (CUDA {torch_after[1]})",
@@ -184,7 +198,9 @@ def run(ctx: StepContext) -> StepOutcome:
     facts = {"version": editable, "libraries": libraries, "extensions": [e["name"] for e in exts],
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
-             "per_extension": built, "ccache": cache, "cuda_home": info.cuda_home,
+             "per_extension": built, "units": _unit_times(src, exts) if parallel else [],
+             "cpu_placement": dict(placement.reserved, others=placement.pool) if benv.placement else None,
+             "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log)}
     (src / MARKER).write_text(json.dumps(facts, indent=2))
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
@@ -226,8 +242,12 @@ def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: in
     """Each extension in its own build-temp dir; at most `jobs` compile processes in all."""
     src = ctx.workspace.src
     workers = max(1, min(jobs, len(exts)))
-    per_ext = max(1, jobs // workers)
-    ctx.say(f"compiling {len(exts)} extensions, {workers} at once ({per_ext} job(s) each), "
+    units = sum(len(e["sources"]) for e in exts)
+    # every unit at once when MAX_JOBS allows it (a unit waiting behind its extension's other
+    # sources would lengthen the build); else an even share of MAX_JOBS
+    per_ext_jobs = (lambda e: len(e["sources"])) if units <= jobs else (lambda e: max(1, jobs // workers))
+    ctx.say(f"compiling {len(exts)} extensions ({units} units), {workers} at once, "
+            f"{'every unit at once' if units <= jobs else f'{max(1, jobs // workers)} job(s) each'}, "
             f"arch {ctx.plan.build.torch_cuda_arch_list}")
     lock = threading.Lock()
     results: list[dict] = []
@@ -240,7 +260,7 @@ def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: in
         t0 = time.monotonic()
         try:
             runner.run([info.python, str(DRIVER), "one", name, str(tmp_root(src) / f"temp-{name}")], log=ext_log, cwd=src,
-                       env=dict(benv.env, MAX_JOBS=str(per_ext)), timeout=EXT_TIMEOUT, what=f"compile {name}",
+                       env=dict(benv.env, MAX_JOBS=str(per_ext_jobs(ext))), timeout=EXT_TIMEOUT, what=f"compile {name}",
                        diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
         except StepFailed as exc:
             with lock:
@@ -262,6 +282,20 @@ def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: in
         raise StepFailed(f"compiling {name} failed ({len(failures)} of {len(exts)} extensions failed); "
                          f"full log: {ctx.log}", hint=exc.hint, log_tail=relevant_tail(output))
     return sorted(results, key=lambda r: -r["seconds"])
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _unit_times(src: Path, exts: list[dict]) -> list[dict]:
+    """Every compiled source's wall time in this build, slowest first (from ninja's logs)."""
+    units = [dict(u, extension=e["name"]) for e in exts
+             for u in ninja_unit_times(tmp_root(src) / f"temp-{e['name']}", src)]
+    return sorted(units, key=lambda u: -u["seconds"])
 
 
 def _ccache_stats(benv: BuildEnv) -> dict | None:
