@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/build.py on the GPU host, in calls that each fit the device's 10-minute limit:
 #   OUT=... gpu/bench-build.sh plain            # the blog's serial pip install -e .
-#   OUT=... gpu/bench-build.sh cold,warm,floor  # the toolkit's build, cold then warm, and the slowest unit alone
+#   OUT=... gpu/bench-build.sh cold,floor,warm  # the toolkit's build cold, the slowest unit alone, warm
+#   OUT=... gpu/bench-build.sh plain --plain-limit 560   # more options go to bench/build.py
+# Results merge across calls while the machine stays warm (.provision/build-bench.json), copied to $OUT.
 # Sets up the workspace (fetch, env, patch) offline from .carry first when it is not there.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,7 +14,9 @@ export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host
 if ! command -v ccache >/dev/null && [ -x "$root/.carry/bin/ccache" ]; then export PATH="$root/.carry/bin:$PATH"; fi
 ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
 for step in fetch env patch; do ./inv "$step" >>"$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log"; exit 1; }; done
-.venv/bin/python bench/build.py --workspace "$ws" --arch 9.0 --phases "${1:-cold,warm,floor}" --out "$OUT/build-bench.json"
+.venv/bin/python bench/build.py --workspace "$ws" --arch 9.0 --phases "${1:-cold,floor,warm}" \
+  --out "$root/.provision/build-bench.json" "${@:2}"
 rc=$?
+cp "$root/.provision/build-bench.json" "$OUT/" 2>/dev/null
 cp "$ws/logs/bench-build.log" "$OUT/" 2>/dev/null
 exit $rc

@@ -109,6 +109,9 @@ def test_real_compile_then_warm_rebuild(cuda13_env, tmp_path, monkeypatch):
     assert built["torch"] == cuda13_env.torch
     assert (plan.workspace.logs / "build.log").stat().st_size > 0
     assert built["ccache"]["misses"] > 0     # a cold cache compiled for real
+    # every unit's compile time, from ninja's logs: 15 sources, the attention kernels among the slowest
+    assert len(built["units"]) == 15 and all(u["seconds"] > 0 for u in built["units"])
+    assert "csrc/attention/attention_kernels.cu" in [u["unit"] for u in built["units"][:3]]
 
     # the same sources again: everything from the compiler cache
     again = {r.step: r for r in run_steps(plan, facts, ["build"], force=["build"])}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -88,40 +88,30 @@ def run(ctx: StepContext) -> StepOutcome:
         raise StepFailed(f"preflight refused the build: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}",
                          hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
 
-    # 2. the compile environment: setup.py's extensions first (read without compiler wrappers), then
-    # the wrappers that cache every compile and give the slowest units a core of their own
+    # 2. the compile environment: wrappers that cache every compile and give the slowest units
+    # (the largest CUDA sources setup.py names) a core of their own
     jobs = max(1, plan.build.max_jobs)
-    tools = src / "build" / "vllmp-tools"
-    ccache_dir = Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache")
-
-    def build_env(*, wrapped: bool, placement=None) -> BuildEnv:
-        return make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
-                              include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
-                              jobs_per_ext=jobs, tools_dir=tools, src=src, ccache_dir=ccache_dir,
-                              use_ccache=wrapped and plan.build.ccache, placement=placement)
-
-    exts, torch_before = _list_extensions(info.python, src, build_env(wrapped=False), ctx.log)
-    if info.torch and torch_before[0] != info.torch:
-        raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
-                         hint="rerun `inv env --force` so env.json describes the env")
+    setup_text = (src / "setup.py").read_text(errors="replace")
     placement = None
     if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
-        placement = host_placement({s: _size(src / s) for e in exts for s in e["sources"]})
-    benv = build_env(wrapped=True, placement=placement)
+        placement = host_placement(cuda_sources_named(setup_text, src))
+    benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
+                          include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
+                          jobs_per_ext=jobs, tools_dir=src / "build" / "vllmp-tools", src=src,
+                          ccache_dir=Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache"),
+                          use_ccache=plan.build.ccache, placement=placement)
     _say_lines(ctx, benv.notes)
     before = _ccache_stats(benv)
     started = time.monotonic()
 
-    # 3. the extensions, each in its own build-temp dir, several at once
-    # With the prebuilt patch applied, pip's editable pass packages the pre-built libraries;
-    # without it pip compiles everything again, which only a compiler cache makes cheap.
-    reuses_prebuilt = PREBUILT_FLAG in (src / "setup.py").read_text(errors="replace")
-    parallel = plan.build.parallel_extensions and len(exts) > 1 and (reuses_prebuilt or benv.ccache is not None)
-    if plan.build.parallel_extensions and not parallel and len(exts) > 1:
+    # 3. With the prebuilt patch applied, pip's editable pass packages the pre-built libraries (and
+    # compiles nothing, so it runs alongside the compile); without it pip compiles everything again,
+    # which only a compiler cache makes cheap.
+    reuses_prebuilt = PREBUILT_FLAG in setup_text
+    parallel = plan.build.parallel_extensions and (reuses_prebuilt or benv.ccache is not None)
+    if plan.build.parallel_extensions and not parallel:
         ctx.say("no compiler cache and no prebuilt patch: pip's own editable build would compile everything "
                 "again, so the extensions are compiled once, serially, by pip")
-    # 4. the real editable install. With the pre-built extensions it compiles nothing, so it runs
-    # alongside the compile; otherwise it is the compile (ccache hits after a parallel pre-build).
     argv = [info.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)]
     if info.lock:
         lock = Path(info.lock)
@@ -159,23 +149,26 @@ def run(ctx: StepContext) -> StepOutcome:
         # with the pre-built extensions it too runs alongside the compile
         installed["version"], installed["torch"] = _installed(info.python, src, benv, ctx.log)
 
-    built: list[dict] = []
+    # 4. the extensions (each in its own build-temp dir, several at once), and the editable install
     if parallel and reuses_prebuilt:
         with ThreadPoolExecutor(max_workers=1) as side:
             pip_done = side.submit(pip_install)
             try:
-                built = _build_parallel(ctx, exts, benv, jobs, info)
+                listing, built = _compile(ctx, benv, jobs, info)
             finally:
                 pip_error = pip_done.exception()
         if pip_error:
             raise pip_error
         compile_s = time.monotonic() - started
     else:
-        if parallel:
-            built = _build_parallel(ctx, exts, benv, jobs, info)
+        listing, built = _compile(ctx, benv, jobs, info, list_only=not parallel)
         compile_s = time.monotonic() - started
         pip_install()
     pip_s = pip_timing.get("seconds", 0.0)
+    exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
+    if info.torch and torch_before[0] != info.torch:
+        raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
+                         hint="rerun `inv env --force` so env.json describes the env")
 
     # 5. what came out: editable install, every extension library, torch unchanged
     libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
@@ -199,7 +192,7 @@ def run(ctx: StepContext) -> StepOutcome:
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
              "per_extension": built, "units": _unit_times(src, exts) if parallel else [],
-             "cpu_placement": dict(placement.reserved, others=placement.pool) if benv.placement else None,
+             "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log)}
     (src / MARKER).write_text(json.dumps(facts, indent=2))
@@ -226,62 +219,58 @@ def _json_line(output: str, tag: str):
     return None
 
 
-def _list_extensions(python: str, src: Path, benv: BuildEnv, log: Path) -> tuple[list[dict], tuple]:
-    """setup.py's extensions, largest first, and the (version, CUDA) of the torch it imported."""
-    done = runner.run([python, str(DRIVER), "list"], log=log, cwd=src, env=benv.env, timeout=600,
-                      what="setup.py (reading the extension list)",
-                      diagnose=lambda out, rc: diagnose(out, rc))
-    data = _json_line(done.output, "DRIVER-JSON")
-    if data is None:
-        raise StepFailed("could not read the extension list from setup.py", hint=f"read {log}")
-    # the largest sources first: the longest job starts first (the build ends with the slowest unit)
-    return sorted(data["extensions"], key=lambda e: -e["bytes"]), tuple(data["torch"])
+def cuda_sources_named(setup_text: str, src: Path) -> dict[str, int]:
+    """The CUDA sources setup.py names as string literals, with their sizes: what the CPU placement
+    weighs before setup.py has run (it runs once, in the driver, to save its seconds of start-up)."""
+    named = dict.fromkeys(re.findall(r"""["']([^"'\s]+\.cu)["']""", setup_text))
+    return {s: _size(src / s) for s in named if (src / s).is_file()}
 
 
-def _build_parallel(ctx: StepContext, exts: list[dict], benv: BuildEnv, jobs: int, info) -> list[dict]:
-    """Each extension in its own build-temp dir; at most `jobs` compile processes in all."""
-    src = ctx.workspace.src
-    workers = max(1, min(jobs, len(exts)))
-    units = sum(len(e["sources"]) for e in exts)
-    # every unit at once when MAX_JOBS allows it (a unit waiting behind its extension's other
-    # sources would lengthen the build); else an even share of MAX_JOBS
-    per_ext_jobs = (lambda e: len(e["sources"])) if units <= jobs else (lambda e: max(1, jobs // workers))
-    ctx.say(f"compiling {len(exts)} extensions ({units} units), {workers} at once, "
-            f"{'every unit at once' if units <= jobs else f'{max(1, jobs // workers)} job(s) each'}, "
-            f"arch {ctx.plan.build.torch_cuda_arch_list}")
-    lock = threading.Lock()
+def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool = False) -> tuple[dict, list[dict]]:
+    """driver.py: setup.py's extensions (and the torch it imported) and, unless list_only, each one
+    built in its own build-temp dir, several at once, at most `jobs` compile processes in all."""
+    src, logs = ctx.workspace.src, ctx.workspace.logs
+    spec = logs / "build-driver.json"
+    spec.write_text(json.dumps({"temp_root": str(tmp_root(src)), "logs_dir": str(logs), "jobs": jobs,
+                                "list_only": list_only}))
+    listing: dict = {}
     results: list[dict] = []
-    failures: list[tuple[str, StepFailed, Path]] = []
 
-    def one(ext: dict) -> None:
-        name = ext["name"]
-        ext_log = ctx.workspace.logs / f"build-{name}.log"
-        ext_log.write_text("")
-        t0 = time.monotonic()
-        try:
-            runner.run([info.python, str(DRIVER), "one", name, str(tmp_root(src) / f"temp-{name}")], log=ext_log, cwd=src,
-                       env=dict(benv.env, MAX_JOBS=str(per_ext_jobs(ext))), timeout=EXT_TIMEOUT, what=f"compile {name}",
-                       diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
-        except StepFailed as exc:
-            with lock:
-                failures.append((name, exc, ext_log))
-        finally:
-            with lock:
-                with open(ctx.log, "a", encoding="utf-8") as fh:
-                    fh.write(f"==== {name} ({time.monotonic() - t0:.1f} s) ====\n")
-                    fh.write(ext_log.read_text(errors="replace"))
-                results.append({"name": name, "seconds": round(time.monotonic() - t0, 1)})
-        ctx.say(f"{name}: {'failed' if any(f[0] == name for f in failures) else 'built'} "
-                f"in {time.monotonic() - t0:.0f} s")
+    def progress(line: str) -> None:
+        if line.startswith("DRIVER-JSON "):
+            listing.update(json.loads(line[len("DRIVER-JSON "):]))
+            if not list_only:
+                exts = listing["extensions"]
+                all_at_once = sum(len(e["sources"]) for e in exts) <= jobs
+                ctx.say(f"compiling {len(exts)} extensions ({sum(len(e['sources']) for e in exts)} units), "
+                        f"{listing['workers']} at once, "
+                        f"{'every unit at once' if all_at_once else str(exts[0]['jobs']) + ' job(s) each'}, "
+                        f"arch {ctx.plan.build.torch_cuda_arch_list}")
+        elif line.startswith("DRIVER-DONE "):
+            done = json.loads(line[len("DRIVER-DONE "):])
+            results.append(done)
+            ctx.say(f"{done['name']}: {'built' if done['rc'] == 0 else 'failed'} in {done['seconds']:.0f} s")
+            with open(ctx.log, "a", encoding="utf-8") as fh:
+                fh.write(f"==== {done['name']} ({done['seconds']} s, exit {done['rc']}) ====\n")
+                fh.write(Path(done["log"]).read_text(errors="replace") if Path(done["log"]).is_file() else "")
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, exts))
+    what = "setup.py (reading the extension list)" if list_only else "compiling the extensions"
+    done = runner.run([info.python, str(DRIVER), "build", str(spec)], log=ctx.log, cwd=src, env=benv.env,
+                      timeout=EXT_TIMEOUT, what=what, echo=progress, check=False,
+                      diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
+    failures = [r for r in results if r["rc"] != 0]
     if failures:
-        name, exc, ext_log = failures[0]
-        output = ext_log.read_text(errors="replace")
-        raise StepFailed(f"compiling {name} failed ({len(failures)} of {len(exts)} extensions failed); "
-                         f"full log: {ctx.log}", hint=exc.hint, log_tail=relevant_tail(output))
-    return sorted(results, key=lambda r: -r["seconds"])
+        first = failures[0]
+        output = Path(first["log"]).read_text(errors="replace") if Path(first["log"]).is_file() else ""
+        raise StepFailed(f"compiling {first['name']} failed ({len(failures)} of {len(listing['extensions'])} "
+                         f"extensions failed); full log: {ctx.log}",
+                         hint=diagnose(output, first["rc"], max_jobs=jobs, cuda=info.torch_cuda) or f"read {first['log']}",
+                         log_tail=relevant_tail(output))
+    if done.returncode != 0 or not listing:
+        raise StepFailed(f"{what} failed with exit code {done.returncode}; full log: {ctx.log}",
+                         hint=diagnose(done.output, done.returncode, max_jobs=jobs, cuda=info.torch_cuda)
+                         or f"read {ctx.log}", log_tail=relevant_tail(done.output))
+    return listing, sorted(({"name": r["name"], "seconds": r["seconds"]} for r in results), key=lambda r: -r["seconds"])
 
 
 def _size(path: Path) -> int:
