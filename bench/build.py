@@ -6,6 +6,7 @@ Same sources, same arch, same env, side by side:
   cold     - the toolkit's build step (extensions in parallel, each in its own build-temp, the slowest
              units on cores of their own) on an empty ccache
   cold-off - the same with build.cpu_placement off (every compile anywhere), for comparison
+  cold-poolN - the same with the other compiles sharing N CPUs (build.cpu_pool)
   warm     - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
   floor    - the slowest single translation unit (attention_kernels.cu) compiled alone on the idle host:
              its extension built by itself without cache; the unit's time comes from ninja's log
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -66,8 +68,8 @@ def plain(ws: Workspace, info, arch: str, log: Path, limit: float) -> dict:
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 
-def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto") -> dict:
-    cli = dict(cli, build=dict(cli["build"], cpu_placement=placement))
+def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto", pool: int | None = None) -> dict:
+    cli = dict(cli, build=dict(cli["build"], cpu_placement=placement, cpu_pool=pool))
     if fresh:
         shutil.rmtree(ccache_dir, ignore_errors=True)
     os.environ["CCACHE_DIR"] = str(ccache_dir)
@@ -149,6 +151,8 @@ def main() -> int:
             result["cold"] = toolkit(cli, ccache_dir, fresh=True)
         elif phase == "cold-off":
             result["cold-off"] = toolkit(cli, ccache_dir, fresh=True, placement="off")
+        elif re.fullmatch(r"cold-pool\d+", phase):   # the other compiles on fewer CPUs
+            result[phase] = toolkit(cli, ccache_dir, fresh=True, pool=int(phase.removeprefix("cold-pool")))
         elif phase == "warm":
             result["warm"] = toolkit(cli, ccache_dir, fresh=False)
         elif phase == "floor":

@@ -63,6 +63,7 @@ class BuildPlan:
     parallel_extensions: bool
     ccache: bool
     cpu_placement: str = "auto"     # auto: the slowest units get a core of their own | off
+    cpu_pool: int | None = None     # CPUs the other compiles share (default: all the rest)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
-                     ccache=bool(build.get("ccache", True)), cpu_placement=placement)
+                     ccache=bool(build.get("ccache", True)), cpu_placement=placement,
+                     cpu_pool=int(build["cpu_pool"]) if build.get("cpu_pool") else None)
 
 
 def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:

@@ -74,9 +74,11 @@ def critical_units(source_bytes: Mapping[str, int]) -> list[str]:
     return sorted((s for s, b in cuda.items() if b >= CRITICAL_SHARE * largest), key=lambda s: (-cuda[s], s))
 
 
-def plan_placement(source_bytes: Mapping[str, int], cores: list[tuple[int, ...]]) -> Placement | None:
+def plan_placement(source_bytes: Mapping[str, int], cores: list[tuple[int, ...]],
+                   pool_cpus: int | None = None) -> Placement | None:
     """A core of its own for each critical unit, while the others keep CORES_PER_RESERVED cores per
-    reserved one; None when no core can be spared (the build is throughput-bound there)."""
+    reserved one; None when no core can be spared (the build is throughput-bound there).
+    `pool_cpus` limits the CPUs the other compiles share (the lowest ones; the rest stay idle)."""
     units = critical_units(source_bytes)
     n = min(len(units), len(cores) // (CORES_PER_RESERVED + 1))
     if n == 0:
@@ -84,11 +86,14 @@ def plan_placement(source_bytes: Mapping[str, int], cores: list[tuple[int, ...]]
     # the last cores: CPU 0 takes most interrupts and housekeeping
     reserved_cores = cores[::-1][:n]
     pool = [c for core in cores[:-n] for c in core]
+    if pool_cpus:
+        pool = pool[:max(1, pool_cpus)]
     return Placement(reserved={u: cpu_list(core) for u, core in zip(units, reserved_cores)}, pool=cpu_list(pool),
                      cores=len(cores), threads_per_core=max(len(c) for c in cores))
 
 
-def host_placement(source_bytes: Mapping[str, int], sysfs: Path = SYSFS_CPU) -> Placement | None:
+def host_placement(source_bytes: Mapping[str, int], pool_cpus: int | None = None,
+                   sysfs: Path = SYSFS_CPU) -> Placement | None:
     """plan_placement for the CPUs this process may run on."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return plan_placement(source_bytes, physical_cores(allowed, sysfs))
+    return plan_placement(source_bytes, physical_cores(allowed, sysfs), pool_cpus)
