@@ -12,6 +12,7 @@ import pytest
 
 from vllm_provision.build import compiler_wrapper, make_build_env, ninja_unit_times
 from vllm_provision.build.placement import Placement, critical_units, physical_cores, plan_placement
+from vllm_provision.catalog import get_release
 
 # vLLM 0.2.2's extension sources and their sizes in bytes (sdist sha256 d047bec3…)
 SOURCES_022 = {
@@ -32,10 +33,15 @@ def _sysfs(root: Path, siblings: dict[int, str]) -> Path:
     return root
 
 
-def test_the_two_largest_kernels_of_022_are_critical():
+def test_critical_units_from_release_data_else_the_largest_kernels():
+    # without measurements: the CUDA sources at least half the largest one
     assert critical_units(SOURCES_022) == ["csrc/attention/attention_kernels.cu",
                                            "csrc/quantization/awq/gemm_kernels.cu"]
     assert critical_units({"a.cpp": 10}) == []
+    # the catalog's measurement wins: gemm_kernels.cu compiles no slower than the other kernels
+    known = get_release("0.2.2").slowest_units
+    assert critical_units(SOURCES_022, known) == ["csrc/attention/attention_kernels.cu"]
+    assert critical_units({"other.cu": 5}, known) == []
 
 
 def test_smt_host_reserves_whole_cores(tmp_path):
@@ -43,21 +49,29 @@ def test_smt_host_reserves_whole_cores(tmp_path):
     sysfs = _sysfs(tmp_path, {c: f"{c % 8},{c % 8 + 8}" for c in range(16)})
     cores = physical_cores(range(16), sysfs)
     assert cores[0] == (0, 8) and len(cores) == 8
-    p = plan_placement(SOURCES_022, cores)
+    p = plan_placement(critical_units(SOURCES_022), cores)
     assert p.reserved == {"csrc/attention/attention_kernels.cu": "7,15",
                           "csrc/quantization/awq/gemm_kernels.cu": "6,14"}
     pool = {int(c) for c in p.pool.split(",")}
-    assert pool == set(range(16)) - {6, 7, 14, 15}
+    assert pool == set(range(16)) - {6, 7, 14, 15}      # real siblings known: nothing else kept idle
     assert p.threads_per_core == 2
 
 
 def test_placement_only_where_cores_can_be_spared(tmp_path):
-    one_thread = lambda n: _sysfs(tmp_path / str(n), {c: str(c) for c in range(n)})  # noqa: E731
-    p16 = plan_placement(SOURCES_022, physical_cores(range(16), one_thread(16)))
-    assert list(p16.reserved.values()) == ["15", "14"] and p16.pool == ",".join(map(str, range(14)))
-    p4 = plan_placement(SOURCES_022, physical_cores(range(4), one_thread(4)))
+    trees: dict[int, Path] = {}
+    one_thread = lambda n: trees.get(n) or trees.setdefault(n, _sysfs(tmp_path / str(n), {c: str(c) for c in range(n)}))  # noqa: E731
+    units = critical_units(SOURCES_022, get_release("0.2.2").slowest_units)
+    # the H100 VM: 16 vCPUs shown as one thread per core; the unit's likely hidden siblings stay idle
+    p16 = plan_placement(units, physical_cores(range(16), one_thread(16)))
+    assert p16.reserved == {"csrc/attention/attention_kernels.cu": "15"}
+    assert p16.pool == ",".join(str(c) for c in range(15) if c not in (14, 7))
+    p16b = plan_placement(critical_units(SOURCES_022), physical_cores(range(16), one_thread(16)))
+    assert list(p16b.reserved.values()) == ["15", "14"]
+    assert {int(c) for c in p16b.pool.split(",")} == set(range(14)) - {6, 7}
+    p4 = plan_placement(units, physical_cores(range(4), one_thread(4)))
     assert p4.reserved == {"csrc/attention/attention_kernels.cu": "3"} and p4.pool == "0,1,2"
-    assert plan_placement(SOURCES_022, physical_cores(range(2), one_thread(2))) is None   # this CI host
+    assert plan_placement(units, physical_cores(range(2), one_thread(2))) is None   # this CI host
+    assert plan_placement(units, physical_cores(range(16), one_thread(16)), pool_cpus=4).pool == "0,1,2,3"
 
 
 def test_cpus_outside_the_affinity_mask_are_ignored(tmp_path):

@@ -1,10 +1,11 @@
 """Where each compile runs: the slowest translation units get a physical core of their own.
 
-A parallel build ends when its slowest unit ends (0.2.2: attention_kernels.cu, ~90 s on the H100,
-then awq/gemm_kernels.cu). Started next to a dozen other compiles it runs ~20 % slower than alone,
-sharing its core (SMT sibling) and the caches with them, while the other units have ample slack.
-So each critical unit is pinned to a core whose sibling threads stay idle, and every other compile
-shares the remaining CPUs. On small hosts the build is throughput-bound and nothing is reserved.
+A parallel build ends when its slowest unit ends (0.2.2: attention_kernels.cu, 98-119 s alone on
+the H100 hosts measured; every other unit ~70 s). Started anywhere next to the other compiles it ran
+1.22-1.34x slower than alone, while the other units have ample slack. So each critical unit (named,
+with its measured time, in the release data; else the largest CUDA sources) is pinned to a core whose
+sibling threads stay idle, and every other compile shares the remaining CPUs. On small hosts the
+build is throughput-bound and nothing is reserved.
 
 Pure functions plus one sysfs read; the compiler wrappers (`make_build_env`) apply the result.
 """
@@ -23,6 +24,8 @@ CUDA_SUFFIXES = (".cu",)
 CRITICAL_SHARE = 0.5
 # Reserve a core only when the others keep at least this many cores per reserved one.
 CORES_PER_RESERVED = 3
+# Keep a reserved CPU's likely hidden SMT siblings idle only where that leaves enough for the others.
+GUARD_MIN_CPUS = 8
 
 
 @dataclass(frozen=True)
@@ -65,35 +68,49 @@ def _read_cpu_list(path: Path) -> tuple[int, ...]:
     return tuple(out)
 
 
-def critical_units(source_bytes: Mapping[str, int]) -> list[str]:
-    """CUDA sources at least CRITICAL_SHARE of the largest one, largest first."""
+def critical_units(source_bytes: Mapping[str, int], known: Mapping[str, float] | None = None) -> list[str]:
+    """The units that set the build's length: those the release data names (measured), else the CUDA
+    sources at least CRITICAL_SHARE of the largest one; largest first."""
+    if known:
+        return sorted((u for u in known if u in source_bytes), key=lambda u: (-known[u], u))
     cuda = {s: b for s, b in source_bytes.items() if s.endswith(CUDA_SUFFIXES) and b > 0}
     if not cuda:
         return []
     largest = max(cuda.values())
-    return sorted((s for s, b in cuda.items() if b >= CRITICAL_SHARE * largest), key=lambda s: (-cuda[s], s))
+    return sorted((s for s in cuda if cuda[s] >= CRITICAL_SHARE * largest), key=lambda s: (-cuda[s], s))
 
 
-def plan_placement(source_bytes: Mapping[str, int], cores: list[tuple[int, ...]],
-                   pool_cpus: int | None = None) -> Placement | None:
+def hidden_siblings(cpu: int, cpus: int) -> set[int]:
+    """The CPUs a VM's vCPU is most often paired with on the host's SMT core when the guest sees one
+    thread per core: the adjacent one and the one half the CPU count away."""
+    return {cpu ^ 1, (cpu + cpus // 2) % cpus} - {cpu}
+
+
+def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: int | None = None) -> Placement | None:
     """A core of its own for each critical unit, while the others keep CORES_PER_RESERVED cores per
     reserved one; None when no core can be spared (the build is throughput-bound there).
+    With one thread per core (a VM may hide SMT) on 8+ CPUs, the reserved CPU's likely hidden
+    siblings stay idle.
     `pool_cpus` limits the CPUs the other compiles share (the lowest ones; the rest stay idle)."""
-    units = critical_units(source_bytes)
     n = min(len(units), len(cores) // (CORES_PER_RESERVED + 1))
     if n == 0:
         return None
     # the last cores: CPU 0 takes most interrupts and housekeeping
     reserved_cores = cores[::-1][:n]
-    pool = [c for core in cores[:-n] for c in core]
+    idle: set[int] = set()
+    threads = max(len(c) for c in cores)
+    if threads == 1 and len(cores) >= GUARD_MIN_CPUS:
+        for (cpu,) in reserved_cores:
+            idle |= hidden_siblings(cpu, len(cores))
+    pool = [c for core in cores[:-n] for c in core if c not in idle]
     if pool_cpus:
         pool = pool[:max(1, pool_cpus)]
     return Placement(reserved={u: cpu_list(core) for u, core in zip(units, reserved_cores)}, pool=cpu_list(pool),
-                     cores=len(cores), threads_per_core=max(len(c) for c in cores))
+                     cores=len(cores), threads_per_core=threads)
 
 
-def host_placement(source_bytes: Mapping[str, int], pool_cpus: int | None = None,
-                   sysfs: Path = SYSFS_CPU) -> Placement | None:
+def host_placement(source_bytes: Mapping[str, int], known: Mapping[str, float] | None = None,
+                   pool_cpus: int | None = None, sysfs: Path = SYSFS_CPU) -> Placement | None:
     """plan_placement for the CPUs this process may run on."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return plan_placement(source_bytes, physical_cores(allowed, sysfs), pool_cpus)
+    return plan_placement(critical_units(source_bytes, known), physical_cores(allowed, sysfs), pool_cpus)

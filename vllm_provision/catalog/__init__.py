@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -54,6 +55,8 @@ class Release:
     sources: tuple[Source, ...]
     max_jobs_divided_by_nvcc_threads: bool = False
     min_gcc_cuda: str | None = None
+    # translation unit -> seconds it compiles alone on the reference host: the build's critical path
+    slowest_units: Mapping[str, float] = field(default_factory=dict)
     path: Path = field(default=Path(), compare=False)
 
     @property
@@ -101,6 +104,7 @@ def _parse(path: Path) -> Release:
             sources=tuple(sources),
             max_jobs_divided_by_nvcc_threads=bool(data.get("max_jobs_divided_by_nvcc_threads", False)),
             min_gcc_cuda=data.get("min_gcc_cuda"),
+            slowest_units={str(k): float(v) for k, v in data.get("slowest_units", {}).items()},
             path=path,
         )
     except (KeyError, InvalidSpecifier, InvalidVersion) as exc:

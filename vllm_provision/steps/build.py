@@ -94,7 +94,8 @@ def run(ctx: StepContext) -> StepOutcome:
     setup_text = (src / "setup.py").read_text(errors="replace")
     placement = None
     if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
-        placement = host_placement(cuda_sources_named(setup_text, src), plan.build.cpu_pool)
+        placement = host_placement(cuda_sources_named(setup_text, src), plan.release.slowest_units,
+                                   plan.build.cpu_pool)
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
                           jobs_per_ext=jobs, tools_dir=src / "build" / "vllmp-tools", src=src,
