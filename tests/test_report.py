@@ -52,7 +52,11 @@ def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isola
                           {"archive": "/c/vllm-0.2.2.tar.gz", "source": "pypi-sdist", "tree_sha256": "ab"}),
                StepResult("patch", "ok", "2 applied", 0.1, {"applied": [
                    {"file": "0001-build-with-cxx20.patch", "why": "torch >= 2.13 needs C++20"}]}),
-               StepResult("build", "failed", "nvcc failed", 3.0, hint="lower MAX_JOBS", exit_code=1),
+               StepResult("build", "failed", "nvcc failed", 3.0, {"units": [
+                   {"unit": "csrc/attention/attention_kernels.cu", "seconds": 112.2, "extension": "vllm.attention_ops"},
+                   {"unit": "csrc/cache_kernels.cu", "seconds": 70.8, "extension": "vllm.cache_ops"}],
+                   "cpu_placement": {"csrc/attention/attention_kernels.cu": "15", "others": "0-13"}},
+                   hint="lower MAX_JOBS", exit_code=1),
                StepResult("smoke", "not run", "an earlier step failed")]
     pipeline._record(ws, results, plan)
     data = json.loads(ws.report.read_text())
@@ -62,6 +66,9 @@ def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isola
     assert "NVIDIA H100 80GB HBM3" in md and "| driver CUDA | 13.0 |" in md
     assert "`0001-build-with-cxx20.patch`: torch >= 2.13 needs C++20" in md
     assert "| build | failed | 3.0 s | nvcc failed |" in md
+    assert "## Build: the 2 slowest of 2 compile units" in md
+    assert "| `csrc/attention/attention_kernels.cu` | 112.2 s | vllm.attention_ops | 15 |" in md
+    assert "| `csrc/cache_kernels.cu` | 70.8 s | vllm.cache_ops | 0-13 |" in md
     assert "## Verify: FAILED (0 pass, 0 warn, 1 fail, 1 skip" in md and "missing sm_90" in md
 
 

@@ -159,6 +159,7 @@ def render_markdown(data: dict) -> str:
                          for name, s in sorted(steps.items(), key=lambda kv: order.get(kv[0], 99))])
     else:
         lines.append("no step has run yet")
+    lines += _build_units(((steps.get("build") or {}).get("facts")) or {})
     for section, title in (("doctor", "Doctor"), ("verify", "Verify")):
         sec = data.get(section) or {}
         if sec.get("checks"):
@@ -174,6 +175,19 @@ def render_markdown(data: dict) -> str:
         lines += _table(["fact", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
                                             for k, v in smoke.items()])
     return "\n".join(lines) + "\n"
+
+
+def _build_units(build: dict, top: int = 5) -> list[str]:
+    """The build's critical path: its slowest compile units and where they ran."""
+    units = [u for u in build.get("units") or () if isinstance(u, dict)]
+    if not units:
+        return []
+    placement = build.get("cpu_placement") or {}
+    lines = ["", f"## Build: the {min(top, len(units))} slowest of {len(units)} compile units", ""]
+    lines += _table(["unit", "compile", "extension", "CPUs"],
+                    [[f"`{u.get('unit')}`", f"{float(u.get('seconds') or 0):.1f} s", u.get("extension", ""),
+                      placement.get(u.get("unit"), placement.get("others", "any"))] for u in units[:top]])
+    return lines
 
 
 def _patch_reasons(release: str) -> dict[str, str]:
