@@ -72,6 +72,10 @@ def test_placement_only_where_cores_can_be_spared(tmp_path):
     assert p4.reserved == {"csrc/attention/attention_kernels.cu": "3"} and p4.pool == "0,1,2"
     assert plan_placement(units, physical_cores(range(2), one_thread(2))) is None   # this CI host
     assert plan_placement(units, physical_cores(range(16), one_thread(16)), pool_cpus=4).pool == "0,1,2,3"
+    # a cpuset of CPUs 4-19: the guesses follow positions, not CPU numbers
+    p_set = plan_placement(units, [(c,) for c in range(4, 20)])
+    assert p_set.reserved == {"csrc/attention/attention_kernels.cu": "19"}
+    assert set(range(4, 19)) - {int(c) for c in p_set.pool.split(",")} == {18, 11}
 
 
 def test_cpus_outside_the_affinity_mask_are_ignored(tmp_path):

@@ -80,10 +80,11 @@ def critical_units(source_bytes: Mapping[str, int], known: Mapping[str, float] |
     return sorted((s for s in cuda if cuda[s] >= CRITICAL_SHARE * largest), key=lambda s: (-cuda[s], s))
 
 
-def hidden_siblings(cpu: int, cpus: int) -> set[int]:
+def hidden_siblings(cpu: int, cpus: list[int]) -> set[int]:
     """The CPUs a VM's vCPU is most often paired with on the host's SMT core when the guest sees one
-    thread per core: the adjacent one and the one half the CPU count away."""
-    return {cpu ^ 1, (cpu + cpus // 2) % cpus} - {cpu}
+    thread per core: the adjacent one and the one half the CPU count away (by position in `cpus`)."""
+    i, n = cpus.index(cpu), len(cpus)
+    return {cpus[j] for j in (i ^ 1, (i + n // 2) % n) if j < n} - {cpu}
 
 
 def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: int | None = None) -> Placement | None:
@@ -100,8 +101,9 @@ def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: in
     idle: set[int] = set()
     threads = max(len(c) for c in cores)
     if threads == 1 and len(cores) >= GUARD_MIN_CPUS:
+        allowed = [c for (c,) in cores]
         for (cpu,) in reserved_cores:
-            idle |= hidden_siblings(cpu, len(cores))
+            idle |= hidden_siblings(cpu, allowed)
     pool = [c for core in cores[:-n] for c in core if c not in idle]
     if pool_cpus:
         pool = pool[:max(1, pool_cpus)]
