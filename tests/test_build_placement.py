@@ -96,7 +96,7 @@ def test_wrapper_runs_a_critical_unit_on_its_own_cpu(tmp_path):
     probe.chmod(0o755)
     first, second = sorted(os.sched_getaffinity(0))[:2]
     placement = Placement(reserved={"csrc/attention/attention_kernels.cu": str(second)}, pool=str(first),
-                          cores=2, threads_per_core=1)
+                          threads_per_core=1)
     wrapper = tmp_path / "nvcc"
     wrapper.write_text(compiler_wrapper(str(probe), ccache=None, placement=placement,
                                         taskset=shutil.which("taskset"), nvcc=True))
@@ -113,7 +113,7 @@ def test_build_env_wrappers_compile_for_real_with_placement(tmp_path):
     if not cxx:
         pytest.skip("no g++")
     first, second = sorted(os.sched_getaffinity(0))[:2]
-    placement = Placement(reserved={"csrc/slow.cu": str(second)}, pool=str(first), cores=2, threads_per_core=1)
+    placement = Placement(reserved={"csrc/slow.cu": str(second)}, pool=str(first), threads_per_core=1)
     b = make_build_env(base={"PATH": os.environ["PATH"], "CXX": cxx}, python=str(tmp_path / "bin" / "python"),
                        cuda_home=None, arch_list="9.0", jobs_per_ext=1, tools_dir=tmp_path / "tools",
                        src=tmp_path, ccache_dir=tmp_path / "cc", use_ccache=False, placement=placement)

@@ -33,7 +33,6 @@ GUARD_MIN_CPUS = 8
 class Placement:
     reserved: Mapping[str, str]     # source path relative to src -> CPU list for taskset ("3,11")
     pool: str                       # CPU list for every other compile
-    cores: int                      # physical cores seen
     threads_per_core: int
 
     def describe(self) -> str:
@@ -109,7 +108,7 @@ def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: in
     if pool_cpus:
         pool = pool[:max(1, pool_cpus)]
     return Placement(reserved={u: cpu_list(core) for u, core in zip(units, reserved_cores)}, pool=cpu_list(pool),
-                     cores=len(cores), threads_per_core=threads)
+                     threads_per_core=threads)
 
 
 def host_placement(source_bytes: Mapping[str, int], known: Mapping[str, float] | None = None,

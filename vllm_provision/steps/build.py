@@ -242,7 +242,8 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
             listing.update(json.loads(line[len("DRIVER-JSON "):]))
             if not list_only:
                 exts = listing["extensions"]
-                all_at_once = sum(len(e["sources"]) for e in exts) <= jobs
+                # the driver decides each extension's jobs (driver.jobs_for); this only reports it
+                all_at_once = all(e["jobs"] == len(e["sources"]) for e in exts)
                 ctx.say(f"compiling {len(exts)} extensions ({sum(len(e['sources']) for e in exts)} units), "
                         f"{listing['workers']} at once, "
                         f"{'every unit at once' if all_at_once else str(exts[0]['jobs']) + ' job(s) each'}, "
@@ -257,8 +258,7 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
 
     what = "setup.py (reading the extension list)" if list_only else "compiling the extensions"
     done = runner.run([info.python, str(DRIVER), "build", str(spec)], log=ctx.log, cwd=src, env=benv.env,
-                      timeout=EXT_TIMEOUT, what=what, echo=progress, check=False,
-                      diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda))
+                      timeout=EXT_TIMEOUT, what=what, echo=progress, check=False)
     failures = [r for r in results if r["rc"] != 0]
     if failures:
         first = failures[0]
