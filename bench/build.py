@@ -7,9 +7,13 @@ Same sources, same arch, same env, side by side:
              units on cores of their own) on an empty ccache
   cold-off - the same with build.cpu_placement off (every compile anywhere), for comparison
   cold-poolN - the same with the other compiles sharing N CPUs (build.cpu_pool)
+  cold-coresN - the same with N cores for the slowest unit (build.critical_unit_cores; nvcc -split-compile N)
   warm     - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
-  floor    - the slowest single translation unit (attention_kernels.cu) compiled alone on the idle host:
-             its extension built by itself without cache; the unit's time comes from ninja's log
+  floor    - the slowest single translation unit (attention_kernels.cu) compiled alone on the idle host
+             as the cold build compiles it (its reserved CPUs, nvcc -split-compile): its extension built
+             by itself without cache; the unit's time comes from ninja's log
+  floor-coresN - the same on the last N CPUs with nvcc -split-compile N (as cold-coresN places it);
+             floor-cores1: on one CPU, unsplit, as the plain build compiles it
 
 Works on an existing workspace (after `inv fetch env patch`): pass --workspace <.provision/0.2.2-host-torch>.
 Each phase can run alone (--phases plain,cold) so a run fits in the device's 10-minute limit;
@@ -37,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 from vllm_provision import envinfo, host, runner  # noqa: E402
 from vllm_provision.errors import StepFailed  # noqa: E402
 from vllm_provision.build import DRIVER, make_build_env, ninja_unit_times  # noqa: E402
-from vllm_provision.build.placement import physical_cores  # noqa: E402
+from vllm_provision.build.placement import Placement, cpu_list, host_placement, physical_cores  # noqa: E402
 from vllm_provision.pipeline import run_steps  # noqa: E402
 from vllm_provision.plan import build_plan  # noqa: E402
+from vllm_provision.steps.build import cuda_sources_named  # noqa: E402
 from vllm_provision.workspace import Workspace  # noqa: E402
 
 
@@ -68,8 +73,9 @@ def plain(ws: Workspace, info, arch: str, log: Path, limit: float) -> dict:
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 
-def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto", pool: int | None = None) -> dict:
-    cli = dict(cli, build=dict(cli["build"], cpu_placement=placement, cpu_pool=pool))
+def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto", pool: int | None = None,
+            unit_cores: int | None = None) -> dict:
+    cli = dict(cli, build=dict(cli["build"], cpu_placement=placement, cpu_pool=pool, critical_unit_cores=unit_cores))
     if fresh:
         shutil.rmtree(ccache_dir, ignore_errors=True)
     os.environ["CCACHE_DIR"] = str(ccache_dir)
@@ -89,13 +95,14 @@ def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto", p
     return out
 
 
-def floor(ws: Workspace, info, arch: str, log: Path, ext: str, unit: str) -> dict:
-    """The slowest unit alone: its extension built by itself on the idle host, no cache, no placement;
-    the unit's own compile time from ninja's log."""
+def floor(ws: Workspace, info, arch: str, log: Path, ext: str, unit: str, placement: Placement | None = None) -> dict:
+    """The slowest unit alone: its extension built by itself on the idle host, no cache; placed (its
+    reserved CPUs, nvcc -split-compile) as the build with that placement compiles it, else anywhere.
+    The unit's own compile time from ninja's log."""
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=arch, jobs_per_ext=2,
                           tools_dir=Path(tempfile.mkdtemp()), src=ws.src, ccache_dir=Path(tempfile.mkdtemp()),
-                          use_ccache=False)
+                          use_ccache=False, placement=placement)
     temp = ws.src / "build" / f"bench-floor-{int(time.time())}"
     spec = Path(tempfile.mkdtemp()) / "spec.json"
     spec.write_text(json.dumps({"temp_root": str(temp), "logs_dir": str(spec.parent), "jobs": 2, "only": [ext]}))
@@ -108,7 +115,7 @@ def floor(ws: Workspace, info, arch: str, log: Path, ext: str, unit: str) -> dic
     shutil.rmtree(temp.parent, ignore_errors=True)
     mine = next((u["seconds"] for u in units if u["unit"] == unit), None)
     return {"unit": unit, "seconds": mine, "extension": ext, "extension_seconds": round(ext_seconds, 1),
-            "units": units}
+            "units": units, "placement": benv.placement.describe() if benv.placement else None}
 
 
 def topology() -> dict:
@@ -153,10 +160,22 @@ def main() -> int:
             result["cold-off"] = toolkit(cli, ccache_dir, fresh=True, placement="off")
         elif re.fullmatch(r"cold-pool\d+", phase):   # the other compiles on fewer CPUs
             result[phase] = toolkit(cli, ccache_dir, fresh=True, pool=int(phase.removeprefix("cold-pool")))
+        elif re.fullmatch(r"cold-cores\d+", phase):   # the slowest unit on N cores, nvcc split over them
+            result[phase] = toolkit(cli, ccache_dir, fresh=True, unit_cores=int(phase.removeprefix("cold-cores")))
+        elif re.fullmatch(r"floor-cores\d+", phase):
+            # the last N CPUs, as plan_placement reserves them (here even where the build would not)
+            cpus = sorted(os.sched_getaffinity(0))
+            n = min(len(cpus), int(phase.removeprefix("floor-cores")))
+            placement = Placement(reserved={args.unit: cpu_list(cpus[-n:])}, pool=cpu_list(cpus[:-n] or cpus),
+                                  threads_per_core=1)
+            result[phase] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit, placement)
         elif phase == "warm":
             result["warm"] = toolkit(cli, ccache_dir, fresh=False)
         elif phase == "floor":
-            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit)
+            placement = host_placement(cuda_sources_named((ws.src / "setup.py").read_text(), ws.src),
+                                       plan.release.slowest_units, unit_cores=plan.build.critical_unit_cores)
+            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit,
+                                    placement)
         else:
             ap.error(f"unknown phase {phase}")
         if out_path:
@@ -166,7 +185,8 @@ def main() -> int:
     more_than = result.get("plain", {}).get("more_than")
     result["ratios"] = {"cold_over_plain": ratio(c, p) if p else (f"< {ratio(c, more_than)}" if c and more_than else None),
                         "cold_over_floor": ratio(c, f),
-                        "cold_off_over_floor": ratio(o, f), "warm_seconds": w}
+                        "cold_off_over_floor": ratio(o, f), "warm_seconds": w,
+                        "cold_over_unsplit_floor": ratio(c, result.get("floor-cores1", {}).get("seconds"))}
     if out_path:
         out_path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -49,33 +49,39 @@ def test_smt_host_reserves_whole_cores(tmp_path):
     sysfs = _sysfs(tmp_path, {c: f"{c % 8},{c % 8 + 8}" for c in range(16)})
     cores = physical_cores(range(16), sysfs)
     assert cores[0] == (0, 8) and len(cores) == 8
+    # two critical units (the size fallback) on 8 cores: one core (two CPUs) each
     p = plan_placement(critical_units(SOURCES_022), cores)
     assert p.reserved == {"csrc/attention/attention_kernels.cu": "7,15",
                           "csrc/quantization/awq/gemm_kernels.cu": "6,14"}
     pool = {int(c) for c in p.pool.split(",")}
-    assert pool == set(range(16)) - {6, 7, 14, 15}      # real siblings known: nothing else kept idle
+    assert pool == set(range(16)) - {6, 7, 14, 15}
     assert p.threads_per_core == 2
+    # one critical unit (release data): two cores, four CPUs
+    one = plan_placement(critical_units(SOURCES_022, get_release("0.2.2").slowest_units), cores)
+    assert one.reserved == {"csrc/attention/attention_kernels.cu": "6,7,14,15"}
 
 
-def test_placement_only_where_cores_can_be_spared(tmp_path):
-    trees: dict[int, Path] = {}
-    one_thread = lambda n: trees.get(n) or trees.setdefault(n, _sysfs(tmp_path / str(n), {c: str(c) for c in range(n)}))  # noqa: E731
+def test_placement_only_where_cores_can_be_spared():
+    one_thread = lambda n: [(c,) for c in range(n)]  # noqa: E731
     units = critical_units(SOURCES_022, get_release("0.2.2").slowest_units)
-    # the H100 VM: 16 vCPUs shown as one thread per core; the unit's likely hidden siblings stay idle
-    p16 = plan_placement(units, physical_cores(range(16), one_thread(16)))
-    assert p16.reserved == {"csrc/attention/attention_kernels.cu": "15"}
-    assert p16.pool == ",".join(str(c) for c in range(15) if c not in (14, 7))
-    p16b = plan_placement(critical_units(SOURCES_022), physical_cores(range(16), one_thread(16)))
-    assert list(p16b.reserved.values()) == ["15", "14"]
-    assert {int(c) for c in p16b.pool.split(",")} == set(range(14)) - {6, 7}
-    p4 = plan_placement(units, physical_cores(range(4), one_thread(4)))
+    # the H100 VM (16 vCPUs, one thread per core): four for the slowest unit, at most MAX_UNIT_CORES
+    p16 = plan_placement(units, one_thread(16))
+    assert p16.reserved == {"csrc/attention/attention_kernels.cu": "12,13,14,15"}
+    assert p16.pool == ",".join(str(c) for c in range(12))
+    assert plan_placement(units, one_thread(64)).reserved == {"csrc/attention/attention_kernels.cu": "60,61,62,63"}
+    p16b = plan_placement(critical_units(SOURCES_022), one_thread(16))   # two units: two cores each
+    assert list(p16b.reserved.values()) == ["14,15", "12,13"] and p16b.pool == ",".join(str(c) for c in range(12))
+    p8 = plan_placement(units, one_thread(8))
+    assert p8.reserved == {"csrc/attention/attention_kernels.cu": "6,7"}
+    p4 = plan_placement(units, one_thread(4))
     assert p4.reserved == {"csrc/attention/attention_kernels.cu": "3"} and p4.pool == "0,1,2"
-    assert plan_placement(units, physical_cores(range(2), one_thread(2))) is None   # this CI host
-    assert plan_placement(units, physical_cores(range(16), one_thread(16)), pool_cpus=4).pool == "0,1,2,3"
-    # a cpuset of CPUs 4-19: the guesses follow positions, not CPU numbers
+    assert plan_placement(units, one_thread(2)) is None   # this CI host
+    assert plan_placement(units, one_thread(16), pool_cpus=4).pool == "0,1,2,3"
+    assert plan_placement(units, one_thread(16), unit_cores=1).reserved == {"csrc/attention/attention_kernels.cu": "15"}
+    # a cpuset of CPUs 4-19: the last ones of the set
     p_set = plan_placement(units, [(c,) for c in range(4, 20)])
-    assert p_set.reserved == {"csrc/attention/attention_kernels.cu": "19"}
-    assert set(range(4, 19)) - {int(c) for c in p_set.pool.split(",")} == {18, 11}
+    assert p_set.reserved == {"csrc/attention/attention_kernels.cu": "16,17,18,19"}
+    assert p_set.pool == ",".join(str(c) for c in range(4, 16))
 
 
 def test_cpus_outside_the_affinity_mask_are_ignored(tmp_path):
@@ -152,3 +158,67 @@ def test_unit_times_come_from_a_real_ninja_run(tmp_path):
     assert [u["unit"] for u in units] == ["csrc/slow.cu", "csrc/fast.cpp"]
     assert units[0]["seconds"] >= 0.5 and units[1]["seconds"] < 0.5
     assert ninja_unit_times(tmp_path / "nowhere", src) == []
+
+
+def test_several_cores_for_the_slowest_unit(tmp_path):
+    units = critical_units(SOURCES_022, get_release("0.2.2").slowest_units)
+    one_thread = [(c,) for c in range(16)]
+    p = plan_placement(units, one_thread, unit_cores=4)
+    assert p.reserved == {"csrc/attention/attention_kernels.cu": "12,13,14,15"}
+    assert p.split_threads("csrc/attention/attention_kernels.cu") == 1      # until nvcc is known to split
+    from dataclasses import replace
+    assert replace(p, split_compile=True).split_threads("csrc/attention/attention_kernels.cu") == 4
+    assert plan_placement(units, one_thread, unit_cores=5) is None         # the others would keep < 3 per reserved
+    # SMT: two cores are four CPUs
+    smt = physical_cores(range(16), _sysfs(tmp_path, {c: f"{c % 8},{c % 8 + 8}" for c in range(16)}))
+    assert plan_placement(units, smt, unit_cores=2).reserved == {"csrc/attention/attention_kernels.cu": "6,7,14,15"}
+
+
+HOST_NVCC = Path("/usr/local/cuda/bin/nvcc")
+
+
+@needs_two_cpus
+@pytest.mark.skipif(not HOST_NVCC.exists(), reason="needs nvcc")
+def test_real_nvcc_splits_the_critical_unit_over_its_cpus(tmp_path):
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    src = tmp_path / "src"
+    (src / "csrc").mkdir(parents=True)
+    for name in ("slow.cu", "fast.cu"):
+        (src / "csrc" / name).write_text("__global__ void k() {}\n")
+    placement = Placement(reserved={"csrc/slow.cu": f"{first},{second}"}, pool=str(first), threads_per_core=1)
+    b = make_build_env(base={"PATH": os.environ["PATH"]}, python=str(tmp_path / "bin" / "python"),
+                       cuda_home=str(HOST_NVCC.parent.parent), arch_list="9.0", jobs_per_ext=1,
+                       tools_dir=tmp_path / "tools", src=src, ccache_dir=tmp_path / "cc", use_ccache=False,
+                       placement=placement)
+    assert b.placement.split_compile and "nvcc -split-compile 2" in b.placement.describe()
+
+    def ptxas_line(name: str) -> str:
+        done = subprocess.run([b.env["PYTORCH_NVCC"], "--dryrun", "-c", str(src / "csrc" / name), "-o", "x.o",
+                               "-gencode", "arch=compute_90,code=sm_90"], capture_output=True, text=True, env=b.env,
+                              check=True)
+        return next(line for line in done.stderr.splitlines() if "ptxas" in line and "-arch=sm_90" in line)
+
+    assert "-split-compile=2" in ptxas_line("slow.cu")
+    assert "split-compile" not in ptxas_line("fast.cu")
+    # a real compile through the wrapper still produces the object
+    subprocess.run([b.env["PYTORCH_NVCC"], "-c", str(src / "csrc" / "slow.cu"), "-o", str(tmp_path / "slow.o"),
+                    "-gencode", "arch=compute_90,code=sm_90"], env=b.env, check=True, capture_output=True)
+    assert (tmp_path / "slow.o").stat().st_size > 0
+
+
+@needs_two_cpus
+def test_nvcc_without_split_compile_keeps_one_thread(tmp_path):
+    # an nvcc from before CUDA 11.8: its --help knows no -split-compile
+    cuda = tmp_path / "cuda"
+    (cuda / "bin").mkdir(parents=True)
+    old = cuda / "bin" / "nvcc"
+    old.write_text("#!/bin/sh\necho 'Usage  : nvcc [options] <inputfile>'\n")
+    old.chmod(0o755)
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    placement = Placement(reserved={"csrc/slow.cu": f"{first},{second}"}, pool=str(first), threads_per_core=1)
+    b = make_build_env(base={"PATH": os.environ["PATH"]}, python=str(tmp_path / "bin" / "python"),
+                       cuda_home=str(cuda), arch_list="9.0", jobs_per_ext=1, tools_dir=tmp_path / "tools",
+                       src=tmp_path, ccache_dir=tmp_path / "cc", use_ccache=False, placement=placement)
+    assert not b.placement.split_compile
+    assert any("no -split-compile" in n for n in b.notes)
+    assert "split-compile" not in Path(b.env["PYTORCH_NVCC"]).read_text()

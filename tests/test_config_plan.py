@@ -72,6 +72,17 @@ def test_max_jobs_from_ram(isolated):
     assert build_plan({}, facts=H100).build.max_jobs == 16
 
 
+def test_critical_unit_cores_setting(isolated):
+    assert build_plan({}, facts=H100).build.critical_unit_cores is None          # auto: by host size
+    assert build_plan({"build": {"critical_unit_cores": "auto"}}, facts=H100).build.critical_unit_cores is None
+    resolved = config.resolve({}, {"VLLMP_BUILD__CRITICAL_UNIT_CORES": "4"})
+    assert build_plan(resolved, facts=H100).build.critical_unit_cores == 4
+    for bad in (0, "four", 2.5):
+        with pytest.raises(ConfigError) as err:
+            build_plan({"build": {"critical_unit_cores": bad}}, facts=H100)
+        assert "critical_unit_cores" in err.value.message and "auto or a whole number" in err.value.message
+
+
 def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):
     release = get_release("0.2.2")
     settings = config.resolve({}, {})

@@ -64,6 +64,7 @@ class BuildPlan:
     ccache: bool
     cpu_placement: str = "auto"     # auto: the slowest units get a core of their own | off
     cpu_pool: int | None = None     # CPUs the other compiles share (default: all the rest)
+    critical_unit_cores: int | None = None   # cores for each critical unit (nvcc splits over them); None: auto
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,20 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     if placement not in ("auto", "off"):
         raise ConfigError(f"build.cpu_placement is {placement!r}; it takes auto or off",
                           hint="set build.cpu_placement: auto (the slowest units get a core of their own) or off")
+    critical_cores = build.get("critical_unit_cores")
+    critical_cores = None if critical_cores in (None, "auto") else critical_cores
+    if critical_cores is not None and (not isinstance(critical_cores, int) or isinstance(critical_cores, bool)
+                                       or critical_cores < 1):
+        raise ConfigError(f"build.critical_unit_cores is {critical_cores!r}; it takes auto or a whole number >= 1",
+                          hint="set build.critical_unit_cores: auto (up to 4 cores, by host size), or N cores for the "
+                               "slowest unit (nvcc -split-compile N)")
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
                      ccache=bool(build.get("ccache", True)), cpu_placement=placement,
-                     cpu_pool=int(build["cpu_pool"]) if build.get("cpu_pool") else None)
+                     cpu_pool=int(build["cpu_pool"]) if build.get("cpu_pool") else None,
+                     critical_unit_cores=critical_cores)
 
 
 def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:

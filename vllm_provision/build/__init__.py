@@ -6,6 +6,7 @@ source tree; it must not import the toolkit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .. import runner
 from ..plan import BUILD_JOB_PEAK_BYTES, GIB
 from ..preflight import matching_compiler_hint
 from .placement import Placement
@@ -122,16 +124,27 @@ def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement 
     lines = ["#!/bin/sh", f"# Written by vllm-provision: {Path(compiler).name} {what}."]
     if ccache and nvcc:
         lines.append(_NVCC_DEP_OPTIONS.rstrip("\n"))
-    prefix = []
+    prefix, suffix = [], []
     if placement and taskset:
-        lines.append(f"cpus={placement.pool}")
-        cases = "\n".join(f"    */{unit}) cpus={cpus} ;;" for unit, cpus in placement.reserved.items())
+        split = nvcc and any(placement.split_threads(u) > 1 for u in placement.reserved)
+        lines.append(f"cpus={placement.pool}" + ("; split=" if split else ""))
+        cases = "\n".join(f"    */{unit}) cpus={cpus}"
+                          + (f"; split=-split-compile={placement.split_threads(unit)}"
+                             if split and placement.split_threads(unit) > 1 else "") + " ;;"
+                          for unit, cpus in placement.reserved.items())
         lines.append(f'for a in "$@"; do\n  case "$a" in\n{cases}\n  esac\ndone')
         prefix = [f'"{taskset}"', '-c', '"$cpus"']
+        suffix = ["$split"] if split else []
     if ccache:
         prefix.append(f'"{ccache}"')
-    lines.append("exec " + " ".join(prefix + [f'"{compiler}"', '"$@"']))
+    lines.append("exec " + " ".join(prefix + [f'"{compiler}"', '"$@"'] + suffix))
     return "\n".join(lines) + "\n"
+
+
+def nvcc_splits(nvcc: str, env: Mapping[str, str]) -> bool:
+    """Whether this nvcc has `-split-compile` (CUDA >= 11.8): asked of nvcc itself."""
+    done = runner.capture([nvcc, "--help"], env=env, timeout=60)
+    return bool(done) and done.returncode == 0 and "--split-compile" in done.output
 
 
 def _write_exec(path: Path, text: str) -> None:
@@ -212,11 +225,16 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
     if placement and not taskset:
         notes.append("taskset (util-linux) not found: compiles are not placed on CPUs")
         placement = None
+    nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=search) or "nvcc")
+    if placement and any(len(c.split(",")) > 1 for c in placement.reserved.values()):
+        if nvcc_splits(nvcc, dict(env, PATH=search)):
+            placement = dataclasses.replace(placement, split_compile=True)
+        else:
+            notes.append("this nvcc has no -split-compile (CUDA < 11.8): a critical unit uses one of its CPUs")
     if placement:
         notes.append(f"CPU placement: {placement.describe()}")
     if ccache or placement:
         wrappers = tools_dir / "compiler-bin"
-        nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=search) or "nvcc")
         host_cxx = base.get("CXX") or shutil.which("c++", path=search) or "c++"
         host_cxx = shutil.which(host_cxx, path=search) or host_cxx
         _write_exec(wrappers / "nvcc", compiler_wrapper(nvcc, ccache=ccache, placement=placement, taskset=taskset,

@@ -1,11 +1,13 @@
-"""Where each compile runs: the slowest translation units get a physical core of their own.
+"""Where each compile runs: the slowest translation units get cores of their own, and nvcc splits
+their device optimisation over them.
 
-A parallel build ends when its slowest unit ends (0.2.2: attention_kernels.cu, 98-119 s alone on
-the H100 hosts measured; every other unit ~70 s). Started anywhere next to the other compiles it ran
-1.22-1.34x slower than alone, while the other units have ample slack. So each critical unit (named,
-with its measured time, in the release data; else the largest CUDA sources) is pinned to a core whose
-sibling threads stay idle, and every other compile shares the remaining CPUs. On small hosts the
-build is throughput-bound and nothing is reserved.
+A parallel build ends when its slowest unit ends (0.2.2: attention_kernels.cu, 84-132 s alone on the
+H100 hosts measured, on one CPU; every other unit 45-90 s). Started anywhere next to the other
+compiles it ran 1.22-1.34x slower than alone, while the other units have slack. So each critical
+unit (named, with its measured time, in the release data; else the largest CUDA sources) runs on
+cores of its own with `nvcc -split-compile N` over them (H100: 84.2 s alone on one CPU, 61.0 s split
+over 4, 59.2 s over 16), and every other compile shares the remaining CPUs. On small hosts the build
+is throughput-bound and nothing is reserved.
 
 Pure functions plus one sysfs read; the compiler wrappers (`make_build_env`) apply the result.
 """
@@ -25,8 +27,9 @@ CUDA_SUFFIXES = (".cu",)
 CRITICAL_SHARE = 0.5
 # Reserve a core only when the others keep at least this many cores per reserved one.
 CORES_PER_RESERVED = 3
-# Keep a reserved CPU's likely hidden SMT siblings idle only where that leaves enough for the others.
-GUARD_MIN_CPUS = 8
+# At most this many cores for one unit by default: split over 16 CPUs the unit took 59.2 s, over 4
+# 61.0 s (H100); the other compiles make better use of the rest.
+MAX_UNIT_CORES = 4
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,19 @@ class Placement:
     reserved: Mapping[str, str]     # source path relative to src -> CPU list for taskset ("3,11")
     pool: str                       # CPU list for every other compile
     threads_per_core: int
+    # nvcc spreads a critical CUDA unit's device optimisation (cicc, ptxas) over its reserved CPUs
+    # (`-split-compile N`); set by make_build_env where nvcc has the option
+    split_compile: bool = False
+
+    def split_threads(self, unit: str) -> int:
+        """nvcc threads for `unit`: its reserved CPUs when split compilation applies, else 1."""
+        cpus = self.reserved.get(unit)
+        return len(cpus.split(",")) if self.split_compile and cpus and unit.endswith(CUDA_SUFFIXES) else 1
 
     def describe(self) -> str:
-        own = ", ".join(f"{Path(u).name} on CPU {c}" for u, c in self.reserved.items())
+        own = ", ".join(f"{Path(u).name} on CPU {c}" + (f" (nvcc -split-compile {self.split_threads(u)})"
+                                                           if self.split_threads(u) > 1 else "")
+                        for u, c in self.reserved.items())
         return f"{own}; the other compiles on CPUs {self.pool}"
 
 
@@ -80,39 +93,34 @@ def critical_units(source_bytes: Mapping[str, int], known: Mapping[str, float] |
     return sorted((s for s in cuda if cuda[s] >= CRITICAL_SHARE * largest), key=lambda s: (-cuda[s], s))
 
 
-def hidden_siblings(cpu: int, cpus: list[int]) -> set[int]:
-    """The CPUs a VM's vCPU is most often paired with on the host's SMT core when the guest sees one
-    thread per core: the adjacent one and the one half the CPU count away (by position in `cpus`)."""
-    i, n = cpus.index(cpu), len(cpus)
-    return {cpus[j] for j in (i ^ 1, (i + n // 2) % n) if j < n} - {cpu}
+def auto_unit_cores(n_units: int, n_cores: int) -> int:
+    """Cores per critical unit: as many as the reservation rule allows, at most MAX_UNIT_CORES."""
+    return max(1, min(MAX_UNIT_CORES, n_cores // ((CORES_PER_RESERVED + 1) * max(1, n_units))))
 
 
-def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: int | None = None) -> Placement | None:
-    """A core of its own for each critical unit, while the others keep CORES_PER_RESERVED cores per
-    reserved one; None when no core can be spared (the build is throughput-bound there).
-    With one thread per core (a VM may hide SMT) on 8+ CPUs, the reserved CPU's likely hidden
-    siblings stay idle.
+def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: int | None = None,
+                   unit_cores: int | None = None) -> Placement | None:
+    """`unit_cores` cores of its own for each critical unit (None: auto_unit_cores), while the others
+    keep CORES_PER_RESERVED cores per reserved one; None when no core can be spared (the build is
+    throughput-bound there). Whole cores: SMT siblings the host shows are reserved together.
     `pool_cpus` limits the CPUs the other compiles share (the lowest ones; the rest stay idle)."""
-    n = min(len(units), len(cores) // (CORES_PER_RESERVED + 1))
+    unit_cores = max(1, unit_cores or auto_unit_cores(len(units), len(cores)))
+    n = min(len(units), len(cores) // (unit_cores * (CORES_PER_RESERVED + 1)))
     if n == 0:
         return None
     # the last cores: CPU 0 takes most interrupts and housekeeping
-    reserved_cores = cores[::-1][:n]
-    idle: set[int] = set()
-    threads = max(len(c) for c in cores)
-    if threads == 1 and len(cores) >= GUARD_MIN_CPUS:
-        allowed = [c for (c,) in cores]
-        for (cpu,) in reserved_cores:
-            idle |= hidden_siblings(cpu, allowed)
-    pool = [c for core in cores[:-n] for c in core if c not in idle]
+    backwards = cores[::-1]
+    reserved = [sorted(c for core in backwards[i * unit_cores:(i + 1) * unit_cores] for c in core) for i in range(n)]
+    pool = [c for core in cores[:-n * unit_cores] for c in core]
     if pool_cpus:
         pool = pool[:max(1, pool_cpus)]
-    return Placement(reserved={u: cpu_list(core) for u, core in zip(units, reserved_cores)}, pool=cpu_list(pool),
-                     threads_per_core=threads)
+    return Placement(reserved={u: cpu_list(cpus) for u, cpus in zip(units, reserved)}, pool=cpu_list(pool),
+                     threads_per_core=max(len(c) for c in cores))
 
 
 def host_placement(source_bytes: Mapping[str, int], known: Mapping[str, float] | None = None,
-                   pool_cpus: int | None = None, sysfs: Path = SYSFS_CPU) -> Placement | None:
+                   pool_cpus: int | None = None, unit_cores: int | None = None,
+                   sysfs: Path = SYSFS_CPU) -> Placement | None:
     """plan_placement for the CPUs this process may run on."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return plan_placement(critical_units(source_bytes, known), physical_cores(allowed, sysfs), pool_cpus)
+    return plan_placement(critical_units(source_bytes, known), physical_cores(allowed, sysfs), pool_cpus, unit_cores)

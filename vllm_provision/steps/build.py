@@ -95,7 +95,7 @@ def run(ctx: StepContext) -> StepOutcome:
     placement = None
     if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
         placement = host_placement(cuda_sources_named(setup_text, src), plan.release.slowest_units,
-                                   plan.build.cpu_pool)
+                                   plan.build.cpu_pool, plan.build.critical_unit_cores)
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
                           jobs_per_ext=jobs, tools_dir=src / "build" / "vllmp-tools", src=src,
