@@ -7,6 +7,7 @@
 # Prepare the carry folder here (networked host), then run on the GPU host:
 #   gpu/prepare-carry.sh            # .carry/wheels (toolkit for py3.12) + .carry/cache/sources (sdist)
 #   OUT=/tmp/out gpu/provision-check.sh
+#   FORCE=build OUT=/tmp/out gpu/provision-check.sh   # rebuild (and so re-verify, re-smoke) a warm workspace
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -23,7 +24,7 @@ if ! command -v ccache >/dev/null && [ -x "$root/.carry/bin/ccache" ]; then expo
 
 t0=$(date +%s)
 ./inv doctor --json >"$OUT/doctor.json" 2>"$logs/doctor.err"; echo "doctor rc=$?"
-./inv provision 2>&1 | tee "$logs/provision.log"; provision_rc=${PIPESTATUS[0]}; echo "provision rc=$provision_rc"
+./inv provision ${FORCE:+--force "$FORCE"} 2>&1 | tee "$logs/provision.log"; provision_rc=${PIPESTATUS[0]}; echo "provision rc=$provision_rc"
 t1=$(date +%s)
 ./inv verify --json >"$OUT/verify.json" 2>"$logs/verify.err"; echo "verify rc=$?"
 .venv/bin/python bench/noop.py >"$OUT/noop.json" 2>"$logs/noop.err"; echo "noop: $(tr -d '\n' <"$OUT/noop.json")"

@@ -35,3 +35,19 @@ def test_prebuilt_patch_always_applies_and_names_the_flag():
     entry = next(p for p in load_series("0.2.2") if "reuse-prebuilt" in p.file)
     assert entry.applies({"release": "0.2.2"}) == (True, "always")
     assert build.PREBUILT_FLAG in entry.path.read_text()
+
+
+def test_every_rebuild_reruns_the_steps_that_test_its_libraries(isolated):
+    # a forced rebuild keeps build's own stamp (same inputs) but writes a new marker: verify and smoke
+    # must not report the previous libraries' results as up to date
+    from vllm_provision.steps import smoke, verify
+    ctx = _ctx(64)
+    marker = ctx.workspace.src / build.MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    stamps = lambda: [m.stamp_inputs(StepContext(ctx.plan, ctx.facts, n)) for m, n in ((verify, "verify"), (smoke, "smoke"))]  # noqa: E731
+    marker.write_text('{"seconds": 91.8}')
+    first = stamps()
+    assert stamps() == first                              # nothing rebuilt: up to date
+    marker.write_text('{"seconds": 85.4}')
+    second = stamps()
+    assert second[0] != first[0] and second[1] != first[1]

@@ -9,10 +9,12 @@ Afterwards torch must be unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +54,16 @@ def stamp_inputs(ctx: StepContext) -> dict:
     return {"build": {k: build[k] for k in ("arch_list", "torch_cuda_arch_list")}, "release": ctx.plan.release.version,
             "env": {"python": info.python, "torch": info.torch, "torch_cuda": info.torch_cuda,
                     "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock}}
+
+
+def built_digest(ctx: StepContext) -> str | None:
+    """The last build's output, by its marker (libraries, timings: new with every build). Steps that
+    test the compiled libraries (verify, smoke) carry it in their stamps, so they rerun after every
+    rebuild, forced ones included; a forced rerun of an idempotent step (patch) changes nothing."""
+    try:
+        return hashlib.sha256((ctx.workspace.src / MARKER).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def intact(ctx: StepContext) -> bool:
@@ -151,18 +163,37 @@ def run(ctx: StepContext) -> StepOutcome:
         installed["version"], installed["torch"] = _installed(info.python, src, benv, ctx.log)
 
     # 4. the extensions (each in its own build-temp dir, several at once), and the editable install
+    forking = threading.Event()     # the driver has loaded setup.py and is starting the compiles
+    compile_failed = threading.Event()
+    startup: dict = {}
+
+    def driver_listed() -> None:
+        startup["seconds"] = time.monotonic() - started
+        forking.set()
+
+    def pip_alongside() -> None:
+        # pip (and the setup.py + torch it loads) starts once the driver has: the compiles start
+        # sooner, and pip still ends long before the slowest unit
+        forking.wait()
+        if not compile_failed.is_set():
+            pip_install()
+
     if parallel and reuses_prebuilt:
         with ThreadPoolExecutor(max_workers=1) as side:
-            pip_done = side.submit(pip_install)
+            pip_done = side.submit(pip_alongside)
             try:
-                listing, built = _compile(ctx, benv, jobs, info)
+                listing, built = _compile(ctx, benv, jobs, info, on_listing=driver_listed)
+            except BaseException:
+                compile_failed.set()
+                raise
             finally:
+                forking.set()
                 pip_error = pip_done.exception()
         if pip_error:
             raise pip_error
         compile_s = time.monotonic() - started
     else:
-        listing, built = _compile(ctx, benv, jobs, info, list_only=not parallel)
+        listing, built = _compile(ctx, benv, jobs, info, list_only=not parallel, on_listing=driver_listed)
         compile_s = time.monotonic() - started
         pip_install()
     pip_s = pip_timing.get("seconds", 0.0)
@@ -192,6 +223,7 @@ def run(ctx: StepContext) -> StepOutcome:
     facts = {"version": editable, "libraries": libraries, "extensions": [e["name"] for e in exts],
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
+             "startup_seconds": round(startup.get("seconds", 0.0), 1),
              "per_extension": built, "units": _unit_times(src, exts) if parallel else [],
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
@@ -227,9 +259,11 @@ def cuda_sources_named(setup_text: str, src: Path) -> dict[str, int]:
     return {s: _size(src / s) for s in named if (src / s).is_file()}
 
 
-def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool = False) -> tuple[dict, list[dict]]:
+def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool = False,
+             on_listing=lambda: None) -> tuple[dict, list[dict]]:
     """driver.py: setup.py's extensions (and the torch it imported) and, unless list_only, each one
-    built in its own build-temp dir, several at once, at most `jobs` compile processes in all."""
+    built in its own build-temp dir, several at once, at most `jobs` compile processes in all.
+    `on_listing` is called when the driver has listed them (and starts compiling)."""
     src, logs = ctx.workspace.src, ctx.workspace.logs
     spec = logs / "build-driver.json"
     spec.write_text(json.dumps({"temp_root": str(tmp_root(src)), "logs_dir": str(logs), "jobs": jobs,
@@ -240,6 +274,7 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
     def progress(line: str) -> None:
         if line.startswith("DRIVER-JSON "):
             listing.update(json.loads(line[len("DRIVER-JSON "):]))
+            on_listing()
             if not list_only:
                 exts = listing["extensions"]
                 # the driver decides each extension's jobs (driver.jobs_for); this only reports it

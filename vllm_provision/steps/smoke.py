@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import PROJECT_ROOT, envinfo, kvcache, runner
 from ..errors import ConfigError, StepFailed
 from ..pipeline import StepContext, StepOutcome
+from .build import built_digest
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
 SCRIPTS = ("generate.py", "parity.py", "chatglm_reference.py", "make_tiny_chatglm.py")
@@ -26,7 +27,7 @@ def _scripts_hash() -> str:
 
 def stamp_inputs(ctx: StepContext) -> dict:
     return {"smoke": dict(ctx.plan.smoke), "scripts": _scripts_hash(),
-            "gpus": [g.uuid or g.name for g in ctx.facts.gpus]}
+            "gpus": [g.uuid or g.name for g in ctx.facts.gpus], "built": built_digest(ctx)}
 
 
 def make_tiny_model(python: str, out: Path, log: Path | None = None) -> Path:

@@ -31,6 +31,7 @@ from .. import PROJECT_ROOT, envinfo, report, runner
 from ..checks import Check, summarize, to_json
 from ..errors import NotBuiltYet, ProvisionError, StepFailed
 from ..pipeline import StepContext, StepOutcome, read_stamp
+from .build import built_digest
 
 PROBE_TIMEOUT = 120
 IMPORT_TIMEOUT = 600
@@ -456,7 +457,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
     except ProvisionError:
         info = None
     return {"release": ctx.plan.release.version, "archs": required_archs(ctx), "settings": _settings(ctx),
-            "lock": ctx.plan.env.lock, "dists": _dists_digest(info)}
+            "lock": ctx.plan.env.lock, "dists": _dists_digest(info), "built": built_digest(ctx)}
 
 
 def run(ctx: StepContext) -> StepOutcome:
