@@ -10,10 +10,11 @@ Same sources, same arch, same env, side by side:
   cold-coresN - the same with N cores for the slowest unit (build.critical_unit_cores; nvcc -split-compile N)
   warm     - the toolkit's build step again from clean build dirs, on the ccache the cold run filled
   floor    - the slowest single translation unit (attention_kernels.cu) compiled alone on the idle host
-             as the cold build compiles it (its reserved CPUs, nvcc -split-compile): its extension built
-             by itself without cache; the unit's time comes from ninja's log
-  floor-coresN - the same on the last N CPUs with nvcc -split-compile N (as cold-coresN places it);
-             floor-cores1: on one CPU, unsplit, as the plain build compiles it
+             as the release's own build compiles it (one nvcc, unsplit): its extension built by itself
+             without cache; the unit's time comes from ninja's log
+  floor-build - the same unit alone as the toolkit's cold build compiles it (its reserved CPUs,
+             nvcc -split-compile over them): the build's own critical path on an idle host
+  floor-coresN - the same on the last N CPUs with nvcc -split-compile N (as cold-coresN places it)
 
 Works on an existing workspace (after `inv fetch env patch`): pass --workspace <.provision/0.2.2-host-torch>.
 Each phase can run alone (--phases plain,cold) so a run fits in the device's 10-minute limit;
@@ -172,10 +173,12 @@ def main() -> int:
         elif phase == "warm":
             result["warm"] = toolkit(cli, ccache_dir, fresh=False)
         elif phase == "floor":
+            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit)
+        elif phase == "floor-build":
             placement = host_placement(cuda_sources_named((ws.src / "setup.py").read_text(), ws.src),
                                        plan.release.slowest_units, unit_cores=plan.build.critical_unit_cores)
-            result["floor"] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit,
-                                    placement)
+            result[phase] = floor(ws, info, plan.build.torch_cuda_arch_list, log, args.extension, args.unit,
+                                  placement)
         else:
             ap.error(f"unknown phase {phase}")
         if out_path:
@@ -186,7 +189,7 @@ def main() -> int:
     result["ratios"] = {"cold_over_plain": ratio(c, p) if p else (f"< {ratio(c, more_than)}" if c and more_than else None),
                         "cold_over_floor": ratio(c, f),
                         "cold_off_over_floor": ratio(o, f), "warm_seconds": w,
-                        "cold_over_unsplit_floor": ratio(c, result.get("floor-cores1", {}).get("seconds"))}
+                        "cold_over_floor_build": ratio(c, result.get("floor-build", {}).get("seconds"))}
     if out_path:
         out_path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

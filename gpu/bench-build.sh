@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/build.py on the GPU host, in calls that each fit the device's 10-minute limit:
 #   OUT=... gpu/bench-build.sh plain            # the blog's serial pip install -e .
-#   OUT=... gpu/bench-build.sh cold,floor,warm  # the toolkit's build cold, the slowest unit alone, warm
+#   OUT=... gpu/bench-build.sh cold,floor,floor-build,warm  # the toolkit's build cold, the slowest unit alone
+#                                                # (as the release / the toolkit compiles it), warm
 #   OUT=... gpu/bench-build.sh plain --plain-limit 560   # more options go to bench/build.py
 # Results merge across calls while the machine stays warm (.provision/build-bench.json), copied to $OUT.
 # Sets up the workspace (fetch, env, patch) offline from .carry first when it is not there.
@@ -18,7 +19,7 @@ for step in fetch env patch; do ./inv "$step" >>"$OUT/setup.log" 2>&1 || { tail 
 # no sibling, only host-wide noise, so it runs on request
 if [ "${CPU_PAIRS:-0}" = 1 ]; then python3 bench/cpu_pairs.py >"$OUT/cpu-pairs.json" 2>&1; fi
 # stopped before the device's 10-minute limit, so the results so far are still copied to $OUT
-timeout "${BENCH_LIMIT_S:-560}" .venv/bin/python bench/build.py --workspace "$ws" --arch 9.0 --phases "${1:-cold,floor,warm}" \
+timeout "${BENCH_LIMIT_S:-560}" .venv/bin/python bench/build.py --workspace "$ws" --arch 9.0 --phases "${1:-cold,floor,floor-build,warm}" \
   --out "$root/.provision/build-bench.json" "${@:2}"
 rc=$?
 cp "$root/.provision/build-bench.json" "$OUT/" 2>/dev/null
