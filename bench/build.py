@@ -88,8 +88,8 @@ def toolkit(cli: dict, ccache_dir: Path, fresh: bool, placement: str = "auto", p
     t0 = time.monotonic()
     [r] = run_steps(plan, facts, ["build"], force=["build"])
     out = {"seconds": round(time.monotonic() - t0, 1), "status": r.status, "detail": r.detail}
-    for k in ("compile_seconds", "startup_seconds", "pip_seconds", "per_extension", "units", "cpu_placement", "ccache", "max_jobs",
-              "parallel"):
+    for k in ("compile_seconds", "startup_seconds", "pip_seconds", "per_extension", "units", "cpu_placement",
+              "ccache", "max_jobs", "parallel"):
         out[k] = r.facts.get(k)
     if r.status != "ok":
         out["hint"] = r.hint
