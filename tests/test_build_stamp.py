@@ -44,7 +44,8 @@ def test_every_rebuild_reruns_the_steps_that_test_its_libraries(isolated):
     ctx = _ctx(64)
     marker = ctx.workspace.src / build.MARKER
     marker.parent.mkdir(parents=True, exist_ok=True)
-    stamps = lambda: [m.stamp_inputs(StepContext(ctx.plan, ctx.facts, n)) for m, n in ((verify, "verify"), (smoke, "smoke"))]  # noqa: E731
+    stamps = lambda: [m.stamp_inputs(StepContext(ctx.plan, ctx.facts, n))  # noqa: E731
+                      for m, n in ((verify, "verify"), (smoke, "smoke"))]
     marker.write_text('{"seconds": 91.8}')
     first = stamps()
     assert stamps() == first                              # nothing rebuilt: up to date
