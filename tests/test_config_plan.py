@@ -72,7 +72,7 @@ def test_max_jobs_from_ram(isolated):
     assert build_plan({}, facts=H100).build.max_jobs == 16
 
 
-def test_critical_unit_cores_setting(isolated):
+def test_cpu_counts_settings(isolated):
     assert build_plan({}, facts=H100).build.critical_unit_cores is None          # auto: by host size
     assert build_plan({"build": {"critical_unit_cores": "auto"}}, facts=H100).build.critical_unit_cores is None
     resolved = config.resolve({}, {"VLLMP_BUILD__CRITICAL_UNIT_CORES": "4"})
@@ -81,6 +81,11 @@ def test_critical_unit_cores_setting(isolated):
         with pytest.raises(ConfigError) as err:
             build_plan({"build": {"critical_unit_cores": bad}}, facts=H100)
         assert "critical_unit_cores" in err.value.message and "auto or a whole number" in err.value.message
+    assert build_plan({"build": {"cpu_pool": 8}}, facts=H100).build.cpu_pool == 8
+    for bad in (0, -2, "x"):     # a traceback or a silently shrunk pool before
+        with pytest.raises(ConfigError) as err:
+            build_plan({"build": {"cpu_pool": bad}}, facts=H100)
+        assert "build.cpu_pool" in err.value.message and "the N CPUs" in err.value.hint
 
 
 def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):

@@ -142,20 +142,27 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     if placement not in ("auto", "off"):
         raise ConfigError(f"build.cpu_placement is {placement!r}; it takes auto or off",
                           hint="set build.cpu_placement: auto (the slowest units get a core of their own) or off")
-    critical_cores = build.get("critical_unit_cores")
-    critical_cores = None if critical_cores in (None, "auto") else critical_cores
-    if critical_cores is not None and (not isinstance(critical_cores, int) or isinstance(critical_cores, bool)
-                                       or critical_cores < 1):
-        raise ConfigError(f"build.critical_unit_cores is {critical_cores!r}; it takes auto or a whole number >= 1",
-                          hint="set build.critical_unit_cores: auto (up to 4 cores, by host size), or N cores for the "
-                               "slowest unit (nvcc -split-compile N)")
+    critical_cores = _count_setting(build, "critical_unit_cores",
+                                    "auto (up to 4 cores, by host size), or N cores for the slowest unit "
+                                    "(nvcc -split-compile N)")
+    cpu_pool = _count_setting(build, "cpu_pool", "null (every CPU not reserved), or the N CPUs the other compiles share")
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
                      ccache=bool(build.get("ccache", True)), cpu_placement=placement,
-                     cpu_pool=int(build["cpu_pool"]) if build.get("cpu_pool") else None,
-                     critical_unit_cores=critical_cores)
+                     cpu_pool=cpu_pool, critical_unit_cores=critical_cores)
+
+
+def _count_setting(build: Mapping[str, Any], key: str, choices: str) -> int | None:
+    """A build setting that takes a whole number >= 1, or null/auto for the toolkit's own choice (None)."""
+    value = build.get(key)
+    if value in (None, "auto"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"build.{key} is {value!r}; it takes auto or a whole number >= 1",
+                          hint=f"set build.{key}: {choices}")
+    return value
 
 
 def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:

@@ -126,11 +126,12 @@ def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement 
         lines.append(_NVCC_DEP_OPTIONS.rstrip("\n"))
     prefix, suffix = [], []
     if placement and taskset:
-        split = nvcc and any(placement.split_threads(u) > 1 for u in placement.reserved)
+        # nvcc only: the host compiler has no split compilation
+        threads = {u: placement.split_threads(u) for u in placement.reserved} if nvcc else {}
+        split = any(t > 1 for t in threads.values())
         lines.append(f"cpus={placement.pool}" + ("; split=" if split else ""))
         cases = "\n".join(f"    */{unit}) cpus={cpus}"
-                          + (f"; split=-split-compile={placement.split_threads(unit)}"
-                             if split and placement.split_threads(unit) > 1 else "") + " ;;"
+                          + (f"; split=-split-compile={threads[unit]}" if threads.get(unit, 1) > 1 else "") + " ;;"
                           for unit, cpus in placement.reserved.items())
         lines.append(f'for a in "$@"; do\n  case "$a" in\n{cases}\n  esac\ndone')
         prefix = [f'"{taskset}"', '-c', '"$cpus"']
@@ -226,7 +227,7 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
         notes.append("taskset (util-linux) not found: compiles are not placed on CPUs")
         placement = None
     nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else (shutil.which("nvcc", path=search) or "nvcc")
-    if placement and any(len(c.split(",")) > 1 for c in placement.reserved.values()):
+    if placement and any(placement.cpus_of(u) > 1 for u in placement.reserved):
         if nvcc_splits(nvcc, dict(env, PATH=search)):
             placement = dataclasses.replace(placement, split_compile=True)
         else:

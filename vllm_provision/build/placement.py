@@ -41,10 +41,13 @@ class Placement:
     # (`-split-compile N`); set by make_build_env where nvcc has the option
     split_compile: bool = False
 
+    def cpus_of(self, unit: str) -> int:
+        """How many CPUs `unit` has to itself (0: it shares the pool)."""
+        return len(self.reserved[unit].split(",")) if unit in self.reserved else 0
+
     def split_threads(self, unit: str) -> int:
         """nvcc threads for `unit`: its reserved CPUs when split compilation applies, else 1."""
-        cpus = self.reserved.get(unit)
-        return len(cpus.split(",")) if self.split_compile and cpus and unit.endswith(CUDA_SUFFIXES) else 1
+        return max(1, self.cpus_of(unit)) if self.split_compile and unit.endswith(CUDA_SUFFIXES) else 1
 
     def describe(self) -> str:
         own = ", ".join(f"{Path(u).name} on CPU {c}" + (f" (nvcc -split-compile {self.split_threads(u)})"

@@ -256,7 +256,7 @@ def cuda_sources_named(setup_text: str, src: Path) -> dict[str, int]:
     """The CUDA sources setup.py names as string literals, with their sizes: what the CPU placement
     weighs before setup.py has run (it runs once, in the driver, to save its seconds of start-up)."""
     named = dict.fromkeys(re.findall(r"""["']([^"'\s]+\.cu)["']""", setup_text))
-    return {s: _size(src / s) for s in named if (src / s).is_file()}
+    return {s: (src / s).stat().st_size for s in named if (src / s).is_file()}
 
 
 def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool = False,
@@ -307,13 +307,6 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
                          hint=diagnose(done.output, done.returncode, max_jobs=jobs, cuda=info.torch_cuda)
                          or f"read {ctx.log}", log_tail=relevant_tail(done.output))
     return listing, sorted(({"name": r["name"], "seconds": r["seconds"]} for r in results), key=lambda r: -r["seconds"])
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _unit_times(src: Path, exts: list[dict]) -> list[dict]:
