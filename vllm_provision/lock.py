@@ -11,9 +11,11 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -30,25 +32,45 @@ PLATFORM = "x86_64-manylinux_2_28"
 HEADER_KEYS = ("release", "profile", "python", "cuda", "exclude-newer", "platform")
 
 
-def pins_path(release: str, root: Path = PROJECT_ROOT) -> Path:
+@dataclass(frozen=True)
+class LockRecipe:
+    """What goes into a lock besides the release's requirements.txt: pins (each with its reason),
+    the resolution cut-off, requirements dropped or added by the profile."""
+    source: Path | None
+    pins: dict[str, dict[str, str]]      # name -> {spec, why, override}
+    exclude_newer: str                   # resolve as of this date (exclusive); "none": no cut-off
+    drop: tuple[str, ...] = ()           # release requirements the profile does not install
+    extra: tuple[str, ...] = ()          # requirements the profile adds (e.g. the CUDA compiler wheels)
+
+
+def pins_path(release: str, profile: str | None = None, root: Path = PROJECT_ROOT) -> Path:
+    """envs/pins/<release>-<profile>.toml when the profile has its own recipe, else envs/pins/<release>.toml."""
+    if profile:
+        own = root / "envs" / "pins" / f"{release}-{profile}.toml"
+        if own.is_file():
+            return own
     return root / "envs" / "pins" / f"{release}.toml"
 
 
-def load_pins(release: str, root: Path = PROJECT_ROOT) -> dict[str, dict[str, str]]:
-    """name -> {spec, why}; {} when the release has no pins file."""
-    path = pins_path(release, root)
+def load_recipe(release: Any, profile: str | None = None, root: Path = PROJECT_ROOT) -> LockRecipe:
+    path = pins_path(release.version, profile, root)
+    cutoff = exclude_newer(release.released)
     if not path.is_file():
-        return {}
+        return LockRecipe(None, {}, cutoff)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint=f"fix {path}") from exc
-    out = {}
+    pins = {}
     for name, entry in (data.get("pins") or {}).items():
         if not isinstance(entry, dict) or "spec" not in entry:
             raise ConfigError(f"{path}: pin {name!r} needs a `spec`", hint='e.g. [pins.torch] spec = "==2.1.0"')
-        out[name] = {"spec": str(entry["spec"]), "why": str(entry.get("why", ""))}
-    return out
+        pins[name] = {"spec": str(entry["spec"]), "why": str(entry.get("why", "")),
+                      "override": bool(entry.get("override", False))}
+    if "exclude_newer" in data:
+        # "none" for an index without upload dates (pypiserver, some proxies): a cut-off would hide every file
+        cutoff = str(data["exclude_newer"])
+    return LockRecipe(path, pins, cutoff, tuple(data.get("drop") or ()), tuple(data.get("extra") or ()))
 
 
 def exclude_newer(released: dt.date) -> str:
@@ -93,8 +115,12 @@ def read_header(path: Path) -> dict[str, str]:
 
 def pinned(path: Path) -> dict[str, str]:
     """name -> exact version of every `name==version` line of a lock."""
+    return pinned_text(path.read_text())
+
+
+def pinned_text(text: str) -> dict[str, str]:
     out = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
         if m:
             out[canonicalize_name(m.group(1))] = m.group(2)
@@ -121,51 +147,62 @@ def check(path: Path, release: str, profile: str, python: str) -> dict[str, str]
 def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, src: Path, out: Path,
                  index: Any, log: Path | None = None, root: Path = PROJECT_ROOT,
                  cache_dir: Path | None = None, timeout: float = 900) -> Path:
-    """Resolve and write the lock (atomically: to out.part, then renamed)."""
+    """Resolve, check the pins, and only then replace `out` (a committed lock is never left half-checked)."""
     from uv import find_uv_bin
 
-    requirements = read_requirements(src) + list(BUILD_REQUIREMENTS)
-    pins = load_pins(release.version, root)
-    constraints = []
-    for name, pin in pins.items():
+    recipe = load_recipe(release, profile, root)
+    dropped = {canonicalize_name(n) for n in recipe.drop}
+    requirements = [r for r in read_requirements(src) + list(BUILD_REQUIREMENTS)
+                    if canonicalize_name(Requirement(r).name) not in dropped] + list(recipe.extra)
+    constraints, overrides = [], []
+    for name, pin in recipe.pins.items():
         try:
-            constraints.append(str(Requirement(f"{name}{pin['spec']}")))
+            line = str(Requirement(f"{name}{pin['spec']}"))
         except InvalidRequirement as exc:
-            raise ConfigError(f"{pins_path(release.version, root)}: bad pin {name}{pin['spec']}: {exc}",
+            raise ConfigError(f"{recipe.source}: bad pin {name}{pin['spec']}: {exc}",
                               hint="use a PEP 440 specifier") from exc
-    cutoff = exclude_newer(release.released)
+        (overrides if pin["override"] else constraints).append(line)
+    cutoff = recipe.exclude_newer
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vllmp-lock-") as tmp:
-        req_in, con_in, raw = Path(tmp, "requirements.in"), Path(tmp, "constraints.txt"), Path(tmp, "lock.txt")
+        req_in, con_in, ovr_in, raw = (Path(tmp, n) for n in ("requirements.in", "constraints.txt",
+                                                               "overrides.txt", "lock.txt"))
         req_in.write_text("\n".join(requirements) + "\n")
         con_in.write_text("\n".join(constraints) + "\n")
-        argv = [find_uv_bin(), "pip", "compile", str(req_in), "--constraint", str(con_in), "-o", str(raw),
-                "--python-version", python, "--python-platform", PLATFORM, "--exclude-newer", cutoff,
+        ovr_in.write_text("\n".join(overrides) + "\n")
+        argv = [find_uv_bin(), "pip", "compile", str(req_in), "--constraint", str(con_in),
+                "--override", str(ovr_in), "-o", str(raw),
+                "--python-version", python, "--python-platform", PLATFORM,
                 "--generate-hashes", "--no-header", "--quiet"]
+        if cutoff != "none":
+            argv += ["--exclude-newer", cutoff]
         env = mirrors.index_env(index, cache_dir=cache_dir)
         result = runner.run(argv, log=log, extra_env=env, timeout=timeout, check=False, what="uv pip compile")
         if result.returncode != 0:
             last = [l for l in result.output.strip().splitlines() if l.strip()][-6:]
+            where = recipe.source.relative_to(root) if recipe.source else "the release's requirements"
             raise StepFailed(f"could not resolve vLLM {release.version} requirements for Python {python} "
                              f"as of {cutoff} from {mirrors.describe(index)}",
-                             hint="read the resolver output above; a pin in "
-                                  f"{pins_path(release.version, root).relative_to(root)} may conflict",
+                             hint=f"read the resolver output above; a pin in {where} may conflict, or the index "
+                                  "has no upload dates for the cut-off (exclude_newer = \"none\" there)",
                              log_tail=mirrors.scrub("\n".join(last), index))
+        body = mirrors.scrub(raw.read_text(), index)
+        locked = pinned_text(body)
+        # The resolver honoured the pins, or the lock is wrong: check before the committed file is touched.
+        for name, pin in recipe.pins.items():
+            version = locked.get(canonicalize_name(name))
+            if version is None or not SpecifierSet(pin["spec"]).contains(version, prereleases=True):
+                raise StepFailed(f"the resolved lock has {name} {version}, not {pin['spec']}; {out} is unchanged",
+                                 hint=f"check the pins in {recipe.source}: the resolver did not honour one")
         meta = {"release": release.version, "profile": profile, "python": python, "cuda": cuda or "",
                 "exclude-newer": cutoff, "platform": PLATFORM,
-                "pins": ", ".join(f"{n}{p['spec']}" for n, p in pins.items()),
+                "pins": ", ".join(f"{n}{p['spec']}" for n, p in recipe.pins.items()),
                 "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        body = mirrors.scrub(raw.read_text(), index)
+        if recipe.drop:
+            meta["dropped"] = ", ".join(recipe.drop)
         part = out.with_name(out.name + ".part")
         part.write_text(render_header(meta) + body)
         os.replace(part, out)
-    locked = pinned(out)
-    # The resolver honoured the pins, or the lock is wrong: check, never trust.
-    from packaging.specifiers import SpecifierSet
-    for name, pin in pins.items():
-        version = locked.get(canonicalize_name(name))
-        if version is None or not SpecifierSet(pin["spec"]).contains(version, prereleases=True):
-            raise StepFailed(f"lock {out} has {name} {version}, not {pin['spec']}", hint="report this: uv ignored a pin")
     return out
 
 
@@ -188,7 +225,7 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
             raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
     out = plan_lock_path(plan, minor)
     ui.info(f"[lock] resolving vLLM {plan.release.version} for Python {minor} as of "
-            f"{exclude_newer(plan.release.released)} from {mirrors.describe(plan.env)}")
+            f"{load_recipe(plan.release, plan.profile).exclude_newer} from {mirrors.describe(plan.env)}")
     compile_lock(release=plan.release, profile=plan.profile, python=minor, cuda=plan.env.cuda, src=src, out=out,
                  index=plan.env, log=plan.workspace.log("lock"), cache_dir=plan.workspace.cache / "uv")
     locked = pinned(out)
