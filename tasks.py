@@ -11,7 +11,7 @@ from vllm_provision import PROJECT_ROOT, cli
 from vllm_provision.cli import handles_errors
 
 COMMON = {
-    "release": "vLLM release, e.g. 0.2.2 (default from invoke.yaml / profile)",
+    "release": "vLLM release, e.g. 0.2.2 (default from vllm-provision.yaml / profile)",
     "profile": "profile in envs/ (seed, host-torch)",
     "offline": "use only the download cache; never touch the network for sources",
 }
@@ -50,7 +50,8 @@ def lock(c, release=None, profile=None, python=None):
     locks.lock_task(release=release, profile=profile, python=python)
 
 
-@task(iterable=["force"], help={**COMMON, "force": "rerun this step even if up to date (repeatable)",
+@task(iterable=["force"], help={**COMMON,
+                                "force": "rerun STEP even if up to date (repeatable); --force all: every step",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
                                 "model": "local model dir for the smoke step (default: a tiny ChatGLM)"})
@@ -58,8 +59,8 @@ def lock(c, release=None, profile=None, python=None):
 def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None):
     """Run everything: fetch -> env -> patch -> build -> verify -> smoke (unchanged steps are skipped)."""
     from vllm_provision.pipeline import STEPS
-    cli.run_pipeline(STEPS, force or [], release=release, profile=profile, offline=offline, arch=arch,
-                     max_jobs=max_jobs, model=model)
+    cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), release=release, profile=profile,
+                     offline=offline, arch=arch, max_jobs=max_jobs, model=model)
 
 
 @task(help={**COMMON, "model": "local model dir (default: make and use a tiny ChatGLM)",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, Iterable
+import sys
+from typing import Any, Callable, Iterable, Sequence
 
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import host, ui
-from .errors import ProvisionError
+from . import config, host, ui
+from .errors import ConfigError, ProvisionError
 from .pipeline import STEPS, StepResult, run_steps
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, gpu_refusal
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -33,24 +34,8 @@ def handles_errors(func: Callable) -> Callable:
 
 
 def cli_settings(**flags: Any) -> dict:
-    """Map task flags onto config keys (None = not given)."""
-    out: dict = {}
-    for key in ("release", "profile", "offline"):
-        if flags.get(key) is not None and flags.get(key) is not False:
-            out[key] = flags[key]
-    if flags.get("arch"):
-        out.setdefault("build", {})["arch_list"] = flags["arch"]
-    if flags.get("max_jobs"):
-        out.setdefault("build", {})["max_jobs"] = int(flags["max_jobs"])
-    if flags.get("backend"):
-        out.setdefault("env", {})["backend"] = flags["backend"]
-    if flags.get("python"):
-        out.setdefault("env", {})["python"] = str(flags["python"])
-    if flags.get("model"):
-        out.setdefault("smoke", {})["model"] = flags["model"]
-    if flags.get("parity"):
-        out.setdefault("smoke", {})["parity"] = True
-    return out
+    """Map task flags onto config keys (None/False = not given); the settings schema checks the values."""
+    return config.flag_settings(flags)
 
 
 def make_plan(**flags: Any) -> Plan:
@@ -92,13 +77,37 @@ def print_summary(results: list[StepResult]) -> None:
     ui.console.print(table)
 
 
-def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), **flags: Any) -> list[StepResult]:
-    plan = make_plan(**flags)
-    unknown = set(force) - set(STEPS)
+def forced_steps(force: Iterable[str], argv: Sequence[str] = ()) -> list[str]:
+    """`--force STEP` (repeatable) or `--force all`. Invoke takes a bare `--force` on a repeatable option
+    as no value at all, so argv (the task's own arguments) is read to refuse it."""
+    argv = list(argv)
+    bare = any(arg in ("--force", "-f") and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+               for i, arg in enumerate(argv))
+    force = list(force)
+    if bare or "" in force:
+        raise ConfigError("--force needs the step to rerun", hint=f"--force STEP (repeatable) with a step of "
+                          f"{', '.join(STEPS)}, or --force all")
+    unknown = sorted(set(force) - set(STEPS) - {"all"})
     if unknown:
-        from .errors import ConfigError
-        raise ConfigError(f"--force names unknown step(s) {', '.join(sorted(unknown))}",
-                          hint=f"steps: {', '.join(STEPS)}")
+        raise ConfigError(f"--force names unknown step(s) {', '.join(unknown)}",
+                          hint=f"steps: {', '.join(STEPS)}, or all")
+    return list(STEPS) if "all" in force else force
+
+
+def task_args(task: str, argv: Sequence[str] | None = None) -> list[str]:
+    """The command-line arguments after the task's name."""
+    argv = list(sys.argv if argv is None else argv)
+    return argv[argv.index(task) + 1:] if task in argv else []
+
+
+def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence[str] = (),
+                 **flags: Any) -> list[StepResult]:
+    steps = list(steps)
+    force = forced_steps(force, argv)
+    plan = make_plan(**flags)
+    refusal = gpu_refusal(plan) if "build" in steps else None
+    if refusal:     # before any download: the build would refuse these GPUs anyway
+        raise refusal
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
     print_summary(results)
@@ -113,7 +122,6 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), **flags: Any) 
 def require_gpu(what: str) -> None:
     facts = host.probe()
     if not facts.gpus:
-        from .errors import ConfigError
         raise ConfigError(f"{what} needs a GPU and none is visible ({facts.gpu_error or 'nvidia-smi lists none'})",
                           hint="run it on the GPU host (`inv provision` skips the smoke on GPU-less hosts)")
 

@@ -1,36 +1,57 @@
-"""Configuration: invoke.yaml defaults < envs/<profile>.yaml < VLLMP_* env vars < CLI flags."""
+"""Configuration: vllm-provision.yaml defaults < envs/<profile>.yaml < VLLMP_* env vars < CLI flags.
+
+The layers are merged here and checked once against the schema (settings.py); a bad value is a
+ConfigError naming the key, the layer it came from and the form it takes.
+"""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from . import PROJECT_ROOT
 from .errors import ConfigError
+from .settings import ENV_PREFIX, Settings, field_of, from_environment
 
-ENV_PREFIX = "VLLMP_"
+DEFAULTS_FILE = "vllm-provision.yaml"
 # Read by the ./inv wrapper, not by the toolkit.
 WRAPPER_ONLY = {"WHEELHOUSE", "EXTRAS", "BOOTSTRAP_PYTHON"}
 PROFILE_META = {"description"}
+# Task flag -> the setting it sets.
+FLAGS = {"release": "release", "profile": "profile", "offline": "offline", "arch": "build.arch_list",
+         "max_jobs": "build.max_jobs", "backend": "env.backend", "python": "env.python", "model": "smoke.model",
+         "parity": "smoke.parity"}
 
 
-def _read_yaml(path: Path, what: str) -> dict:
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _read_yaml(path: Path, root: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=f"restore {_shown(path, root)}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}".splitlines()[0], hint=f"fix {path}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{_shown(path, root)} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
+                          hint=f"fix the YAML of {path}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must be a mapping", hint=f"fix {path}")
+        raise ConfigError(f"{_shown(path, root)} must be a mapping of settings, not {type(data).__name__}",
+                          hint=f"write {path} as `key: value` lines")
     return data
 
 
 def defaults(root: Path = PROJECT_ROOT) -> dict:
-    data = _read_yaml(root / "invoke.yaml", "config file")
-    return copy.deepcopy(data.get("vllmp", {}))
+    return _read_yaml(root / DEFAULTS_FILE, root)
 
 
 def profile_names(root: Path = PROJECT_ROOT) -> list[str]:
@@ -42,56 +63,157 @@ def load_profile(name: str, root: Path = PROJECT_ROOT) -> dict:
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r}; profiles: {', '.join(profile_names(root))}",
                           hint=f"pick one with --profile, or create envs/{name}.yaml")
-    return _read_yaml(path, "profile")
+    return {k: v for k, v in _read_yaml(path, root).items() if k not in PROFILE_META}
 
 
-def merge(base: dict, overlay: Mapping[str, Any], known: Mapping[str, Any] | None = None, where: str = "") -> dict:
-    """Deep-merge overlay into a copy of base; keys unknown to `known` are an error naming the file."""
-    known = base if known is None else known
-    out = copy.deepcopy(base)
+def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+    """Deep-merge overlay into a copy of base (mappings merge, anything else replaces)."""
+    out = copy.deepcopy(dict(base))
     for key, value in overlay.items():
-        if key not in known:
-            raise ConfigError(f"unknown setting {where}{key!r}",
-                              hint=f"known settings here: {', '.join(sorted(known))}")
-        if isinstance(known[key], dict) and isinstance(value, Mapping):
-            out[key] = merge(out.get(key) or {}, value, known[key], where=f"{where}{key}.")
+        if isinstance(out.get(key), Mapping) and isinstance(value, Mapping):
+            out[key] = merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 
-def env_overrides(environ: Mapping[str, str]) -> dict:
-    """VLLMP_FETCH__TIMEOUT=5 -> {"fetch": {"timeout": 5}}; values parsed as YAML scalars/lists."""
+def _nested(flat: Mapping[str, Any]) -> dict:
+    """{"build.max_jobs": 4} -> {"build": {"max_jobs": 4}}."""
     out: dict = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in WRAPPER_ONLY:
-            continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        if path[-1] in ("release", "python") and value is not None:
-            value = str(raw)  # "3.10" must stay a string, not the float 3.1
+    for dotted, value in flat.items():
+        *parents, last = dotted.split(".")
         node = out
-        for part in path[:-1]:
+        for part in parents:
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+        node[last] = value
     return out
+
+
+def flag_settings(flags: Mapping[str, Any]) -> dict:
+    """Task flags -> the settings they set; None/False is a flag not given."""
+    return _nested({FLAGS[k]: v for k, v in flags.items() if k in FLAGS and v is not None and v is not False})
+
+
+def _has(data: Any, path: tuple[str, ...]) -> bool:
+    for part in path:
+        if not isinstance(data, Mapping) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+class _Layers:
+    """The settings layers, highest precedence first, each able to say where a key came from."""
+
+    def __init__(self, cli: dict, environ: Mapping[str, str], from_env: dict, profile_path: Path, profile: dict,
+                 base: dict, root: Path):
+        self.environ = environ
+        self.items = [("cli", cli), ("env", from_env),
+                      (_shown(profile_path, root), profile), (DEFAULTS_FILE, base)]
+
+    def source(self, path: tuple[str, ...]) -> tuple[str, str]:
+        """(kind, where) of the layer that gave `path`: kind cli | env | file."""
+        name = next((name for name, data in self.items if _has(data, path)), DEFAULTS_FILE)   # else: missing there
+        return self.describe(name, path)
+
+    def describe(self, name: str, path: tuple[str, ...]) -> tuple[str, str]:
+        if name == "cli":
+            flag = next((f for f, key in FLAGS.items() if key == ".".join(path)), None)
+            return "cli", f"flag --{flag.replace('_', '-')}" if flag else "the command-line settings"
+        if name == "env":
+            return "env", f"environment variable {self.variable(path)}"
+        return "file", name
+
+    def scalar_section(self) -> tuple[dict, tuple[str, str]] | None:
+        """A section given as a scalar (`fetch: nope`), which a merge with a higher layer would hide."""
+        for name, data in self.items:
+            for key, value in data.items():
+                info = field_of((key,))
+                if info is not None and hasattr(info.annotation, "model_fields") and not isinstance(value, Mapping):
+                    return {"loc": (key,), "type": "dict_type", "input": value}, self.describe(name, (key,))
+        return None
+
+    def variable(self, path: tuple[str, ...]) -> str:
+        wanted = (ENV_PREFIX + "__".join(path)).upper()
+        names = [n for n in self.environ if n.upper() == wanted or n.upper().startswith(wanted + "__")]
+        return names[0] if names else wanted
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> None:
+    """VLLMP_NAME whose first part is no setting (pydantic-settings skips those silently)."""
+    for name in environ:
+        rest = name[len(ENV_PREFIX):]
+        if name.upper().startswith(ENV_PREFIX) and rest.upper() not in WRAPPER_ONLY and \
+                rest.lower().split("__")[0] not in Settings.model_fields:
+            raise ConfigError(f"unknown setting {rest.lower().replace('__', '.')} (from environment variable {name})",
+                              hint=f"unset {name}; top-level settings: {', '.join(Settings.model_fields)}")
+
+
+def _setting(loc: tuple) -> tuple[str, ...]:
+    """The setting an error is in: (verify, allowed_pip_check, 0, reason) -> (verify, allowed_pip_check)."""
+    return tuple(itertools.takewhile(lambda p: isinstance(p, str), loc))
+
+
+def _invalid(err: Mapping[str, Any], source: tuple[str, str]) -> ConfigError:
+    """A schema error as one `error:` line (key, source, form) and a `hint:` with the fix."""
+    loc = err["loc"]
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    key = _setting(loc)
+    kind, where = source
+    if err["type"] == "extra_forbidden":
+        parent = field_of(key[:-1]).annotation if len(key) > 1 else Settings
+        known = getattr(parent, "model_fields", None)
+        return ConfigError(f"unknown setting {shown} (from {where})",
+                           hint=f"remove it; known settings{' in ' + '.'.join(key[:-1]) if len(key) > 1 else ''}: "
+                                f"{', '.join(known)}" if known else f"remove {shown}")
+    info = field_of(key)
+    section = getattr(info.annotation, "model_fields", None) if info is not None else None
+    form = (f"a mapping of {', '.join(section)}" if section else
+            info.description if info is not None and info.description else err["msg"].lower())
+    if err["type"] == "missing":
+        problem = f"{shown} is missing (in {where})"
+    elif err["type"] == "value_error":
+        problem = f"{shown} from {where}: {err['msg'].removeprefix('Value error, ')}"
+    else:
+        problem = f"{shown} is {_short(err['input'])} (from {where}); it takes {form}"
+    fix = {"cli": f"give {where.removeprefix('flag ')} {form}",
+           "env": f"set {where.removeprefix('environment variable ')} to {form}, or unset it",
+           "file": f"set {'.'.join(key)} in {where} to {form}"}[kind]
+    return ConfigError(problem, hint=fix)
+
+
+def flag_value(flag: str, value: Any, kind: Any) -> Any:
+    """A task flag that is no setting (doctor --timeout), checked with one of the schema's types."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        form = next(m.description for m in typing.get_args(kind)[1:] if getattr(m, "description", None))
+        raise ConfigError(f"--{flag} is {_short(value)}; it takes {form}", hint=f"give --{flag} {form}") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def resolve(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
             root: Path = PROJECT_ROOT) -> dict:
-    """The effective settings, with `profile_data` kept for the plan's provenance."""
+    """The effective settings, checked against the schema, as a plain dict."""
     environ = os.environ if environ is None else environ
-    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    cli = copy.deepcopy({k: v for k, v in (cli or {}).items() if v is not None})
+    _unknown_variables(environ)
     base = defaults(root)
-    from_env = env_overrides(environ)
+    from_env = from_environment(environ)
     profile = cli.get("profile") or from_env.get("profile") or base.get("profile")
-    profile_data = {k: v for k, v in load_profile(profile, root).items() if k not in PROFILE_META}
-    settings = merge(base, profile_data, where=f"envs/{profile}.yaml: ")
-    settings = merge(settings, from_env, known=base, where="environment VLLMP_")
-    settings = merge(settings, cli, known=base, where="flag ")
-    settings["profile"] = profile
-    settings["release"] = str(settings["release"])
-    return settings
+    profile_data = load_profile(profile, root) if isinstance(profile, str) else {}   # else: the schema says why
+    layers = _Layers(cli, environ, from_env, root / "envs" / f"{profile}.yaml", profile_data, base, root)
+    scalar = layers.scalar_section()
+    if scalar:
+        raise _invalid(*scalar)
+    merged = merge(merge(merge(base, profile_data), from_env), cli)
+    merged["profile"] = profile
+    try:
+        return Settings.model_validate(merged).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise _invalid(err, layers.source(_setting(err["loc"]))) from None

@@ -25,7 +25,7 @@ from .checks import Check
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .host import HostFacts
-from .plan import GIB, Plan
+from .plan import GIB, Plan, arch_refusal, unsupported_archs
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -275,11 +275,10 @@ def check_disk(facts: HostFacts, plan: Plan) -> Check:
 
 def check_archs(plan: Plan, facts: HostFacts, nvcc: Nvcc | None) -> Check:
     release = plan.release
-    unsupported_gpu = [c for c in facts.compute_caps if c not in release.cuda_archs]
-    if unsupported_gpu:
-        return Check("arch-list", "fail", f"GPU compute capability {', '.join(unsupported_gpu)} is not supported by "
-                     f"vLLM {release.version} (it builds for {', '.join(release.cuda_archs)})",
-                     "use a newer vLLM release for this GPU, or run on a supported GPU")
+    unsupported_gpu = unsupported_archs(release, facts.compute_caps)
+    if unsupported_gpu:      # the build refuses them with the same words (plan.gpu_refusal)
+        refusal = arch_refusal(release, unsupported_gpu, "gpus")
+        return Check("arch-list", "fail", refusal.message, refusal.hint)
     check = preflight.check_archs(plan.build.arch_list, release.cuda_archs, release.version,
                                   nvcc.archs if nvcc else (), nvcc.version if nvcc else None)
     return replace(check, detail=f"{check.detail} (archs from {plan.build.arch_source})")
@@ -498,13 +497,15 @@ def host_section(facts: HostFacts) -> dict:
 
 def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
     """`inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
-    from . import cli, host, report
+    from . import cli, config, host, report
     from .checks import print_checks, summarize, to_json
+    from .settings import Seconds
     started = time.monotonic()
+    timeout = DEFAULT_TIMEOUT if timeout is None else config.flag_value("timeout", timeout, Seconds)
     plan = cli.make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
     facts = host.probe(str(plan.workspace.root.parent))
     toolchain: dict = {}
-    checks = run_doctor(plan, facts, timeout=float(timeout) if timeout else DEFAULT_TIMEOUT, toolchain=toolchain)
+    checks = run_doctor(plan, facts, timeout=timeout, toolchain=toolchain)
     seconds = time.monotonic() - started
     rep = plan.workspace.report
     try:

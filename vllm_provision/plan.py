@@ -13,7 +13,7 @@ from packaging.version import Version
 from . import PROJECT_ROOT, catalog, config, host, patches
 from .catalog import Release
 from .errors import ConfigError
-from .redact import redact_text, redact_url
+from .redact import redact_text
 from .workspace import Workspace
 
 GIB = 1 << 30
@@ -116,7 +116,23 @@ def _arch_list(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
+def unsupported_archs(release: Release, archs) -> list[str]:
+    return [a for a in archs if a.removesuffix("+PTX") not in release.cuda_archs]
+
+
+def arch_refusal(release: Release, bad, source: str) -> ConfigError:
+    """The same refusal for archs the release cannot build, whether configured or this host's GPUs."""
+    hint = ("use a vLLM release that supports this GPU (--release), or run on a supported GPU"
+            if source == "gpus" else
+            "set build.arch_list / --arch to supported compute capabilities, e.g. --arch 9.0")
+    what = "GPU compute capability" if source == "gpus" else "arch"
+    return ConfigError(f"{what} {', '.join(bad)} is not supported by vLLM {release.version} "
+                       f"(it builds for {', '.join(release.cuda_archs)})", hint=hint)
+
+
 def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFacts) -> BuildPlan:
+    """Archs the release cannot build are refused here when configured; when they are this host's GPUs
+    the plan keeps them, so that doctor can report them and the build refuses (`gpu_refusal`)."""
     build = settings["build"]
     requested = _arch_list(build.get("arch_list"))
     if requested:
@@ -125,12 +141,9 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
         archs, source = facts.compute_caps, "gpus"
     else:
         archs, source = release.cuda_archs, "release default (no GPU visible)"
-    supported = set(release.cuda_archs)
-    bad = [a for a in archs if a.removesuffix("+PTX") not in supported]
-    if bad:
-        raise ConfigError(f"arch {', '.join(bad)} is not supported by vLLM {release.version} "
-                          f"(it builds for {', '.join(release.cuda_archs)})",
-                          hint="set build.arch_list / --arch to supported compute capabilities, e.g. --arch 9.0")
+    bad = unsupported_archs(release, archs)
+    if bad and source != "gpus":
+        raise arch_refusal(release, bad, source)
     if build.get("max_jobs"):
         max_jobs, reason = int(build["max_jobs"]), "config"
     else:
@@ -138,31 +151,18 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
         max_jobs = max(1, min(facts.cpu_count, by_ram))
         reason = (f"min({facts.cpu_count} cores, {facts.mem_available_bytes / GIB:.1f} GiB free / "
                   f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB a job)")
-    placement = str(build.get("cpu_placement") or "auto")
-    if placement not in ("auto", "off"):
-        raise ConfigError(f"build.cpu_placement is {placement!r}; it takes auto or off",
-                          hint="set build.cpu_placement: auto (the slowest units get a core of their own) or off")
-    critical_cores = _count_setting(build, "critical_unit_cores",
-                                    "auto (up to 4 cores, by host size), or N cores for the slowest unit "
-                                    "(nvcc -split-compile N)")
-    cpu_pool = _count_setting(build, "cpu_pool", "null (every CPU not reserved), or the N CPUs the other compiles share")
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
-                     ccache=bool(build.get("ccache", True)), cpu_placement=placement,
-                     cpu_pool=cpu_pool, critical_unit_cores=critical_cores)
+                     ccache=bool(build.get("ccache", True)), cpu_placement=build.get("cpu_placement") or "auto",
+                     cpu_pool=build.get("cpu_pool"), critical_unit_cores=build.get("critical_unit_cores"))
 
 
-def _count_setting(build: Mapping[str, Any], key: str, choices: str) -> int | None:
-    """A build setting that takes a whole number >= 1, or null/auto for the toolkit's own choice (None)."""
-    value = build.get(key)
-    if value in (None, "auto"):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"build.{key} is {value!r}; it takes auto or a whole number >= 1",
-                          hint=f"set build.{key}: {choices}")
-    return value
+def gpu_refusal(plan: "Plan") -> ConfigError | None:
+    """The refusal for building on GPUs the release does not support (None when it can build for them)."""
+    bad = unsupported_archs(plan.release, plan.build.arch_list) if plan.build.arch_source == "gpus" else []
+    return arch_refusal(plan.release, bad, "gpus") if bad else None
 
 
 def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:
@@ -179,8 +179,6 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
     """`interpreters` (minor -> path) replaces interpreter discovery, for tests."""
     env, pypi, conda = settings["env"], settings["pypi"], settings["conda"]
     requested = env["backend"]
-    if requested not in ("conda", "venv", "existing"):
-        raise ConfigError(f"unknown env backend {requested!r}", hint="use conda, venv or existing")
     backend, note = requested, ""
     python = str(env.get("python") or "")
     python_path = env.get("python_path")
@@ -226,13 +224,9 @@ def plan_sources(release: Release, settings: Mapping[str, Any]) -> tuple[SourceP
     fetch, pypi = settings["fetch"], settings["pypi"]
     sdist = release.sdist
     out = []
-    for template in fetch.get("mirrors") or ():
-        try:
-            url = template.format(file=sdist.file, version=release.version)
-        except (KeyError, IndexError) as exc:
-            raise ConfigError(f"mirror template {redact_url(template)!r} uses an unknown field {exc}",
-                              hint="templates may use {file} and {version}") from exc
-        out.append(SourcePlan("mirror", url, sdist.file, sdist.sha256))
+    for template in fetch.get("mirrors") or ():   # checked by the settings schema: {file} and {version} only
+        out.append(SourcePlan("mirror", template.format(file=sdist.file, version=release.version), sdist.file,
+                              sdist.sha256))
     if fetch.get("pypi_sdist", True):
         out.append(SourcePlan("pypi-sdist", pypi["index_url"].rstrip("/") + "/vllm/", sdist.file, sdist.sha256))
     if fetch.get("github", True):

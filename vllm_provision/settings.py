@@ -1,0 +1,213 @@
+"""The settings schema: every key of vllm-provision.yaml with its type, checked once by config.resolve.
+
+pydantic-settings reads the nested VLLMP_A__B variables (values stay strings; pydantic converts them to
+each field's type); the description of a field is the form it takes, quoted by the error that rejects it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from typing import Annotated, Any, Literal, Mapping, Optional
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+ENV_PREFIX = "VLLMP_"
+TEMPLATE_FIELDS = ("file", "version")
+
+
+def one_or_many(value: Any) -> Any:
+    """A list setting given one value is a one-element list; `[a, b]` (JSON or bare items) is a list."""
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return [text] if text else []
+    try:
+        return json.loads(text)
+    except ValueError:   # bare items, e.g. [https://files.corp/vllm/{file}], which YAML/JSON cannot read
+        return [item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip()]
+
+
+def url(value: str) -> str:
+    if "://" not in value:
+        raise ValueError(f"{value!r} is not a URL (scheme://host/...)")
+    return value
+
+
+def url_template(value: str) -> str:
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL template ({exc}; write a literal brace as {{{{ or }}}})") from None
+    unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
+    if unknown:
+        raise ValueError(f"{value!r} uses {{{unknown[0]}}}; a template may use only {{file}} and {{version}}")
+    return url(value)
+
+
+def not_bool(value: Any) -> Any:
+    if isinstance(value, bool):   # pydantic would take true as 1
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
+def auto_is_none(value: Any) -> Any:
+    return None if value == "auto" else not_bool(value)
+
+
+def arch_items(value: Any) -> Any:
+    """`9.0`, `"8.0;9.0"`, `8.0,9.0`, `[8.0, 9.0]` -> ["8.0", "9.0"]."""
+    items = one_or_many(value) if value is not None else None
+    if not isinstance(items, list):
+        return value
+    out = []
+    for item in items:
+        text = str(item) if isinstance(item, (int, float, str)) and not isinstance(item, bool) else item
+        out += text.replace(",", ";").replace(" ", ";").split(";") if isinstance(text, str) else [text]
+    return [i for i in out if i != ""]
+
+
+def arch(value: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+(\+PTX)?", value):
+        raise ValueError(f"{value!r} is not a compute capability such as 9.0 or 9.0+PTX")
+    return value
+
+
+Strings = Annotated[list[str], BeforeValidator(one_or_many), Field(description="a list such as [a, b], or one value")]
+Urls = Annotated[list[Annotated[str, AfterValidator(url)]], BeforeValidator(one_or_many),
+                 Field(description="a list of URLs such as [https://host/simple], or one URL")]
+Count = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(not_bool)]
+AutoCount = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(auto_is_none)]
+Seconds = Annotated[float, Field(gt=0, description="seconds, a number > 0")]
+Tries = Annotated[int, BeforeValidator(not_bool), Field(ge=0, description="a whole number >= 0")]
+Flag = Annotated[bool, Field(description="true or false")]
+Text = Annotated[str, Field(description='a string (quote numbers: "3.10")')]
+OptionalText = Annotated[Optional[str], Field(description='null or a string (quote numbers: "12.1")')]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Fetch(Section):
+    mirrors: Annotated[list[Annotated[str, AfterValidator(url_template)]], BeforeValidator(one_or_many),
+                       Field(description="a list of URL templates such as [https://files.corp/vllm/{file}] "
+                                         "({file} and {version} only), or one template")]
+    pypi_sdist: Flag
+    github: Flag
+    timeout: Seconds
+    retries: Tries
+    backoff: Annotated[float, Field(ge=0, description="seconds, a number >= 0")]
+
+
+class Pypi(Section):
+    index_url: Annotated[str, AfterValidator(url), Field(description="a URL such as https://pypi.org/simple")]
+    extra_index_urls: Urls
+    trusted_hosts: Strings
+    timeout: Seconds
+    retries: Tries
+    cert: Annotated[Optional[str], Field(description="null or the path of a CA bundle")]
+
+
+class Conda(Section):
+    channels: Strings
+    override_channels: Flag
+
+
+class Env(Section):
+    backend: Annotated[Literal["conda", "venv", "existing"], Field(description="conda, venv or existing")]
+    python: Text
+    cuda: OptionalText
+    installer: Annotated[Literal["auto", "uv", "pip"], Field(description="auto, uv or pip")]
+    python_path: Annotated[Optional[str], Field(description="null or an interpreter (path or name)")]
+    lock: Flag
+
+
+class Build(Section):
+    arch_list: Annotated[Optional[list[Annotated[str, AfterValidator(arch)]]], BeforeValidator(arch_items),
+                         Field(description="null or compute capabilities such as 9.0 or [8.0, 9.0]")]
+    max_jobs: Annotated[Count, Field(description="null (from free RAM and cores) or a whole number >= 1")]
+    parallel_extensions: Flag
+    ccache: Flag
+    cpu_placement: Annotated[Literal["auto", "off"], Field(description="auto or off")]
+    cpu_pool: Annotated[Count, Field(description="null (every CPU not reserved) or a whole number >= 1")]
+    critical_unit_cores: Annotated[AutoCount, Field(description="auto or a whole number >= 1")]
+
+
+class Smoke(Section):
+    model: Annotated[Optional[str], Field(description="null or a local model directory")]
+    max_model_len: Annotated[Count, Field(description="null or a whole number >= 1")]
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, description="a number > 0 and <= 1")]
+    parity: Flag
+
+
+class AllowedPipCheck(Section):
+    package: Text
+    requires: Text
+    reason: Text
+    profiles: Annotated[Optional[list[str]], BeforeValidator(one_or_many),
+                        Field(description="a list of profiles, or one profile")] = None
+
+
+class Verify(Section):
+    allowed_pip_check: Annotated[list[AllowedPipCheck],
+                                 Field(description="a list of {package, requires, reason, profiles?}")]
+    import_timeout: Seconds
+
+
+class Settings(BaseSettings):
+    """No defaults here: the defaults file gives every value, so a key it lacks is an error naming it."""
+
+    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      enable_decoding=False, env_parse_none_str="null")
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **others):
+        """Only the merged layers config.resolve passes in; it reads the environment itself."""
+        return (init_settings,)
+
+    release: Text
+    profile: Annotated[str, Field(description="a profile name in envs/")]
+    cache_dir: Text
+    workspace_root: Text
+    offline: Flag
+    fetch: Fetch
+    pypi: Pypi
+    conda: Conda
+    env: Env
+    build: Build
+    smoke: Smoke
+    verify: Verify
+
+
+class EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' reader of VLLMP_A__B variables, over a given mapping rather than os.environ."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def from_environment(environ: Mapping[str, str]) -> dict:
+    """VLLMP_FETCH__TIMEOUT=5 -> {"fetch": {"timeout": "5"}} (strings; the schema converts them)."""
+    return EnvironmentSource(environ)()
+
+
+def field_of(path: tuple[str, ...]):
+    """The FieldInfo of a dotted setting, or None (a key the schema does not have)."""
+    model, info = Settings, None
+    for part in path:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info
