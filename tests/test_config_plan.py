@@ -23,7 +23,7 @@ H100 = HostFacts(gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159
 
 
 def test_precedence_yaml_profile_env_flag(isolated, monkeypatch):
-    assert config.resolve({}, {})["env"]["backend"] == "conda"   # the seed profile over the defaults
+    assert config.resolve({"profile": "seed"}, {})["env"]["backend"] == "conda"   # the seed profile over the defaults
     assert config.resolve({}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "venv"
     assert config.resolve({"env": {"backend": "existing"}}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "existing"
     assert config.resolve({}, {"VLLMP_FETCH__TIMEOUT": "5"})["fetch"]["timeout"] == 5
@@ -56,7 +56,7 @@ def test_plan_arch_from_gpus_and_rendering(isolated):
     assert plan.build.arch_list == ("9.0",) and plan.build.arch_source == "gpus"
     plan = build_plan({"build": {"arch_list": "8.0,9.0"}}, facts=H100)
     assert plan.build.torch_cuda_arch_list == "8.0;9.0"       # 0.2.2 does not split on commas
-    none = build_plan({}, facts=HostFacts())
+    none = build_plan({"profile": "seed"}, facts=HostFacts())
     assert none.build.torch_cuda_arch_list == "7.0;7.5;8.0;8.6;8.9;9.0"
 
 
@@ -90,7 +90,7 @@ def test_cpu_counts_settings(isolated):
 
 def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):
     release = get_release("0.2.2")
-    settings = config.resolve({}, {})
+    settings = config.resolve({"profile": "seed"}, {})
     env = plan_env(release, "seed", settings, interpreters={"3.11": "/usr/bin/python3.11"})
     assert env.backend == "venv" and env.requested_backend == "conda"
     assert env.python == "3.11" and env.python_path == "/usr/bin/python3.11"
@@ -175,3 +175,35 @@ def test_second_run_on_the_same_workspace_is_refused_with_the_holder(isolated):
         with pytest.raises(ConfigError) as err:
             pipeline.run_steps(plan, HostFacts(), ["fetch"])
     assert "another run holds" in err.value.message and '"pid"' in err.value.message
+
+
+def test_default_profile_is_pypi_only_and_seed_stays_by_name(isolated):
+    assert config.resolve({}, {})["profile"] == "pypi-cu13"
+    plan = build_plan({}, facts=H100)
+    assert plan.env.backend == "venv" and plan.env.cuda == "13.0"
+    assert plan.env.lock.startswith("envs/locks/0.2.2/pypi-cu13-py3.")
+    seed = build_plan({"profile": "seed"}, facts=H100)
+    assert seed.env.requested_backend == "conda" and seed.env.cuda == "12.1"
+
+
+def test_python_312_is_chosen_where_the_profile_has_a_lock_for_it(isolated):
+    """0.2.2 published wheels up to 3.11; the pypi-cu13 profile is locked (and run) on 3.12 too."""
+    release = get_release("0.2.2")
+    found = {"3.11": "/usr/bin/python3.11", "3.12": "/usr/bin/python3.12"}
+    env = plan_env(release, "pypi-cu13", config.resolve({}, {}), interpreters=found)
+    assert (env.python, env.python_path, env.note) == ("3.12", "/usr/bin/python3.12", "")
+    assert env.lock == "envs/locks/0.2.2/pypi-cu13-py3.12.txt"
+    seed = plan_env(release, "seed", config.resolve({"profile": "seed"}, {}), interpreters=found)
+    assert seed.python == "3.11" and "nearest supported 3.11" in seed.note     # no seed lock for 3.12
+
+
+def test_gpu_less_default_archs_are_what_the_profiles_compiler_can_build(isolated):
+    two_cores = HostFacts(cpu_count=2, mem_available_bytes=20 << 30)
+    cu13 = build_plan({}, facts=two_cores).build
+    assert cu13.arch_list == ("7.5", "8.0", "8.6", "8.9", "9.0")
+    assert "7.0 left out: nvcc 13.0 cannot compile for it" in cu13.arch_source
+    cu12 = build_plan({"profile": "seed"}, facts=two_cores).build
+    assert cu12.arch_list[0] == "7.0" and "left out" not in cu12.arch_source
+    # the plan says how long that takes on this host, so a 5-arch compile on 2 cores is no surprise
+    assert cu13.expected_seconds > 5 * build_plan({"build": {"arch_list": "9.0"}}, facts=H100).build.expected_seconds
+    assert cu13.expected_reason.endswith("on 2 cores for 5 arch(s)")

@@ -123,7 +123,7 @@ def test_cli_bad_value_is_one_error_naming_key_and_source(isolated, args, env, k
 def test_cli_bad_value_in_a_profile_names_the_file(isolated, tmp_path):
     tree = copy_toolkit(tmp_path)
     (tree / "envs" / "seed.yaml").write_text('env:\n  backend: conda\n  python: 3.10\n')   # the float 3.1
-    error, hint = one_error(run_inv(["plan"], isolated, cwd=tree))
+    error, hint = one_error(run_inv(["plan", "--profile", "seed"], isolated, cwd=tree))
     assert "env.python is 3.1 (from envs/seed.yaml)" in error and "quote" in error
     assert "envs/seed.yaml" in hint
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, catalog, config, host, patches
 from .catalog import Release
@@ -65,6 +65,8 @@ class BuildPlan:
     cpu_placement: str = "auto"     # auto: the slowest units get a core of their own | off
     cpu_pool: int | None = None     # CPUs the other compiles share (default: all the rest)
     critical_unit_cores: int | None = None   # cores for each critical unit (nvcc splits over them); None: auto
+    expected_seconds: int = 0       # rough build time from the host's cores and the arch count
+    expected_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,37 @@ def arch_refusal(release: Release, bad, source: str) -> ConfigError:
                        f"(it builds for {', '.join(release.cuda_archs)})", hint=hint)
 
 
-def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFacts) -> BuildPlan:
+# The oldest arch each CUDA major's nvcc still compiles for (CUDA 13 dropped sm_50-sm_72, CUDA 12 sm_35/sm_37).
+NVCC_MIN_ARCH = {11: "3.5", 12: "5.0", 13: "7.5"}
+# Build-time estimate for the plan, from measured builds of the release's extensions for one arch:
+# all compile units one after another take about this many CPU-seconds (2-core host, arch 9.0: 354 s wall).
+COMPILE_CPU_SECONDS_PER_ARCH = 700
+
+
+def _arch_key(arch: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in arch.removesuffix("+PTX").split("."))
+
+
+def compilable_archs(archs: tuple[str, ...], cuda: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(kept, left out): the archs an nvcc of CUDA `cuda` can compile (all of them when `cuda` is unknown)."""
+    try:
+        floor = NVCC_MIN_ARCH.get(Version(cuda).major) if cuda else None
+    except InvalidVersion:
+        floor = None
+    if not floor:
+        return archs, ()
+    kept = tuple(a for a in archs if _arch_key(a) >= _arch_key(floor))
+    return kept, tuple(a for a in archs if a not in kept)
+
+
+def expected_build_seconds(release: Release, archs: int, cores: int) -> int:
+    """About how long the build takes: the compile work spread over the cores, never below the slowest unit."""
+    slowest = max(release.slowest_units.values(), default=0.0)
+    return int(max(COMPILE_CPU_SECONDS_PER_ARCH * archs / max(1, cores), slowest * archs))
+
+
+def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFacts,
+               cuda: str | None = None) -> BuildPlan:
     """Archs the release cannot build are refused here when configured; when they are this host's GPUs
     the plan keeps them, so that doctor can report them and the build refuses (`gpu_refusal`)."""
     build = settings["build"]
@@ -140,7 +172,10 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     elif facts.compute_caps:
         archs, source = facts.compute_caps, "gpus"
     else:
-        archs, source = release.cuda_archs, "release default (no GPU visible)"
+        archs, left_out = compilable_archs(release.cuda_archs, cuda)
+        source = "release default (no GPU visible)"
+        if left_out:
+            source += f"; {', '.join(left_out)} left out: nvcc {cuda} cannot compile for it"
     bad = unsupported_archs(release, archs)
     if bad and source != "gpus":
         raise arch_refusal(release, bad, source)
@@ -151,7 +186,11 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
         max_jobs = max(1, min(facts.cpu_count, by_ram))
         reason = (f"min({facts.cpu_count} cores, {facts.mem_available_bytes / GIB:.1f} GiB free / "
                   f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB a job)")
+    expected = expected_build_seconds(release, len(archs), facts.cpu_count)
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
+                     expected_seconds=expected,
+                     expected_reason=f"about {expected // 60} min {expected % 60:02d} s on {facts.cpu_count} cores "
+                                     f"for {len(archs)} arch(s)",
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
@@ -188,7 +227,9 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
         note = "no conda channel configured (conda.channels): using a venv from the PyPI index instead"
     if backend == "venv" and not python_path:
         wanted = _minor(python)
-        supported = [f"3.{n}" for n in range(8, 16) if release.python_tested.contains(f"3.{n}.0")]
+        # the release's published Pythons, and any the profile has a committed lock for (tested with it)
+        supported = [f"3.{n}" for n in range(8, 16) if release.python_tested.contains(f"3.{n}.0")
+                     or (env.get("lock") and lock_path(release.version, profile, f"3.{n}", root).is_file())]
 
         # nearest supported minor first, and among equals one that has a committed lock
         def preference(m: str) -> tuple:
@@ -251,9 +292,13 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     workspace = Workspace(root=ws_root / f"{release.version}-{profile}", cache=cache)
     facts = facts if facts is not None else host.probe(str(ws_root))
     series = patches.load_series(release.version, root)
+    env = plan_env(release, profile, settings, root)
+    # the compiler's CUDA: the env's (its torch decides), else the newest nvcc on the host
+    host_cudas = sorted((n.version for n in facts.nvcc if n.version), key=Version)
+    compiler_cuda = env.cuda or (host_cudas[-1] if host_cudas else None)
     return Plan(
         release=release, profile=profile, offline=bool(settings.get("offline")), workspace=workspace,
-        sources=plan_sources(release, settings), env=plan_env(release, profile, settings, root),
+        sources=plan_sources(release, settings), env=env,
         patches=tuple(PatchPlan(p.file, p.why, dict(p.when), p.sha256) for p in series),
-        build=plan_build(release, settings, facts), smoke=dict(settings["smoke"]), settings=settings,
+        build=plan_build(release, settings, facts, compiler_cuda), smoke=dict(settings["smoke"]), settings=settings,
     )
