@@ -125,6 +125,15 @@ def verify(c, release=None, profile=None, offline=False, arch=None, json=False, 
         raise Exit(code=code)
 
 
+@task(name="settings-doc")
+@handles_errors
+def settings_doc(c):
+    """Regenerate the settings table in docs/configuration.md from the schema and vllm-provision.yaml."""
+    from vllm_provision import settings_reference, ui
+    changed = settings_reference.write()
+    ui.info(f"{settings_reference.DOC.relative_to(PROJECT_ROOT)}: {'updated' if changed else 'up to date'}")
+
+
 @task(help={"k": "only tests matching this pytest -k expression", "quick": "skip the slow and network tiers"})
 def test(c, k=None, quick=False):
     """Run the test suite (pytest). CI runs exactly this through .ci/run."""
