@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from vllm_provision import config, pipeline
-from vllm_provision.errors import ConfigError, StepFailed
+from vllm_provision.errors import ConfigError, ProvisionError, StepFailed
 from vllm_provision.host import Gpu, HostFacts
 from vllm_provision.pipeline import StepOutcome
 from vllm_provision.plan import build_plan, plan_env
@@ -172,9 +173,10 @@ def test_second_run_on_the_same_workspace_is_refused_with_the_holder(isolated):
     plan = build_plan({}, facts=HostFacts())
     plan.workspace.ensure()
     with RunLock(plan.workspace.root / ".lock"):
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises(ProvisionError) as err:
             pipeline.run_steps(plan, HostFacts(), ["fetch"])
-    assert "another run holds" in err.value.message and '"pid"' in err.value.message
+    assert err.value.exit_code == 1     # a runtime condition, not bad input
+    assert "another run holds the workspace lock" in err.value.message and f"pid {os.getpid()}" in err.value.message
 
 
 def test_default_profile_is_pypi_only_and_seed_stays_by_name(isolated):

@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterable, Sequence
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import config, host, ui
+from . import config, host, runner, ui
 from .errors import ConfigError, ProvisionError
-from .pipeline import STEPS, StepResult, run_steps
+from .pipeline import STEPS, StepResult, run_steps, steps_to_force
 from .plan import Plan, build_plan, gpu_refusal
 
 
@@ -22,7 +22,8 @@ def handles_errors(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with runner.sigterm_as_interrupt():   # SIGTERM stops what runs, like Ctrl-C
+                return func(*args, **kwargs)
         except ProvisionError as exc:
             ui.error(exc.message, exc.hint, exc.log_tail)
             raise Exit(code=exc.exit_code)
@@ -87,11 +88,7 @@ def forced_steps(force: Iterable[str], argv: Sequence[str] = ()) -> list[str]:
     if bare or "" in force:
         raise ConfigError("--force needs the step to rerun", hint=f"--force STEP (repeatable) with a step of "
                           f"{', '.join(STEPS)}, or --force all")
-    unknown = sorted(set(force) - set(STEPS) - {"all"})
-    if unknown:
-        raise ConfigError(f"--force names unknown step(s) {', '.join(unknown)}",
-                          hint=f"steps: {', '.join(STEPS)}, or all")
-    return list(STEPS) if "all" in force else force
+    return [step for step in STEPS if step in steps_to_force(force)]
 
 
 def task_args(task: str, argv: Sequence[str] | None = None) -> list[str]:

@@ -2,7 +2,10 @@
 
 Each step's stamp is a hash of its inputs (its plan section, relevant files, the upstream stamp);
 an unchanged step is skipped and says so; a failed step stops the run, and the next run resumes
-from it; `force` reruns named steps.
+from it; `force` reruns named steps (`all`: every step). A step run without the steps before it
+refuses when one of those is out of date, rather than build on what no longer matches its inputs.
+An unexpected exception in a step fails that step like any other error (its traceback goes to the
+step's log); report.json is written whatever happened.
 """
 
 from __future__ import annotations
@@ -11,17 +14,22 @@ import hashlib
 import importlib
 import json
 import time
+import traceback
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from . import ui
-from .errors import ProvisionError
+from . import runner, ui
+from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .host import HostFacts
 from .plan import Plan
+from .redact import redact_text
 from .workspace import RunLock, Workspace
 
 STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
+ALL = "all"     # force every step
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,69 +98,124 @@ def read_stamp(ws: Workspace, name: str) -> dict | None:
         return None
 
 
+def steps_to_force(force: Iterable[str]) -> set[str]:
+    """The step names in `force` (`all`: every step); an unknown name is bad input."""
+    names = set(force)
+    unknown = names - set(STEPS) - {ALL}
+    if unknown:
+        raise ConfigError(f"cannot force unknown step(s) {', '.join(sorted(unknown))}",
+                          hint=f"force one of {', '.join(STEPS)}, or {ALL} for every step")
+    return set(STEPS) if ALL in names else names
+
+
+def _log_tail(log: Path, lines: int = 40) -> str:
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except OSError:
+        return ""
+
+
+def _guarded(name: str, log: Path, call: Callable[..., T], *args: Any) -> T:
+    """call(*args); an exception that is not a ProvisionError becomes the step's StepFailed (one line,
+    redacted), with its traceback appended to the step's log."""
+    try:
+        return call(*args)
+    except ProvisionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of a step must end as a failed step
+        tail = _log_tail(log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(redact_text(f"--- step {name} stopped on an unexpected error:\n{traceback.format_exc()}"))
+        raise StepFailed(redact_text(f"{type(exc).__name__}: {exc}"),
+                         hint=f"the traceback is in {log}: fix what it names, or report it with that log",
+                         log_tail=tail or None) from exc
+
+
 def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force: Iterable[str] = (),
               on_result: Callable[[StepResult], None] | None = None) -> list[StepResult]:
-    """Run steps in order under the workspace lock; returns one result per step in STEPS order."""
+    """Run steps in order under the workspace lock; returns one result per requested step, in STEPS order."""
     wanted = [s for s in STEPS if s in set(steps)]
-    force = set(force)
+    force = steps_to_force(force)
     ws = plan.workspace
     ws.ensure()
     results: list[StepResult] = []
     stopped = False
     upstream = ""
-    with RunLock(ws.root / ".lock"):
-        for name in STEPS:
-            module = step_module(name)
-            ctx = StepContext(plan, facts, name)
-            # Steps before the requested ones only contribute their stamps (they must have run).
-            if name not in wanted:
-                previous = read_stamp(ws, name)
-                upstream = previous["stamp"] if previous else upstream
-                continue
-            if stopped:
-                results.append(StepResult(name, "not run", "an earlier step failed"))
-                continue
-            if module is None:
-                results.append(StepResult(name, "not implemented", "not implemented yet",
-                                          hint=f"the {name} step is not built yet in this version of vllm-provision",
-                                          exit_code=1))
-                stopped = True
-                if on_result:
-                    on_result(results[-1])
-                continue
-            started = time.monotonic()
-            stamp = stamp_of(module, ctx, upstream)
-            previous = read_stamp(ws, name)
-            intact = getattr(module, "intact", lambda c: True)
-            if name not in force and previous and previous.get("stamp") == stamp and intact(ctx):
-                # The report keeps what the step did when it last ran, not just "skipped".
-                then = f"; last run took {previous['seconds']:.1f} s: {previous['detail']}" if "detail" in previous else ""
-                result = StepResult(name, "up-to-date", f"inputs unchanged since {previous.get('finished', '?')}{then}",
-                                    time.monotonic() - started, previous.get("facts", {}))
-            else:
-                _stamp_file(ws, name).unlink(missing_ok=True)
-                try:
-                    outcome = module.run(ctx)
-                except ProvisionError as exc:
-                    result = StepResult(name, "failed", exc.message, time.monotonic() - started, hint=exc.hint,
-                                        exit_code=exc.exit_code, facts={"log_tail": exc.log_tail} if exc.log_tail else {})
-                    results.append(result)
-                    if on_result:
-                        on_result(result)
-                    stopped = True
+    last_wanted = max((STEPS.index(s) for s in wanted), default=-1)
+    with RunLock(ws.root / ".lock"), runner.sigterm_as_interrupt():
+        try:
+            for name in STEPS[:last_wanted + 1]:
+                module = step_module(name)
+                ctx = StepContext(plan, facts, name)
+                if name not in wanted:
+                    upstream = _upstream_stamp(module, ctx, upstream)
                     continue
-                result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
-                if outcome.status == "ok":
-                    _stamp_file(ws, name).write_text(json.dumps(
-                        {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts,
-                         "seconds": round(result.seconds, 1), "detail": outcome.detail},
-                        indent=2, default=str))
-            upstream = stamp
-            results.append(result)
-            if on_result:
-                on_result(result)
-        _record(ws, results, plan)
+                if stopped:
+                    results.append(StepResult(name, "not run", "an earlier step failed"))
+                    continue
+                if module is None:
+                    result = StepResult(name, "not implemented", "not implemented yet",
+                                        hint=f"the {name} step is not built yet in this version of vllm-provision",
+                                        exit_code=1)
+                else:
+                    started = time.monotonic()
+                    try:
+                        result, upstream = _run_step(module, ctx, upstream, name in force)
+                    except KeyboardInterrupt:       # Ctrl-C or SIGTERM: the report shows where it stopped
+                        results.append(StepResult(name, "failed", "interrupted", time.monotonic() - started,
+                                                  hint="rerun the same command"))
+                        raise
+                stopped = result.status in ("failed", "not implemented")
+                results.append(result)
+                if on_result:
+                    on_result(result)
+        finally:
+            if results:     # whatever ended the run (a failure, Ctrl-C), the report says what ran
+                _record(ws, results, plan)
     return results
+
+
+def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[StepResult, str]:
+    """Skip the step when its stamp is unchanged and its output intact, else run it; returns its result
+    and its stamp. Any error fails the step."""
+    ws, name = ctx.workspace, ctx.name
+    started = time.monotonic()
+    try:
+        stamp = _guarded(name, ctx.log, stamp_of, module, ctx, upstream)
+        previous = read_stamp(ws, name)
+        intact = getattr(module, "intact", lambda c: True)
+        if not forced and previous and previous.get("stamp") == stamp and _guarded(name, ctx.log, intact, ctx):
+            # The report keeps what the step did when it last ran, not just "skipped".
+            then = f"; last run took {previous['seconds']:.1f} s: {previous['detail']}" if "detail" in previous else ""
+            return StepResult(name, "up-to-date", f"inputs unchanged since {previous.get('finished', '?')}{then}",
+                              time.monotonic() - started, previous.get("facts", {})), stamp
+        _stamp_file(ws, name).unlink(missing_ok=True)
+        outcome = _guarded(name, ctx.log, module.run, ctx)
+    except ProvisionError as exc:
+        return StepResult(name, "failed", exc.message, time.monotonic() - started, hint=exc.hint,
+                          exit_code=exc.exit_code, facts={"log_tail": exc.log_tail} if exc.log_tail else {}), upstream
+    result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
+    if outcome.status == "ok":
+        _stamp_file(ws, name).write_text(json.dumps(
+            {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts,
+             "seconds": round(result.seconds, 1), "detail": outcome.detail},
+            indent=2, default=str))
+    return result, stamp
+
+
+def _upstream_stamp(module, ctx: StepContext, upstream: str) -> str:
+    """The stamp a step that is not run here passes downstream; refuses when the step is out of date.
+
+    A step that never ran passes its upstream on: the step that needs its output says what is missing."""
+    previous = read_stamp(ctx.workspace, ctx.name)
+    if module is None or not previous:
+        return upstream
+    if _guarded(ctx.name, ctx.log, stamp_of, module, ctx, upstream) != previous.get("stamp"):
+        raise NotBuiltYet(f"step {ctx.name} is out of date (its inputs changed since it ran)",
+                          hint=f"run ./inv provision (or ./inv {ctx.name}) first")
+    return previous["stamp"]
 
 
 def _record(ws: Workspace, results: list[StepResult], plan: Plan) -> None:

@@ -2,19 +2,27 @@
 
 Logs the argv (credentials redacted), streams output to the step's log file, applies a
 timeout, and turns failure into a StepFailed with the log tail and a diagnosis hint.
+
+Each command runs in its own process group (Ctrl-C in a terminal reaches only the toolkit). On
+Ctrl-C, SIGTERM or a timeout the whole group gets SIGTERM, then SIGKILL after STOP_GRACE_S, and the
+runner waits until none of it runs before the exception goes on: the workspace lock is released
+only when nothing the run started can still write into the workspace. SIGTERM is handled exactly
+like Ctrl-C (same message, exit 130).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .errors import StepFailed
 from .redact import redact_text
@@ -29,6 +37,96 @@ class Completed:
 
 
 Diagnose = Callable[[str, int], "str | None"]
+
+STOP_GRACE_S = 5.0      # a stopped command's time to exit after SIGTERM, before SIGKILL
+KILL_WAIT_S = 10.0      # after SIGKILL, only a process stuck in the kernel (e.g. on NFS) takes longer
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it is cleaned up after exactly like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises Terminated (by default it ends Python at once: no cleanup, no lock release).
+
+    Only the main thread can handle signals; a handler someone else installed is left alone."""
+    if not _main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C while a group is being stopped must not cut the stop short."""
+    if not _main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of the group still runs; zombies (dead, waiting for their parent) do not."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return not Path("/proc/self/stat").exists()     # without /proc, what kill(0) said
+
+
+def _group_ended(proc: subprocess.Popen, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        proc.poll()         # reaps the group's leader
+        if not _group_running(proc.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_group(proc: subprocess.Popen) -> str:
+    """End the process group proc leads: SIGTERM, then SIGKILL for what still runs after STOP_GRACE_S;
+    returns when none of it runs. Says what it took, for the log."""
+    with _signals_ignored():
+        _signal_group(proc.pid, signal.SIGTERM)
+        if _group_ended(proc, STOP_GRACE_S):
+            return "stopped with SIGTERM"
+        _signal_group(proc.pid, signal.SIGKILL)
+        _group_ended(proc, KILL_WAIT_S)
+        return f"still running {STOP_GRACE_S:g} s after SIGTERM: killed with SIGKILL"
 
 
 def format_argv(argv: Sequence[str]) -> str:
@@ -68,48 +166,52 @@ def run(
         log_fh = open(log, "a", encoding="utf-8", errors="replace")
         log_fh.write(f"$ {format_argv(argv)}\n")
         log_fh.flush()
+    stopped_on_timeout: list[str] = []
     try:
-        try:
-            proc = subprocess.Popen(
-                argv, cwd=cwd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise StepFailed(f"{what}: command not found: {argv[0]}",
-                             hint=f"install {os.path.basename(argv[0])} or put it on PATH") from exc
-        timed_out = threading.Event()
-
-        def _kill() -> None:
-            timed_out.set()
+        with sigterm_as_interrupt():
             try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, _kill) if timeout else None
-        if timer:
-            timer.daemon = True
-            timer.start()
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = redact_text(raw)
-            tail.append(line)
-            lines.append(line)
-            if log_fh:
-                log_fh.write(line)
-            if echo:
-                echo(line.rstrip("\n"))
-        returncode = proc.wait()
-        if timer:
-            timer.cancel()
+                proc = subprocess.Popen(
+                    argv, cwd=cwd, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
+                    start_new_session=True,
+                )
+            except FileNotFoundError as exc:
+                raise StepFailed(f"{what}: command not found: {argv[0]}",
+                                 hint=f"install {os.path.basename(argv[0])} or put it on PATH") from exc
+            timer = threading.Timer(timeout, lambda: stopped_on_timeout.append(stop_group(proc))) if timeout else None
+            if timer:
+                timer.daemon = True
+                timer.start()
+            assert proc.stdout is not None
+            try:
+                for raw in proc.stdout:
+                    line = redact_text(raw)
+                    tail.append(line)
+                    lines.append(line)
+                    if log_fh:
+                        log_fh.write(line)
+                    if echo:
+                        echo(line.rstrip("\n"))
+                returncode = proc.wait()
+            except BaseException as exc:      # Ctrl-C, SIGTERM: nothing it started may outlive the run
+                how = stop_group(proc)
+                if log_fh:
+                    log_fh.write(f"--- {what} interrupted ({type(exc).__name__}): {how}\n")
+                raise
+            finally:
+                if timer:
+                    timer.cancel()
+                    timer.join()     # a timeout that fired has finished stopping the group
+                proc.stdout.close()
+                if stopped_on_timeout and log_fh:
+                    log_fh.write(f"--- {what} timed out after {timeout:g} s: {stopped_on_timeout[0]}\n")
     finally:
         if log_fh:
             log_fh.close()
     seconds = time.monotonic() - started
     output = "".join(lines)
     result = Completed(tuple(argv), returncode, output, seconds)
-    if timed_out.is_set():
+    if stopped_on_timeout:
         raise StepFailed(f"{what} timed out after {timeout:.0f} s",
                          hint=f"raise the timeout or look at {log}" if log else "raise the timeout",
                          log_tail="".join(tail))

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ProvisionError
+from .redact import redact_text
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class Workspace:
 
 
 class RunLock:
-    """An flock on <workspace>/.lock; the holder's pid/host/command are written into it."""
+    """An flock on <workspace>/.lock; the holder's pid/host/command are written into it.
+
+    Busy is a runtime condition (another run is working here), not bad input: exit 1."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -66,17 +69,30 @@ class RunLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown process"
+            holder = fh.read()
             fh.close()
-            raise ConfigError(f"another run holds {self.path}: {holder}",
-                              hint="wait for it to finish; if that process is gone, the lock frees itself")
+            raise self._busy(holder) from None
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "command": " ".join(sys.argv), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+                             "command": redact_text(" ".join(sys.argv)), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
         fh.flush()
         self._fh = fh
         return self
+
+    def _busy(self, holder: str) -> ProvisionError:
+        try:
+            who = json.loads(holder)
+        except ValueError:
+            who = None
+        if not isinstance(who, dict) or "pid" not in who:
+            return ProvisionError(f"another run holds the workspace lock {self.path}",
+                                  hint=f"wait for the other run to finish; if none is running, remove {self.path}")
+        host = who.get("host", "?")
+        return ProvisionError(
+            f"another run holds the workspace lock {self.path}: pid {who['pid']} on {host} "
+            f"since {who.get('since', '?')} (`{who.get('command', '?')}`)",
+            hint=f"wait for the other run to finish; if no process {who['pid']} runs on {host}, remove {self.path}")
 
     def __exit__(self, *exc) -> None:
         if self._fh:
