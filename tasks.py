@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 
 from invoke import task
@@ -142,7 +142,9 @@ def test(c, k=None, quick=False):
         args += ["-k", k]
     if quick:
         args += ["-m", "not slow and not network"]
-    sys.exit(subprocess.call(args, cwd=PROJECT_ROOT))
+    # pytest replaces this process: Ctrl-C and SIGTERM reach it directly, nothing is left running
+    os.chdir(PROJECT_ROOT)
+    os.execv(sys.executable, args)
 
 
 @task(help={**COMMON, "force": "check and apply the patches again even if up to date"})
