@@ -1,4 +1,5 @@
-"""conda backend: conda/mamba/micromamba when one is on PATH, else py-rattler in a child process.
+"""conda backend: conda/mamba/micromamba when one is on PATH and the channels carry no credentials, else
+py-rattler in a child process.
 
 Only the configured channels are used; with override_channels (the default) no default channel is
 ever contacted. Python comes from the channel; the lock is then installed with uv/pip.
@@ -7,7 +8,6 @@ ever contacted. Python comes from the channel; the lock is then installed with u
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -16,7 +16,8 @@ from typing import Sequence
 
 from .. import mirrors, runner
 from ..errors import ConfigError, ProvisionError, StepFailed
-from ..redact import redact_url
+from ..redact import has_secret, redact_url
+from . import rattler_child
 from .common import Compiler, bin_python, nvcc_version, cuda_matches
 
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -42,11 +43,23 @@ def find_tool() -> str | None:
     return None
 
 
+def _rattler_installed() -> bool:
+    try:
+        import rattler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def solve_install(ctx, chs: Sequence[str], specs: Sequence[str], prefix: Path, *, what: str) -> dict:
-    """Create `prefix` with `specs` from `chs`: the conda CLI if present, else rattler in a child process."""
+    """Create `prefix` with `specs` from `chs`: the conda CLI if present, else rattler in a child process.
+
+    Channels with credentials always go through rattler, which takes them from its environment and holds
+    them in memory: the CLI would show them in its argv to every user of the host (/proc/*/cmdline)."""
     plan = ctx.plan
     tool = find_tool()
-    if tool:
+    credentialed = [c for c in chs if has_secret(c)]
+    if tool and not credentialed:
         argv = [tool, "create", "-y", "-p", str(prefix)]
         if plan.env.override_channels:
             argv.append("--override-channels")
@@ -57,23 +70,31 @@ def solve_install(ctx, chs: Sequence[str], specs: Sequence[str], prefix: Path, *
         if result.returncode != 0:
             _fail(result.output, chs, specs, what, plan)
         return {"tool": Path(tool).name}
-    try:
-        import rattler  # noqa: F401
-    except ImportError:
+    if not _rattler_installed():
+        if tool:
+            raise ConfigError(f"conda channel(s) {_shown(credentialed)} carry credentials, which "
+                              f"`{Path(tool).name} create` would show in the process list",
+                              hint="install the toolkit's `conda` extra (VLLMP_EXTRAS=conda,test ./inv ...): "
+                                   "py-rattler keeps the credentials out of every argv and file")
         raise ConfigError("the conda backend needs conda, mamba or micromamba on PATH, or py-rattler installed",
                           hint="install the toolkit's `conda` extra (VLLMP_EXTRAS=conda,test ./inv ...) "
-                               "or put micromamba on PATH") from None
+                               "or put micromamba on PATH")
+    cache_dir = plan.workspace.cache / "rattler"
+    throwaway = None
+    if any(has_secret(url) for url in rattler_child.split_credentials(list(chs))[0]):
+        # rattler keeps each URL in its caches: a token in the URL itself gets a cache removed afterwards
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        cache_dir = throwaway = Path(tempfile.mkdtemp(prefix="rattler-tokened-", dir=cache_dir.parent))
     spec = {"channels": list(chs), "specs": list(specs), "prefix": str(prefix), "timeout": plan.env.timeout,
-            "cache_dir": str(plan.workspace.cache / "rattler")}
-    fd, spec_file = tempfile.mkstemp(prefix="vllmp-rattler-", suffix=".json")
+            "cache_dir": str(cache_dir)}
+    ctx.say(f"solving {' '.join(specs)} from {_shown(chs)} (rattler)")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(spec, fh)
-        ctx.say(f"solving {' '.join(specs)} from {_shown(chs)} (rattler)")
-        result = runner.run([sys.executable, "-m", "vllm_provision.envs.rattler_child", spec_file], log=ctx.log,
+        result = runner.run([sys.executable, "-m", "vllm_provision.envs.rattler_child"], log=ctx.log,
+                            extra_env={rattler_child.SPEC_VARIABLE: json.dumps(spec)},
                             timeout=max(600, plan.env.timeout * 10), check=False, what="rattler")
     finally:
-        os.unlink(spec_file)
+        if throwaway:
+            shutil.rmtree(throwaway, ignore_errors=True)
     data = None
     for line in result.output.splitlines():
         if line.startswith("VLLMP-RATTLER "):
