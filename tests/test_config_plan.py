@@ -49,7 +49,7 @@ def test_catalog_has_the_seeded_releases():
     assert {"0.2.2", "0.2.7", "0.4.3", "0.6.6.post1", "0.33.0"} <= set(known_versions())
     r = get_release("v0.2.2")
     assert r.sdist.sha256.startswith("d047bec3") and r.arch_list_separator == ";"
-    assert r.requires_python.contains("3.10.12") and r.build_system == "setuptools-cpp-extension"
+    assert r.python_tested.contains("3.10.12") and r.build_system == "setuptools-cpp-extension"
 
 
 def test_plan_arch_from_gpus_and_rendering(isolated):

@@ -106,7 +106,22 @@ def test_github_archive_verified_by_extracted_tree(http_server, isolated, tmp_pa
     bad = local_plan([SourcePlan("github-archive", http_server.url + "/gh.tar.gz", "gh2.tar.gz", "", "0" * 64)])
     with pytest.raises(StepFailed) as err:
         obtain(bad)
-    assert "tree checksum mismatch" in str(err.value.message) or "any source" in err.value.message
+    assert err.value.message == (f"could not download {bad.release.sdist.file} from any source: github-archive: "
+                                 f"tree checksum mismatch for gh2.tar.gz: expected tree sha256 {'0' * 64}, got {tree}; "
+                                 "the bad file was deleted")
+    assert not (bad.workspace.downloads / "gh2.tar.gz").exists()
+
+
+def test_wrong_bytes_from_one_source_then_the_next_source(http_server, isolated, capsys):
+    wrong = http_server.add("/wrong/vllm-0.0.1.tar.gz", Route(b"a different file"))
+    right = http_server.add("/right/vllm-0.0.1.tar.gz", Route(TARBALL))
+    plan = local_plan([SourcePlan("mirror", wrong, "vllm-0.0.1.tar.gz", SHA),
+                       SourcePlan("mirror", right, "vllm-0.0.1.tar.gz", SHA)])
+    path, source = obtain(plan)
+    assert source.url == right and path.read_bytes() == TARBALL
+    assert http_server.paths() == ["/wrong/vllm-0.0.1.tar.gz", "/right/vllm-0.0.1.tar.gz"]
+    assert (f"mirror: checksum mismatch for {wrong}: expected sha256 {SHA}, got {sha256(b'a different file')}; "
+            "the bad file was deleted; trying the next source") in capsys.readouterr().err
 
 
 def test_source_without_any_checksum_is_never_used(http_server, isolated):

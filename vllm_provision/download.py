@@ -1,4 +1,4 @@
-"""HTTP downloads: resumable (Range), retried with backoff, checksummed, atomic (*.part -> rename).
+"""HTTP downloads: resumable (Range), retried with backoff, checksummed, atomic (*.part -> rename), locked per cached file.
 
 Proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (urllib's ProxyHandler); credentials from the
 URL's userinfo or ~/.netrc, sent as Basic auth and never logged.
@@ -7,6 +7,8 @@ URL's userinfo or ~/.netrc, sent as Basic auth and never logged.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import netrc
@@ -18,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import StepFailed
@@ -122,6 +124,21 @@ def sha256_file(path: Path) -> str:
 
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on `<path>.lock`: the cache is shared by every workspace, so two runs
+    must not write the same `.part`, and a waiter finds the file the other one fetched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:  # never removed: a removed lock file races
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def download(url: str, dest: Path, settings: HttpSettings, *, sha256: str | None = None,

@@ -186,7 +186,8 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
                              hint=f"read the resolver output above; a pin in {where} may conflict, or the index "
                                   "has no upload dates for the cut-off (exclude_newer = \"none\" there)",
                              log_tail=mirrors.scrub("\n".join(last), index))
-        body = mirrors.scrub(raw.read_text(), index)
+        # the temp dir in uv's "via -r" notes would change the lock on every run
+        body = mirrors.scrub(raw.read_text(), index).replace(f"{tmp}/", "")
         locked = pinned_text(body)
         # The resolver honoured the pins, or the lock is wrong: check before the committed file is touched.
         for name, pin in recipe.pins.items():
@@ -208,10 +209,12 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
 
 def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:
     """`inv lock`: fetch the release if needed, then compile its lock."""
-    from . import cli, host, ui
+    from . import config, host, ui
     from .pipeline import run_steps
+    from .plan import build_plan
 
-    plan = cli.make_plan(release=release, profile=profile, python=python)
+    plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
+                      need_lock=False)
     if plan.env.backend == "existing" or not plan.settings["env"].get("lock"):
         raise ConfigError(f"profile {plan.profile} installs no lock (env.backend {plan.env.backend}, "
                           f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")

@@ -58,23 +58,11 @@ def describe(env: Any) -> str:
     return " + ".join(redact_url(u) for u in urls)
 
 
-def url_secrets(env: Any) -> list[str]:
-    """Literal passwords/tokens in the configured URLs, to scrub from text that is not URL-shaped."""
-    out = []
-    for url in [_get(env, "index_url")] + list(_get(env, "extra_index_urls") or ()) + list(_get(env, "channels") or ()):
-        if not url:
-            continue
-        parts = urlsplit(str(url))
-        out += [s for s in (parts.password, parts.username if parts.password is None else None) if s]
-    return out
-
-
 def scrub(text: str, env: Any) -> str:
+    """Redact credentials structurally, and the secret values of the env's own index/channel URLs."""
     from .redact import redact_text
-    text = redact_text(text)
-    for secret in url_secrets(env):
-        text = text.replace(secret, "***")
-    return text
+    urls = [_get(env, "index_url")] + list(_get(env, "extra_index_urls") or ()) + list(_get(env, "channels") or ())
+    return redact_text(text, urls=[str(u) for u in urls if u])
 
 
 def probe_index(index_url: str, package: str, timeout: float = 10) -> str | None:

@@ -281,7 +281,8 @@ def plan_sources(release: Release, settings: Mapping[str, Any]) -> tuple[SourceP
 
 
 def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-               root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None) -> Plan:
+               root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None, need_lock: bool = True) -> Plan:
+    """`need_lock=False` for `inv lock`, which writes the lock a complete recipe needs."""
     settings = config.resolve(cli, environ, root)
     release = catalog.get_release(settings["release"])
     profile = settings["profile"]
@@ -291,8 +292,9 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         ws_root = root / ws_root
     workspace = Workspace(root=ws_root / f"{release.version}-{profile}", cache=cache)
     facts = facts if facts is not None else host.probe(str(ws_root))
-    series = patches.load_series(release.version, root)
     env = plan_env(release, profile, settings, root)
+    catalog.require_recipe(release, profile, needs_lock=need_lock and env.lock is not None, root=root)
+    series = patches.load_series(release.version, root)
     # the compiler's CUDA: the env's (its torch decides), else the newest nvcc on the host
     host_cudas = sorted((n.version for n in facts.nvcc if n.version), key=Version)
     compiler_cuda = env.cuda or (host_cudas[-1] if host_cudas else None)

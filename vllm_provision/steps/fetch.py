@@ -6,7 +6,7 @@ import json
 
 from ..extract import tree_sha256
 from ..pipeline import StepContext, StepOutcome
-from ..sources import extract_to, obtain
+from ..sources import cache_is_sound, extract_to, obtain
 
 MARKER = ".vllmp-source.json"
 
@@ -16,7 +16,9 @@ def stamp_inputs(ctx: StepContext) -> dict:
 
 
 def intact(ctx: StepContext) -> bool:
-    return (ctx.workspace.src / MARKER).is_file()
+    """src/ was extracted and the cache holds no corrupt copy: a corrupt one makes the step run
+    again, which reports it, removes it and fetches it again (or names the fix when offline)."""
+    return (ctx.workspace.src / MARKER).is_file() and cache_is_sound(ctx.plan)
 
 
 def run(ctx: StepContext) -> StepOutcome:
