@@ -23,9 +23,13 @@ CACHE = Path(os.path.expanduser("~/.cache/vllm-provision"))
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_committed_seed_lock_installs_from_pypi(tmp_path):
+def test_committed_seed_lock_installs_from_pypi(tmp_path, monkeypatch):
     """torch 2.1.0 + xformers 0.0.22.post7 + transformers 4.35.2 import in a fresh env (no GPU needed).
-    uv (not pip: /etc/xdg/pip/pip.conf may carry constraints); downloads cached under ~/.cache/vllm-provision/uv."""
+    uv (not pip: /etc/xdg/pip/pip.conf may carry constraints); downloads cached under ~/.cache/vllm-provision/uv.
+    The env step refuses a CUDA 12.1 torch where no CUDA 12 compiler is found: a toolkit that reports 12.1 stands
+    in for one (this test installs, it does not compile)."""
+    from test_preflight import fake_nvcc
+    monkeypatch.setenv("CUDA_HOME", str(fake_nvcc(tmp_path / "cuda-12.1", "12.1").parent.parent))
     cli = {"profile": "seed", "workspace_root": str(tmp_path / "ws"), "cache_dir": str(CACHE),
            "env": {"backend": "venv", "python": "3.11", "installer": "uv"}}
     plan = build_plan(cli, environ={}, facts=HostFacts())

@@ -20,6 +20,26 @@ def test_nvcc_torch_rule():
     assert preflight.check_nvcc_torch("13.0", "13.0", "/x/nvcc").status == "pass"
     assert preflight.check_nvcc_torch(None, "13.0", "/x/nvcc").status == "fail"
     assert "nvidia-cuda-nvcc/nvvm/crt==13.0.*" in preflight.check_nvcc_torch("13.0", None, None).hint
+    assert "--profile pypi-cu13" in c.hint          # the PyPI-only way out for a CUDA 12 torch
+
+
+def fake_nvcc(home, version: str):
+    nvcc = home / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {version}, V{version}.1'\n")
+    nvcc.chmod(0o755)
+    return nvcc
+
+
+def test_compiler_for_a_planned_torch_passes_when_any_host_toolkit_fits(tmp_path):
+    fake_nvcc(tmp_path / "cuda-12.4", "12.4")
+    fake_nvcc(tmp_path / "cuda-11.8", "11.8")
+    # the first one found does not fit, a later one does: the env step may go on
+    environ = {"CUDA_HOME": str(tmp_path / "cuda-11.8"), "CUDA_PATH": str(tmp_path / "cuda-12.4"), "PATH": ""}
+    fits = preflight.check_compiler_for("12.1", environ)
+    assert fits.status == "warn" and "nvcc 12.4" in fits.detail
+    none_fit = preflight.check_compiler_for("10.2", {"CUDA_HOME": str(tmp_path / "cuda-11.8"), "PATH": ""})
+    assert none_fit.status == "fail" and "nvcc 11.8" in none_fit.detail and "cuda-nvcc=10.2" in none_fit.hint
 
 
 def test_gcc_limit():

@@ -255,8 +255,8 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
         cuda=str(env["cuda"]) if env.get("cuda") else None, lock=lock,
         index_url=pypi["index_url"],
         extra_index_urls=tuple(pypi.get("extra_index_urls") or ()),
-        trusted_hosts=tuple(pypi.get("trusted_hosts") or ()), timeout=int(pypi.get("timeout") or 60),
-        retries=int(pypi.get("retries") or 5), cert=pypi.get("cert"),
+        trusted_hosts=tuple(pypi.get("trusted_hosts") or ()), timeout=int(pypi["timeout"]),
+        retries=int(pypi["retries"]), cert=pypi.get("cert"),
         channels=tuple(conda.get("channels") or ()), override_channels=bool(conda.get("override_channels", True)),
     )
 

@@ -64,7 +64,8 @@ def matching_compiler_hint(cuda: str) -> str:
         return (f"let `inv env --force` provision it (pip wheels nvidia-cuda-nvcc/nvvm/crt=={v.major}.{v.minor}.*), "
                 f"or set CUDA_HOME to a CUDA {v.major}.{v.minor} toolkit")
     return (f"no PyPI wheel carries nvcc for CUDA {cuda}: set conda.channels to a channel with cuda-nvcc={cuda} "
-            f"and run `inv env --force`, or install the CUDA {cuda} toolkit and set CUDA_HOME")
+            f"and run `inv env --force`, install the CUDA {cuda} toolkit and set CUDA_HOME, or use the PyPI-only "
+            f"profile (`--profile pypi-cu13`: torch for CUDA 13, nvcc from PyPI wheels)")
 
 
 def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path: str | None) -> Check:
@@ -86,6 +87,12 @@ def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path
     if (have.major, have.minor) != (want.major, want.minor):
         return Check(name, "warn", detail + ": minor versions differ (torch warns, builds usually work)", fix)
     return Check(name, "pass", detail)
+
+
+def check_compiler_for(torch_cuda: str, environ: Mapping[str, str] | None = None) -> Check:
+    """nvcc-vs-torch before the env exists: any host toolkit that fits the planned torch's CUDA passes."""
+    checks = [check_nvcc_torch(torch_cuda, c.version, c.path) for c in host.nvcc_candidates(environ)]
+    return next((c for c in checks if c.status != "fail"), checks[0] if checks else check_nvcc_torch(torch_cuda, None, None))
 
 
 def check_gcc(gcc_version: str | None, gcc_path: str | None, gcc_max: int | None, nvcc_version: str | None) -> Check:

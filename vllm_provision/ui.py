@@ -24,9 +24,15 @@ def warn(message: str) -> None:
     console.print(f"warning: {redact_text(message)}", style="yellow", markup=False)
 
 
+def quoted(output: str) -> str:
+    """A tool's own output as shown above the toolkit's error: indented, so that the one line starting
+    with `error:` is the toolkit's (uv, pip, nvcc and gcc print `error:` lines of their own)."""
+    return "\n".join(f"  | {line}" for line in output.rstrip().splitlines())
+
+
 def error(message: str, hint: str | None = None, log_tail: str | None = None) -> None:
     if log_tail:
-        console.print(redact_text(log_tail.rstrip()), markup=False, style="dim")
+        console.print(quoted(redact_text(log_tail)), markup=False, style="dim")
     console.print(f"error: {redact_text(message)}", style="bold red", markup=False)
     if hint:
         console.print(f"hint: {redact_text(hint)}", style="cyan", markup=False)

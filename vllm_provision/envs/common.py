@@ -3,6 +3,7 @@ and the CUDA compiler that matches the env's torch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 from packaging.version import InvalidVersion, Version
 
 from .. import mirrors, runner
+from ..redact import redact_url
 from ..errors import StepFailed
 
 INSTALL_TIMEOUT = 3600
@@ -59,10 +61,22 @@ _PKG_PATTERNS = (
     re.compile(r"(?:the requirement|distribution found for)\s+([A-Za-z0-9._-]+)"),
     re.compile(r"/packages/[^\s]*/([A-Za-z0-9_.]+?)-\d[^/\s]*\.(?:whl|tar\.gz)"),
 )
+# uv: "HTTP status server error (503 Service Unavailable)"; pip: "503 Server Error"; probe_index: "HTTP 503"
+_SERVER_ERROR = re.compile(r"(?:server error \(|\bHTTP )(5\d\d)\b|\b(5\d\d) Server Error")
+REFUSED = "connection refused (mirror down or wrong URL)"
+TIMED_OUT = "timed out (raise pypi.timeout for a slow mirror)"
+NOT_ON_MIRROR = "not available on the mirror"
 
 
-def diagnose_install(output: str) -> tuple[str | None, str]:
-    """(failing package, reason) from pip/uv output."""
+@dataclass(frozen=True)
+class InstallFailure:
+    package: str | None
+    reason: str
+    mirror_down: bool      # the index itself fails (refused, timed out, 5xx): no package is to blame
+
+
+def diagnose_install(output: str) -> InstallFailure:
+    """Why pip/uv failed, from its output."""
     pkg = None
     for pattern in _PKG_PATTERNS:
         m = pattern.search(output)
@@ -70,11 +84,19 @@ def diagnose_install(output: str) -> tuple[str | None, str]:
             pkg = m.group(1)
             break
     low = output.lower()
+    server_error = _SERVER_ERROR.search(output)
     if "connection refused" in low or "newconnectionerror" in low or "failed to establish" in low:
-        reason = "connection refused (mirror down or wrong URL)"
-    elif "timed out" in low or "timeout" in low:
-        reason = "timed out (raise pypi.timeout for a slow mirror)"
-    elif "401" in output or "unauthorized" in low or "403" in output:
+        return InstallFailure(pkg, REFUSED, True)
+    if "timed out" in low or "timeout" in low:
+        return InstallFailure(pkg, TIMED_OUT, True)
+    if server_error:
+        return InstallFailure(pkg, f"HTTP {server_error.group(1) or server_error.group(2)} (a server error on the mirror)",
+                              True)
+    if "dns error" in low or "name or service not known" in low or "name resolution" in low:
+        return InstallFailure(pkg, "unknown host (check the mirror URL)", True)
+    if output.startswith("unreachable ("):   # mirrors.probe_index: the index could not be read at all
+        return InstallFailure(pkg, output, True)
+    if "401" in output or "unauthorized" in low or "403" in output:
         reason = "authentication failed (check the credentials in the URL or ~/.netrc)"
     elif "hash" in low and ("mismatch" in low or "do not match" in low or "doesn't match" in low):
         reason = "hash mismatch against the lock (the mirror serves a different file)"
@@ -82,31 +104,47 @@ def diagnose_install(output: str) -> tuple[str | None, str]:
         reason = "TLS certificate not trusted (set pypi.cert or pypi.trusted_hosts)"
     elif "no solution" in low or "not found in the package registry" in low or "no matching distribution" in low \
             or "no version" in low or "were not found" in low:
-        reason = "not available on the mirror"
+        reason = NOT_ON_MIRROR
     else:
         lines = [l.strip() for l in output.strip().splitlines() if l.strip()]
         reason = lines[-1][:200] if lines else "unknown error"
-    return pkg, reason
+    return InstallFailure(pkg, reason, False)
+
+
+def _index_urls(index: Any) -> list[str]:
+    return [u for u in [getattr(index, "index_url", None), *(getattr(index, "extra_index_urls", ()) or ())] if u]
 
 
 def install(ctx, installer: Installer, python: Path, args: Sequence[str], *, what: str, index: Any) -> None:
-    """Run one install; a failure becomes one line naming the (redacted) mirror and the failing package."""
+    """Run one install; a failure becomes one line naming the (redacted) mirror and, unless the mirror
+    itself fails, the failing package."""
     argv = installer.argv(python, *args)
     result = runner.run(argv, log=ctx.log, extra_env=installer.env, timeout=INSTALL_TIMEOUT, check=False,
                         what=f"{installer.kind} install")
-    if result.returncode != 0:
-        pkg, reason = diagnose_install(result.output)
-        if pkg and reason == "not available on the mirror":
-            for url in [getattr(index, "index_url", None)] + list(getattr(index, "extra_index_urls", ()) or ()):
-                why = mirrors.probe_index(url, pkg, timeout=min(30, getattr(index, "timeout", 10) or 10)) if url else None
-                if why:
-                    reason = why
-                    break
-        tail = "\n".join(result.output.strip().splitlines()[-12:])
-        raise StepFailed(mirrors.scrub(f"could not install {pkg or what} from {mirrors.describe(index)}: {reason}",
-                                       index),
-                         hint=f"the previous env is unchanged; full log: {ctx.log}",
-                         log_tail=mirrors.scrub(tail, index))
+    if result.returncode == 0:
+        return
+    failure = diagnose_install(result.output)
+    # the index that failed: the one named in the installer's output, else all of them
+    mirror = next((redact_url(u) for u in _index_urls(index) if redact_url(u).rstrip("/") in result.output),
+                  mirrors.describe(index))
+    if failure.package and failure.reason == NOT_ON_MIRROR:
+        # pip says only "from versions: none" for a 401, a refused connection or a 5xx: ask each index
+        for url in _index_urls(index):
+            why = mirrors.probe_index(url, failure.package, timeout=min(30, getattr(index, "timeout", 10) or 10))
+            if why:
+                probed = diagnose_install(why)
+                failure = InstallFailure(failure.package, probed.reason if probed.mirror_down else why,
+                                         probed.mirror_down)
+                mirror = redact_url(url)
+                break
+    if failure.mirror_down:
+        message = f"the package index {mirror} cannot be used: {failure.reason}"
+        hint = f"check that the mirror is up and pypi.index_url is right; the previous env is unchanged; full log: {ctx.log}"
+    else:
+        message = f"could not install {failure.package or what} from {mirror}: {failure.reason}"
+        hint = f"the previous env is unchanged; full log: {ctx.log}"
+    tail = "\n".join(result.output.strip().splitlines()[-12:])
+    raise StepFailed(mirrors.scrub(message, index), hint=hint, log_tail=mirrors.scrub(tail, index))
 
 
 def install_lock(ctx, installer: Installer, python: Path, lock: Path, index: Any) -> None:
@@ -147,6 +185,52 @@ def probe(python: Path, timeout: float = 300) -> dict:
             return json.loads(line[len("VLLMP-PROBE "):])
     raise StepFailed(f"the env's interpreter {python} does not run: {result.output.strip()[-300:]}",
                      hint="recreate it with `inv env --force`")
+
+
+SITE_LISTING = r"""
+import ast, importlib.util, json, os, site, sys
+sys.path[:] = [p for p in sys.path if p]   # not the current directory
+dirs = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+if "--with-base" in sys.argv:   # what a --system-site-packages venv over this interpreter sees as well
+    dirs += site.getsitepackages([sys.base_prefix])
+listing = {}
+for d in dict.fromkeys(os.path.realpath(p) for p in dirs):
+    if os.path.isdir(d):
+        listing[d] = sorted(n for n in os.listdir(d) if n.endswith((".dist-info", ".egg-info")))
+torch = {}
+spec = importlib.util.find_spec("torch")
+try:
+    with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as fh:
+        tree = ast.parse(fh.read())
+except (AttributeError, TypeError, OSError, SyntaxError):
+    tree = ast.Module(body=[], type_ignores=[])
+for node in tree.body:
+    target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+    if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+        torch[target.id] = node.value.value
+print("VLLMP-SITES " + json.dumps({"dirs": listing, "torch": torch.get("__version__"), "torch_cuda": torch.get("cuda")}))
+"""
+
+
+def site_state(python: str, *, with_base: bool = False, outside: str | None = None) -> dict:
+    """What an interpreter's packages are, cheaply (a directory listing, nothing imported or hashed):
+    torch's version and CUDA from torch/version.py, and the dist-info names (name-version) of every
+    site-packages dir it sees. `with_base`: also those of the base interpreter under a venv (what a
+    --system-site-packages venv over `python` sees); `outside`: only the dirs not under that prefix."""
+    try:
+        result = runner.run([python, "-c", SITE_LISTING, *(["--with-base"] if with_base else [])], timeout=60,
+                            check=False, what="site-packages listing", extra_env={"PYTHONNOUSERSITE": "1"})
+    except StepFailed as exc:   # no such interpreter: the step that needs it says so
+        return {"error": exc.message}
+    line = next((l for l in result.output.splitlines() if l.startswith("VLLMP-SITES ")), None)
+    if line is None:
+        return {"error": result.output.strip()[-300:]}
+    data = json.loads(line[len("VLLMP-SITES "):])
+    skip = os.path.realpath(outside) + os.sep if outside else None
+    names = sorted({n for d, listed in data["dirs"].items() if not (skip and (d + os.sep).startswith(skip))
+                    for n in listed})
+    return {"torch": data["torch"], "torch_cuda": data["torch_cuda"], "dists": len(names),
+            "dists_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
 
 
 def nvcc_version(nvcc: Path | str) -> str | None:
@@ -208,14 +292,9 @@ def _minor(v: str) -> str:
     return f"{ver.major}.{ver.minor}"
 
 
-def pip_compiler(ctx, installer: Installer, python: Path, torch_cuda: str, site_packages: Sequence[str],
-                 index: Any) -> Compiler:
-    """CUDA >= 13: assemble CUDA_HOME from the nvidia-cuda-nvcc/nvvm/crt/runtime/cccl wheels."""
-    minor = _minor(torch_cuda)
-    major = Version(torch_cuda).major
-    specs = [f"{name}=={minor}.*" for name in PIP_COMPILER_WHEELS]
-    ctx.say(f"installing nvcc {minor} from the package index ({', '.join(PIP_COMPILER_WHEELS)})")
-    install(ctx, installer, python, specs, what=f"nvcc {minor} wheels", index=index)
+def env_compiler(torch_cuda: str, site_packages: Sequence[str]) -> Compiler | None:
+    """The nvcc the env's own CUDA wheels form (site-packages/nvidia/cu<major>), when they are installed."""
+    minor, major = _minor(torch_cuda), Version(torch_cuda).major
     for site in site_packages:
         home = Path(site) / "nvidia" / f"cu{major}"
         nvcc = home / "bin" / "nvcc"
@@ -227,12 +306,27 @@ def pip_compiler(ctx, installer: Installer, python: Path, torch_cuda: str, site_
             if version and cuda_matches(version, torch_cuda):
                 return Compiler(str(home), str(nvcc), version, "pip", f"nvcc {version} from PyPI wheels (torch CUDA {torch_cuda})")
             return Compiler(None, None, None, "none", f"the nvcc wheel at {nvcc} reports {version}, not {minor}")
-    return Compiler(None, None, None, "none", f"the nvcc {minor} wheels installed no bin/nvcc under nvidia/cu{major}")
+    return None
+
+
+def pip_compiler(ctx, installer: Installer, python: Path, torch_cuda: str, site_packages: Sequence[str],
+                 index: Any) -> Compiler:
+    """CUDA >= 13: assemble CUDA_HOME from the nvidia-cuda-nvcc/nvvm/crt/runtime/cccl wheels."""
+    minor = _minor(torch_cuda)
+    specs = [f"{name}=={minor}.*" for name in PIP_COMPILER_WHEELS]
+    ctx.say(f"installing nvcc {minor} from the package index ({', '.join(PIP_COMPILER_WHEELS)})")
+    install(ctx, installer, python, specs, what=f"nvcc {minor} wheels", index=index)
+    return env_compiler(torch_cuda, site_packages) or Compiler(
+        None, None, None, "none", f"the nvcc {minor} wheels installed no bin/nvcc under nvidia/cu{Version(torch_cuda).major}")
 
 
 def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict, prefix: Path) -> Compiler:
-    """A CUDA_HOME whose nvcc matches the env's torch: the host's when it fits, else one provisioned into the env."""
+    """A CUDA_HOME whose nvcc matches the env's torch: the env's own (locked) compiler wheels first, then the
+    host's when it fits, else one provisioned into the env."""
     torch_cuda = facts.get("torch_cuda")
+    own = env_compiler(torch_cuda, facts.get("site_packages", ())) if torch_cuda else None
+    if own is not None and own.source == "pip":
+        return own
     host = host_toolkits()
     if not torch_cuda:
         why = "torch is not installed in the env" if not facts.get("torch") else f"torch {facts['torch']} has no CUDA"

@@ -25,6 +25,7 @@ from .. import PROJECT_ROOT, envinfo, preflight, runner
 from ..build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
                      parse_ccache_stats, relevant_tail)
 from ..build.placement import host_placement
+from ..envs.common import site_state
 from ..errors import StepFailed
 from ..pipeline import StepContext, StepOutcome
 
@@ -53,7 +54,10 @@ def stamp_inputs(ctx: StepContext) -> dict:
     # stamp that held them rebuilt whenever free memory moved.
     return {"build": {k: build[k] for k in ("arch_list", "torch_cuda_arch_list")}, "release": ctx.plan.release.version,
             "env": {"python": info.python, "torch": info.torch, "torch_cuda": info.torch_cuda,
-                    "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock}}
+                    "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock},
+            # what the env sees from outside its prefix (the host's torch under the existing backend),
+            # as it is now: the libraries are built against it
+            "outside_env": site_state(info.python, outside=info.prefix)}
 
 
 def built_digest(ctx: StepContext) -> str | None:

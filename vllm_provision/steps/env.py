@@ -13,10 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import PROJECT_ROOT, envinfo, lock as locks, mirrors
+from packaging.version import InvalidVersion, Version
+
+from .. import PROJECT_ROOT, envinfo, lock as locks, mirrors, preflight
 from ..envinfo import EnvInfo
-from ..envs import common
-from ..errors import ConfigError
+from ..envs import common, existing
+from ..errors import ConfigError, ProvisionError, StepFailed
 from ..pipeline import StepContext, StepOutcome
 
 BACKENDS = ("venv", "conda", "existing")
@@ -39,8 +41,16 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
-    return {"env": ctx.plan.to_dict()["env"], "lock_sha256": _sha256(lock_file(ctx)),
-            "release": ctx.plan.release.version}
+    inputs = {"env": ctx.plan.to_dict()["env"], "lock_sha256": _sha256(lock_file(ctx)),
+              "release": ctx.plan.release.version}
+    if ctx.plan.env.backend == "existing":
+        # the packages reused from the host are inputs too: an image upgrade of torch reruns the env
+        # (and through the chained stamps everything built against it)
+        try:
+            inputs["base"] = common.site_state(existing.interpreter(ctx.plan), with_base=True)
+        except ConfigError:
+            inputs["base"] = None    # no interpreter: the run says so
+    return inputs
 
 
 def intact(ctx: StepContext) -> bool:
@@ -84,6 +94,27 @@ def _prune(ctx: StepContext, keep: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def check_compiler(plan, lock: Path | None) -> None:
+    """In seconds, before anything is downloaded: an env whose torch no compiler here can build for
+    is gigabytes for nothing. Skipped where the env brings its nvcc itself (PyPI wheels for CUDA >= 13
+    or pinned in the lock, a conda channel) and for the existing backend (its torch is already there;
+    the build's preflight judges it)."""
+    cuda = plan.env.cuda
+    if plan.env.backend == "existing" or not cuda or plan.env.channels:
+        return
+    try:
+        if Version(cuda).major >= 13:
+            return
+    except InvalidVersion:
+        return
+    if lock is not None and common.PIP_COMPILER_WHEELS[0] in locks.pinned(lock):
+        return
+    check = preflight.check_compiler_for(cuda)
+    if check.status == "fail":
+        raise StepFailed(f"no compiler for the env's torch (CUDA {cuda}), nothing downloaded: {check.detail}",
+                         hint=check.hint)
+
+
 def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     plan = ctx.plan
     backend = plan.env.backend
@@ -95,6 +126,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     lock = lock_file(ctx)
     if lock is not None:
         locks.check(lock, plan.release.version, plan.profile, locks.python_minor(plan.env.python))
+    check_compiler(plan, lock)
     python = module.create(ctx, prefix)
     installer = common.choose_installer(plan)
     if lock is not None:
@@ -108,7 +140,6 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     facts = common.probe(python)
     wrong = {n: (v, facts["packages"].get(n)) for n, v in want.items() if facts["packages"].get(n) != v}
     if wrong:
-        from ..errors import StepFailed
         first = ", ".join(f"{n} {got} (lock {v})" for n, (v, got) in list(wrong.items())[:5])
         raise StepFailed(f"the env does not match the lock: {first}", hint="rerun `inv env --force`; report if it persists")
     compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix)
@@ -131,7 +162,7 @@ def run(ctx: StepContext) -> StepOutcome:
     prefix = _next_prefix(ctx)
     try:
         info, extra = build_env(ctx, prefix)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(prefix, ignore_errors=True)
         raise
     switch_link(ctx.workspace.env, prefix)

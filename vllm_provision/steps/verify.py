@@ -12,7 +12,6 @@ Checks, each pass/warn/fail/skip with one line of detail and a fix:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from packaging.version import InvalidVersion, Version
 
 from .. import PROJECT_ROOT, envinfo, report, runner
 from ..checks import Check, summarize, to_json
+from ..envs.common import site_state
 from ..errors import NotBuiltYet, ProvisionError, StepFailed
 from ..pipeline import StepContext, StepOutcome, read_stamp
 from .build import built_digest
@@ -443,12 +443,10 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo) -> list[Check]:
     return checks
 
 
-def _dists_digest(info: envinfo.EnvInfo | None) -> str:
-    """Names of the dist-info dirs in the env: a changed package re-triggers verify."""
-    if not info:
-        return ""
-    names = sorted(p.name for p in Path(info.prefix).glob("lib/python3*/site-packages/*.dist-info"))
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+def _dists_digest(info: envinfo.EnvInfo | None) -> dict | None:
+    """The dist-infos of every site-packages dir the env sees (the host's too, under the existing
+    backend) and its torch: a changed package re-triggers verify."""
+    return site_state(info.python) if info else None
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
