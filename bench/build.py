@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from vllm_provision import envinfo, host, runner  # noqa: E402
 from vllm_provision.errors import StepFailed  # noqa: E402
-from vllm_provision.build import DRIVER, make_build_env, ninja_unit_times  # noqa: E402
+from vllm_provision.build import DRIVER, find_ccache, make_build_env, ninja_unit_times  # noqa: E402
 from vllm_provision.build.placement import Placement, cpu_list, host_placement, physical_cores  # noqa: E402
 from vllm_provision.pipeline import run_steps  # noqa: E402
 from vllm_provision.plan import build_plan  # noqa: E402
@@ -150,7 +150,7 @@ def main() -> int:
     out_path = Path(args.out) if args.out else None
     result = json.loads(out_path.read_text()) if out_path and out_path.is_file() else {}
     result.update({"workspace": str(ws.root), "arch": args.arch, "cpus": os.cpu_count(), "torch": info.torch,
-                   "nvcc": info.nvcc_version, "ccache": shutil.which("ccache"), "host": topology()})
+                   "nvcc": info.nvcc_version, "ccache": find_ccache(os.environ.get("PATH", "")), "host": topology()})
     log = ws.logs / "bench-build.log"
     for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
         if phase == "plain":

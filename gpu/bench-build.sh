@@ -12,7 +12,6 @@ cd "$root"
 OUT="${OUT:-/tmp/vllmp-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 VLLMP_WHEELHOUSE="$root/.carry/wheels" VLLMP_EXTRAS="" VLLMP_BOOTSTRAP_PYTHON="$(command -v python3)"
 export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host-torch}" VLLMP_OFFLINE=true
-if ! command -v ccache >/dev/null && [ -x "$root/.carry/bin/ccache" ]; then export PATH="$root/.carry/bin:$PATH"; fi
 ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
 for step in fetch env patch; do ./inv "$step" >>"$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log"; exit 1; }; done
 # which vCPUs slow the slowest unit's CPU down (hidden SMT siblings), ~12 s; on the H100 VMs it showed

