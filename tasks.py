@@ -65,13 +65,28 @@ def provision(c, release=None, profile=None, offline=False, force=None, arch=Non
 
 @task(help={**COMMON, "model": "local model dir (default: make and use a tiny ChatGLM)",
             "parity": "also check vLLM's compiled kernels and greedy tokens against PyTorch references",
-            "force": "run again even if up to date"})
+            "force": "run again even if up to date",
+            "all_gpus": "the smoke on every GPU at once, each judged on its own; with 2+ GPUs also the NCCL "
+                        "all-reduce check and tensor parallelism (when Ray is in the env)"})
 @handles_errors
-def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False):
+def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False, all_gpus=False):
     """Generate with the blog's sampling parameters; check and explain the GPU/CPU KV-cache blocks."""
     cli.require_gpu("inv smoke")
-    cli.run_pipeline(["smoke"], ["smoke"] if force else [], release=release, profile=profile, offline=offline,
-                     model=model, parity=parity)
+    cli.run_smoke(force, all_gpus=all_gpus, release=release, profile=profile, offline=offline, model=model, parity=parity)
+
+
+@task(help={**COMMON, "sizes": "message sizes, comma-separated (default 1MiB,64MiB,256MiB)",
+            "timeout": "seconds before a hung all-reduce is ended (default 180)",
+            "json": "print the check's JSON instead of the bandwidth table"})
+@handles_errors
+def nccl(c, release=None, profile=None, offline=False, sizes=None, timeout=None, json=False):
+    """All-reduce across every GPU through NCCL in the target env: result checked, bus bandwidth per size."""
+    from invoke.exceptions import Exit
+
+    code = cli.nccl_task(sizes=sizes, timeout=timeout, as_json=json, release=release, profile=profile,
+                         offline=offline)
+    if code:
+        raise Exit(code=code)
 
 
 @task(name="make-tiny-model", help={**COMMON, "out": "output directory (default: <workspace>/models/tiny-chatglm)"})

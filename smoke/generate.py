@@ -330,9 +330,23 @@ def versions() -> dict:
     return out
 
 
-def other_gpu_processes() -> list[dict] | None:
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def gpu_uuid(props) -> str | None:
+    """This process's GPU 0 as nvidia-smi names it (GPU-<uuid>): from torch, else from CUDA_VISIBLE_DEVICES."""
+    for text in (str(getattr(props, "uuid", "") or ""), os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0]):
+        m = _UUID.search(text.lower())
+        if m:
+            return "GPU-" + m.group(0)
+    return None
+
+
+def other_gpu_processes(uuid: str | None = None) -> list[dict] | None:
+    """Other processes holding memory on this GPU (on every GPU when its uuid is unknown): on a
+    multi-GPU host, a process on another GPU takes nothing from this one."""
     try:
-        r = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+        r = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory,gpu_uuid",
                             "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=15)
     except Exception:
         return None
@@ -341,16 +355,16 @@ def other_gpu_processes() -> list[dict] | None:
     procs = []
     for line in r.stdout.splitlines():
         parts = [x.strip() for x in line.split(",")]
-        if len(parts) < 3 or not parts[0].isdigit():
+        if len(parts) < 4 or not parts[0].isdigit():
             continue
         pid = int(parts[0])
-        if pid == os.getpid():
+        if pid == os.getpid() or (uuid and parts[-1].lower() != uuid.lower()):
             continue
         try:
-            used = int(float(parts[2])) * 1024 * 1024
+            used = int(float(parts[-2])) * 1024 * 1024
         except ValueError:
             used = None
-        procs.append({"pid": pid, "name": parts[1], "used_bytes": used})
+        procs.append({"pid": pid, "name": ",".join(parts[1:-2]), "used_bytes": used})
     return procs
 
 
@@ -358,18 +372,19 @@ def gpu_facts() -> dict:
     import torch
     props = torch.cuda.get_device_properties(0)
     g = {"name": props.name, "count": torch.cuda.device_count(),
-         "capability": f"{props.major}.{props.minor}", "total_bytes": int(props.total_memory)}
+         "capability": f"{props.major}.{props.minor}", "total_bytes": int(props.total_memory),
+         "uuid": gpu_uuid(props), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         free, total = torch.cuda.mem_get_info(0)
         g["free_bytes_before_load"] = int(free)
         g["used_before_load_bytes"] = int(total - free)  # includes this process's CUDA context
     except Exception as e:
         g["mem_get_info_error"] = str(e)
-    procs = other_gpu_processes()
+    procs = other_gpu_processes(g["uuid"])
     if procs is not None:
         g["other_processes"] = procs
         g["used_by_others_bytes"] = sum(p["used_bytes"] or 0 for p in procs)
-        g["used_by_others_source"] = "nvidia-smi --query-compute-apps"
+        g["used_by_others_source"] = ("nvidia-smi --query-compute-apps" + (f" on {g['uuid']}" if g["uuid"] else ""))
     elif "used_before_load_bytes" in g:
         g["used_by_others_bytes"] = g["used_before_load_bytes"]
         g["used_by_others_source"] = "torch.cuda.mem_get_info (includes this process's CUDA context)"

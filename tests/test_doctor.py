@@ -137,14 +137,14 @@ def test_driver_older_than_torch_cuda_fails(isolated, http_server):
 
 @needs_nvcc
 def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, http_server):
-    plan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"})
+    plan = make_plan(serve_index(http_server), NO_GPU, profile="seed", build={"arch_list": "9.0"})
     assert plan.env.cuda == "12.1"
     nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc-vs-torch"]
     assert nvcc.status == "fail"
     assert "12.1" in nvcc.detail and "13.0" in nvcc.detail and "lock torch 2.1.0" in nvcc.detail
     assert "CUDA 12.1" in nvcc.hint
     # with a conda channel configured the env step provisions cuda-nvcc=12.1: only a warning
-    chan = make_plan(serve_index(http_server), NO_GPU, build={"arch_list": "9.0"},
+    chan = make_plan(serve_index(http_server), NO_GPU, profile="seed", build={"arch_list": "9.0"},
                      conda={"channels": [http_server.url + "/chan"]})
     warned = doctor.check_nvcc([doctor.probe_nvcc(str(HOST_NVCC), 10)], "12.1", "2.1.0", "lock", chan)[0]
     assert warned.status == "warn" and "cuda-nvcc=12.1 from the conda channel" in warned.detail
@@ -152,9 +152,14 @@ def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, htt
 
 @needs_nvcc
 def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_server):
-    plan = make_plan(serve_index(http_server), NO_GPU)     # no GPU, no --arch: 7.0 ... 9.0
+    # seed plans for CUDA 12.1, whose nvcc builds 7.0; this host's nvcc is 13.0
+    plan = make_plan(serve_index(http_server), NO_GPU, profile="seed")     # no GPU, no --arch: 7.0 ... 9.0
     archs = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["arch-list"]
     assert archs.status == "fail" and "7.0" in archs.detail and "--arch" in archs.hint
+    # the default profile plans only what its CUDA 13.0 compiler can build: no FAIL of the toolkit's own making
+    default = make_plan(serve_index(http_server), NO_GPU)
+    assert "7.0" not in default.build.arch_list
+    assert by_name(doctor.run_doctor(default, NO_GPU, timeout=2))["arch-list"].status == "pass"
 
 
 def test_mirror_down_fails_fast_and_redacts_credentials(isolated):
@@ -242,7 +247,7 @@ def test_cli_json_shape_junit_and_exit_codes(isolated, http_server, tmp_path):
     suite = ET.parse(junit).getroot().find("testsuite")
     assert int(suite.get("tests")) == len(data["checks"])
     assert int(suite.get("failures")) == sum(c["status"] == "fail" for c in data["checks"])
-    rep = Path(isolated["VLLMP_WORKSPACE_ROOT"]) / "0.2.2-seed" / "report.json"
+    rep = Path(isolated["VLLMP_WORKSPACE_ROOT"]) / "0.2.2-pypi-cu13" / "report.json"
     saved = json.loads(rep.read_text())
     assert saved["doctor"]["checks"] == data["checks"] and "gpus" in saved["host"]
     assert "## Doctor" in rep.with_suffix(".md").read_text()

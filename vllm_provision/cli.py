@@ -133,3 +133,40 @@ def make_tiny_model(out: str | None, **flags: Any) -> None:
     target = Path(out).resolve() if out else plan.workspace.root / "models" / "tiny-chatglm"
     make(env.python, target, plan.workspace.log("make-tiny-model"))
     ui.info(f"tiny ChatGLM written to {target}")
+
+
+def run_smoke(force: bool = False, **flags: Any) -> list[StepResult]:
+    """`inv smoke` (`--all-gpus`: every GPU, the NCCL check and tensor parallelism where it can run)."""
+    return run_pipeline(["smoke"], ["smoke"] if force else [], **flags)
+
+
+def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = False, **flags: Any) -> int:
+    """`inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
+    section, the bandwidth table (or the JSON); the exit code."""
+    from . import envinfo, report
+    from .settings import Seconds
+    from .steps import smoke
+    from .workspace import RunLock
+    seconds = smoke.NCCL_TIMEOUT_S if timeout is None else config.flag_value("timeout", timeout, Seconds)
+    plan = make_plan(**flags)
+    facts = host.probe(str(plan.workspace.root.parent))
+    if len(facts.gpus) < 2:
+        raise ConfigError(f"the NCCL check needs at least 2 GPUs and {len(facts.gpus)} is visible"
+                          + (f" ({facts.gpu_error})" if facts.gpu_error else ""),
+                          hint="run `inv nccl` on a multi-GPU host; one GPU has no link to check")
+    ws = plan.workspace
+    env = envinfo.load(ws)
+    ws.ensure()
+    with RunLock(ws.root / ".lock"), runner.sigterm_as_interrupt():
+        data = smoke.nccl_check(env.python, ws, ws.log("nccl"), len(facts.gpus), sizes, seconds)
+    report.merge_section(ws.report, "nccl", data, release=plan.release.version, profile=plan.profile)
+    report.render(ws.report)
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        for line in smoke.nccl_lines(data):
+            ui.info(line)
+    if data.get("error"):
+        ui.error(data["error"]["message"], data["error"].get("hint"))
+        return 1
+    return 0

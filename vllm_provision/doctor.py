@@ -179,6 +179,93 @@ def lock_torch(plan: Plan, root: Path = PROJECT_ROOT) -> tuple[str | None, str |
     return version, f"{tag.group(1)}.{tag.group(2)}" if tag else None
 
 
+GPU_APPS_QUERY = "gpu_uuid,pid,process_name,used_memory"
+OTHER_PROCESSES_HINT = "their memory counts against gpu_memory_utilization (fewer KV-cache blocks): stop them"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def parse_gpu_apps(text: str) -> dict[str, list[dict]]:
+    """`nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_memory --format=csv,noheader,nounits`
+    -> {gpu uuid: [{pid, name, used_mib}]}."""
+    out: dict[str, list[dict]] = {}
+    for line in text.strip().splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < 4 or not cells[1].isdigit():
+            continue
+        try:
+            used = int(float(cells[-1]))
+        except ValueError:
+            used = 0
+        out.setdefault(cells[0], []).append({"pid": int(cells[1]), "name": ",".join(cells[2:-1]), "used_mib": used})
+    return out
+
+
+def parse_topology(text: str) -> dict | None:
+    """`nvidia-smi topo -m` -> {devices, matrix {a: {b: link}}, links ["GPU0-GPU1 NV18"], affinity, legend}.
+
+    The device columns (GPUs, then NICs) line up with the header; the affinity columns after them are
+    padded with extra tabs, so they are matched to their names without the empty cells."""
+    lines = [_ANSI.sub("", line) for line in text.splitlines()]
+    header_at = next((i for i, line in enumerate(lines) if re.search(r"\tGPU0\b", "\t" + line.strip())), None)
+    if header_at is None:
+        return None
+    names = [c.strip() for c in lines[header_at].split("\t") if c.strip()]
+    devices = [n for n in names if re.fullmatch(r"(GPU|NIC)\d+", n)]
+    extra = names[len(devices):]
+    matrix: dict[str, dict[str, str]] = {}
+    affinity: dict[str, dict[str, str]] = {}
+    legend: dict[str, str] = {}
+    for line in lines[header_at + 1:]:
+        cells = line.split("\t")
+        name = cells[0].strip()
+        if re.fullmatch(r"(GPU|NIC)\d+", name) and len(cells) > len(devices):
+            values = [c.strip() for c in cells[1:]]
+            matrix[name] = dict(zip(devices, values[:len(devices)]))
+            affinity[name] = dict(zip(extra, [v for v in values[len(devices):] if v]))
+            continue
+        m = re.match(r"^\s+(\S+)\s+=\s+(.+?)\s*$", line)
+        if m:
+            legend[m.group(1)] = m.group(2)
+    gpus = [d for d in devices if d.startswith("GPU")]
+    links = [f"{a}-{b} {matrix.get(a, {}).get(b, '?')}" for i, a in enumerate(gpus) for b in gpus[i + 1:]]
+    return {"devices": devices, "matrix": matrix, "links": links,
+            "affinity": {k: v for k, v in affinity.items() if k.startswith("GPU")}, "legend": legend}
+
+
+def probe_gpu_links(timeout: float) -> tuple[str | None, str | None, str | None]:
+    """(compute-apps CSV with each process's GPU, `nvidia-smi topo -m` text, why the topology is missing)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None, None, "nvidia-smi not found"
+    apps = runner.capture([smi, f"--query-compute-apps={GPU_APPS_QUERY}", "--format=csv,noheader,nounits"],
+                          timeout=timeout)
+    topo = runner.capture([smi, "topo", "-m"], timeout=timeout)
+    why = None
+    if topo is None or topo.returncode != 0:
+        why = "nvidia-smi topo -m: " + ((topo.output.strip().splitlines() or ["no output"])[-1] if topo else "did not run")
+    return (apps.output if apps and apps.returncode == 0 else None,
+            topo.output if topo and topo.returncode == 0 else None, why)
+
+
+def gpu_section(facts: HostFacts, apps_csv: str | None, topo_text: str | None, topo_error: str | None = None) -> dict:
+    """The GPUs for doctor's JSON and report.json's host section: count, each GPU's memory in use by other
+    processes (doctor itself holds none), and the link matrix where `nvidia-smi topo -m` answers."""
+    apps = parse_gpu_apps(apps_csv or "")
+    devices = []
+    for g in facts.gpus:
+        procs = apps.get(g.uuid, []) if g.uuid else []
+        devices.append({"index": g.index, "name": g.name, "uuid": g.uuid, "memory_total_mib": g.memory_total_mib,
+                        "memory_used_mib": g.memory_used_mib,
+                        "used_by_other_processes_mib": sum(p["used_mib"] for p in procs), "processes": procs})
+    topology = parse_topology(topo_text) if topo_text else None
+    section: dict = {"count": len(facts.gpus), "devices": devices, "topology": topology}
+    if topology is None and facts.gpus:
+        section["topology_error"] = topo_error or "nvidia-smi topo -m printed no matrix"
+    if apps_csv is None and facts.gpus:
+        section["processes_error"] = "nvidia-smi --query-compute-apps with gpu_uuid did not answer"
+    return section
+
+
 # ---------------------------------------------------------------------------------------------- checks
 def _caps_text(facts: HostFacts) -> str:
     names: dict[str, int] = {}
@@ -188,15 +275,17 @@ def _caps_text(facts: HostFacts) -> str:
     return ", ".join(f"{n}× {k}" for k, n in names.items())
 
 
-def check_gpus(facts: HostFacts, plan: Plan) -> Check:
+def check_gpus(facts: HostFacts, plan: Plan, section: dict | None = None) -> Check:
     if facts.gpus:
-        detail = f"{len(facts.gpus)} GPU(s): {_caps_text(facts)}"
+        detail = f"{len(facts.gpus)} GPU(s): {_caps_text(facts)}" + _links_text(section, len(facts.gpus))
+        if section and "processes_error" not in section:
+            return _check_gpus_per_device(detail, section)
         others = getattr(facts, "gpu_processes", ()) or ()
         if others:
             used = sum(getattr(p, "used_mib", 0) for p in others)
             names = ", ".join(f"{getattr(p, 'name', '?')} (pid {getattr(p, 'pid', '?')})" for p in others[:3])
             return Check("gpus", "warn", f"{detail}; {len(others)} other process(es) hold {used} MiB: {names}",
-                         "their memory counts against gpu_memory_utilization (fewer KV-cache blocks): stop them")
+                         OTHER_PROCESSES_HINT)
         return Check("gpus", "pass", detail)
     why = facts.gpu_error or "no GPU listed by nvidia-smi"
     if plan.build.arch_source == "config":
@@ -204,6 +293,25 @@ def check_gpus(facts: HostFacts, plan: Plan) -> Check:
                      "(CPU-only image build: nothing can run here)",
                      "run verify's GPU checks and smoke on a GPU host")
     return Check("gpus", "fail", why, NO_DRIVER_HINT)
+
+
+def _links_text(section: dict | None, count: int) -> str:
+    if not section or count < 2:
+        return ""
+    links = (section.get("topology") or {}).get("links")
+    return f"; links {', '.join(links)}" if links else f"; links unknown ({section.get('topology_error')})"
+
+
+def _check_gpus_per_device(detail: str, section: dict) -> Check:
+    """Each GPU's memory held by other processes, the processes named."""
+    held = []
+    for d in section["devices"]:
+        names = ", ".join(f"{p['name']} pid {p['pid']}" for p in d["processes"][:3])
+        held.append(f"GPU {d['index']} {d['used_by_other_processes_mib']} MiB" + (f" ({names})" if names else ""))
+    detail += "; held by other processes: " + ", ".join(held)
+    if any(d["processes"] for d in section["devices"]):
+        return Check("gpus", "warn", detail, OTHER_PROCESSES_HINT)
+    return Check("gpus", "pass", detail)
 
 
 def _major(v: str) -> int:
@@ -431,9 +539,11 @@ def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | No
 
 
 def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT,
-               environ: Mapping[str, str] | None = None, toolchain: dict | None = None) -> list[Check]:
+               environ: Mapping[str, str] | None = None, toolchain: dict | None = None,
+               gpus: dict | None = None) -> list[Check]:
     """All checks, in a fixed order; the slow ones run in parallel. `toolchain` (optional) receives
-    what was found: nvcc, compiler, torch (for report.json's `toolchain` section)."""
+    what was found: nvcc, compiler, torch (for report.json's `toolchain` section); `gpus` (optional)
+    receives the GPU section (count, memory held by other processes, link matrix)."""
     environ = os.environ if environ is None else environ
     indexes = [plan.env.index_url, *plan.env.extra_index_urls] if not plan.offline else []
     channels = list(plan.env.channels) if not plan.offline else []
@@ -446,6 +556,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
         f_index = [pool.submit(_guard, f"index {redact_url(u)}", check_index, u, plan, timeout) for u in indexes]
         f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
         f_source = pool.submit(_guard, "source", check_source, plan, timeout)
+        f_links = pool.submit(probe_gpu_links, probe_timeout) if facts.gpus else None
         torch_version, torch_cuda, torch_from = f_torch.result()
         nvccs, homes = [], set()
         for n in (f.result() for f in f_nvccs):     # a wrapper script and its target are one toolkit
@@ -460,8 +571,11 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
                               "compiler": f"{Path(cc).name} {cc_version}" if cc else None,
                               "torch": torch_version, "torch_cuda": torch_cuda, "torch_from": torch_from,
                               "lock": plan.env.lock})
+        section = gpu_section(facts, *f_links.result()) if f_links else None
+        if gpus is not None:
+            gpus.update(section or gpu_section(facts, None, None))
         checks = [
-            check_gpus(facts, plan),
+            check_gpus(facts, plan, section),
             preflight.check_driver(facts, torch_cuda),
             nvcc_check,
             check_compiler(nvcc, cc, cc_version),
@@ -505,11 +619,13 @@ def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: flo
     plan = cli.make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
     facts = host.probe(str(plan.workspace.root.parent))
     toolchain: dict = {}
-    checks = run_doctor(plan, facts, timeout=timeout, toolchain=toolchain)
+    gpus: dict = {}
+    checks = run_doctor(plan, facts, timeout=timeout, toolchain=toolchain, gpus=gpus)
     seconds = time.monotonic() - started
     rep = plan.workspace.report
     try:
-        report.merge_section(rep, "host", host_section(facts), release=plan.release.version, profile=plan.profile)
+        report.merge_section(rep, "host", host_section(facts) | {"gpu_details": gpus},
+                             release=plan.release.version, profile=plan.profile)
         report.merge_section(rep, "toolchain", toolchain)
         report.merge_section(rep, "doctor", to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                                 "seconds": round(seconds, 2)})

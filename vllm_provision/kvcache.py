@@ -382,7 +382,8 @@ class Verdict:
                 "explanation": list(self.explanation), "prediction": self.prediction}
 
 
-def _other_processes(smoke: dict) -> tuple[int | None, list[str]]:
+def other_processes(smoke: dict) -> tuple[int | None, list[str]]:
+    """(bytes other processes held on the smoke's GPU before vLLM loaded, 'name (pid N, X GB)' for each)."""
     gpu = smoke.get("gpu") or {}
     procs = gpu.get("other_processes") or []
     names = []
@@ -425,7 +426,7 @@ def judge(smoke: dict, expected: dict | None = None) -> Verdict:
     if expected.get("max_model_len"):
         f.max_model_len = int(expected["max_model_len"])
     v.explanation = explain(smoke) if (f.num_gpu_blocks is not None or f.kv_cache_tokens is not None) else []
-    others_bytes, others_names = _other_processes(smoke)
+    others_bytes, others_names = other_processes(smoke)
 
     # gpu-blocks > 0
     if f.num_gpu_blocks is None and f.kv_cache_tokens is None:

@@ -174,7 +174,44 @@ def render_markdown(data: dict) -> str:
         lines += ["", "## Smoke", ""]
         lines += _table(["fact", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
                                             for k, v in smoke.items()])
+    lines += _gpus_section(data.get("gpus")) + _nccl_section(data.get("nccl"))
     return "\n".join(lines) + "\n"
+
+
+def _gpus_section(gpus: Any) -> list[str]:
+    """`inv smoke --all-gpus`: one row a GPU, each judged against its own prediction; tensor parallelism."""
+    if not isinstance(gpus, dict) or not gpus.get("per_gpu"):
+        return []
+    lines = ["", f"## Smoke on every GPU ({gpus.get('count')} GPUs, {gpus.get('when', '')})", ""]
+    lines += _table(["GPU", "name", "GPU blocks", "predicted", "off", "verdict", "other processes", "why short / detail"],
+                    [[r.get("gpu"), r.get("name"), r.get("num_gpu_blocks"), r.get("predicted_blocks"),
+                      "" if r.get("off_pct") is None else f"{r['off_pct']:+.1f} %", r.get("status"),
+                      ", ".join(r.get("other_processes") or []) or "none",
+                      r.get("shortfall") or ("" if r.get("status") == "pass" else r.get("detail", ""))]
+                     for r in gpus["per_gpu"]])
+    tp = gpus.get("tensor_parallel") or {}
+    if tp:
+        shown = tp.get("reason") or (f"{tp.get('num_gpu_blocks')} GPU blocks a GPU vs {tp.get('predicted_blocks')} "
+                                     f"predicted; {tp.get('detail', '')}")
+        lines += ["", f"Tensor parallel ({tp.get('tensor_parallel_size', '—')} GPUs): {tp.get('status')}: {shown}"]
+    return lines
+
+
+def _nccl_section(nccl: Any) -> list[str]:
+    """`inv nccl` / the all-GPU smoke: the all-reduce table, nccl-tests' columns."""
+    if not isinstance(nccl, dict) or "world_size" not in nccl:
+        return []
+    versions = nccl.get("versions") or {}
+    lines = ["", f"## NCCL all-reduce: {'ok' if nccl.get('ok') else 'FAILED'} ({nccl.get('world_size')} GPUs, "
+                 f"NCCL {versions.get('nccl', '?')}, torch {versions.get('torch', '?')}, "
+                 f"NCCL_NVLS_ENABLE={(nccl.get('env') or {}).get('NCCL_NVLS_ENABLE', '?')})", ""]
+    if nccl.get("sizes"):
+        lines += _table(["size", "time (us)", "algbw (GB/s)", "busbw (GB/s)", "wrong elements"],
+                        [[s.get("label"), s.get("time_us"), s.get("algbw_gbps"), s.get("busbw_gbps"),
+                          s.get("wrong_elements")] for s in nccl["sizes"]])
+    if nccl.get("error"):
+        lines += ["", f"error: {nccl['error'].get('message')}", "", f"fix: {nccl['error'].get('hint')}"]
+    return lines
 
 
 def _build_units(build: dict, top: int = 5) -> list[str]:

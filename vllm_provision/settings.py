@@ -145,6 +145,7 @@ class Smoke(Section):
     max_model_len: Annotated[Count, Field(description="null or a whole number >= 1")]
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, description="a number > 0 and <= 1")]
     parity: Flag
+    all_gpus: Flag
 
 
 class AllowedPipCheck(Section):

@@ -3,17 +3,28 @@ the KV-cache block allocation (and, with smoke.parity, prove the compiled kernel
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
-from .. import PROJECT_ROOT, envinfo, kvcache, runner
+from .. import PROJECT_ROOT, envinfo, kvcache, report, runner
 from ..errors import ConfigError, StepFailed
+from ..host import Gpu
 from ..pipeline import StepContext, StepOutcome
+from ..workspace import Workspace
 from .build import built_digest
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
-SCRIPTS = ("generate.py", "parity.py", "chatglm_reference.py", "make_tiny_chatglm.py")
+SCRIPTS = ("generate.py", "parity.py", "chatglm_reference.py", "make_tiny_chatglm.py", "per_gpu.py",
+           "nccl_check.py", "procgroup.py")
+GENERATE_TIMEOUT_S = 1800
+NCCL_TIMEOUT_S = 180
+RAY_PROBE_TIMEOUT_S = 120
+# over a script's own --timeout: time to end its children and write its JSON before the runner stops it
+SCRIPT_TIMEOUT_MARGIN_S = 60
 
 
 def _scripts_hash() -> str:
@@ -26,7 +37,9 @@ def _scripts_hash() -> str:
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
-    return {"smoke": dict(ctx.plan.smoke), "scripts": _scripts_hash(),
+    # all_gpus off leaves the stamp as it was before the setting existed: no smoke reruns for it
+    smoke = {k: v for k, v in ctx.plan.smoke.items() if k != "all_gpus" or v}
+    return {"smoke": smoke, "scripts": _scripts_hash(),
             "gpus": [g.uuid or g.name for g in ctx.facts.gpus], "built": built_digest(ctx)}
 
 
@@ -51,29 +64,49 @@ def resolve_model(ctx: StepContext, python: str) -> Path:
     return make_tiny_model(python, ctx.workspace.root / "models" / "tiny-chatglm", ctx.log)
 
 
+def generate_argv(ctx: StepContext, python: str, model: Path, out: Path | str) -> list:
+    """smoke/generate.py's command line for the plan's smoke settings."""
+    argv = [python, SMOKE_DIR / "generate.py", "--model", model, "--out", out,
+            "--gpu-memory-utilization", str(ctx.plan.smoke.get("gpu_memory_utilization") or 0.9)]
+    if ctx.plan.smoke.get("max_model_len"):
+        argv += ["--max-model-len", str(ctx.plan.smoke["max_model_len"])]
+    return argv
+
+
+def bad_input(output: str, default: str) -> ConfigError:
+    """A smoke script's exit 2: its `error:` and `hint:` lines as the toolkit's own bad-input error."""
+    lines = [l for l in output.splitlines() if l.startswith(("error:", "hint:"))]
+    message = next((l[6:].strip() for l in lines if l.startswith("error:")), default)
+    hint = next((l[5:].strip() for l in lines if l.startswith("hint:")), None)
+    return ConfigError(message, hint=hint)
+
+
+def read_result(script: str, result: runner.Completed, out: Path, log: Path) -> dict:
+    """The JSON a smoke script wrote, or the error that says why there is none."""
+    if result.returncode == 2:
+        raise bad_input(result.output, f"bad {script} input")
+    if not out.is_file():
+        raise StepFailed(f"{script} exited {result.returncode} without writing {out}",
+                         hint=f"read {log}", log_tail="\n".join(result.output.splitlines()[-30:]))
+    return json.loads(out.read_text())
+
+
 def run(ctx: StepContext) -> StepOutcome:
     if not ctx.facts.gpus:
         return StepOutcome(status="skipped", detail=f"no GPU on this host ({ctx.facts.gpu_error or 'none visible'}); "
                                                    "the smoke needs one: run `inv smoke` on the GPU host")
     env = envinfo.load(ctx.workspace)
     model = resolve_model(ctx, env.python)
+    if ctx.plan.smoke.get("all_gpus"):
+        if ctx.plan.smoke.get("parity"):
+            ctx.say("kernel parity runs with the single-GPU smoke (smoke.all_gpus off), not on every GPU")
+        return run_all_gpus(ctx, env.python, model)
     out = ctx.workspace.root / "smoke.json"
     out.unlink(missing_ok=True)
-    argv = [env.python, SMOKE_DIR / "generate.py", "--model", model, "--out", out,
-            "--gpu-memory-utilization", str(ctx.plan.smoke.get("gpu_memory_utilization") or 0.9)]
-    if ctx.plan.smoke.get("max_model_len"):
-        argv += ["--max-model-len", str(ctx.plan.smoke["max_model_len"])]
     ctx.say(f"generating with the blog's sampling parameters on {model.name}")
-    result = runner.run(argv, log=ctx.log, what="smoke/generate.py", timeout=1800, check=False)
-    if result.returncode == 2:
-        lines = [l for l in result.output.splitlines() if l.startswith(("error:", "hint:"))]
-        message = next((l[6:].strip() for l in lines if l.startswith("error:")), "bad smoke input")
-        hint = next((l[5:].strip() for l in lines if l.startswith("hint:")), None)
-        raise ConfigError(message, hint=hint)
-    if not out.is_file():
-        raise StepFailed(f"smoke/generate.py exited {result.returncode} without writing {out}",
-                         hint=f"read {ctx.log}", log_tail="\n".join(result.output.splitlines()[-30:]))
-    smoke = json.loads(out.read_text())
+    result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
+                        timeout=GENERATE_TIMEOUT_S, check=False)
+    smoke = read_result("smoke/generate.py", result, out, ctx.log)
     verdict = kvcache.judge(smoke)
     for line in verdict.explanation:
         ctx.say(line)
@@ -104,10 +137,7 @@ def run_parity(ctx: StepContext, python: str, model: Path) -> dict:
     ctx.say("kernel parity: vLLM's greedy tokens and compiled ops against plain-PyTorch references")
     result = runner.run([python, SMOKE_DIR / "parity.py", "--model", model, "--out", out], log=ctx.log,
                         what="smoke/parity.py", timeout=1800, check=False)
-    if not out.is_file():
-        raise StepFailed(f"smoke/parity.py exited {result.returncode} without writing {out}", hint=f"read {ctx.log}",
-                         log_tail="\n".join(result.output.splitlines()[-30:]))
-    data = json.loads(out.read_text())
+    data = read_result("smoke/parity.py", result, out, ctx.log)
     failures = [f"{o['name']} {o.get('shape', '')}: max err {o.get('max_abs_err')} > {o.get('tol')}"
                 for o in data.get("ops", []) if not o.get("ok")]
     m = data.get("model") or {}
@@ -116,3 +146,207 @@ def run_parity(ctx: StepContext, python: str, model: Path) -> dict:
     failures += [str(e) for e in data.get("errors", [])]
     return {"ok": bool(data.get("ok")) and not failures, "failures": failures, "model": m,
             "ops": data.get("ops", []), "json": str(out)}
+
+
+# ------------------------------------------------------------------------------------------ every GPU
+def run_all_gpus(ctx: StepContext, python: str, model: Path) -> StepOutcome:
+    """smoke.all_gpus: the same smoke on each GPU at once (each judged against its own prediction),
+    then on hosts with more than one GPU the NCCL all-reduce check and the tensor-parallel smoke."""
+    gpus = ctx.facts.gpus
+    folder = ctx.workspace.root / "gpus"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rows = per_gpu_smoke(ctx, python, model, folder)
+    for line in gpu_table(rows):
+        ctx.say(line)
+    if len(gpus) > 1:
+        nccl = nccl_check(python, ctx.workspace, ctx.log, len(gpus))
+        for line in nccl_lines(nccl):
+            ctx.say(line)
+        tp = tensor_parallel_smoke(ctx, python, model, len(gpus), folder)
+    else:
+        nccl = None
+        tp = {"status": "skipped", "reason": "one GPU: nothing to split the model over"}
+    ctx.say(f"tensor parallel: {tp['status']}: {tp.get('reason') or tp.get('detail')}")
+    section = {"count": len(gpus), "per_gpu": rows, "tensor_parallel": tp,
+               "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    report.merge_section(ctx.workspace.report, "gpus", section)
+    if nccl is not None:
+        report.merge_section(ctx.workspace.report, "nccl", nccl)
+    facts = {"gpus": [{k: r.get(k) for k in ("gpu", "status", "num_gpu_blocks", "predicted_blocks", "shortfall")}
+                      for r in rows],
+             "nccl": None if nccl is None else {"ok": nccl.get("ok"), "error": nccl.get("error"),
+                                                 "busbw_gbps": {s["label"]: s["busbw_gbps"] for s in nccl["sizes"]}},
+             "tensor_parallel": {k: tp.get(k) for k in ("status", "reason", "num_gpu_blocks", "predicted_blocks")}}
+    failed = [r for r in rows if r["status"] == "fail"]
+    if failed:
+        first = failed[0]
+        raise StepFailed(f"smoke failed on GPU {', '.join(str(r['gpu']) for r in failed)} of {len(rows)}: "
+                         f"GPU {first['gpu']}: {first['detail']}"
+                         + (f" ({first['shortfall']})" if first.get("shortfall") else ""), hint=first.get("hint"))
+    if nccl is not None and nccl.get("error"):
+        raise StepFailed(f"NCCL check: {nccl['error']['message']}", hint=nccl["error"].get("hint"))
+    if tp["status"] == "fail":
+        raise StepFailed(f"tensor-parallel smoke ({tp['tensor_parallel_size']} GPUs): {tp['detail']}",
+                         hint=tp.get("hint"))
+    verdicts = ", ".join(f"{sum(r['status'] == v for r in rows)} {v}" for v in ("pass", "warn")
+                         if any(r["status"] == v for r in rows))
+    busbw = f"; NCCL busbw up to {max(s['busbw_gbps'] for s in nccl['sizes']):.1f} GB/s" if nccl else ""
+    return StepOutcome(detail=f"{len(rows)} GPU{'s' if len(rows) > 1 else ''}: {verdicts}; "
+                              f"{' / '.join(_blocks(r['num_gpu_blocks']) for r in rows)} GPU blocks{busbw}; "
+                              f"tensor parallel {tp['status']}", facts=facts)
+
+
+def per_gpu_smoke(ctx: StepContext, python: str, model: Path, folder: Path) -> list[dict]:
+    """smoke/generate.py once per GPU, all at once through smoke/per_gpu.py (one process group: a timeout
+    or Ctrl-C ends them all); one judged row per GPU."""
+    gpus = ctx.facts.gpus
+    launch = folder / "per-gpu.json"
+    argv = [python, SMOKE_DIR / "per_gpu.py", "--gpus", ",".join(str(g.index) for g in gpus),
+            "--timeout", str(GENERATE_TIMEOUT_S), "--log-dir", folder, "--result", launch, "--",
+            *generate_argv(ctx, python, model, folder / "smoke-gpu{gpu}.json")]
+    ctx.say(f"generating on {len(gpus)} GPU(s) at once with {model.name}, one process each (CUDA_VISIBLE_DEVICES=i)")
+    result = runner.run(argv, log=ctx.log, what="smoke/per_gpu.py", timeout=GENERATE_TIMEOUT_S + SCRIPT_TIMEOUT_MARGIN_S,
+                        check=False)
+    entries = {e["gpu"]: e for e in read_result("smoke/per_gpu.py", result, launch, ctx.log)["gpus"]}
+    for e in entries.values():     # the same bad input (a model dir, a missing GPU) stops every GPU's smoke
+        if e.get("returncode") == 2:
+            raise bad_input(Path(e["log"]).read_text(errors="replace"), "bad smoke input")
+    return [gpu_row(g, entries.get(g.index, {}), folder / f"smoke-gpu{g.index}.json") for g in gpus]
+
+
+def gpu_row(gpu: Gpu, launched: dict, smoke_json: Path) -> dict:
+    """One GPU's line of the table: its smoke judged against its own prediction."""
+    row = {"gpu": gpu.index, "name": gpu.name, "uuid": gpu.uuid, "memory_total_mib": gpu.memory_total_mib,
+           "returncode": launched.get("returncode"), "timed_out": bool(launched.get("timed_out")),
+           "log": launched.get("log"), "smoke_json": str(smoke_json) if smoke_json.is_file() else None}
+    if not smoke_json.is_file():
+        why = (f"timed out after {GENERATE_TIMEOUT_S} s" if row["timed_out"]
+               else f"exited {row['returncode']} without writing its JSON")
+        last = (_read_lines(row["log"])[-1:] or ["no output"])[0]
+        return row | {"status": "fail", "detail": f"smoke/generate.py {why}: {last}",
+                      "hint": f"read {row['log']}" if row["log"] else None}
+    return row | judged(json.loads(smoke_json.read_text()))
+
+
+def _read_lines(path: str | None) -> list[str]:
+    try:
+        return Path(path).read_text(errors="replace").strip().splitlines() if path else []
+    except OSError:
+        return []
+
+
+def judged(smoke: dict) -> dict:
+    """A smoke JSON judged: status, measured vs predicted blocks, the other processes on the GPU and,
+    when the GPU has fewer blocks than it should, why."""
+    verdict = kvcache.judge(smoke)
+    measured = kvcache.kv_facts(smoke).num_gpu_blocks
+    predicted = (verdict.prediction or {}).get("num_gpu_blocks")
+    others_bytes, others = kvcache.other_processes(smoke)
+    failed = verdict.failed()
+    warned = [c for c in verdict.checks if c.status == kvcache.WARN]
+    first = (failed or warned or [None])[0]
+    return {"status": "fail" if failed else "warn" if warned else "pass",
+            "num_gpu_blocks": measured, "predicted_blocks": predicted,
+            "off_pct": round((measured - predicted) / predicted * 100, 1) if measured is not None and predicted else None,
+            "other_processes": others, "used_by_others_bytes": others_bytes,
+            "shortfall": shortfall(verdict, measured, predicted, others_bytes, others),
+            "detail": f"{first.name}: {first.detail}" if first else "all checks passed",
+            "hint": first.hint if first else None, "verdict": verdict.to_dict()}
+
+
+def shortfall(verdict: kvcache.Verdict, measured: int | None, predicted: int | None, others_bytes: int | None,
+              others: list[str]) -> str | None:
+    """Why a GPU has fewer KV-cache blocks than it should (None when it has not): the processes that
+    hold its memory, by name, when there are any."""
+    memory_error = verdict.get("engine-ran")
+    short = (any(c is not None and c.status == kvcache.FAIL for c in (verdict.get("gpu-blocks"), verdict.get("kv-capacity")))
+             or (memory_error is not None and memory_error.status == kvcache.FAIL
+                 and "memory" in memory_error.detail.lower())
+             or (measured is not None and bool(predicted)
+                 and measured < predicted * (1 - kvcache.TOLERANCE_PREDICTION)))
+    if not short:
+        return None
+    if others:
+        return f"other processes hold {(others_bytes or 0) / 1e9:.1f} GB of this GPU: {', '.join(others)}"
+    return "no other process holds this GPU's memory: the engine's own peak was higher than predicted"
+
+
+def gpu_table(rows: list[dict]) -> list[str]:
+    """One line a GPU, aligned (a plain table reads the same on a terminal and in a CI log)."""
+    head = ("GPU", "name", "blocks", "predicted", "off", "verdict", "other processes / detail")
+    cells = [head]
+    for r in rows:
+        off = r.get("off_pct")
+        # why a GPU is short says it all; a failure without that shows its first failed check
+        note = r.get("shortfall") or (r["detail"] if r["status"] == "fail" else
+                                      ", ".join(r.get("other_processes") or []) or "none")
+        cells.append((str(r["gpu"]), r.get("name") or "?", _blocks(r.get("num_gpu_blocks")),
+                      _blocks(r.get("predicted_blocks")), "—" if off is None else f"{off:+.1f} %",
+                      r["status"], note))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    return ["  ".join(c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1] for c in cells]
+
+
+def _blocks(n: int | None) -> str:
+    return "—" if n is None else kvcache.group_digits(n)
+
+
+def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, folder: Path) -> dict:
+    """The smoke with --tensor-parallel-size n when Ray is importable in the target env (vLLM 0.2.2 runs its
+    workers on Ray for n > 1), judged for one GPU's share; skipped with the reason otherwise."""
+    probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
+    if probe is None or probe.returncode != 0:
+        why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
+        return {"status": "skipped", "tensor_parallel_size": n,
+                "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
+                          "tensor_parallel_size > 1"}
+    out = folder / "smoke-tp.json"
+    ctx.say(f"tensor parallel: ray {probe.output.strip()}; generating with --tensor-parallel-size {n}")
+    result = runner.run(generate_argv(ctx, python, model, out) + ["--tensor-parallel-size", str(n)], log=ctx.log,
+                        what=f"smoke/generate.py --tensor-parallel-size {n}", timeout=GENERATE_TIMEOUT_S, check=False)
+    smoke = read_result("smoke/generate.py", result, out, ctx.log)
+    return {"tensor_parallel_size": n, "ray": probe.output.strip(), "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))
+
+
+def one_gpu_share(smoke: dict, n: int) -> dict:
+    """A tensor-parallel smoke as one GPU sees it. vLLM 0.2.2 splits the weights (embedding and LM head
+    included) over the n GPUs; the engine's KV heads are already per GPU; each GPU holds the same number
+    of blocks. Weights the driver could not read off a loaded model (Ray workers hold it) are counted
+    from the checkpoint, so they are divided here."""
+    share = copy.deepcopy(smoke)
+    model = share.setdefault("model", {})
+    if isinstance(model.get("parameter_bytes"), int) and model.get("parameter_bytes_source") != "loaded model":
+        model["parameter_bytes"] //= n
+        model["parameter_bytes_source"] = f"{model.get('parameter_bytes_source')} / {n} GPUs"
+    return share
+
+
+# ------------------------------------------------------------------------------------------ NCCL
+def nccl_check(python: str, workspace: Workspace, log: Path, world_size: int, sizes: str | None = None,
+               timeout: float = NCCL_TIMEOUT_S) -> dict:
+    """smoke/nccl_check.py across `world_size` GPUs; its JSON (ok, sizes with busbw, error). NVLink multicast
+    stays off (NCCL_NVLS_ENABLE=0); a hang ends as the script's own timeout error."""
+    out = workspace.root / "nccl.json"
+    out.unlink(missing_ok=True)
+    argv = [python, SMOKE_DIR / "nccl_check.py", "--world-size", str(world_size), "--timeout", f"{timeout:g}",
+            "--out", out, "--log-dir", workspace.logs / "nccl"]
+    if sizes:
+        argv += ["--sizes", sizes]
+    result = runner.run(argv, log=log, what="smoke/nccl_check.py", timeout=timeout + SCRIPT_TIMEOUT_MARGIN_S,
+                        check=False, extra_env={"NCCL_NVLS_ENABLE": "0"})
+    return read_result("smoke/nccl_check.py", result, out, log)
+
+
+def nccl_lines(data: dict) -> list[str]:
+    """The all-reduce table (nccl-tests' columns) and the verdict."""
+    backend = data.get("backend", "nccl")
+    lines = [f"NCCL all-reduce across {data.get('world_size')} GPUs ({backend} "
+             f"{(data.get('versions') or {}).get(backend, '')}".rstrip() + ", NCCL_NVLS_ENABLE="
+             f"{(data.get('env') or {}).get('NCCL_NVLS_ENABLE', '?')}):",
+             f"  {'size':>9}  {'time':>12}  {'algbw':>12}  {'busbw':>12}  wrong"]
+    lines += [f"  {s['label']:>9}  {s['time_us']:>9.1f} us  {s['algbw_gbps']:>7.1f} GB/s  {s['busbw_gbps']:>7.1f} GB/s  "
+              f"{s['wrong_elements']}" for s in data.get("sizes") or []]
+    error = data.get("error")
+    lines.append(f"NCCL check failed: {error['message']}" if error else f"NCCL check ok ({data.get('seconds')} s)")
+    return lines
