@@ -4,6 +4,7 @@ watched through /proc while it runs; the workspace, the cache and TMPDIR are rea
 
 from __future__ import annotations
 
+import json
 import base64
 import dataclasses
 import functools
@@ -359,3 +360,13 @@ def test_long_secret_is_replaced_by_value_where_no_url_shows_it():
     text = f"netrc said {PASSWORD}; the header had {quote(PASSWORD, safe='')}; token {TOKEN}"
     shown = redact_text(text, urls=[url, f"http://h/t/{TOKEN}/chan"])
     assert leaks(shown) == [] and shown.count("***") == 3
+
+
+def test_redaction_keeps_json_valid():
+    """pip inspect's JSON carries READMEs with badge URLs such as `badge.svg?token=X\\"`: the redacted value
+    must stop before the backslash of the escaped quote (verify parses that JSON)."""
+    text = json.dumps({"description": '<img src="https://codecov.io/gh/o/r/badge.svg?token=RXP95LE2XL"> '
+                                      'and https://user:s3cr3t-P@ss@idx.example/simple'})
+    redacted = redact_text(text)
+    assert "RXP95LE2XL" not in redacted and "s3cr3t" not in redacted
+    assert json.loads(redacted)["description"].startswith('<img src="https://codecov.io/gh/o/r/badge.svg?token=***">')

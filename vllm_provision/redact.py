@@ -15,7 +15,9 @@ MASK = "***"
 # a secret shorter than this is not replaced by value: "p" would rewrite every "p" in the text
 MIN_VALUE_LENGTH = 6
 
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
+# a URL ends at whitespace, quotes, brackets and backslashes: in JSON or shell text `\"` closes it, and a
+# redacted value must never swallow the backslash of an escaped quote
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`\\]+")
 _SCHEME_AND_REST = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>.*)", re.S)
 _ANACONDA_TOKEN = re.compile(r"(?<=/t/)[A-Za-z0-9_.-]+(?=/|$)")
 # words that make a query parameter sensitive: token, access_token, api_key, apikey, X-Amz-Signature ...
