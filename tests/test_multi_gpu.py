@@ -200,7 +200,8 @@ def test_inv_smoke_all_gpus_smokes_every_gpu_at_once_judges_each_and_reports(iso
     assert tp["status"] == "skipped" and "ray is not importable" in tp["reason"]
 
     step = data["steps"]["smoke"]
-    assert step["status"] == "ok" and step["detail"].startswith("2 GPUs: 1 pass, 1 warn; 4 663 853 / ")
+    blocks = f"{idle['cache']['num_gpu_blocks']:,}".replace(",", " ")
+    assert step["status"] == "ok" and step["detail"].startswith(f"2 GPUs: 1 pass, 1 warn; {blocks} / ")
     assert [g["status"] for g in step["facts"]["gpus"]] == ["pass", "warn"]
     md = ws.report.with_suffix(".md").read_text()
     assert "## Smoke on every GPU (2 GPUs" in md and f"pid {OTHER_PID}" in md
