@@ -130,9 +130,11 @@ def test_explicit_arch_without_gpu_is_only_a_warning(isolated, http_server):
 def test_driver_older_than_torch_cuda_fails(isolated, http_server):
     facts = h100_facts()
     old = HostFacts(**{**facts.__dict__, "driver_cuda": "12.4"})
-    plan = make_plan(serve_index(http_server), old, env={"cuda": "13.0"})
+    plan = make_plan(serve_index(http_server), old)     # the default profile: torch for CUDA 13.0
     drv = by_name(doctor.run_doctor(plan, old, timeout=2))["driver-vs-cuda"]
-    assert drv.status == "fail" and "12.4" in drv.detail and "13.0" in drv.detail and "driver" in drv.hint
+    assert drv.status == "fail" and "12.4" in drv.detail and "13.0" in drv.detail
+    # the driver floor and the alternative for hosts that keep their driver
+    assert "(>= 580)" in drv.hint and "--profile seed" in drv.hint
 
 
 @needs_nvcc

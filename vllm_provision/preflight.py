@@ -129,6 +129,10 @@ def check_archs(archs, release_archs, release: str, nvcc_archs, nvcc_version: st
     return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release} and nvcc {nvcc_version}")
 
 
+# The oldest Linux driver branch for each CUDA major (NVIDIA's CUDA release notes, "minimum driver").
+DRIVER_FLOOR = {12: "525", 13: "580"}
+
+
 def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     name = "driver-vs-cuda"
     if not facts.gpus:
@@ -137,7 +141,11 @@ def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
     if have is None or want is None:
         return Check(name, "warn", detail)
-    fix = f"upgrade the NVIDIA driver to one for CUDA {want.major}.{want.minor}+, or use a torch built for CUDA <= {have}"
+    floor = DRIVER_FLOOR.get(want.major)
+    fix = (f"upgrade the NVIDIA driver to one for CUDA {want.major}.{want.minor}+"
+           + (f" (>= {floor})" if floor else "") + f", or use a torch built for CUDA <= {have}"
+           + (": --profile seed (CUDA 12.1) with a CUDA 12 toolkit or a conda channel with cuda-nvcc"
+              if want.major >= 13 else ""))
     if have.major < want.major:
         return Check(name, "fail", detail + ": the built kernels would not load", fix)
     if have < want:
