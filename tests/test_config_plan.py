@@ -209,3 +209,10 @@ def test_gpu_less_default_archs_are_what_the_profiles_compiler_can_build(isolate
     # the plan says how long that takes on this host, so a 5-arch compile on 2 cores is no surprise
     assert cu13.expected_seconds > 5 * build_plan({"build": {"arch_list": "9.0"}}, facts=H100).build.expected_seconds
     assert cu13.expected_reason.endswith("on 2 cores for 5 arch(s)")
+
+
+def test_plan_says_when_the_driver_is_too_old_for_the_profile(isolated):
+    old = HostFacts(**{**H100.__dict__, "driver_cuda": "12.4"})
+    note = build_plan({}, facts=old).env.note
+    assert "supports CUDA 12.4; torch needs CUDA 13.0" in note and "(>= 580)" in note and "--profile seed" in note
+    assert build_plan({}, facts=HostFacts(**{**H100.__dict__, "driver_cuda": "13.0"})).env.note == ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_provision import envinfo, preflight
+from vllm_provision import checks, envinfo, preflight
 from vllm_provision.envinfo import EnvInfo
 from vllm_provision.host import HostFacts
 from vllm_provision.pipeline import run_steps
@@ -59,12 +59,12 @@ def test_archs_release_and_nvcc():
 
 
 def test_driver_disk_ram():
-    assert preflight.check_driver(HostFacts(), "13.0").status == "skip"
+    assert checks.check_driver(HostFacts(), "13.0").status == "skip"
     from vllm_provision.host import Gpu
     old = HostFacts(gpus=(Gpu(0, "H100", 81559, 0, "9.0", "535.1"),), driver_cuda="12.2", driver_version="535.1")
-    c = preflight.check_driver(old, "13.0")
+    c = checks.check_driver(old, "13.0")
     assert c.status == "fail" and "driver" in c.hint
-    assert preflight.check_driver(old, "12.4").status == "warn"
+    assert checks.check_driver(old, "12.4").status == "warn"
     assert preflight.check_disk(1 * GIB).status == "fail"
     assert preflight.check_ram(2 * GIB, 1).status == "fail"
     r = preflight.check_ram(8 * GIB, 4)

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
+from packaging.version import InvalidVersion, Version
+
+from .host import HostFacts
+
 STATUSES = ("pass", "warn", "fail", "skip")
 
 
@@ -81,3 +85,34 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None
                       )
     ui.out.print(table)
     ui.out.print(total, markup=False)
+
+
+def _version(text: str | None) -> Version | None:
+    try:
+        return Version(text) if text else None
+    except InvalidVersion:
+        return None
+
+
+# The oldest Linux driver branch for each CUDA major (NVIDIA's CUDA release notes, "minimum driver").
+DRIVER_FLOOR = {12: "525", 13: "580"}
+
+
+def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
+    name = "driver-vs-cuda"
+    if not facts.gpus:
+        return Check(name, "skip", f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
+    have, want = _version(facts.driver_cuda), _version(torch_cuda)
+    detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
+    if have is None or want is None:
+        return Check(name, "warn", detail)
+    floor = DRIVER_FLOOR.get(want.major)
+    fix = (f"upgrade the NVIDIA driver to one for CUDA {want.major}.{want.minor}+"
+           + (f" (>= {floor})" if floor else "") + f", or use a torch built for CUDA <= {have}"
+           + (": --profile seed (CUDA 12.1) with a CUDA 12 toolkit or a conda channel with cuda-nvcc"
+              if want.major >= 13 else ""))
+    if have.major < want.major:
+        return Check(name, "fail", detail + ": the built kernels would not load", fix)
+    if have < want:
+        return Check(name, "warn", detail + ": relies on CUDA minor-version compatibility", fix)
+    return Check(name, "pass", detail)

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, preflight, runner
-from .checks import Check
+from .checks import Check, check_driver
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .host import HostFacts
@@ -576,7 +576,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             gpus.update(section or gpu_section(facts, None, None))
         checks = [
             check_gpus(facts, plan, section),
-            preflight.check_driver(facts, torch_cuda),
+            check_driver(facts, torch_cuda),
             nvcc_check,
             check_compiler(nvcc, cc, cc_version),
             preflight.check_ram(facts.mem_available_bytes, plan.build.max_jobs),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, catalog, config, host, patches
+from .checks import check_driver
 from .catalog import Release
 from .errors import ConfigError
 from .redact import redact_text
@@ -280,6 +281,14 @@ def plan_sources(release: Release, settings: Mapping[str, Any]) -> tuple[SourceP
     return tuple(out)
 
 
+def driver_note(cuda: str | None, facts: host.HostFacts) -> str:
+    """What the plan says when this host's driver is too old for the env's CUDA (doctor fails it too)."""
+    if not cuda or not facts.gpus:
+        return ""
+    check = check_driver(facts, cuda)
+    return f"{check.detail}; fix: {check.hint}" if check.status == "fail" else ""
+
+
 def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
                root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None, need_lock: bool = True) -> Plan:
     """`need_lock=False` for `inv lock`, which writes the lock a complete recipe needs."""
@@ -293,6 +302,7 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     workspace = Workspace(root=ws_root / f"{release.version}-{profile}", cache=cache)
     facts = facts if facts is not None else host.probe(str(ws_root))
     env = plan_env(release, profile, settings, root)
+    env = replace(env, note="; ".join(n for n in (env.note, driver_note(env.cuda, facts)) if n))
     catalog.require_recipe(release, profile, needs_lock=need_lock and env.lock is not None, root=root)
     series = patches.load_series(release.version, root)
     # the compiler's CUDA: the env's (its torch decides), else the newest nvcc on the host

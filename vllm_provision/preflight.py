@@ -15,7 +15,7 @@ from typing import Mapping
 from packaging.version import InvalidVersion, Version
 
 from . import host, runner
-from .checks import Check, to_json
+from .checks import Check, check_driver, to_json
 from .envinfo import EnvInfo
 from .host import HostFacts
 from .plan import BUILD_JOB_PEAK_BYTES, GIB, Plan
@@ -127,30 +127,6 @@ def check_archs(archs, release_archs, release: str, nvcc_archs, nvcc_version: st
                      f"build for the archs this nvcc has: --arch '{';'.join(ok) or nvcc_archs[-1]}' "
                      "(or use an older CUDA for old GPUs)")
     return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release} and nvcc {nvcc_version}")
-
-
-# The oldest Linux driver branch for each CUDA major (NVIDIA's CUDA release notes, "minimum driver").
-DRIVER_FLOOR = {12: "525", 13: "580"}
-
-
-def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
-    name = "driver-vs-cuda"
-    if not facts.gpus:
-        return Check(name, "skip", f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
-    have, want = _v(facts.driver_cuda), _v(torch_cuda)
-    detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
-    if have is None or want is None:
-        return Check(name, "warn", detail)
-    floor = DRIVER_FLOOR.get(want.major)
-    fix = (f"upgrade the NVIDIA driver to one for CUDA {want.major}.{want.minor}+"
-           + (f" (>= {floor})" if floor else "") + f", or use a torch built for CUDA <= {have}"
-           + (": --profile seed (CUDA 12.1) with a CUDA 12 toolkit or a conda channel with cuda-nvcc"
-              if want.major >= 13 else ""))
-    if have.major < want.major:
-        return Check(name, "fail", detail + ": the built kernels would not load", fix)
-    if have < want:
-        return Check(name, "warn", detail + ": relies on CUDA minor-version compatibility", fix)
-    return Check(name, "pass", detail)
 
 
 def check_disk(free: int, need: int = BUILD_DISK_BYTES) -> Check:
