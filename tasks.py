@@ -46,8 +46,7 @@ def env(c, release=None, profile=None, offline=False, force=False, backend=None,
 @handles_errors
 def lock(c, release=None, profile=None, python=None):
     """Resolve the release's requirements as of its release date into envs/locks/<release>/<profile>-py<X.Y>.txt."""
-    from vllm_provision import lock as locks
-    locks.lock_task(release=release, profile=profile, python=python)
+    cli.lock_task(release=release, profile=profile, python=python)
 
 
 @task(iterable=["force"], help={**COMMON,
@@ -119,8 +118,7 @@ def doctor(c, release=None, profile=None, offline=False, arch=None, json=False, 
     """Is this host ready to build? GPUs, driver, nvcc vs torch CUDA, compiler, RAM/disk, mirrors, source, archs."""
     from invoke.exceptions import Exit
 
-    from vllm_provision.doctor import doctor_task
-    code = doctor_task(as_json=json, junit=junit, timeout=timeout, release=release, profile=profile,
+    code = cli.doctor_task(as_json=json, junit=junit, timeout=timeout, release=release, profile=profile,
                        offline=offline, arch=arch)
     if code:
         raise Exit(code=code)
@@ -134,8 +132,7 @@ def verify(c, release=None, profile=None, offline=False, arch=None, json=False, 
     """Prove the install: vllm editable at the release, pip check, lock, extension imports, SASS vs GPUs."""
     from invoke.exceptions import Exit
 
-    from vllm_provision.steps.verify import verify_task
-    code = verify_task(as_json=json, junit=junit, release=release, profile=profile, offline=offline, arch=arch)
+    code = cli.verify_task(as_json=json, junit=junit, release=release, profile=profile, offline=offline, arch=arch)
     if code:
         raise Exit(code=code)
 

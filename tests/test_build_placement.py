@@ -1,4 +1,4 @@
-"""CPU placement of the compiles: which units get a core of their own, and the wrappers applying it
+"""CPU placement of the compiles: which units get cores of their own, and the wrappers applying it
 (real sysfs-shaped trees, real /bin/sh wrappers, real taskset and g++)."""
 
 from __future__ import annotations

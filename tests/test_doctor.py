@@ -15,7 +15,8 @@ from conftest import ROOT, Route
 from vllm_provision import doctor
 from vllm_provision.checks import summarize
 from vllm_provision.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
-from vllm_provision.plan import GIB, build_plan
+from vllm_provision import GIB
+from vllm_provision.plan import build_plan
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu" / "h100"
 # Same format as `nvidia-smi --query-gpu=index,name,memory.total,memory.used,compute_cap,driver_version,uuid

@@ -54,7 +54,8 @@ def test_no_gpu_host_uses_release_archs_and_ram_bounds_jobs():
 
 
 def test_recorded_h100():
-    """The real H100's nvidia-smi outputs (tests/fixtures/gpu/h100/probes.json), parsed by column name."""
+    """The real H100's nvidia-smi outputs (tests/fixtures/gpu/h100/probes.json: raw nvidia-smi/torch outputs
+    recorded on an H100 host), parsed by column name."""
     probes = json.loads((H100 / "probes.json").read_text())
     command = next(c for c in probes if "--query-gpu=" in c and "nounits" in c)
     fields = command.split("--query-gpu=")[1].split()[0]

@@ -21,12 +21,12 @@ import pytest
 
 from conftest import ROOT
 from processes import group_gone
-from vllm_provision import config, doctor, envinfo, kvcache
+from vllm_provision import GIB, config, doctor, envinfo, kvcache
 from vllm_provision.cli import cli_settings
 from vllm_provision.errors import ConfigError
 from vllm_provision.host import GPU_QUERY, HostFacts, parse_gpu_csv
 from vllm_provision.pipeline import StepContext
-from vllm_provision.plan import GIB, build_plan
+from vllm_provision.plan import build_plan
 from vllm_provision.steps import smoke
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu"

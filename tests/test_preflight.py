@@ -9,7 +9,8 @@ from vllm_provision import checks, envinfo, preflight
 from vllm_provision.envinfo import EnvInfo
 from vllm_provision.host import HostFacts
 from vllm_provision.pipeline import run_steps
-from vllm_provision.plan import GIB, build_plan
+from vllm_provision import GIB
+from vllm_provision.plan import build_plan
 
 
 def test_nvcc_torch_rule():

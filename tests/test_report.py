@@ -40,11 +40,10 @@ def test_credentials_never_reach_the_report(tmp_path):
 
 
 def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isolated):
-    from vllm_provision.doctor import host_section
     plan = build_plan({}, facts=H100)
     ws = plan.workspace
     ws.ensure()
-    report.merge_section(ws.report, "host", host_section(H100))
+    report.merge_section(ws.report, "host", report.host_section(H100))
     report.merge_section(ws.report, "verify", {"ok": False, "checks": [
         Check("sass cache_ops", "fail", "missing sm_90", "rebuild with --arch 9.0").to_dict(),
         Check("import-vllm", "skip", "no GPU").to_dict()]})
@@ -62,7 +61,7 @@ def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isola
     data = json.loads(ws.report.read_text())
     assert set(data["steps"]) == {"fetch", "patch", "build"} and data["host"]["gpus"][0]["compute_cap"] == "9.0"
     md = ws.report.with_suffix(".md").read_text()
-    assert "# vLLM 0.2.2 / profile seed" in md
+    assert f"# vLLM 0.2.2 / profile {plan.profile}" in md
     assert "NVIDIA H100 80GB HBM3" in md and "| driver CUDA | 13.0 |" in md
     assert "`0001-build-with-cxx20.patch`: torch >= 2.13 needs C++20" in md
     assert "| build | failed | 3.0 s | nvcc failed |" in md

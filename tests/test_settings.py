@@ -199,7 +199,7 @@ def test_build_refuses_an_unsupported_gpu_before_any_step(isolated, monkeypatch,
 
 def test_doctor_runs_on_an_unsupported_gpu(isolated, monkeypatch, capsys):
     monkeypatch.setattr("vllm_provision.host.probe", lambda *a, **k: B200)
-    code = doctor.doctor_task(as_json=True, offline=True)
+    code = cli.doctor_task(as_json=True, offline=True)
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     assert code == 1 and checks["arch-list"]["status"] == "fail"
     assert "10.0 is not supported by vLLM 0.2.2" in checks["arch-list"]["detail"]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import config, host, runner, ui
-from .errors import ConfigError, ProvisionError
+from . import PROJECT_ROOT, config, doctor, envinfo, host, lock, minor_version, mirrors, report, runner, ui
+from .checks import from_dicts, print_checks, summarize, to_json
+from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
-from .plan import Plan, build_plan, gpu_refusal
+from .plan import Plan, build_plan, gpu_refusal, lock_path
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -71,8 +74,7 @@ def print_summary(results: list[StepResult]) -> None:
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("detail", overflow="fold")
-    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red",
-              "not implemented": "red", "not run": "dim"}
+    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red", "not run": "dim"}
     for r in results:
         table.add_row(r.step, f"[{colors.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.1f} s", r.detail)
     ui.console.print(table)
@@ -108,7 +110,7 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
     print_summary(results)
-    bad = [r for r in results if r.status in ("failed", "not implemented")]
+    bad = [r for r in results if r.status == "failed"]
     if bad:
         first = bad[0]
         ui.error(f"step {first.step} {first.status}: {first.detail}", first.hint, first.facts.get("log_tail"))
@@ -124,9 +126,6 @@ def require_gpu(what: str) -> None:
 
 
 def make_tiny_model(out: str | None, **flags: Any) -> None:
-    from pathlib import Path
-
-    from . import envinfo
     from .steps.smoke import make_tiny_model as make
     plan = make_plan(**flags)
     env = envinfo.load(plan.workspace)
@@ -143,7 +142,6 @@ def run_smoke(force: bool = False, **flags: Any) -> list[StepResult]:
 def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = False, **flags: Any) -> int:
     """`inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
     section, the bandwidth table (or the JSON); the exit code."""
-    from . import envinfo, report
     from .settings import Seconds
     from .steps import smoke
     from .workspace import RunLock
@@ -170,3 +168,73 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
         ui.error(data["error"]["message"], data["error"].get("hint"))
         return 1
     return 0
+
+
+def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
+    """`inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
+    from .settings import Seconds
+    started = time.monotonic()
+    timeout = doctor.DEFAULT_TIMEOUT if timeout is None else config.flag_value("timeout", timeout, Seconds)
+    plan = make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
+    facts = host.probe(str(plan.workspace.root.parent))
+    toolchain: dict = {}
+    gpus: dict = {}
+    checks = doctor.run_doctor(plan, facts, timeout=timeout, toolchain=toolchain, gpus=gpus)
+    seconds = time.monotonic() - started
+    rep = plan.workspace.report
+    try:
+        report.merge_section(rep, "host", report.host_section(facts) | {"gpu_details": gpus},
+                             release=plan.release.version, profile=plan.profile)
+        report.merge_section(rep, "toolchain", toolchain)
+        report.merge_section(rep, "doctor", to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                                "seconds": round(seconds, 2)})
+        report.render(rep)
+    except OSError as exc:   # a read-only workspace must not hide the checks
+        ui.warn(f"could not write {rep}: {exc}")
+    if junit:
+        report.write_junit(junit, "vllm-provision.doctor", checks)
+    print_checks(f"doctor: vLLM {plan.release.version} / {plan.profile} ({seconds:.1f} s)", checks, as_json)
+    return summarize(checks)[1]
+
+
+def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> int:
+    """`inv verify`: run the verify step (always, under the workspace lock) and print its checks."""
+    plan = make_plan(**flags)
+    facts = host.probe(str(plan.workspace.root.parent))
+    results = run_steps(plan, facts, ["verify"], force=["verify"])
+    result = next(r for r in results if r.step == "verify")
+    if "checks" not in result.facts:       # it stopped before any check ran (nothing built yet, bad input)
+        raise (NotBuiltYet if result.exit_code == 2 else StepFailed)(result.detail, hint=result.hint,
+                                                                     log_tail=result.facts.get("log_tail"))
+    checks = from_dicts(result.facts["checks"])
+    if junit:
+        report.write_junit(junit, "vllm-provision.verify", checks)
+    print_checks(f"verify: vLLM {plan.release.version} / {plan.profile}", checks, as_json)
+    ui.info(f"report: {plan.workspace.report} and {plan.workspace.report.with_suffix('.md')}")
+    return summarize(checks)[1]
+
+
+def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:
+    """`inv lock`: fetch the release if needed, then compile its lock."""
+    plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
+                      need_lock=False)
+    if plan.env.backend == "existing" or not plan.settings["env"].get("lock"):
+        raise ConfigError(f"profile {plan.profile} installs no lock (env.backend {plan.env.backend}, "
+                          f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
+    minor = minor_version(python or plan.settings["env"]["python"])
+    src = plan.workspace.src
+    if not (src / "requirements.txt").is_file():
+        facts = host.probe(str(plan.workspace.root.parent))
+        results = run_steps(plan, facts, ["fetch"])
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
+    out = lock_path(plan.release.version, plan.profile, minor)
+    ui.info(f"[lock] resolving vLLM {plan.release.version} for Python {minor} as of "
+            f"{lock.load_recipe(plan.release, plan.profile).exclude_newer} from {mirrors.describe(plan.env)}")
+    lock.compile_lock(release=plan.release, profile=plan.profile, python=minor, cuda=plan.env.cuda, src=src,
+                      out=out, index=plan.env, log=plan.workspace.log("lock"), cache_dir=plan.workspace.cache / "uv")
+    locked = lock.pinned(out)
+    ui.info(f"[lock] wrote {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}: "
+            f"{len(locked)} packages; torch {locked.get('torch')}, transformers {locked.get('transformers')}")
+    return out

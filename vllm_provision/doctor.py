@@ -20,12 +20,12 @@ from typing import Callable, Mapping
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from . import PROJECT_ROOT, preflight, runner
+from . import GIB, PROJECT_ROOT, preflight, runner
 from .checks import Check, check_driver
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .host import HostFacts
-from .plan import GIB, Plan, arch_refusal, unsupported_archs
+from .plan import Plan, arch_refusal, unsupported_archs
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -597,43 +597,3 @@ def _guard(name: str, func: Callable[..., Check], *args) -> Check:
         return func(*args)
     except Exception as exc:  # noqa: BLE001
         return Check(name, "fail", f"check crashed: {_short(exc)}", "report this as a vllm-provision bug")
-
-
-def host_section(facts: HostFacts) -> dict:
-    """The `host` section of report.json."""
-    import platform
-    import socket
-    data = facts.to_dict()
-    data.update({"hostname": socket.gethostname(), "kernel": platform.release(),
-                 "probed": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return data
-
-
-def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
-    """`inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
-    from . import cli, config, host, report
-    from .checks import print_checks, summarize, to_json
-    from .settings import Seconds
-    started = time.monotonic()
-    timeout = DEFAULT_TIMEOUT if timeout is None else config.flag_value("timeout", timeout, Seconds)
-    plan = cli.make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
-    facts = host.probe(str(plan.workspace.root.parent))
-    toolchain: dict = {}
-    gpus: dict = {}
-    checks = run_doctor(plan, facts, timeout=timeout, toolchain=toolchain, gpus=gpus)
-    seconds = time.monotonic() - started
-    rep = plan.workspace.report
-    try:
-        report.merge_section(rep, "host", host_section(facts) | {"gpu_details": gpus},
-                             release=plan.release.version, profile=plan.profile)
-        report.merge_section(rep, "toolchain", toolchain)
-        report.merge_section(rep, "doctor", to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                                "seconds": round(seconds, 2)})
-        report.render(rep)
-    except OSError as exc:   # a read-only workspace must not hide the checks
-        from . import ui
-        ui.warn(f"could not write {rep}: {exc}")
-    if junit:
-        report.write_junit(junit, "vllm-provision.doctor", checks)
-    print_checks(f"doctor: vLLM {plan.release.version} / {plan.profile} ({seconds:.1f} s)", checks, as_json)
-    return summarize(checks)[1]

@@ -25,9 +25,16 @@ class ConfigError(ProvisionError):
 
 
 class StepFailed(ProvisionError):
-    """A pipeline step ran and failed (download, install, compile, check). Exit 1."""
+    """A pipeline step ran and failed (download, install, compile, check). Exit 1.
+
+    `facts`: what the step found before it failed (verify's checks), kept in its result."""
 
     exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None, log_tail: str | None = None,
+                 facts: dict | None = None):
+        super().__init__(message, hint, log_tail)
+        self.facts = facts or {}
 
 
 class NotBuiltYet(ConfigError):

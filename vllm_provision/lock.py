@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass
@@ -17,15 +16,9 @@ from typing import Any, Mapping
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
-from packaging.version import Version
 
-from . import PROJECT_ROOT, mirrors, runner
+from . import PROJECT_ROOT, mirrors, runner, tomllib
 from .errors import ConfigError, NotBuiltYet, StepFailed
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 BUILD_REQUIREMENTS = ("ninja", "packaging", "setuptools", "wheel", "torch")
 PLATFORM = "x86_64-manylinux_2_28"
@@ -76,11 +69,6 @@ def load_recipe(release: Any, profile: str | None = None, root: Path = PROJECT_R
 def exclude_newer(released: dt.date) -> str:
     """The cut-off: the end of the release day (UTC), as the day after."""
     return (released + dt.timedelta(days=1)).isoformat()
-
-
-def python_minor(version: str) -> str:
-    v = Version(str(version))
-    return f"{v.major}.{v.minor}"
 
 
 def read_requirements(src: Path) -> list[str]:
@@ -205,38 +193,3 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
         part.write_text(render_header(meta) + body)
         os.replace(part, out)
     return out
-
-
-def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:
-    """`inv lock`: fetch the release if needed, then compile its lock."""
-    from . import config, host, ui
-    from .pipeline import run_steps
-    from .plan import build_plan
-
-    plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
-                      need_lock=False)
-    if plan.env.backend == "existing" or not plan.settings["env"].get("lock"):
-        raise ConfigError(f"profile {plan.profile} installs no lock (env.backend {plan.env.backend}, "
-                          f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
-    minor = python_minor(python or plan.settings["env"]["python"])
-    src = plan.workspace.src
-    if not (src / "requirements.txt").is_file():
-        facts = host.probe(str(plan.workspace.root.parent))
-        results = run_steps(plan, facts, ["fetch"])
-        failed = [r for r in results if r.status == "failed"]
-        if failed:
-            raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
-    out = plan_lock_path(plan, minor)
-    ui.info(f"[lock] resolving vLLM {plan.release.version} for Python {minor} as of "
-            f"{load_recipe(plan.release, plan.profile).exclude_newer} from {mirrors.describe(plan.env)}")
-    compile_lock(release=plan.release, profile=plan.profile, python=minor, cuda=plan.env.cuda, src=src, out=out,
-                 index=plan.env, log=plan.workspace.log("lock"), cache_dir=plan.workspace.cache / "uv")
-    locked = pinned(out)
-    ui.info(f"[lock] wrote {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}: "
-            f"{len(locked)} packages; torch {locked.get('torch')}, transformers {locked.get('transformers')}")
-    return out
-
-
-def plan_lock_path(plan, minor: str) -> Path:
-    from .plan import lock_path
-    return lock_path(plan.release.version, plan.profile, minor)

@@ -61,7 +61,7 @@ class StepOutcome:
 @dataclass
 class StepResult:
     step: str
-    status: str             # ok | up-to-date | skipped | failed | not implemented | not run
+    status: str             # ok | up-to-date | skipped | failed | not run
     detail: str = ""
     seconds: float = 0.0
     facts: dict = field(default_factory=dict)
@@ -70,13 +70,8 @@ class StepResult:
 
 
 def step_module(name: str):
-    """The step's module, or None while the step is not built yet."""
-    try:
-        return importlib.import_module(f"vllm_provision.steps.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"vllm_provision.steps.{name}":
-            return None
-        raise
+    """The step's module (steps/<name>.py), imported when a run needs it."""
+    return importlib.import_module(f"vllm_provision.steps.{name}")
 
 
 def _digest(value: Any) -> str:
@@ -155,19 +150,14 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
                 if stopped:
                     results.append(StepResult(name, "not run", "an earlier step failed"))
                     continue
-                if module is None:
-                    result = StepResult(name, "not implemented", "not implemented yet",
-                                        hint=f"the {name} step is not built yet in this version of vllm-provision",
-                                        exit_code=1)
-                else:
-                    started = time.monotonic()
-                    try:
-                        result, upstream = _run_step(module, ctx, upstream, name in force)
-                    except KeyboardInterrupt:       # Ctrl-C or SIGTERM: the report shows where it stopped
-                        results.append(StepResult(name, "failed", "interrupted", time.monotonic() - started,
-                                                  hint="rerun the same command"))
-                        raise
-                stopped = result.status in ("failed", "not implemented")
+                started = time.monotonic()
+                try:
+                    result, upstream = _run_step(module, ctx, upstream, name in force)
+                except KeyboardInterrupt:       # Ctrl-C or SIGTERM: the report shows where it stopped
+                    results.append(StepResult(name, "failed", "interrupted", time.monotonic() - started,
+                                              hint="rerun the same command"))
+                    raise
+                stopped = result.status == "failed"
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -194,8 +184,11 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
         _stamp_file(ws, name).unlink(missing_ok=True)
         outcome = _guarded(name, ctx.log, module.run, ctx)
     except ProvisionError as exc:
+        facts = dict(getattr(exc, "facts", {}))
+        if exc.log_tail:
+            facts["log_tail"] = exc.log_tail
         return StepResult(name, "failed", exc.message, time.monotonic() - started, hint=exc.hint,
-                          exit_code=exc.exit_code, facts={"log_tail": exc.log_tail} if exc.log_tail else {}), upstream
+                          exit_code=exc.exit_code, facts=facts), upstream
     result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
     if outcome.status == "ok":
         _stamp_file(ws, name).write_text(json.dumps(
@@ -210,7 +203,7 @@ def _upstream_stamp(module, ctx: StepContext, upstream: str) -> str:
 
     A step that never ran passes its upstream on: the step that needs its output says what is missing."""
     previous = read_stamp(ctx.workspace, ctx.name)
-    if module is None or not previous:
+    if not previous:
         return upstream
     if _guarded(ctx.name, ctx.log, stamp_of, module, ctx, upstream) != previous.get("stamp"):
         raise NotBuiltYet(f"step {ctx.name} is out of date (its inputs changed since it ran)",

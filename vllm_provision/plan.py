@@ -10,14 +10,13 @@ from typing import Any, Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from . import PROJECT_ROOT, catalog, config, host, patches
+from . import GIB, PROJECT_ROOT, catalog, config, host, minor_version, patches
 from .checks import check_driver
-from .catalog import Release
+from .catalog import Release, lock_path
 from .errors import ConfigError
 from .redact import redact_text
 from .workspace import Workspace
 
-GIB = 1 << 30
 # Peak RSS of one nvcc job on vLLM 0.2.2's largest unit (attention_kernels.cu), with headroom.
 # Measured (`/usr/bin/time -v`, max RSS of the biggest child, cicc): 3,166,936 kB = 3.02 GiB for
 # the attention_ops extension alone, arch 9.0, nvcc 13.0 from pip wheels, torch 2.14.1, 2 cores.
@@ -63,7 +62,7 @@ class BuildPlan:
     max_jobs_reason: str
     parallel_extensions: bool
     ccache: bool
-    cpu_placement: str = "auto"     # auto: the slowest units get a core of their own | off
+    cpu_placement: str = "auto"     # auto: the slowest units get up to four cores each | off
     cpu_pool: int | None = None     # CPUs the other compiles share (default: all the rest)
     critical_unit_cores: int | None = None   # cores for each critical unit (nvcc splits over them); None: auto
     expected_seconds: int = 0       # rough build time from the host's cores and the arch count
@@ -205,15 +204,6 @@ def gpu_refusal(plan: "Plan") -> ConfigError | None:
     return arch_refusal(plan.release, bad, "gpus") if bad else None
 
 
-def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:
-    return root / "envs" / "locks" / release / f"{profile}-py{python_minor}.txt"
-
-
-def _minor(version: str) -> str:
-    v = Version(version)
-    return f"{v.major}.{v.minor}"
-
-
 def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: Path = PROJECT_ROOT,
              interpreters: Mapping[str, str] | None = None) -> EnvPlan:
     """`interpreters` (minor -> path) replaces interpreter discovery, for tests."""
@@ -227,7 +217,7 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
         backend = "venv"
         note = "no conda channel configured (conda.channels): using a venv from the PyPI index instead"
     if backend == "venv" and not python_path:
-        wanted = _minor(python)
+        wanted = minor_version(python)
         # the release's published Pythons, and any the profile has a committed lock for (tested with it)
         supported = [f"3.{n}" for n in range(8, 16) if release.python_tested.contains(f"3.{n}.0")
                      or (env.get("lock") and lock_path(release.version, profile, f"3.{n}", root).is_file())]
@@ -249,7 +239,7 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
         python = "host"
     lock = None
     if env.get("lock") and backend != "existing":
-        lock = str(lock_path(release.version, profile, _minor(python), root).relative_to(root))
+        lock = str(lock_path(release.version, profile, minor_version(python), root).relative_to(root))
     return EnvPlan(
         backend=backend, requested_backend=requested, note=note, python=python,
         python_path=str(python_path) if python_path else None, installer=env.get("installer", "auto"),

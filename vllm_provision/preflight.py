@@ -14,11 +14,11 @@ from typing import Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from . import host, runner
+from . import GIB, host, runner
 from .checks import Check, check_driver, to_json
 from .envinfo import EnvInfo
 from .host import HostFacts
-from .plan import BUILD_JOB_PEAK_BYTES, GIB, Plan
+from .plan import BUILD_JOB_PEAK_BYTES, Plan
 
 __all__ = ["Check", "run", "resolve_nvcc", "write_report"]
 

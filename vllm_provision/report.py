@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import fcntl
 import json
+import platform
+import socket
 import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import GIB
 from .checks import Check, counts, from_dicts
+from .host import HostFacts
 from .redact import redact_text
-
-GIB = 1 << 30
 
 
 @contextmanager
@@ -71,6 +73,14 @@ def merge_steps(report: Path, steps: dict[str, dict], **top: Any) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ markdown
+def host_section(facts: HostFacts) -> dict:
+    """The `host` section of report.json."""
+    data = facts.to_dict()
+    data.update({"hostname": socket.gethostname(), "kernel": platform.release(),
+                 "probed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return data
+
+
 def _cell(value: Any) -> str:
     return redact_text(str(value if value is not None else "")).replace("|", "\\|").replace("\n", " ")
 
@@ -262,7 +272,7 @@ def junit_xml(suite: str, cases: Iterable[dict]) -> str:
     """JUnit XML: one testcase per check/step. Case keys: name, status (pass|ok|up-to-date|warn|fail|
     failed|skip|skipped|...), detail, hint, seconds."""
     cases = list(cases)
-    failing = {"fail", "failed", "not implemented"}
+    failing = {"fail", "failed"}
     skipping = {"skip", "skipped", "not run"}
     root = ET.Element("testsuites")
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),

@@ -7,13 +7,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import PROJECT_ROOT, runner
+from . import PROJECT_ROOT, runner, tomllib
 from .errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 BOOTSTRAP = ("setuptools>=68", "wheel")   # the wrapper installs the toolkit with --no-build-isolation

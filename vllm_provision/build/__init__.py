@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .. import runner
-from ..plan import BUILD_JOB_PEAK_BYTES, GIB
+from .. import GIB, runner
+from ..plan import BUILD_JOB_PEAK_BYTES
 from ..preflight import matching_compiler_hint
 from .placement import Placement
 
@@ -120,7 +120,7 @@ done
 def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement | None = None,
                      taskset: str | None = None, nvcc: bool = False) -> str:
     """A /bin/sh wrapper for `compiler`: through ccache, and pinned to the CPUs the placement gives
-    the source it compiles (a critical unit: its own core; anything else: the pool)."""
+    the source it compiles (a critical unit: its own cores; anything else: the pool)."""
     what = " and ".join(x for x in ("through ccache" if ccache else "", "placed on CPUs" if placement else "") if x)
     lines = ["#!/bin/sh", f"# Written by vllm-provision: {Path(compiler).name} {what}."]
     if ccache and nvcc:

@@ -7,7 +7,6 @@ system, a patch series, the extensions verify imports, and a lock for the profil
 from __future__ import annotations
 
 import datetime as _dt
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -16,13 +15,8 @@ from typing import Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .. import PROJECT_ROOT
+from .. import PROJECT_ROOT, tomllib
 from ..errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 hosts
-    import tomli as tomllib
 
 RELEASES_DIR = Path(__file__).parent / "releases"
 SOURCE_KINDS = ("pypi-sdist", "github-archive")
@@ -64,6 +58,11 @@ class Release:
     @property
     def parsed_version(self) -> Version:
         return Version(self.version)
+
+
+def lock_path(release: str, profile: str, python_minor: str, root: Path = PROJECT_ROOT) -> Path:
+    """envs/locks/<release>/<profile>-py<X.Y>.txt (the minor may be a glob)."""
+    return root / "envs" / "locks" / release / f"{profile}-py{python_minor}.txt"
 
 
 def _unknown(data: Mapping, known: set[str], where: str) -> None:
@@ -134,7 +133,6 @@ def get_release(version: str) -> Release:
 def missing_recipe(release: Release, profile: str, *, needs_lock: bool, root: Path = PROJECT_ROOT) -> list[str]:
     """What the toolkit lacks to provision `release` with `profile` (empty: the recipe is complete)."""
     from ..patches import series_dir
-    from ..plan import lock_path
 
     missing = []
     if release.build_system not in BUILT_BY_TOOLKIT:

@@ -11,11 +11,11 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from packaging.version import InvalidVersion, Version
 
-from .. import mirrors, runner
+from .. import minor_version, mirrors, runner
 from ..redact import redact_url
 from ..errors import StepFailed
 
@@ -287,14 +287,9 @@ class Compiler:
     reason: str            # why this one / why none
 
 
-def _minor(v: str) -> str:
-    ver = Version(v)
-    return f"{ver.major}.{ver.minor}"
-
-
 def env_compiler(torch_cuda: str, site_packages: Sequence[str]) -> Compiler | None:
     """The nvcc the env's own CUDA wheels form (site-packages/nvidia/cu<major>), when they are installed."""
-    minor, major = _minor(torch_cuda), Version(torch_cuda).major
+    minor, major = minor_version(torch_cuda), Version(torch_cuda).major
     for site in site_packages:
         home = Path(site) / "nvidia" / f"cu{major}"
         nvcc = home / "bin" / "nvcc"
@@ -312,7 +307,7 @@ def env_compiler(torch_cuda: str, site_packages: Sequence[str]) -> Compiler | No
 def pip_compiler(ctx, installer: Installer, python: Path, torch_cuda: str, site_packages: Sequence[str],
                  index: Any) -> Compiler:
     """CUDA >= 13: assemble CUDA_HOME from the nvidia-cuda-nvcc/nvvm/crt/runtime/cccl wheels."""
-    minor = _minor(torch_cuda)
+    minor = minor_version(torch_cuda)
     specs = [f"{name}=={minor}.*" for name in PIP_COMPILER_WHEELS]
     ctx.say(f"installing nvcc {minor} from the package index ({', '.join(PIP_COMPILER_WHEELS)})")
     install(ctx, installer, python, specs, what=f"nvcc {minor} wheels", index=index)
@@ -320,9 +315,11 @@ def pip_compiler(ctx, installer: Installer, python: Path, torch_cuda: str, site_
         None, None, None, "none", f"the nvcc {minor} wheels installed no bin/nvcc under nvidia/cu{Version(torch_cuda).major}")
 
 
-def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict, prefix: Path) -> Compiler:
+def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict, prefix: Path,
+                     channel_compiler: Callable[..., Compiler] | None = None) -> Compiler:
     """A CUDA_HOME whose nvcc matches the env's torch: the env's own (locked) compiler wheels first, then the
-    host's when it fits, else one provisioned into the env."""
+    host's when it fits, else one provisioned into the env (`channel_compiler(ctx, plan, torch_cuda, target)`:
+    the conda backend's, for plans with conda channels)."""
     torch_cuda = facts.get("torch_cuda")
     own = env_compiler(torch_cuda, facts.get("site_packages", ())) if torch_cuda else None
     if own is not None and own.source == "pip":
@@ -333,20 +330,19 @@ def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict,
         if host:
             return Compiler(host[0][0], host[0][1], host[0][2], "host", f"{why}; host nvcc {host[0][2]} recorded")
         return Compiler(None, None, None, "none", f"{why}; no nvcc on the host")
-    exact = [t for t in host if _minor(t[2]) == _minor(torch_cuda)]
+    exact = [t for t in host if minor_version(t[2]) == minor_version(torch_cuda)]
     same_major = [t for t in host if cuda_matches(t[2], torch_cuda)]
     for home, nvcc, version in exact + same_major:
         return Compiler(home, nvcc, version, "host", f"host nvcc {version} matches torch CUDA {torch_cuda}")
     found = ", ".join(f"{v} at {h}" for h, _, v in host) or "none"
     if Version(torch_cuda).major >= 13:
         return pip_compiler(ctx, installer, python, torch_cuda, facts.get("site_packages", ()), plan.env)
-    if plan.env.channels:
-        from . import conda
-        return conda.conda_compiler(ctx, plan, torch_cuda, prefix / "cuda")
+    if plan.env.channels and channel_compiler is not None:
+        return channel_compiler(ctx, plan, torch_cuda, prefix / "cuda")
     return Compiler(None, None, None, "none",
                     f"no nvcc matching torch's CUDA {torch_cuda} (host toolkits: {found}); no PyPI wheel carries nvcc "
                     f"for CUDA {Version(torch_cuda).major} and no conda channel is configured: set conda.channels "
-                    f"to one with cuda-nvcc={_minor(torch_cuda)}, or install CUDA {_minor(torch_cuda)} and set CUDA_HOME")
+                    f"to one with cuda-nvcc={minor_version(torch_cuda)}, or install CUDA {minor_version(torch_cuda)} and set CUDA_HOME")
 
 
 def bin_python(prefix: Path) -> Path:

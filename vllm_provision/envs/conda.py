@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .. import mirrors, runner
+from packaging.version import Version
+
+from .. import minor_version, mirrors, runner
 from ..errors import ConfigError, ProvisionError, StepFailed
 from ..redact import has_secret, redact_url
 from . import rattler_child
@@ -142,11 +144,9 @@ def create(ctx, prefix: Path) -> Path:
 
 def conda_compiler(ctx, plan, torch_cuda: str, target: Path) -> Compiler:
     """CUDA 12.x: `cuda-nvcc=<major.minor>` from the configured channel into its own prefix (the CUDA_HOME)."""
-    from packaging.version import Version
-    v = Version(torch_cuda)
-    minor = f"{v.major}.{v.minor}"
+    minor = minor_version(torch_cuda)
     chs = channels(plan)
-    ctx.say(f"installing cuda-nvcc {minor} from {_shown(chs)} (no PyPI wheel carries nvcc for CUDA {v.major})")
+    ctx.say(f"installing cuda-nvcc {minor} from {_shown(chs)} (no PyPI wheel carries nvcc for CUDA {Version(torch_cuda).major})")
     try:
         solve_install(ctx, chs, [f"cuda-nvcc={minor}"], target, what=f"cuda-nvcc {minor}")
     except ProvisionError as exc:

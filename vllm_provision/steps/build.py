@@ -105,7 +105,8 @@ def run(ctx: StepContext) -> StepOutcome:
                          hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
 
     # 2. the compile environment: wrappers that cache every compile and give the slowest units
-    # (named in the release data, else the largest CUDA sources setup.py names) a core of their own
+    # (named in the release data, else the largest CUDA sources setup.py names) up to four cores each,
+    # nvcc splitting its device optimisation over them
     jobs = max(1, plan.build.max_jobs)
     setup_text = (src / "setup.py").read_text(errors="replace")
     placement = None

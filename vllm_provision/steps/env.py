@@ -15,10 +15,10 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import PROJECT_ROOT, envinfo, lock as locks, mirrors, preflight
+from .. import PROJECT_ROOT, envinfo, lock as locks, minor_version, mirrors, preflight, runner
 from ..envinfo import EnvInfo
-from ..envs import common, existing
-from ..errors import ConfigError, ProvisionError, StepFailed
+from ..envs import common, conda, existing
+from ..errors import ConfigError, StepFailed
 from ..pipeline import StepContext, StepOutcome
 
 BACKENDS = ("venv", "conda", "existing")
@@ -60,7 +60,6 @@ def intact(ctx: StepContext) -> bool:
     python = link / "bin" / "python"
     if not python.exists():
         return False
-    from .. import runner
     result = runner.capture([str(python), "-c", "import sys"], timeout=30)
     return bool(result and result.returncode == 0)
 
@@ -77,9 +76,6 @@ def _next_prefix(ctx: StepContext) -> Path:
 
 def switch_link(link: Path, prefix: Path) -> None:
     """Point `link` at `prefix` atomically (a temp symlink renamed over it)."""
-    if link.exists() and not link.is_symlink():
-        # an env made in place by an older version: move it aside so the link can take its name
-        link.rename(link.with_name(f"env.old-{os.getpid()}"))
     tmp = link.with_name(f".env.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(prefix, link.parent), tmp)
@@ -90,8 +86,6 @@ def _prune(ctx: StepContext, keep: Path) -> None:
     for p in envs_dir(ctx).iterdir():
         if p != keep and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
-    for p in ctx.workspace.root.glob("env.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def check_compiler(plan, lock: Path | None) -> None:
@@ -125,7 +119,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
         module.interpreter(plan)  # a missing interpreter is the first thing to say
     lock = lock_file(ctx)
     if lock is not None:
-        locks.check(lock, plan.release.version, plan.profile, locks.python_minor(plan.env.python))
+        locks.check(lock, plan.release.version, plan.profile, minor_version(plan.env.python))
     check_compiler(plan, lock)
     python = module.create(ctx, prefix)
     installer = common.choose_installer(plan)
@@ -142,7 +136,8 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     if wrong:
         first = ", ".join(f"{n} {got} (lock {v})" for n, (v, got) in list(wrong.items())[:5])
         raise StepFailed(f"the env does not match the lock: {first}", hint="rerun `inv env --force`; report if it persists")
-    compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix)
+    compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix,
+                                       channel_compiler=conda.conda_compiler)
     if compiler.source == "pip":
         facts = common.probe(python)  # the compiler wheels add packages and include dirs
     info = EnvInfo(
@@ -162,7 +157,7 @@ def run(ctx: StepContext) -> StepOutcome:
     prefix = _next_prefix(ctx)
     try:
         info, extra = build_env(ctx, prefix)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(prefix, ignore_errors=True)
         raise
     switch_link(ctx.workspace.env, prefix)

@@ -36,9 +36,6 @@ from .build import built_digest
 PROBE_TIMEOUT = 120
 IMPORT_TIMEOUT = 600
 
-# Last checks computed in this process (the `inv verify` task prints them after the pipeline ran the step).
-LAST: list[Check] | None = None
-
 
 # ------------------------------------------------------------------------------------------ env facts
 def pip_inspect(python: str, log: Path | None = None) -> dict[str, dict]:
@@ -459,43 +456,19 @@ def stamp_inputs(ctx: StepContext) -> dict:
 
 
 def run(ctx: StepContext) -> StepOutcome:
-    global LAST
-    from ..doctor import host_section
-    LAST = None
     info = ensure_built(ctx)
     started = time.monotonic()
     checks = collect(ctx, info)
-    LAST = checks
     ok, _ = summarize(checks)
     section = to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                  "seconds": round(time.monotonic() - started, 2)}
     rep = ctx.workspace.report
-    report.merge_section(rep, "host", host_section(ctx.facts))
+    report.merge_section(rep, "host", report.host_section(ctx.facts))
     report.merge_section(rep, "verify", section, release=ctx.plan.release.version, profile=ctx.plan.profile)
+    found = {"ok": ok, "checks": [c.to_dict() for c in checks]}
     failed = [c for c in checks if c.status == "fail"]
     if failed:
         raise StepFailed(f"verify: {len(failed)} check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed[:3]),
-                         hint=failed[0].hint)
+                         hint=failed[0].hint, facts=found)
     n = {s: sum(c.status == s for c in checks) for s in ("pass", "warn", "skip")}
-    return StepOutcome(detail=f"{n['pass']} checks passed, {n['warn']} warned, {n['skip']} skipped",
-                       facts={"ok": ok, "checks": [c.to_dict() for c in checks]})
-
-
-
-def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> int:
-    """`inv verify`: run the verify step (always, under the workspace lock) and print its checks."""
-    from .. import cli, host, ui
-    from ..checks import print_checks
-    from ..pipeline import run_steps
-    plan = cli.make_plan(**flags)
-    facts = host.probe(str(plan.workspace.root.parent))
-    results = run_steps(plan, facts, ["verify"], force=["verify"])
-    result = next(r for r in results if r.step == "verify")
-    if LAST is None:       # it stopped before any check ran (nothing built yet, bad input)
-        raise (NotBuiltYet if result.exit_code == 2 else StepFailed)(result.detail, hint=result.hint,
-                                                                     log_tail=result.facts.get("log_tail"))
-    if junit:
-        report.write_junit(junit, "vllm-provision.verify", LAST)
-    print_checks(f"verify: vLLM {plan.release.version} / {plan.profile}", LAST, as_json)
-    ui.info(f"report: {plan.workspace.report} and {plan.workspace.report.with_suffix('.md')}")
-    return summarize(LAST)[1]
+    return StepOutcome(detail=f"{n['pass']} checks passed, {n['warn']} warned, {n['skip']} skipped", facts=found)
