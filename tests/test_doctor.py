@@ -112,14 +112,16 @@ def test_h100_host_with_matching_toolchain_passes(isolated, http_server):
     assert summarize(checks) == (True, 0), [x for x in checks if x.status == "fail"]
 
 
-def test_no_nvidia_smi_is_a_failed_check_with_the_hint(isolated, http_server):
+def test_no_nvidia_smi_warns_the_build_runs_for_the_planned_archs(isolated, http_server):
+    """A GPU-less host with the default profile: the build compiles for the archs nvcc 13 can build (the
+    plan says how long that takes); doctor warns, it does not fail what provision completes."""
     plan = make_plan(serve_index(http_server), NO_GPU)
     checks = doctor.run_doctor(plan, NO_GPU, timeout=2)
     gpus = by_name(checks)["gpus"]
-    assert gpus.status == "fail" and "nvidia-smi not found" in gpus.detail
+    assert gpus.status == "warn" and "nvidia-smi not found" in gpus.detail
+    assert "building for 7.5;8.0;8.6;8.9;9.0 (about " in gpus.detail and "the smoke is skipped" in gpus.detail
     assert "NVIDIA driver" in gpus.hint and "--arch" in gpus.hint
     assert by_name(checks)["driver-vs-cuda"].status == "skip"
-    assert summarize(checks) == (False, 1)
 
 
 def test_explicit_arch_without_gpu_is_only_a_warning(isolated, http_server):
@@ -258,13 +260,19 @@ def test_cli_json_shape_junit_and_exit_codes(isolated, http_server, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
 
 
-def test_no_gpu_host_cli_fails_with_exit_1_not_a_traceback(isolated, http_server):
-    if NO_GPU.gpu_error and os.path.exists("/usr/bin/nvidia-smi"):
-        pytest.skip("this host has nvidia-smi")
-    env = {**os.environ, "VLLMP_PYPI__INDEX_URL": serve_index(http_server), "VLLMP_FETCH__GITHUB": "false"}
+def test_gpu_less_host_with_the_default_profile_has_no_fail(isolated, http_server):
+    """`./inv doctor` on a GPU-less host (nvidia-smi kept off PATH): the default profile's own choices fail
+    nothing; no GPU is a warning naming what will be built, exit 0, no traceback."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not os.path.exists(os.path.join(p, "nvidia-smi")))
+    env = {**os.environ, "PATH": path, "VLLMP_PYPI__INDEX_URL": serve_index(http_server),
+           "VLLMP_FETCH__GITHUB": "false", "CI": "true"}
     done = _inv("doctor", env=env)
-    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
-    assert "gpus" in done.stdout and "FAIL" in done.stdout and "NVIDIA driver" in done.stdout.replace("\n", " ")
+    assert done.returncode == 0 and "Traceback" not in done.stderr + done.stdout, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert not [l for l in lines if l.startswith("FAIL")], done.stdout
+    assert any(l.startswith("WARN  gpus") and "nvidia-smi not found" in l for l in lines)
+    assert any(l.startswith("PASS  arch-list") and "7.0 left out" in l for l in lines)
 
 
 def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(isolated, http_server):
