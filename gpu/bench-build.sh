@@ -6,13 +6,7 @@
 #   OUT=... gpu/bench-build.sh plain --plain-limit 560   # more options go to bench/build.py
 # Results merge across calls while the machine stays warm (.provision/build-bench.json), copied to $OUT.
 # Sets up the workspace (fetch, env, patch) offline from .carry first when it is not there.
-set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/vllmp-out}"; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 VLLMP_WHEELHOUSE="$root/.carry/wheels" VLLMP_EXTRAS="" VLLMP_BOOTSTRAP_PYTHON="$(command -v python3)"
-export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host-torch}" VLLMP_OFFLINE=true
-ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
+source "$(dirname "$0")/offline-env.sh"
 for step in fetch env patch; do ./inv "$step" >>"$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log"; exit 1; }; done
 # which vCPUs slow the slowest unit's CPU down (hidden SMT siblings), ~12 s; on the H100 VMs it showed
 # no sibling, only host-wide noise, so it runs on request

@@ -9,18 +9,9 @@
 #   OUT=/tmp/out gpu/multi-gpu-check.sh
 # Afterwards, here: copy probes.json, smoke-gpu0.json, smoke-gpu1.json and nccl.json into
 # tests/fixtures/gpu/h200x2/ (tests/test_multi_gpu.py then reads the recordings).
-set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/vllmp-out}"
-mkdir -p "$OUT"
-# The toolkit's environment, as gpu/provision-check.sh sets it: offline, from the carried wheelhouse and cache.
-export PYTHONUNBUFFERED=1
-export VLLMP_WHEELHOUSE="$root/.carry/wheels" VLLMP_EXTRAS="" VLLMP_BOOTSTRAP_PYTHON="$(command -v python3)"
-export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host-torch}" VLLMP_OFFLINE=true
+source "$(dirname "$0")/offline-env.sh"
 # NVLink multicast stays off on this host (it can take the shared GPUs out of service).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
 logs="$OUT/logs"; mkdir -p "$logs"
 t0=$(date +%s)
 

@@ -8,16 +8,8 @@
 #   gpu/prepare-carry.sh            # .carry/wheels (toolkit for py3.12) + .carry/cache/sources (sdist)
 #   OUT=/tmp/out gpu/provision-check.sh
 #   FORCE=build OUT=/tmp/out gpu/provision-check.sh   # rebuild (and so re-verify, re-smoke) a warm workspace
-set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/vllmp-out}"
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export VLLMP_WHEELHOUSE="$root/.carry/wheels" VLLMP_EXTRAS="" VLLMP_BOOTSTRAP_PYTHON="$(command -v python3)"
-export VLLMP_CACHE_DIR="$root/.carry/cache" VLLMP_PROFILE="${VLLMP_PROFILE:-host-torch}" VLLMP_OFFLINE=true
+source "$(dirname "$0")/offline-env.sh"
 export VLLMP_SMOKE__PARITY=true
-ws="$root/.provision/0.2.2-$VLLMP_PROFILE"
 logs="$OUT/logs"; mkdir -p "$logs"
 
 t0=$(date +%s)
