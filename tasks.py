@@ -98,11 +98,14 @@ def make_tiny_model(c, out=None, release=None, profile=None, offline=False):
 @task(help={"python_version": "target host's Python, e.g. 3.12", "out": "directory to fill with wheels",
             "extras": "comma-separated extras to include (e.g. test,conda); default none"})
 @handles_errors
-def wheelhouse(c, python_version, out="wheelhouse", extras=""):
+def wheelhouse(c, python_version=None, out="wheelhouse", extras=""):
     """Download the toolkit's wheels for an offline host; bootstrap there with VLLMP_WHEELHOUSE=DIR ./inv ..."""
     from pathlib import Path
 
     from vllm_provision import ui
+    from vllm_provision.errors import ConfigError
+    if not python_version:   # an option, not a positional: `./inv wheelhouse --help` must show the help
+        raise ConfigError("--python-version is needed: the offline host's Python", hint="e.g. --python-version 3.12")
     from vllm_provision import wheelhouse as wh
     wheels = wh.build(Path(out).resolve(), python_version, [e for e in extras.split(",") if e])
     ui.info(f"{len(wheels)} wheels in {Path(out).resolve()} ({sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB); "
