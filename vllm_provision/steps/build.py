@@ -21,7 +21,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import PROJECT_ROOT, envinfo, preflight, runner
+from .. import envinfo, preflight, runner
 from ..build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
                      parse_ccache_stats, relevant_tail)
 from ..build.placement import host_placement
@@ -130,12 +130,9 @@ def run(ctx: StepContext) -> StepOutcome:
     if plan.build.parallel_extensions and not parallel:
         ctx.say("no compiler cache and no prebuilt patch: pip's own editable build would compile everything "
                 "again, so the extensions are compiled once, serially, by pip")
+    # --no-deps: pip installs nothing but vLLM, so the env stays exactly the lock. (The lock is not passed
+    # as constraints: its hashes would put pip in hash-checking mode, which refuses any editable install.)
     argv = [info.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)]
-    if info.lock:
-        lock = Path(info.lock)
-        lock = lock if lock.is_absolute() else PROJECT_ROOT / lock
-        if lock.is_file():
-            argv += ["-c", str(lock)]
     # pip's editable build compiles in $TMPDIR/tmpXXXX.build-temp; a sibling of the pre-build's
     # temp dirs, so ccache (which relativizes paths to the ninja cwd under CCACHE_BASEDIR) sees the same
     # command lines and serves every object from the cache.
