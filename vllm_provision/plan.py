@@ -135,8 +135,8 @@ def arch_refusal(release: Release, bad, source: str) -> ConfigError:
 # The oldest arch each CUDA major's nvcc still compiles for (CUDA 13 dropped sm_50-sm_72, CUDA 12 sm_35/sm_37).
 NVCC_MIN_ARCH = {11: "3.5", 12: "5.0", 13: "7.5"}
 # Build-time estimate for the plan, from measured builds of the release's extensions for one arch:
-# all compile units one after another take about this many CPU-seconds (2-core host, arch 9.0: 354 s wall).
-COMPILE_CPU_SECONDS_PER_ARCH = 700
+# all compile units one after another take about this many CPU-seconds (2-core host, arch 9.0: 354-560 s wall).
+COMPILE_CPU_SECONDS_PER_ARCH = 1000
 
 
 def _arch_key(arch: str) -> tuple[int, ...]:
