@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build benchmark for the GPU machine; prints JSON (no assertions).
+"""Build benchmark for a GPU host; prints JSON (no assertions).
 
 Same sources, same arch, same env, side by side:
   plain  - the blog's `pip install -e .` (serial setuptools build, no compiler cache)

@@ -5,7 +5,7 @@ A spin loop pinned to TARGET counts iterations for a fixed time, alone and then 
 on each other CPU. A hidden SMT sibling shows as a much lower ratio than the rest; a host-wide
 effect (shared frequency or cache) lowers every ratio alike. The build's CPU placement reserves
 whole cores as sysfs shows them (vllm_provision/build/placement.py); this tells whether a VM hides
-siblings that it should also keep free. On the H100 VMs it found none (session 3: noise only).
+siblings that it should also keep free. On the H100 VMs it found none (noise only).
 
     python bench/cpu_pairs.py [--target 15] [--seconds 0.3]
 """

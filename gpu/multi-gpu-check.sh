@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU of the host in one device call, once gpu/provision-check.sh has provisioned the host-torch
+# Every GPU of the host in one run (under ten minutes), once gpu/provision-check.sh has provisioned the host-torch
 # workspace on this machine (while it is warm; when it has not, this runs it first and takes its time too):
 #   raw nvidia-smi outputs (probes.json) -> inv doctor --json (GPU count, memory held by other processes,
 #   links) -> inv smoke --all-gpus (the smoke on each GPU at once, NCCL all-reduce, tensor parallel when

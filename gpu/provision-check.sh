@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one device call: the toolkit's own ./inv, bootstrapped offline from a
+# The whole GPU check in one run: the toolkit's own ./inv, bootstrapped offline from a
 # carried wheelhouse, runs doctor -> provision (fetch offline, env existing torch, patch, build,
 # verify, tiny ChatGLM, smoke + kernel parity) -> verify -> no-op re-run, and leaves the reports
 # under $OUT (at most 8 files come back).

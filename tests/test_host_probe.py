@@ -1,4 +1,4 @@
-"""Host-probe parsers on recorded outputs (H100 from the GPU machine when recorded; mixed and no-GPU hosts)."""
+"""Host-probe parsers on recorded outputs (recorded on an H100 host; mixed and no-GPU hosts)."""
 
 from __future__ import annotations
 
