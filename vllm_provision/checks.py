@@ -87,7 +87,8 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None
     ui.out.print(total, markup=False)
 
 
-def _version(text: str | None) -> Version | None:
+def parse_version(text: str | None) -> Version | None:
+    """A Version, or None for a missing or unreadable one (probes report what they saw)."""
     try:
         return Version(text) if text else None
     except InvalidVersion:
@@ -102,7 +103,7 @@ def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     name = "driver-vs-cuda"
     if not facts.gpus:
         return Check(name, "skip", f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
-    have, want = _version(facts.driver_cuda), _version(torch_cuda)
+    have, want = parse_version(facts.driver_cuda), parse_version(torch_cuda)
     detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
     if have is None or want is None:
         return Check(name, "warn", detail)

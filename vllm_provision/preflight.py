@@ -12,10 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from packaging.version import InvalidVersion, Version
-
 from . import GIB, host, runner
-from .checks import Check, check_driver, to_json
+from .checks import Check, check_driver, parse_version, to_json
 from .envinfo import EnvInfo
 from .host import HostFacts
 from .plan import BUILD_JOB_PEAK_BYTES, Plan
@@ -50,16 +48,9 @@ def resolve_nvcc(info: EnvInfo | None, facts: HostFacts | None = None, environ: 
     return Compiler(c.path, c.cuda_home, c.version, c.source, c.gcc_max)
 
 
-def _v(text: str | None) -> Version | None:
-    try:
-        return Version(text) if text else None
-    except InvalidVersion:
-        return None
-
-
 def matching_compiler_hint(cuda: str) -> str:
     """Where a compiler for torch's CUDA comes from: PyPI wheels exist for CUDA >= 13 only."""
-    v = _v(cuda)
+    v = parse_version(cuda)
     if v is not None and v.major >= 13:
         return (f"let `inv env --force` provision it (pip wheels nvidia-cuda-nvcc/nvvm/crt=={v.major}.{v.minor}.*), "
                 f"or set CUDA_HOME to a CUDA {v.major}.{v.minor} toolkit")
@@ -75,7 +66,7 @@ def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path
                      "install a CUDA build of torch (envs/locks pin one; `inv env --force`)")
     if not nvcc_path or not nvcc_version:
         return Check(name, "fail", f"no nvcc found; torch needs CUDA {torch_cuda}", matching_compiler_hint(torch_cuda))
-    have, want = _v(nvcc_version), _v(torch_cuda)
+    have, want = parse_version(nvcc_version), parse_version(torch_cuda)
     detail = f"nvcc {nvcc_version} ({nvcc_path}), torch built with CUDA {torch_cuda}"
     if have is None or want is None:
         return Check(name, "warn", detail + ": versions unparsable")
@@ -100,7 +91,8 @@ def check_gcc(gcc_version: str | None, gcc_path: str | None, gcc_max: int | None
     if not gcc_version:
         return Check(name, "fail", "no host C++ compiler found (gcc/g++)",
                      "install gcc/g++ (apt-get install g++), or set CC/CXX/CUDAHOSTCXX")
-    major = _v(gcc_version).major if _v(gcc_version) else None
+    parsed = parse_version(gcc_version)
+    major = parsed.major if parsed else None
     if gcc_max is None:
         return Check(name, "skip", f"gcc {gcc_version} ({gcc_path}); nvcc's limit not found (crt/host_config.h)")
     detail = f"gcc {gcc_version} ({gcc_path}); nvcc {nvcc_version or '?'} accepts gcc <= {gcc_max}"
