@@ -16,7 +16,7 @@ import pytest
 from invoke.exceptions import Exit
 
 from conftest import ROOT
-from test_runner_signals import _running
+from processes import alive, children_of
 from vllm_provision import cli, pipeline
 from vllm_provision.errors import ConfigError, NotBuiltYet
 from vllm_provision.host import HostFacts
@@ -161,17 +161,6 @@ except Exit as exc:
 """
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError):
-            continue
-    return found
-
-
 def test_sigterm_during_a_step_stops_it_and_the_report_says_where(isolated, tmp_path):
     (tmp_path / "driver.py").write_text(DRIVER)
     plan = build_plan({}, facts=HostFacts())
@@ -183,17 +172,17 @@ def test_sigterm_during_a_step_stops_it_and_the_report_says_where(isolated, tmp_
             assert driver.poll() is None
         while not compile_pids:
             assert driver.poll() is None
-            compile_pids = _children(driver.pid)
+            compile_pids = children_of(driver.pid)
             time.sleep(0.05)
         driver.send_signal(signal.SIGTERM)
         err = driver.communicate(timeout=60)[1]
     finally:
         if driver.poll() is None:
             driver.kill()
-        for pid in _children(driver.pid) + compile_pids:
-            if _running(pid):
+        for pid in children_of(driver.pid) + compile_pids:
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    assert not _running(compile_pids[0])
+    assert not alive(compile_pids[0])
     assert driver.returncode == 130 and "error: interrupted" in err and "Traceback" not in err
     steps = json.loads(plan.workspace.report.read_text())["steps"]
     assert [steps[s]["status"] for s in ("fetch", "env", "patch")] == ["ok"] * 3

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from processes import alive
 from vllm_provision import runner
 from vllm_provision.errors import StepFailed
 
@@ -76,15 +77,6 @@ except Exit as exc:
 """
 
 
-def _running(pid: int) -> bool:
-    """Whether pid runs (a zombie, dead but not yet waited for, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _lock_free(path: Path) -> bool:
     with open(path) as fh:
         try:
@@ -117,19 +109,19 @@ def _interrupt(tmp_path: Path, sig: int, mode: str = "plain", grace: float = 5) 
     try:
         _wait_for(pids, driver)
         started = json.loads(pids.read_text())
-        assert _running(started["child"]) and _running(started["grandchild"])
+        assert alive(started["child"]) and alive(started["grandchild"])
         driver.send_signal(sig)
         # Whenever the lock is seen free, nothing the run started may still be running.
         while driver.poll() is None:
-            freed_early = freed_early or (_lock_free(lock) and any(_running(pid) for pid in started.values()))
+            freed_early = freed_early or (_lock_free(lock) and any(alive(pid) for pid in started.values()))
             time.sleep(0.02)
         stdout, stderr = driver.communicate(timeout=60)
-        survivors = [pid for pid in started.values() if _running(pid)]
+        survivors = [pid for pid in started.values() if alive(pid)]
     finally:
         if driver.poll() is None:
             driver.kill()
         for pid in started.values():        # leave nothing behind, even when the test fails
-            if _running(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     term = tmp_path / "pids.json.term"
     return {"code": driver.returncode, "stderr": stderr, "survivors": survivors, "freed_early": freed_early,
@@ -168,4 +160,4 @@ def test_timeout_asks_the_group_to_stop_then_ends_all_of_it(tmp_path):
                    log=tmp_path / "child.log")
     assert err.value.message == "child timed out after 5 s"
     assert (tmp_path / "pids.json.term").read_text() == "free"     # it got SIGTERM (nobody held the lock)
-    assert not any(_running(pid) for pid in json.loads(pids.read_text()).values())
+    assert not any(alive(pid) for pid in json.loads(pids.read_text()).values())
