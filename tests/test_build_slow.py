@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_provision import envinfo, host
+from vllm_provision import envinfo, envprobe, host
+from vllm_provision.checks.install import check_sass
 from vllm_provision.envinfo import EnvInfo
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
@@ -72,7 +73,7 @@ def _plan(tmp_path, **build):
 
 
 def _elf_archs(so: Path, info: EnvInfo) -> set[str]:
-    from vllm_provision.steps.verify import find_cuobjdump
+    from vllm_provision.envprobe import find_cuobjdump
     tool = find_cuobjdump(info) or shutil.which("cuobjdump")
     assert tool, "no cuobjdump (the test extra installs nvidia-cuda-cuobjdump)"
     out = subprocess.run([tool, "--list-elf", str(so)], capture_output=True, text=True).stdout
@@ -90,8 +91,8 @@ def _verify_the_real_build(plan, facts, info: EnvInfo) -> None:
     sass = [c for n, c in checks.items() if n.startswith("sass ")]
     assert len(sass) == 7 and all(c.status == "pass" for c in sass), sass
     assert checks["import-vllm"].status == ("pass" if facts.gpus else "skip"), checks["import-vllm"]
-    so = next(iter(verify.extension_files([plan.workspace.src / "vllm"], plan.release.extensions)[0].items()))
-    [wrong] = verify.check_sass(dict([so]), ["8.0"], verify.find_cuobjdump(info))
+    name, so = next(iter(envprobe.extension_files([plan.workspace.src / "vllm"], plan.release.extensions)[0].items()))
+    [wrong] = check_sass({name: envprobe.sass_of(so, envprobe.find_cuobjdump(info))}, {name: so}, ["8.0"])
     assert wrong.status == "fail" and "sm_80" in wrong.detail
 
 

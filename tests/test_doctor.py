@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import xml.etree.ElementTree as ET
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Route
-from vllm_provision import doctor
+from vllm_provision import doctor, envinfo, host, preflight
+from vllm_provision.envprobe import torch_of
 from vllm_provision.checks import summarize
 from vllm_provision.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
 from vllm_provision import GIB
@@ -151,7 +153,7 @@ def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, htt
     # with a conda channel configured the env step provisions cuda-nvcc=12.1: only a warning
     chan = make_plan(serve_index(http_server), NO_GPU, profile="seed", build={"arch_list": "9.0"},
                      conda={"channels": [http_server.url + "/chan"]})
-    warned = doctor.check_nvcc([doctor.probe_nvcc(str(HOST_NVCC), 10)], "12.1", "2.1.0", "lock", chan)[0]
+    warned = doctor.check_nvcc([host.probe_nvcc(str(HOST_NVCC))], "12.1", "2.1.0", "lock", chan)[0]
     assert warned.status == "warn" and "cuda-nvcc=12.1 from the conda channel" in warned.detail
 
 
@@ -227,12 +229,36 @@ def test_cached_source_passes_offline(isolated, tmp_path):
 
 
 def test_parsers_on_real_tool_output():
-    assert doctor.parse_gcc_limit("#if __GNUC__ > 15\n#error -- unsupported GNU version!") == 15
-    assert doctor.parse_nvcc_version("Cuda compilation tools, release 12.1, V12.1.105") == "12.1"
-    assert doctor.parse_gpu_archs("compute_75 compute_80 compute_90 compute_100 compute_120") == \
+    assert host.parse_gcc_limit("#if __GNUC__ > 15\n#error -- unsupported GNU version!") == 15
+    assert host.parse_nvcc_version("Cuda compilation tools, release 12.1, V12.1.105") == "12.1"
+    assert host.parse_gpu_archs("compute_75 compute_80 compute_90 compute_100 compute_120") == \
         ("7.5", "8.0", "9.0", "10.0", "12.0")
-    top, dirs = doctor.parse_dryrun('#$ TOP=/opt/cuda/bin/..\n#$ INCLUDES="-I/opt/cuda/bin/../targets/x86_64-linux/include"  \n')
+    top, dirs = host.parse_dryrun('#$ TOP=/opt/cuda/bin/..\n#$ INCLUDES="-I/opt/cuda/bin/../targets/x86_64-linux/include"  \n')
     assert top == "/opt/cuda/bin/.." and dirs == ("/opt/cuda/bin/../targets/x86_64-linux/include",)
+
+
+@needs_nvcc
+def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated):
+    """One H100 host, one env whose torch is the plan's, CC=gcc CXX=g++-12: every check doctor and preflight
+    share comes out the same from both; the host compiler judged is CXX's (the build compiles C++ with it)."""
+    cxx = shutil.which("g++-12")
+    if not cxx:
+        pytest.skip("needs g++-12 next to gcc")
+    environ = {k: v for k, v in os.environ.items() if k != "CUDAHOSTCXX"} | {"CC": "gcc", "CXX": "g++-12"}
+    facts = h100_facts()
+    plan = make_plan(closed_port_url(), facts, offline=True, build={"arch_list": "9.0"})
+    _, torch_cuda, _ = doctor.torch_cuda_of_plan(plan, 10)
+    plan.workspace.ensure()
+    envinfo.save(plan.workspace, envinfo.EnvInfo(backend="venv", prefix="/nonexistent", python="/nonexistent/python",
+                                                 python_version="3.11", torch_cuda=torch_cuda))
+    from_doctor = by_name(doctor.run_doctor(plan, facts, timeout=1, environ=environ))
+    from_preflight = by_name(preflight.run(plan, facts, envinfo.load(plan.workspace), environ))
+    assert f"({cxx})" in from_doctor["gcc-vs-nvcc"].detail, from_doctor["gcc-vs-nvcc"]
+    for name in ("gcc-vs-nvcc", "arch-list", "driver-vs-cuda", "disk", "ram"):
+        assert from_doctor[name] == from_preflight[name], name
+    # doctor adds where torch's CUDA came from (the lock: no env needed) to the same verdict
+    nvcc = from_preflight["nvcc-vs-torch"]
+    assert from_doctor["nvcc-vs-torch"].status == nvcc.status and from_doctor["nvcc-vs-torch"].detail.startswith(nvcc.detail)
 
 
 def _inv(*args, env):
@@ -286,8 +312,8 @@ def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(is
     nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc-vs-torch"]
     if cuda is None:
         assert nvcc.status == "fail" and "CPU build" in nvcc.detail and "CUDA build of torch" in nvcc.hint
-    missing = doctor.torch_of_python(str(HOST_NVCC), 5)    # not a python at all: a reason, no exception
-    assert missing[0] is None and missing[2]
+    missing = torch_of(str(HOST_NVCC), 5)    # not a python at all: a reason, no exception
+    assert missing.version is None and missing.error
 
 
 def test_other_processes_on_the_gpu_are_a_warning(isolated, http_server):

@@ -183,7 +183,7 @@ def test_host_nvcc_that_does_not_match_torch_cuda_gives_a_reason(tmp_path, pypi_
     from vllm_provision.envs import common
     if not common.host_toolkits():
         pytest.skip("needs a host CUDA toolkit")
-    host_major = common.host_toolkits()[0][2].split(".")[0]
+    host_major = common.host_toolkits()[0].version.split(".")[0]
     other = "12.1" if host_major != "12" else "11.8"
     plan = make_plan(tmp_path, index_url=pypi_mirror.url, lock=None)
     ctx = StepContext(plan, HostFacts(), "env")
@@ -192,5 +192,5 @@ def test_host_nvcc_that_does_not_match_torch_cuda_gives_a_reason(tmp_path, pypi_
                                   tmp_path)
     assert got.cuda_home is None and other in got.reason and "conda.channels" in got.reason
     same = common.resolve_compiler(ctx, plan, installer, Path(sys.executable),
-                                   {"torch": "x", "torch_cuda": common.host_toolkits()[0][2]}, tmp_path)
+                                   {"torch": "x", "torch_cuda": common.host_toolkits()[0].version}, tmp_path)
     assert same.source == "host" and (Path(same.cuda_home) / "bin" / "nvcc").exists()

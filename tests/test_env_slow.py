@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mirrors import Pypiserver
-from vllm_provision import PROJECT_ROOT, envinfo
+from vllm_provision import PROJECT_ROOT, envinfo, envprobe, host
 from vllm_provision.envs import common
 from vllm_provision.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
@@ -61,7 +61,7 @@ def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch):
             shutil.copy(w, pkgs)
     server = Pypiserver(pkgs)
     try:
-        monkeypatch.setattr(common, "HOST_CUDA_CANDIDATES", ())
+        monkeypatch.setattr(host, "HOST_CUDA_CANDIDATES", ())
         monkeypatch.delenv("CUDA_HOME", raising=False)
         monkeypatch.delenv("CUDA_PATH", raising=False)
         monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -73,17 +73,17 @@ def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch):
         venv = tmp_path / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         python = venv / "bin" / "python"
-        facts = common.probe(python)
+        facts = envprobe.env_facts(python)
         ctx = StepContext(plan, HostFacts(), "env")
         got = common.resolve_compiler(ctx, plan, common.choose_installer(plan), python,
                                       {**facts, "torch": "2.14.1", "torch_cuda": "13.0"}, venv)
     finally:
         server.stop()
-    assert got.source == "pip" and got.nvcc_version == "13.0", got.reason
+    assert got.source == "pip" and got.nvcc.version == "13.0", got.reason
     home = Path(got.cuda_home)
     assert home.name == "cu13" and (home / "lib64").is_symlink() and (home / "include" / "cuda_runtime.h").is_file()
     kernel = tmp_path / "k.cu"
     kernel.write_text("__global__ void k(float *x) { x[threadIdx.x] *= 2; }\n")
-    out = subprocess.run([got.nvcc, "-arch=sm_90", "-c", str(kernel), "-o", str(tmp_path / "k.o")],
+    out = subprocess.run([got.nvcc.path, "-arch=sm_90", "-c", str(kernel), "-o", str(tmp_path / "k.o")],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,7 +1,11 @@
-"""The package's layering: no import cycles, only tasks.py imports the CLI glue, no step imports doctor.
+"""The package's layering: tasks.py -> cli -> steps / fleet / artifacts (and doctor, preflight, pipeline)
+-> plan -> checks -> probe -> settings, runner, errors (and the other base modules). A module imports its
+own layer or the ones below it, never one above; no import cycles; no step imports doctor; doctor and
+preflight draw from the checks layer, not from each other.
 
 Every import counts, module-level and inside functions: a lazy import still ties the modules together.
-`python -m pytest tests/test_layering.py -q -s` prints the graph; `python tests/test_layering.py` too.
+`python tests/test_layering.py` prints the graph (each module with its layer) and any violation;
+`python -m pytest tests/test_layering.py -q -s` too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "vllm_provision"
 # Cycles known and named, each with its way out; one that is gone must leave this list too.
 KNOWN_CYCLES: dict[tuple[str, str], str] = {}   # (a, b) -> why it is tolerated; none today
+# Top to bottom; each entry names modules (and packages: "steps" covers steps.*) by their name in the package
+# ("" is the package itself). A new module gets a layer here, or the test says it has none.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("tasks", ("tasks",)),
+    ("cli", ("cli",)),
+    ("steps", ("steps", "fleet", "artifacts", "pipeline", "doctor", "preflight", "build", "envs", "lock",
+               "sources", "report", "wheelhouse", "settings_reference")),
+    ("plan", ("plan",)),
+    ("checks", ("checks", "kvcache")),
+    ("probe", ("host", "envprobe")),
+    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors",
+              "redact", "ui", "download", "extract", "mirrors")),
+]
 
 
 def module_files() -> dict[str, Path]:
@@ -101,10 +118,38 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _short(name: str) -> str:
+    return name if name == "tasks" else "" if name == PACKAGE else name.removeprefix(f"{PACKAGE}.")
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS (0 = top) of the module, by its longest matching name; None: no layer."""
+    short = _short(module)
+    best: tuple[int, int] | None = None          # (length of the matching name, layer index)
+    for index, (_, names) in enumerate(LAYERS):
+        for name in names:
+            if short == name or (name and short.startswith(name + ".")):
+                if best is None or len(name) > best[0]:
+                    best = (len(name), index)
+    return None if best is None else best[1]
+
+
 def format_graph(graph: dict[str, set[str]]) -> str:
-    short = lambda name: name.removeprefix(f"{PACKAGE}.") if name != PACKAGE else PACKAGE  # noqa: E731
-    return "\n".join(f"{short(m):24} -> {', '.join(short(t) for t in sorted(graph[m])) or '-'}"
-                     for m in sorted(graph))
+    shown = lambda name: _short(name) or PACKAGE  # noqa: E731
+    layer = lambda name: LAYERS[layer_of(name)][0] if layer_of(name) is not None else "?"  # noqa: E731
+    return "\n".join(f"{layer(m):6} {shown(m):24} -> {', '.join(shown(t) for t in sorted(graph[m])) or '-'}"
+                      for m in sorted(graph, key=lambda m: (layer_of(m) if layer_of(m) is not None else -1, m)))
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    problems = [f"{m} has no layer: add it to LAYERS in tests/test_layering.py" for m in sorted(graph)
+                if layer_of(m) is None]
+    for m in sorted(graph):
+        for target in sorted(graph[m]):
+            low, high = layer_of(m), layer_of(target)
+            if low is not None and high is not None and high < low:
+                problems.append(f"{m} ({LAYERS[low][0]}) imports {target} ({LAYERS[high][0]}): an upward import")
+    return problems
 
 
 def violations(graph: dict[str, set[str]]) -> list[str]:
@@ -117,7 +162,10 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                  if m != "tasks" and cli in graph[m]]
     problems += [f"{m} imports {PACKAGE}.doctor (a step must not import the diagnostic tool)"
                  for m in sorted(graph) if m.startswith(f"{PACKAGE}.steps.") and f"{PACKAGE}.doctor" in graph[m]]
-    return problems
+    problems += [f"{a} imports {b} (doctor and preflight share the checks layer, not each other)"
+                 for a, b in ((f"{PACKAGE}.doctor", f"{PACKAGE}.preflight"), (f"{PACKAGE}.preflight", f"{PACKAGE}.doctor"))
+                 if b in graph.get(a, ())]
+    return problems + upward_imports(graph)
 
 
 def test_layering():
@@ -140,6 +188,20 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
                                                      ("pkg.sub.c", pkg / "sub" / "c.py")]}
     assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.sub.c"}, "pkg.sub.c": {"pkg.a"}}
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+
+
+def test_an_upward_import_and_a_module_without_a_layer_are_named():
+    p = PACKAGE
+    graph = {f"{p}.host": {f"{p}.checks"}, f"{p}.checks": {f"{p}.host"}, f"{p}.checks.toolchain": {f"{p}.steps.env"},
+             f"{p}.steps.env": {f"{p}.cli"}, f"{p}.novel": set(), "tasks": {f"{p}.cli"}, f"{p}.cli": set()}
+    problems = violations(graph)
+    assert f"{p}.host (probe) imports {p}.checks (checks): an upward import" in problems
+    assert f"{p}.checks.toolchain (checks) imports {p}.steps.env (steps): an upward import" in problems
+    assert f"{p}.steps.env imports {p}.cli (only tasks.py may)" in problems
+    assert f"{p}.novel has no layer: add it to LAYERS in tests/test_layering.py" in problems
+    assert f"import cycle: {p}.checks <-> {p}.host" in problems
+    assert not [x for x in problems if x.startswith(("tasks", f"{p}.cli "))]
+    assert layer_of(PACKAGE) == layer_of(f"{p}.runner") and layer_of(f"{p}.kvcache.judge") == layer_of(f"{p}.checks")
 
 
 if __name__ == "__main__":

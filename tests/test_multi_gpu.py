@@ -21,7 +21,8 @@ import pytest
 
 from conftest import ROOT
 from processes import group_gone
-from vllm_provision import GIB, config, doctor, envinfo, kvcache
+from vllm_provision import GIB, config, doctor, envinfo
+from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.cli import cli_settings
 from vllm_provision.errors import ConfigError
 from vllm_provision.host import GPU_QUERY, HostFacts, parse_gpu_csv
@@ -76,7 +77,7 @@ def held_by_another_process(smoke_json: dict, used_bytes: int = OTHER_BYTES) -> 
     s = copy.deepcopy(smoke_json)
     s["gpu"]["other_processes"] = [{"pid": OTHER_PID, "name": "python3", "used_bytes": used_bytes}]
     s["gpu"]["used_by_others_bytes"] = used_bytes
-    s["cache"]["num_gpu_blocks"] -= used_bytes // kvcache.kv_facts(s).bytes_per_block
+    s["cache"]["num_gpu_blocks"] -= used_bytes // kv_facts(s).bytes_per_block
     return s
 
 
@@ -365,7 +366,7 @@ def test_the_smoke_counts_only_processes_on_its_own_gpu(tmp_path, monkeypatch):
                                         f"977, python3, 2000, {other}\\n'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "smoke" / "generate.py")
+    spec = importlib.util.spec_from_file_location("engine_facts", ROOT / "smoke" / "engine_facts.py")
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
 

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 
-import pytest
-
-from vllm_provision import checks, envinfo, preflight
+from vllm_provision import checks, envinfo, host
+from vllm_provision.checks import resources, toolchain
 from vllm_provision.envinfo import EnvInfo
-from vllm_provision.host import HostFacts
+from vllm_provision.host import HostFacts, NvccInfo
 from vllm_provision.pipeline import run_steps
 from vllm_provision import GIB
-from vllm_provision.plan import build_plan
+from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, build_plan
 
 
 def test_nvcc_torch_rule():
-    assert preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc").status == "fail"
-    c = preflight.check_nvcc_torch("12.1", "13.0", "/x/nvcc")
+    assert toolchain.check_nvcc_torch("12.1", "13.0", "/x/nvcc").status == "fail"
+    c = toolchain.check_nvcc_torch("12.1", "13.0", "/x/nvcc")
     assert "no PyPI wheel carries nvcc for CUDA 12.1" in c.hint and "cuda-nvcc=12.1" in c.hint and "CUDA_HOME" in c.hint
-    assert preflight.check_nvcc_torch("12.1", "12.4", "/x/nvcc").status == "warn"
-    assert preflight.check_nvcc_torch("13.0", "13.0", "/x/nvcc").status == "pass"
-    assert preflight.check_nvcc_torch(None, "13.0", "/x/nvcc").status == "fail"
-    assert "nvidia-cuda-nvcc/nvvm/crt==13.0.*" in preflight.check_nvcc_torch("13.0", None, None).hint
+    assert toolchain.check_nvcc_torch("12.1", "12.4", "/x/nvcc").status == "warn"
+    assert toolchain.check_nvcc_torch("13.0", "13.0", "/x/nvcc").status == "pass"
+    assert toolchain.check_nvcc_torch(None, "13.0", "/x/nvcc").status == "fail"
+    assert "nvidia-cuda-nvcc/nvvm/crt==13.0.*" in toolchain.check_nvcc_torch("13.0", None, None).hint
     assert "--profile pypi-cu13" in c.hint          # the PyPI-only way out for a CUDA 12 torch
 
 
@@ -37,26 +37,32 @@ def test_compiler_for_a_planned_torch_passes_when_any_host_toolkit_fits(tmp_path
     fake_nvcc(tmp_path / "cuda-11.8", "11.8")
     # the first one found does not fit, a later one does: the env step may go on
     environ = {"CUDA_HOME": str(tmp_path / "cuda-11.8"), "CUDA_PATH": str(tmp_path / "cuda-12.4"), "PATH": ""}
-    fits = preflight.check_compiler_for("12.1", environ)
+    fits = toolchain.check_compiler_for("12.1", host.nvcc_candidates(environ))
     assert fits.status == "warn" and "nvcc 12.4" in fits.detail
-    none_fit = preflight.check_compiler_for("10.2", {"CUDA_HOME": str(tmp_path / "cuda-11.8"), "PATH": ""})
+    none_fit = toolchain.check_compiler_for("10.2", host.nvcc_candidates({"CUDA_HOME": str(tmp_path / "cuda-11.8"),
+                                                                          "PATH": ""}))
     assert none_fit.status == "fail" and "nvcc 11.8" in none_fit.detail and "cuda-nvcc=10.2" in none_fit.hint
 
 
 def test_gcc_limit():
-    c = preflight.check_gcc("14.2.0", "/usr/bin/gcc", 13, "12.4")
+    c = toolchain.check_gcc("14.2.0", "/usr/bin/gcc", NvccInfo("/x/nvcc", "", "12.4", gcc_max=13))
     assert c.status == "fail" and "CC=gcc-13" in c.hint and "CUDAHOSTCXX=g++-13" in c.hint
-    assert preflight.check_gcc("12.2.0", "/usr/bin/gcc", 15, "13.0").status == "pass"
-    assert preflight.check_gcc(None, None, 15, "13.0").status == "fail"
+    nvcc13 = NvccInfo("/x/nvcc", "", "13.0", gcc_max=15)
+    assert toolchain.check_gcc("12.2.0", "/usr/bin/gcc", nvcc13).status == "pass"
+    assert toolchain.check_gcc(None, None, nvcc13).status == "fail"
+    assert toolchain.check_gcc("12.2.0", "/usr/bin/gcc", None).status == "skip"
 
 
 def test_archs_release_and_nvcc():
     rel = ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
-    nvcc13 = ("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "12.0")
-    c = preflight.check_archs(rel, rel, "0.2.2", nvcc13, "13.0")
+    release = SimpleNamespace(version="0.2.2", cuda_archs=rel)
+    nvcc13 = NvccInfo("/x/nvcc", "", "13.0", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "12.0"))
+    c = toolchain.check_archs(rel, "config", release, nvcc13)
     assert c.status == "fail" and "7.0" in c.detail and "--arch '7.5;8.0;8.6;8.9;9.0'" in c.hint
-    assert preflight.check_archs(("9.0",), rel, "0.2.2", nvcc13, "13.0").status == "pass"
-    assert preflight.check_archs(("10.0",), rel, "0.2.2", nvcc13, "13.0").status == "fail"
+    assert "(archs from config)" in c.detail
+    assert toolchain.check_archs(("9.0",), "config", release, nvcc13).status == "pass"
+    assert toolchain.check_archs(("10.0",), "config", release, nvcc13).status == "fail"
+    assert toolchain.check_archs(("9.0",), "config", release, None).status == "warn"
 
 
 def test_driver_disk_ram():
@@ -66,9 +72,13 @@ def test_driver_disk_ram():
     c = checks.check_driver(old, "13.0")
     assert c.status == "fail" and "driver" in c.hint
     assert checks.check_driver(old, "12.4").status == "warn"
-    assert preflight.check_disk(1 * GIB).status == "fail"
-    assert preflight.check_ram(2 * GIB, 1).status == "fail"
-    r = preflight.check_ram(8 * GIB, 4)
+    need = resources.disk_needed("venv", env_ready=True)
+    assert resources.check_disk(1 * GIB, need).status == "fail"
+    assert resources.check_disk(need + GIB, need).status == "warn"          # little headroom
+    assert resources.check_disk(100 * GIB, need).status == "pass"
+    assert resources.disk_needed("venv", env_ready=False) > need == resources.disk_needed("existing", False)
+    assert resources.check_ram(2 * GIB, 1, BUILD_JOB_PEAK_BYTES).status == "fail"
+    r = resources.check_ram(8 * GIB, 4, BUILD_JOB_PEAK_BYTES)
     assert r.status == "warn" and r.hint == "--max-jobs 2"
 
 

@@ -133,17 +133,40 @@ def test_parity_bad_input(tmp_path):
     assert_one_line_error(run_script(PARITY), "no --model")
 
 
-def _load_generate():
+def _load(script: str):
+    """A smoke script as a module, its siblings importable as when it runs from smoke/."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("smoke_generate", GENERATE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(SMOKE))
+    try:
+        spec = importlib.util.spec_from_file_location(f"smoke_{script}", SMOKE / f"{script}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(SMOKE))
     return mod
 
 
+def test_smoke_scripts_import_only_stdlib_torch_vllm_and_each_other():
+    """They run inside the target env: no toolkit import, and every sibling they import is a smoke script
+    the smoke step hashes (and so reruns on a change)."""
+    import ast
+    from vllm_provision.steps.smoke import SCRIPTS
+    siblings = {p.stem for p in SMOKE.glob("*.py")}
+    allowed = set(sys.stdlib_module_names) | {"torch", "vllm", "transformers", "safetensors", "tokenizers", "numpy", "ray"}
+    for path in SMOKE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed | siblings, f"{path.name} imports {name}"
+                if top in siblings:
+                    assert f"{top}.py" in SCRIPTS and path.name in SCRIPTS, f"{path.name} -> {top}"
+
+
 def test_generate_log_parser_matches_toolkit():
-    from vllm_provision import kvcache
-    gen = _load_generate()
+    from vllm_provision.kvcache import parse as kvcache
+    gen = _load("kv_facts")
     samples = [
         "INFO 11-21 10:00:01 llm_engine.py:207] # GPU blocks: 132349, # CPU blocks: 9362\n",
         "INFO llm_engine.py:322] # cuda blocks: 27000, # CPU blocks: 2048\n",
@@ -161,7 +184,7 @@ def test_generate_log_parser_matches_toolkit():
 
 
 def test_generate_stop_ids_never_empty_strings(tmp_path):
-    gen = _load_generate()
+    gen = _load("generate")
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 64795, 64797]}))
 
     class Tok:
@@ -176,7 +199,7 @@ def test_generate_stop_ids_never_empty_strings(tmp_path):
 
 
 def test_generate_model_warnings_for_chatglm_32k():
-    gen = _load_generate()
+    gen = _load("model_checks")
     notes = gen.model_warnings({"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32,
                                 "kv_channels": 128, "rope_ratio": 50, "seq_length": 32768})
     assert any("rope_ratio 50" in n for n in notes)

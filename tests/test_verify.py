@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from vllm_provision import envinfo, runner
+from vllm_provision import envinfo, envprobe, runner
+from vllm_provision.checks import install
 from vllm_provision.errors import NotBuiltYet
 from vllm_provision.host import HostFacts
 from vllm_provision.pipeline import StepContext, stamp_of, step_module
@@ -39,6 +40,12 @@ PyMODINIT_FUNC PyInit_cache_ops(void) { return PyModule_Create(&mod); }
 """
 
 
+def sass_check(so_files: dict, required: list[str], cuobjdump: str, why: str = "the GPUs"):
+    """check_sass on what cuobjdump reads from each .so."""
+    return install.check_sass({n: envprobe.sass_of(so, cuobjdump) for n, so in so_files.items()}, so_files,
+                              required, why)
+
+
 def nvcc_so(tmp: Path, name: str, arch: str, source: str = KERNEL, python_ext: bool = False) -> Path:
     cu = tmp / f"{name}.cu"
     cu.write_text(source)
@@ -53,7 +60,7 @@ def nvcc_so(tmp: Path, name: str, arch: str, source: str = KERNEL, python_ext: b
 @pytest.fixture(scope="module")
 def cuobjdump():
     # the test extra's nvidia-cuda-cuobjdump wheel, found before any system CUDA
-    found = verify.find_cuobjdump()
+    found = envprobe.find_cuobjdump()
     assert found and Path(found).is_relative_to(sys.prefix), found
     return found
 
@@ -61,30 +68,30 @@ def cuobjdump():
 @needs_nvcc
 def test_so_built_for_sm80_fails_on_a_9_0_gpu_naming_sm90(tmp_path, cuobjdump):
     so = nvcc_so(tmp_path, "cache_ops", "sm_80")
-    [check] = verify.check_sass({"cache_ops": so}, ["9.0"], cuobjdump, "this host's GPUs")
+    [check] = sass_check({"cache_ops": so}, ["9.0"], cuobjdump, "this host's GPUs")
     assert check.status == "fail"
     assert "sm_80" in check.detail and "missing sm_90" in check.detail and "--arch '9.0'" in check.hint
     # the same SASS runs on an 8.6 GPU (same major, newer minor)
-    [ok86] = verify.check_sass({"cache_ops": so}, ["8.6"], cuobjdump)
+    [ok86] = sass_check({"cache_ops": so}, ["8.6"], cuobjdump)
     assert ok86.status == "pass"
 
 
 @needs_nvcc
 def test_so_built_for_sm90_passes(tmp_path, cuobjdump):
     so = nvcc_so(tmp_path, "attention_ops", "sm_90")
-    [check] = verify.check_sass({"attention_ops": so}, ["9.0"], cuobjdump)
+    [check] = sass_check({"attention_ops": so}, ["9.0"], cuobjdump)
     assert check.status == "pass" and "sm_90" in check.detail
 
 
 def test_sass_compatibility_rule():
-    assert verify.covers("sm_80", "8.9") and not verify.covers("sm_86", "8.0")
-    assert not verify.covers("sm_80", "9.0") and verify.covers("sm_90a", "9.0")
-    assert not verify.covers("sm_90a", "9.1")
-    assert verify.parse_list_elf("ELF file    1: k.1.sm_90a.cubin\nELF file    2: k.2.sm_80.cubin\n") == ("sm_90a", "sm_80")
+    assert install.covers("sm_80", "8.9") and not install.covers("sm_86", "8.0")
+    assert not install.covers("sm_80", "9.0") and install.covers("sm_90a", "9.0")
+    assert not install.covers("sm_90a", "9.1")
+    assert envprobe.parse_list_elf("ELF file    1: k.1.sm_90a.cubin\nELF file    2: k.2.sm_80.cubin\n") == ("sm_90a", "sm_80")
 
 
 def test_no_cuobjdump_is_a_skip_with_the_fix(tmp_path):
-    [check] = verify.check_sass({"x": tmp_path / "x.so"}, ["9.0"], None)
+    [check] = install.check_sass(None, {"x": tmp_path / "x.so"}, ["9.0"])
     assert check.status == "skip" and "nvidia-cuda-cuobjdump" in check.hint
 
 
@@ -137,16 +144,16 @@ def test_editable_install_from_src_passes_and_reinstall_non_editable_fails(venv,
     base, python = venv
     src = make_project(tmp_path / "src", "vllm", "0.2.2", deps=("tinydep>=1", "xformers"))
     pip(python, "-e", str(src))
-    checks = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", src)
+    checks = install.check_vllm_install(envprobe.pip_inspect(python), "0.2.2", src)
     assert [c.status for c in checks] == ["pass", "pass"], checks
     assert str(src) in checks[1].detail
     # editable, but from another tree than the workspace's src/
-    other = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", tmp_path / "elsewhere")
+    other = install.check_vllm_install(envprobe.pip_inspect(python), "0.2.2", tmp_path / "elsewhere")
     assert other[1].status == "fail" and "not from" in other[1].detail
     # another version than the release
-    assert verify.check_vllm_install(verify.pip_inspect(python), "0.2.7", src)[0].status == "fail"
+    assert install.check_vllm_install(envprobe.pip_inspect(python), "0.2.7", src)[0].status == "fail"
     pip(python, "--force-reinstall", str(src))
-    checks = verify.check_vllm_install(verify.pip_inspect(python), "0.2.2", src)
+    checks = install.check_vllm_install(envprobe.pip_inspect(python), "0.2.2", src)
     assert checks[0].status == "pass"
     assert checks[1].status == "fail" and "non-editable" in checks[1].detail and "inv build" in checks[1].hint
 
@@ -156,14 +163,15 @@ def test_pip_check_allows_only_what_the_profile_declares(venv, tmp_path):
     src = make_project(tmp_path / "src", "vllm", "0.2.2", deps=("tinydep>=1", "xformers"))
     pip(python, "-e", str(src))
     reason = "patch 0002 replaces xformers"
-    allowed = verify.check_pip(str(python), [{"package": "vllm", "requires": "xformers", "reason": reason}])
+    complaints = envprobe.pip_check(str(python))
+    allowed = install.check_pip(complaints, str(python), [{"package": "vllm", "requires": "xformers", "reason": reason}])
     assert allowed.status == "pass" and reason in allowed.detail
-    strict = verify.check_pip(str(python), [])
+    strict = install.check_pip(complaints, str(python), [])
     assert strict.status == "fail" and "xformers" in strict.detail and "allowed_pip_check" in strict.hint
     # existing-env backend: a complaint about vllm is still ours and fails ...
-    assert verify.check_pip(str(python), [], ours=["vllm"]).status == "fail"
+    assert install.check_pip(complaints, str(python), [], ours=["vllm"]).status == "fail"
     # ... one about a package of the host's own is only a warning
-    host_own = verify.check_pip(str(python), [], ours=["tinydep"])
+    host_own = install.check_pip(complaints, str(python), [], ours=["tinydep"])
     assert host_own.status == "warn" and "host's own" in host_own.detail
 
 
@@ -173,18 +181,18 @@ def test_package_changed_after_the_build_fails_naming_before_and_after(venv, tmp
     lock.write_text("# release: 0.2.2\ntinydep==1.0 \\\n    --hash=sha256:00\npip==99.0 ; python_version < '3'\n")
     before = {"tinydep": "1.0"}
     from vllm_provision.lock import pinned
-    installed = verify.installed_versions(verify.pip_inspect(python))
-    ok = verify.check_locked(installed, {"tinydep": "1.0"}, before, None, None)
+    installed = envprobe.installed_versions(envprobe.pip_inspect(python))
+    ok = install.check_locked(installed, {"tinydep": "1.0"}, before, None, None)
     assert ok.status == "pass", ok
     pip(python, str(make_project(tmp_path / "tinydep-2", "tinydep", "2.0")))
-    installed = verify.installed_versions(verify.pip_inspect(python))
-    bad = verify.check_locked(installed, {"tinydep": pinned(lock)["tinydep"]}, before, None, None)
+    installed = envprobe.installed_versions(envprobe.pip_inspect(python))
+    bad = install.check_locked(installed, {"tinydep": pinned(lock)["tinydep"]}, before, None, None)
     assert bad.status == "fail"
     assert "tinydep: lock 1.0, installed 2.0" in bad.detail
     # without a lock (host-torch): compared with what the env step recorded
-    torch_swap = verify.check_locked({"torch": "2.1.2"}, None, {"torch": "2.1.0"}, "12.1", "12.1")
+    torch_swap = install.check_locked({"torch": "2.1.2"}, None, {"torch": "2.1.0"}, "12.1", "12.1")
     assert torch_swap.status == "fail" and "torch: before 2.1.0, after 2.1.2" in torch_swap.detail
-    cuda_swap = verify.check_locked({"torch": "2.1.0"}, None, {"torch": "2.1.0"}, "11.8", "12.1")
+    cuda_swap = install.check_locked({"torch": "2.1.0"}, None, {"torch": "2.1.0"}, "11.8", "12.1")
     assert cuda_swap.status == "fail" and "torch CUDA: before 12.1, after 11.8" in cuda_swap.detail
     pip(python, str(make_project(tmp_path / "tinydep-1", "tinydep", "1.0")))   # leave the venv as it was
 
@@ -194,17 +202,31 @@ def test_compiled_extension_imports_and_a_broken_one_fails(venv, tmp_path, cuobj
     base, python = venv
     good = nvcc_so(tmp_path, "cache_ops", "sm_90", EXTENSION, python_ext=True)
     broken = nvcc_so(tmp_path, "layernorm_ops", "sm_90")          # a shared library, not a module
-    checks = verify.check_extension_imports(str(python), {"cache_ops": good, "layernorm_ops": broken}, has_gpu=False)
+    so_files = {"cache_ops": good, "layernorm_ops": broken}
+    checks = install.check_extension_imports(so_files, envprobe.import_extensions(str(python), so_files),
+                                             has_gpu=False, python=str(python))
     status = {c.name: c for c in checks}
     assert status["import cache_ops"].status == "pass"
     assert status["import layernorm_ops"].status == "fail" and "PyInit_layernorm_ops" in status["import layernorm_ops"].detail
-    [sass] = verify.check_sass({"cache_ops": good}, ["9.0"], cuobjdump)
+    [sass] = sass_check({"cache_ops": good}, ["9.0"], cuobjdump)
     assert sass.status == "pass"
 
 
-def test_import_vllm_is_skipped_without_a_gpu():
-    check = verify.check_import_vllm(sys.executable, has_gpu=False)
+def test_import_vllm_is_skipped_without_a_gpu(isolated):
+    plan = build_plan({}, facts=HostFacts())
+    info = envinfo.EnvInfo(backend="venv", prefix=sys.prefix, python=sys.executable, python_version="3.11")
+    facts = verify.Verifying(StepContext(plan, HostFacts(), "verify"), info, {}, envprobe.TorchInfo(), (), {}, (),
+                             None, None)
+    [check] = verify.vllm_imports(facts)
     assert check.status == "skip" and "GPU" in check.detail
+
+
+def test_import_vllm_failure_names_the_error(tmp_path):
+    """A real interpreter without vllm: the import fails with its last line, the log named in the fix."""
+    result = envprobe.import_vllm(sys.executable, tmp_path / "verify.log", timeout=60)
+    check = install.check_import_vllm(result, tmp_path / "verify.log")
+    assert not result.ok and check.status == "fail" and "No module named 'vllm'" in check.detail
+    assert str(tmp_path / "verify.log") in check.hint
 
 
 # ------------------------------------------------------------------------------ the step / task
@@ -267,7 +289,7 @@ def test_allowed_pip_check_entries_apply_to_their_profiles(isolated):
     names = {r["requires"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch")}
     assert {"xformers", "ray", "pydantic"} <= names
     assert all(r["reason"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch"))
-    parsed = verify.parse_pip_check("vllm 0.2.2+cu130 requires uvicorn[standard], which is not installed.\n"
+    parsed = envprobe.parse_pip_check("vllm 0.2.2+cu130 requires uvicorn[standard], which is not installed.\n"
                                     "vllm 0.2.2 has requirement pydantic==1.10.13, but you have pydantic 2.5.0.\n")
     assert [(p, r) for p, r, _ in parsed] == [("vllm", "uvicorn"), ("vllm", "pydantic")]
 

@@ -13,19 +13,21 @@ import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping
 
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
 
-from . import GIB, PROJECT_ROOT, preflight, runner
-from .checks import Check, check_driver
+from . import PROJECT_ROOT, envinfo, runner
+from .checks import Check, check_driver, parse_version
+from .checks.resources import check_disk, check_ram, disk_needed
+from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_nvcc_torch
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
-from .host import HostFacts
-from .plan import Plan, arch_refusal, unsupported_archs
+from .envprobe import torch_of
+from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates
+from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, unsupported_archs
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -33,135 +35,11 @@ KEY_PACKAGES = ("torch", "vllm", "xformers")
 CONDA_SUBDIRS = ("linux-64", "noarch")
 CONDA_KEY_PACKAGES = ("python",)
 REPODATA_READ_LIMIT = 32 << 20   # only read small (mirror-side filtered) repodata in full
-# Disk for the plan: a fresh env with torch + CUDA wheels, the build tree, logs and caches.
-DISK_NEW_ENV_BYTES = 12 * GIB
-DISK_REUSED_ENV_BYTES = 3 * GIB
 NO_DRIVER_HINT = ("on a GPU host install the NVIDIA driver (nvidia-smi must work); for a CPU-only image build "
                   "give only the archs your GPUs need, e.g. --arch 9.0, for a shorter build")
 
 
 # ---------------------------------------------------------------------------------------------- probes
-@dataclass(frozen=True)
-class Nvcc:
-    path: str
-    version: str | None           # "13.0"
-    archs: tuple[str, ...] = ()   # compute capabilities it compiles for ("7.5", "8.0", ...)
-    top: str | None = None        # its CUDA home, as nvcc itself reports it (wrapper scripts resolved)
-    include_dirs: tuple[str, ...] = ()
-
-    @property
-    def cuda_home(self) -> Path:
-        return Path(self.top).resolve() if self.top else Path(self.path).resolve().parent.parent
-
-    def header_dirs(self) -> list[Path]:
-        return [Path(d) for d in self.include_dirs] + [self.cuda_home / "include",
-                                                       *self.cuda_home.glob("targets/*/include")]
-
-
-def parse_nvcc_version(text: str) -> str | None:
-    m = re.search(r"release (\d+\.\d+)", text)
-    return m.group(1) if m else None
-
-
-def parse_gpu_archs(text: str) -> tuple[str, ...]:
-    """`nvcc --list-gpu-arch` (compute_75 ...) -> ("7.5", ...)."""
-    out = []
-    for m in re.finditer(r"compute_(\d+)(\d)\b", text):
-        out.append(f"{m.group(1)}.{m.group(2)}")
-    return tuple(dict.fromkeys(out))
-
-
-def parse_gcc_limit(header_text: str) -> int | None:
-    """The newest gcc major nvcc accepts, from `crt/host_config.h` (`#if __GNUC__ > 15` -> 15)."""
-    m = re.search(r"#if\s+__GNUC__\s*>\s*(\d+)", header_text)
-    return int(m.group(1)) if m else None
-
-
-def nvcc_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
-    """nvcc paths in order: $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda; the host probe's list when it has one."""
-    from . import host
-    if hasattr(host, "nvcc_candidates"):
-        try:
-            found = [str(getattr(c, "path", c)) for c in host.nvcc_candidates()]
-            if found:
-                return list(dict.fromkeys(found))
-        except Exception:  # noqa: BLE001 - fall back to our own search
-            pass
-    environ = os.environ if environ is None else environ
-    paths = []
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if environ.get(var):
-            paths.append(str(Path(environ[var]) / "bin" / "nvcc"))
-    which = shutil.which("nvcc", path=environ.get("PATH"))
-    if which:
-        paths.append(which)
-    paths.append("/usr/local/cuda/bin/nvcc")
-    return [p for p in dict.fromkeys(paths) if os.path.isfile(p) and os.access(p, os.X_OK)]
-
-
-def parse_dryrun(text: str) -> tuple[str | None, tuple[str, ...]]:
-    """TOP and the -I dirs from `nvcc --dryrun -E -x cu /dev/null`."""
-    top = re.search(r"^#\$ TOP=(.+)$", text, re.M)
-    inc = re.search(r"^#\$ INCLUDES=(.+)$", text, re.M)
-    dirs = tuple(re.findall(r'"-I([^"]+)"', inc.group(1))) if inc else ()
-    return (top.group(1).strip() if top else None), dirs
-
-
-def probe_nvcc(path: str, timeout: float) -> Nvcc:
-    version = runner.capture([path, "--version"], timeout=timeout)
-    archs = runner.capture([path, "--list-gpu-arch"], timeout=timeout)
-    dry = runner.capture([path, "--dryrun", "-E", "-x", "cu", os.devnull], timeout=timeout)
-    top, dirs = parse_dryrun(dry.output) if dry else (None, ())
-    return Nvcc(path, parse_nvcc_version(version.output) if version else None,
-                parse_gpu_archs(archs.output) if archs and archs.returncode == 0 else (), top, dirs)
-
-
-def host_compiler(environ: Mapping[str, str] | None = None) -> str | None:
-    environ = os.environ if environ is None else environ
-    for var in ("CUDAHOSTCXX", "CXX", "CC"):
-        if environ.get(var):
-            return shutil.which(environ[var]) or environ[var]
-    return shutil.which("g++") or shutil.which("gcc")
-
-
-def compiler_version(cc: str, timeout: float) -> str | None:
-    done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=timeout)
-    if not done or done.returncode != 0:
-        return None
-    m = re.search(r"\d+(\.\d+)*", done.output)
-    return m.group(0) if m else None
-
-
-# Reads torch/version.py without importing torch (an import takes seconds and may need a driver).
-_TORCH_PROBE = r"""
-import importlib.util, json, os, re
-spec = importlib.util.find_spec("torch")
-if spec is None or not spec.origin:
-    raise SystemExit("ModuleNotFoundError: No module named 'torch'")
-text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
-v = re.search(r"^__version__\s*(?::[^=]*)?=\s*['\"]([^'\"]+)", text, re.M)
-c = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]?([0-9.]+|None)", text, re.M)
-print(json.dumps([v.group(1) if v else None, None if not c or c.group(1) == "None" else c.group(1)]))
-"""
-
-
-def torch_of_python(python: str, timeout: float) -> tuple[str | None, str | None, str]:
-    """(torch version, torch.version.cuda, why-not) of an interpreter, asked in a child with a timeout."""
-    exe = shutil.which(python) or python
-    try:
-        done = runner.run([exe, "-c", _TORCH_PROBE], timeout=timeout, check=False, what=f"{python} (torch probe)")
-    except ProvisionError as exc:
-        return None, None, exc.message
-    if done.returncode != 0:
-        last = (done.output.strip().splitlines() or ["no output"])[-1]
-        return None, None, f"{python}: {last}"
-    try:
-        version, cuda = json.loads(done.output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None, None, f"{python}: unexpected output"
-    return version, cuda, ""
-
-
 def lock_torch(plan: Plan, root: Path = PROJECT_ROOT) -> tuple[str | None, str | None]:
     """(torch version, CUDA from its +cuXYZ tag) pinned in the plan's lock file, if there is one."""
     if not plan.env.lock:
@@ -318,82 +196,34 @@ def _check_gpus_per_device(detail: str, section: dict) -> Check:
     return Check("gpus", "pass", detail)
 
 
-def _major(v: str) -> int:
-    return Version(v).major
-
-
-def _best_nvcc(nvccs: list[Nvcc], torch_cuda: str | None) -> Nvcc | None:
-    """The nvcc the build would pick: exact major.minor match, else same major, else the first found."""
-    usable = [n for n in nvccs if n.version]
-    if not usable:
-        return None
-    try:
-        want = Version(torch_cuda).release[:2] if torch_cuda else None
-        exact = [n for n in usable if want and Version(n.version).release[:2] == want]
-        same = [n for n in usable if want and Version(n.version).major == want[0]]
-    except InvalidVersion:
-        exact = same = []
-    return (exact or same or usable)[0]
-
-
-def check_nvcc(nvccs: list[Nvcc], torch_cuda: str | None, torch_version: str | None, torch_from: str,
-               plan: Plan) -> tuple[Check, Nvcc | None]:
-    """nvcc vs torch's CUDA with preflight's rule; before the env exists, a compiler the env step
+def check_nvcc(nvccs: list[NvccInfo], torch_cuda: str | None, torch_version: str | None, torch_from: str,
+               plan: Plan) -> tuple[Check, NvccInfo | None]:
+    """nvcc vs torch's CUDA (the shared check); before the env exists, a compiler the env step
     provisions (CUDA >= 13 from PyPI wheels, 12.x from a conda channel) turns a mismatch into a warning."""
-    nvcc = _best_nvcc(nvccs, torch_cuda)
+    nvcc = best_nvcc(nvccs, torch_cuda)
     if not torch_cuda and not torch_version:          # torch not known yet: nothing to match against
         if nvcc:
             return Check("nvcc-vs-torch", "warn", f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
                          f"({torch_from})", "install the profile's torch first (`inv env`) or set env.cuda"), nvcc
         return Check("nvcc-vs-torch", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
                      "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
-    check = preflight.check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
+    check = check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
     check = replace(check, detail=f"{check.detail} [{torch_from}]")
-    if check.status == "fail" and torch_cuda and plan.env.backend != "existing" and \
-            (_major(torch_cuda) >= 13 or plan.env.channels):
-        where = "nvidia-cuda-nvcc wheels from the PyPI index" if _major(torch_cuda) >= 13 else \
+    major = getattr(parse_version(torch_cuda), "major", 0)
+    if check.status == "fail" and torch_cuda and plan.env.backend != "existing" and (major >= 13 or plan.env.channels):
+        where = "nvidia-cuda-nvcc wheels from the PyPI index" if major >= 13 else \
             f"cuda-nvcc={torch_cuda} from the conda channel"
         check = replace(check, status="warn", detail=f"{check.detail}; the env step installs {where}")
     return check, nvcc
 
 
-def gcc_limit(nvcc: Nvcc) -> int | None:
-    """nvcc's newest accepted gcc major, from the crt/host_config.h of the headers it really uses."""
-    for header in [d / "crt" / "host_config.h" for d in nvcc.header_dirs()]:
-        try:
-            limit = parse_gcc_limit(header.read_text(errors="replace"))
-        except OSError:
-            continue
-        if limit:
-            return limit
-    return None
-
-
-def check_compiler(nvcc: Nvcc | None, cc: str | None, cc_version: str | None) -> Check:
-    if nvcc is None and cc_version:
-        return Check("gcc-vs-nvcc", "skip", f"{Path(cc).name} {cc_version}; no nvcc to check it against")
-    return preflight.check_gcc(cc_version, cc, gcc_limit(nvcc) if nvcc else None, nvcc.version if nvcc else None)
-
-
-def check_disk(facts: HostFacts, plan: Plan) -> Check:
-    """Disk for the whole plan: a new env (torch + CUDA wheels) unless the profile reuses one, plus the build."""
-    need = DISK_REUSED_ENV_BYTES if plan.env.backend == "existing" else DISK_NEW_ENV_BYTES
-    check = preflight.check_disk(facts.disk_free_bytes, need)
-    where = f" under {plan.workspace.root.parent}"
-    if check.status == "pass" and facts.disk_free_bytes < 2 * need:
-        return Check("disk", "warn", check.detail + where, "little headroom for caches and a second env")
-    return replace(check, detail=check.detail + where)
-
-
-def check_archs(plan: Plan, facts: HostFacts, nvcc: Nvcc | None) -> Check:
+def check_archs(plan: Plan, facts: HostFacts, nvcc: NvccInfo | None) -> Check:
     release = plan.release
     unsupported_gpu = unsupported_archs(release, facts.compute_caps)
     if unsupported_gpu:      # the build refuses them with the same words (plan.gpu_refusal)
         refusal = arch_refusal(release, unsupported_gpu, "gpus")
         return Check("arch-list", "fail", refusal.message, refusal.hint)
-    check = preflight.check_archs(plan.build.arch_list, release.cuda_archs, release.version,
-                                  nvcc.archs if nvcc else (), nvcc.version if nvcc else None)
-    return replace(check, detail=f"{check.detail} (archs from {plan.build.arch_source})")
+    return toolchain_archs(plan.build.arch_list, plan.build.arch_source, release, nvcc)
 
 
 def _http(timeout: float, plan: Plan) -> HttpSettings:
@@ -532,10 +362,10 @@ def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | No
     """(torch version, its CUDA, where that came from) for the plan's profile."""
     if plan.env.backend == "existing":
         python = plan.env.python_path or "python3"
-        version, cuda, why = torch_of_python(python, timeout)
-        if version:
-            return version, cuda, f"host {python}: torch {version}"
-        return None, None, why or f"{python} has no torch"
+        torch = torch_of(python, timeout)
+        if torch.version:
+            return torch.version, torch.cuda, f"host {python}: torch {torch.version}"
+        return None, None, torch.error or f"{python} has no torch"
     version, cuda = lock_torch(plan)
     cuda = plan.env.cuda or cuda
     src = f"lock torch {version}" if version else "profile env.cuda"
@@ -554,24 +384,25 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
     probe_timeout = max(timeout, 10.0)   # local commands: a cold python/nvcc start can take seconds
     with ThreadPoolExecutor(max_workers=8 + len(indexes) + len(channels)) as pool:
         f_torch = pool.submit(torch_cuda_of_plan, plan, probe_timeout)
-        f_nvccs = [pool.submit(probe_nvcc, p, probe_timeout) for p in nvcc_candidates(environ)]
+        f_nvccs = pool.submit(nvcc_candidates, environ)
         cc = host_compiler(environ)
-        f_ccv = pool.submit(compiler_version, cc, probe_timeout) if cc else None
+        f_ccv = pool.submit(compiler_version, cc) if cc else None
         f_index = [pool.submit(_guard, f"index {redact_url(u)}", check_index, u, plan, timeout) for u in indexes]
         f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
         f_source = pool.submit(_guard, "source", check_source, plan, timeout)
         f_links = pool.submit(probe_gpu_links, probe_timeout) if facts.gpus else None
         torch_version, torch_cuda, torch_from = f_torch.result()
         nvccs, homes = [], set()
-        for n in (f.result() for f in f_nvccs):     # a wrapper script and its target are one toolkit
-            if n.cuda_home not in homes:
-                homes.add(n.cuda_home)
+        for n in f_nvccs.result():     # a wrapper script and its target are one toolkit
+            home = Path(n.cuda_home).resolve()
+            if home not in homes:
+                homes.add(home)
                 nvccs.append(n)
         nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_version, torch_from, plan)
         cc_version = f_ccv.result() if f_ccv else None
         if toolchain is not None:
             toolchain.update({"nvcc": nvcc.path if nvcc else None, "nvcc_version": nvcc.version if nvcc else None,
-                              "cuda_home": str(nvcc.cuda_home) if nvcc else None,
+                              "cuda_home": nvcc.cuda_home if nvcc else None,
                               "compiler": f"{Path(cc).name} {cc_version}" if cc else None,
                               "torch": torch_version, "torch_cuda": torch_cuda, "torch_from": torch_from,
                               "lock": plan.env.lock})
@@ -582,9 +413,10 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_gpus(facts, plan, section),
             check_driver(facts, torch_cuda),
             nvcc_check,
-            check_compiler(nvcc, cc, cc_version),
-            preflight.check_ram(facts.mem_available_bytes, plan.build.max_jobs),
-            check_disk(facts, plan),
+            check_gcc(cc_version, cc, nvcc),
+            check_ram(facts.mem_available_bytes, plan.build.max_jobs, BUILD_JOB_PEAK_BYTES),
+            check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
+                       str(plan.workspace.root.parent)),
             check_archs(plan, facts, nvcc),
             *[f.result() for f in f_index],
             *[f.result() for f in f_chan],

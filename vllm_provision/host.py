@@ -1,4 +1,5 @@
-"""Host facts, probed once per run: GPUs, driver, CPUs, RAM, disk, interpreters.
+"""Host facts, probed once per run: GPUs, driver, CPUs, RAM, disk, interpreters, every nvcc (one type,
+NvccInfo, for doctor, preflight, the env step and verify) and the host C++ compiler.
 
 GPU facts come from `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`; parsing is split
 from running so recorded outputs from a real GPU host serve as test fixtures.
@@ -9,13 +10,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 from . import runner
 
 GPU_QUERY = "index,name,memory.total,memory.used,compute_cap,driver_version,uuid"
+# Where a host CUDA toolkit is looked for after $CUDA_HOME, $CUDA_PATH and `nvcc` on PATH.
+HOST_CUDA_CANDIDATES: tuple[str, ...] = ("/usr/local/cuda",)
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,22 @@ class HostFacts:
 
 @dataclass(frozen=True)
 class NvccInfo:
+    """One nvcc, the only type that describes one (doctor, preflight, the env step and verify use it)."""
     path: str
-    source: str                  # CUDA_HOME | PATH | /usr/local/cuda | env (pip wheels)
+    source: str                  # CUDA_HOME | CUDA_PATH | PATH | /usr/local/cuda | env | pip | conda
     version: str | None          # "13.0"
     gcc_max: int | None = None   # newest gcc major it accepts (crt/host_config.h), None: no limit found
+    archs: tuple[str, ...] = ()  # compute capabilities it compiles for (`--list-gpu-arch`: "7.5", "8.0", ...)
+    top: str | None = None       # its CUDA home as nvcc itself reports it (`--dryrun`: wrapper scripts resolved)
+    include_dirs: tuple[str, ...] = ()   # the -I dirs nvcc adds (`--dryrun`)
 
     @property
     def cuda_home(self) -> str:
-        return str(Path(self.path).parent.parent)
+        return os.path.normpath(self.top) if self.top else str(Path(self.path).parent.parent)
+
+    def header_dirs(self) -> list[Path]:
+        home = Path(self.cuda_home)
+        return [Path(d) for d in self.include_dirs] + [home / "include", *sorted(home.glob("targets/*/include"))]
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,14 @@ def parse_gpu_archs(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f"{m.group(1)}.{m.group(2)}" for m in re.finditer(r"compute_(\d+?)(\d)[a-z]?\b", text)))
 
 
+def parse_dryrun(text: str) -> tuple[str | None, tuple[str, ...]]:
+    """TOP and the -I dirs from `nvcc --dryrun -E -x cu /dev/null`."""
+    top = re.search(r"^#\$ TOP=(.+)$", text, re.M)
+    inc = re.search(r"^#\$ INCLUDES=(.+)$", text, re.M)
+    dirs = tuple(re.findall(r'"-I([^"]+)"', inc.group(1))) if inc else ()
+    return (top.group(1).strip() if top else None), dirs
+
+
 def parse_gcc_version(text: str) -> str | None:
     """`gcc -dumpfullversion -dumpversion` ("12.2.0") or `gcc --version`'s first line."""
     m = re.search(r"(?<![\w.])(\d+\.\d+(?:\.\d+)?)(?![\w.])", text.strip().splitlines()[0] if text.strip() else "")
@@ -157,8 +179,8 @@ def parse_meminfo(text: str) -> tuple[int, int]:
 
 
 def nvcc_candidates(environ=None, env_nvcc: str | None = None) -> list[NvccInfo]:
-    """Every nvcc found, in torch's search order ($CUDA_HOME, PATH, /usr/local/cuda) then the env's
-    pip-provisioned one; each with its version and gcc limit. Duplicates (same real file) once."""
+    """Every nvcc found, in torch's search order ($CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda) then the
+    env's pip-provisioned one; each probed (once per run). Duplicates (same real file) once."""
     environ = os.environ if environ is None else environ
     found: list[tuple[str, str]] = []
     for var in ("CUDA_HOME", "CUDA_PATH"):
@@ -167,7 +189,7 @@ def nvcc_candidates(environ=None, env_nvcc: str | None = None) -> list[NvccInfo]
     which = shutil.which("nvcc", path=environ.get("PATH", ""))
     if which:
         found.append((which, "PATH"))
-    found.append(("/usr/local/cuda/bin/nvcc", "/usr/local/cuda"))
+    found += [(str(Path(home) / "bin" / "nvcc"), home) for home in HOST_CUDA_CANDIDATES]
     if env_nvcc:
         found.append((env_nvcc, "env (pip wheels)"))
     out, seen = [], set()
@@ -182,37 +204,75 @@ def nvcc_candidates(environ=None, env_nvcc: str | None = None) -> list[NvccInfo]
     return out
 
 
+NVCC_TIMEOUT = 20
+
+
 def probe_nvcc(path: str, source: str = "") -> NvccInfo:
-    done = runner.capture([path, "--version"], timeout=20)
+    """An nvcc's version, archs, CUDA home, include dirs and gcc limit (each path probed once per run)."""
+    return replace(_probe_nvcc(path), source=source)
+
+
+@lru_cache(maxsize=None)
+def _probe_nvcc(path: str) -> NvccInfo:
+    asks = ([path, "--version"], [path, "--list-gpu-arch"], [path, "--dryrun", "-E", "-x", "cu", os.devnull])
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:     # three cold nvcc starts at once
+        done, archs, dry = pool.map(lambda argv: runner.capture(argv, timeout=NVCC_TIMEOUT), asks)
     version = parse_nvcc_version(done.output) if done and done.returncode == 0 else None
-    return NvccInfo(path=path, source=source, version=version, gcc_max=gcc_limit_of(str(Path(path).parent.parent)))
+    top, dirs = parse_dryrun(dry.output) if dry else (None, ())
+    nvcc = NvccInfo(path=path, source="", version=version, top=top, include_dirs=dirs,
+                    archs=parse_gpu_archs(archs.output) if archs and archs.returncode == 0 else ())
+    return replace(nvcc, gcc_max=gcc_limit(nvcc.header_dirs()))
 
 
-def gcc_limit_of(cuda_home: str) -> int | None:
-    for header in (Path(cuda_home) / "include" / "crt" / "host_config.h",
-                   Path(cuda_home) / "targets" / "x86_64-linux" / "include" / "crt" / "host_config.h"):
+def gcc_limit(header_dirs) -> int | None:
+    """nvcc's newest accepted gcc major, from the crt/host_config.h of the first header dir that has one."""
+    for header in [Path(d) / "crt" / "host_config.h" for d in header_dirs]:
         try:
-            return parse_gcc_limit(header.read_text(errors="replace"))
+            limit = parse_gcc_limit(header.read_text(errors="replace"))
         except OSError:
             continue
+        if limit:
+            return limit
     return None
 
 
+def best_nvcc(nvccs, torch_cuda: str | None) -> NvccInfo | None:
+    """The nvcc a build for torch's CUDA picks: exact major.minor match, else same major, else the first found."""
+    usable = [n for n in nvccs if n.version]
+    want = _release(torch_cuda)
+    exact = [n for n in usable if want and _release(n.version)[:2] == want[:2]]
+    same = [n for n in usable if want and _release(n.version)[:1] == want[:1]]
+    return (exact or same or usable or [None])[0]
+
+
+def _release(version: str | None) -> tuple[int, ...]:
+    try:
+        return Version(version).release if version else ()
+    except InvalidVersion:
+        return ()
+
+
 def host_compiler(environ=None) -> str | None:
-    """The compiler nvcc will use as host compiler: $CUDAHOSTCXX, $CC (torch passes it as -ccbin), $CXX, gcc."""
+    """The host C++ compiler: $CUDAHOSTCXX (nvcc's -ccbin), else $CXX (the build compiles C++ with it), else
+    $CC, else g++/gcc on PATH."""
     environ = os.environ if environ is None else environ
-    for var in ("CUDAHOSTCXX", "CC", "CXX"):
+    for var in ("CUDAHOSTCXX", "CXX", "CC"):
         if environ.get(var):
-            return shutil.which(environ[var]) or environ[var]
-    return shutil.which("gcc") or shutil.which("g++")
+            return shutil.which(environ[var], path=environ.get("PATH")) or environ[var]
+    return shutil.which("g++", path=environ.get("PATH")) or shutil.which("gcc", path=environ.get("PATH"))
+
+
+@lru_cache(maxsize=None)
+def compiler_version(cc: str) -> str | None:
+    """`cc -dumpfullversion -dumpversion` ("12.2.0"), once per run."""
+    done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=10)
+    return parse_gcc_version(done.output) if done and done.returncode == 0 else None
 
 
 def probe_gcc(environ=None) -> tuple[str | None, str | None]:
+    """(path, version) of the host C++ compiler."""
     cc = host_compiler(environ)
-    if not cc:
-        return None, None
-    done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=10)
-    return cc, parse_gcc_version(done.output) if done and done.returncode == 0 else None
+    return (cc, compiler_version(cc)) if cc else (None, None)
 
 
 def probe_gpus() -> tuple[tuple[Gpu, ...], str | None, str | None]:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from .. import GIB, runner
 from ..plan import BUILD_JOB_PEAK_BYTES
-from ..preflight import matching_compiler_hint
+from ..checks.toolchain import matching_compiler_hint
 from .placement import Placement
 
 DRIVER = Path(__file__).with_name("driver.py")

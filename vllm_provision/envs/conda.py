@@ -16,11 +16,11 @@ from typing import Sequence
 
 from packaging.version import Version
 
-from .. import minor_version, mirrors, runner
+from .. import host, minor_version, mirrors, runner
 from ..errors import ConfigError, ProvisionError, StepFailed
 from ..redact import has_secret, redact_url
 from . import rattler_child
-from .common import Compiler, bin_python, nvcc_version, cuda_matches
+from .common import CompilerChoice, bin_python, cuda_matches
 
 DEFAULT_CHANNELS = ("conda-forge",)
 TOOLS = ("micromamba", "mamba", "conda")
@@ -142,7 +142,7 @@ def create(ctx, prefix: Path) -> Path:
     return python
 
 
-def conda_compiler(ctx, plan, torch_cuda: str, target: Path) -> Compiler:
+def conda_compiler(ctx, plan, torch_cuda: str, target: Path) -> CompilerChoice:
     """CUDA 12.x: `cuda-nvcc=<major.minor>` from the configured channel into its own prefix (the CUDA_HOME)."""
     minor = minor_version(torch_cuda)
     chs = channels(plan)
@@ -150,11 +150,11 @@ def conda_compiler(ctx, plan, torch_cuda: str, target: Path) -> Compiler:
     try:
         solve_install(ctx, chs, [f"cuda-nvcc={minor}"], target, what=f"cuda-nvcc {minor}")
     except ProvisionError as exc:
-        return Compiler(None, None, None, "none", f"cuda-nvcc={minor} could not come from {_shown(chs)}: {exc}")
+        return CompilerChoice(None, f"cuda-nvcc={minor} could not come from {_shown(chs)}: {exc}")
     nvcc = target / "bin" / "nvcc"
-    version = nvcc_version(nvcc) if nvcc.exists() else None
-    if version and cuda_matches(version, torch_cuda):
-        return Compiler(str(target), str(nvcc), version, "conda", f"nvcc {version} from conda channel {_shown(chs)}")
-    return Compiler(None, None, None, "none", f"cuda-nvcc={minor} from {_shown(chs)} gave no working nvcc "
-                                             f"(found {version or 'none'})")
+    found = host.probe_nvcc(str(nvcc), "conda") if nvcc.exists() else None
+    if found and found.version and cuda_matches(found.version, torch_cuda):
+        return CompilerChoice(found, f"nvcc {found.version} from conda channel {_shown(chs)}")
+    return CompilerChoice(None, f"cuda-nvcc={minor} from {_shown(chs)} gave no working nvcc "
+                                f"(found {found.version if found and found.version else 'none'})")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import PROJECT_ROOT, envinfo, lock as locks, minor_version, mirrors, preflight, runner
+from .. import PROJECT_ROOT, envinfo, envprobe, host, lock as locks, minor_version, mirrors, runner
+from ..checks.toolchain import check_compiler_for
 from ..envinfo import EnvInfo
 from ..envs import common, conda, existing
 from ..errors import ConfigError, StepFailed
@@ -47,7 +48,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
         # the packages reused from the host are inputs too: an image upgrade of torch reruns the env
         # (and through the chained stamps everything built against it)
         try:
-            inputs["base"] = common.site_state(existing.interpreter(ctx.plan), with_base=True)
+            inputs["base"] = envprobe.site_state(existing.interpreter(ctx.plan), with_base=True)
         except ConfigError:
             inputs["base"] = None    # no interpreter: the run says so
     return inputs
@@ -103,7 +104,7 @@ def check_compiler(plan, lock: Path | None) -> None:
         return
     if lock is not None and common.PIP_COMPILER_WHEELS[0] in locks.pinned(lock):
         return
-    check = preflight.check_compiler_for(cuda)
+    check = check_compiler_for(cuda, host.nvcc_candidates())
     if check.status == "fail":
         raise StepFailed(f"no compiler for the env's torch (CUDA {cuda}), nothing downloaded: {check.detail}",
                          hint=check.hint)
@@ -131,7 +132,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
         want = locks.pinned(lock)
     else:
         want = {}
-    facts = common.probe(python)
+    facts = envprobe.env_facts(python)
     wrong = {n: (v, facts["packages"].get(n)) for n, v in want.items() if facts["packages"].get(n) != v}
     if wrong:
         first = ", ".join(f"{n} {got} (lock {v})" for n, (v, got) in list(wrong.items())[:5])
@@ -139,12 +140,12 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix,
                                        channel_compiler=conda.conda_compiler)
     if compiler.source == "pip":
-        facts = common.probe(python)  # the compiler wheels add packages and include dirs
+        facts = envprobe.env_facts(python)  # the compiler wheels add packages and include dirs
     info = EnvInfo(
         backend=backend, prefix=str(prefix), python=str(python), python_version=facts["python_version"],
         packages=dict(sorted(facts["packages"].items())), torch=facts.get("torch"), torch_cuda=facts.get("torch_cuda"),
-        cxx11_abi=facts.get("cxx11_abi"), cuda_home=compiler.cuda_home, nvcc=compiler.nvcc,
-        nvcc_version=compiler.nvcc_version, include_dirs=tuple(facts.get("include_dirs") or ()),
+        cxx11_abi=facts.get("cxx11_abi"), cuda_home=compiler.cuda_home, nvcc=compiler.nvcc and compiler.nvcc.path,
+        nvcc_version=compiler.nvcc and compiler.nvcc.version, include_dirs=tuple(facts.get("include_dirs") or ()),
         lock=_shown(lock) if lock else None, installer=installer.kind,
     )
     extra = {"compiler_source": compiler.source, "compiler_reason": compiler.reason}

@@ -10,16 +10,19 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import PROJECT_ROOT, envinfo, kvcache, report, runner
+from .. import PROJECT_ROOT, envinfo, report, runner
 from ..errors import ConfigError, StepFailed
 from ..host import Gpu
+from ..kvcache import judge as kvjudge
+from ..kvcache.parse import kv_facts
+from ..kvcache.units import group_digits
 from ..pipeline import StepContext, StepOutcome
 from ..workspace import Workspace
 from .build import built_digest
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
-SCRIPTS = ("generate.py", "parity.py", "chatglm_reference.py", "make_tiny_chatglm.py", "per_gpu.py",
-           "nccl_check.py", "procgroup.py")
+SCRIPTS = ("generate.py", "model_checks.py", "logcapture.py", "engine_facts.py", "kv_facts.py", "parity.py",
+           "chatglm_reference.py", "make_tiny_chatglm.py", "per_gpu.py", "nccl_check.py", "procgroup.py")
 GENERATE_TIMEOUT_S = 1800
 NCCL_TIMEOUT_S = 180
 RAY_PROBE_TIMEOUT_S = 120
@@ -107,10 +110,10 @@ def run(ctx: StepContext) -> StepOutcome:
     result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
                         timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
-    verdict = kvcache.judge(smoke)
+    verdict = kvjudge.judge(smoke)
     for line in verdict.explanation:
         ctx.say(line)
-    for line in kvcache.summarize(verdict):
+    for line in kvjudge.summarize(verdict):
         ctx.say(line)
     facts = {"verdict": verdict.to_dict(), "smoke_json": str(out), "model": str(model),
              "num_gpu_blocks": (smoke.get("cache") or {}).get("num_gpu_blocks"),
@@ -239,12 +242,12 @@ def _read_lines(path: str | None) -> list[str]:
 def judged(smoke: dict) -> dict:
     """A smoke JSON judged: status, measured vs predicted blocks, the other processes on the GPU and,
     when the GPU has fewer blocks than it should, why."""
-    verdict = kvcache.judge(smoke)
-    measured = kvcache.kv_facts(smoke).num_gpu_blocks
+    verdict = kvjudge.judge(smoke)
+    measured = kv_facts(smoke).num_gpu_blocks
     predicted = (verdict.prediction or {}).get("num_gpu_blocks")
-    others_bytes, others = kvcache.other_processes(smoke)
+    others_bytes, others = kvjudge.other_processes(smoke)
     failed = verdict.failed()
-    warned = [c for c in verdict.checks if c.status == kvcache.WARN]
+    warned = [c for c in verdict.checks if c.status == kvjudge.WARN]
     first = (failed or warned or [None])[0]
     return {"status": "fail" if failed else "warn" if warned else "pass",
             "num_gpu_blocks": measured, "predicted_blocks": predicted,
@@ -255,16 +258,16 @@ def judged(smoke: dict) -> dict:
             "hint": first.hint if first else None, "verdict": verdict.to_dict()}
 
 
-def shortfall(verdict: kvcache.Verdict, measured: int | None, predicted: int | None, others_bytes: int | None,
+def shortfall(verdict: kvjudge.Verdict, measured: int | None, predicted: int | None, others_bytes: int | None,
               others: list[str]) -> str | None:
     """Why a GPU has fewer KV-cache blocks than it should (None when it has not): the processes that
     hold its memory, by name, when there are any."""
     memory_error = verdict.get("engine-ran")
-    short = (any(c is not None and c.status == kvcache.FAIL for c in (verdict.get("gpu-blocks"), verdict.get("kv-capacity")))
-             or (memory_error is not None and memory_error.status == kvcache.FAIL
+    short = (any(c is not None and c.status == kvjudge.FAIL for c in (verdict.get("gpu-blocks"), verdict.get("kv-capacity")))
+             or (memory_error is not None and memory_error.status == kvjudge.FAIL
                  and "memory" in memory_error.detail.lower())
              or (measured is not None and bool(predicted)
-                 and measured < predicted * (1 - kvcache.TOLERANCE_PREDICTION)))
+                 and measured < predicted * (1 - kvjudge.TOLERANCE_PREDICTION)))
     if not short:
         return None
     if others:
@@ -289,7 +292,7 @@ def gpu_table(rows: list[dict]) -> list[str]:
 
 
 def _blocks(n: int | None) -> str:
-    return "—" if n is None else kvcache.group_digits(n)
+    return "—" if n is None else group_digits(n)
 
 
 def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, folder: Path) -> dict:

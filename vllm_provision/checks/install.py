@@ -1,0 +1,201 @@
+"""Named checks on what is installed in the target env (verify's), over facts the env probe gathered
+(envprobe): the vllm install, `pip check`, the lock, each extension's import and SASS, `import vllm`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+from urllib.parse import unquote, urlsplit
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from ..envprobe import ImportResult, ImportVllm, PipCheck
+from . import Check
+
+
+def _path_of(url: str) -> Path | None:
+    parts = urlsplit(url)
+    return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+
+def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, dist: str = "vllm") -> list[Check]:
+    """vllm at the release's version, installed editable from the workspace's src/."""
+    entry = inspected.get(canonicalize_name(dist))
+    if entry is None:
+        hint = "run `inv build` (pip install -e src/ into the env)"
+        return [Check(f"{dist}-version", "fail", f"{dist} is not installed in the env", hint),
+                Check(f"{dist}-editable", "fail", f"{dist} is not installed in the env", hint)]
+    version = entry.get("metadata", {}).get("version", "")
+    try:
+        ok = Version(version).public == Version(release).public
+    except InvalidVersion:
+        ok = False
+    checks = [Check(f"{dist}-version", "pass", f"{dist} {version} installed (release {release})") if ok else
+              Check(f"{dist}-version", "fail", f"{dist} {version} installed, release is {release}",
+                    f"rebuild: `inv build --force` installs {dist} {release} from {src}")]
+    direct = entry.get("direct_url") or {}
+    editable = bool((direct.get("dir_info") or {}).get("editable"))
+    where = _path_of(direct.get("url", "")) if direct else None
+    if not where and entry.get("editable_project_location"):     # legacy `setup.py develop` (egg-link)
+        where, editable = Path(entry["editable_project_location"]), True
+    if not editable:
+        how = f"from {direct.get('url')}" if direct.get("url") else "from a wheel/index"
+        checks.append(Check(f"{dist}-editable", "fail", f"{dist} is installed non-editable ({how})",
+                            f"reinstall editable from the workspace: `inv build --force` (pip install -e {src})"))
+    elif where is None or where.resolve() != src.resolve():
+        checks.append(Check(f"{dist}-editable", "fail", f"{dist} is editable from {where}, not from {src}",
+                            "reinstall from the workspace: `inv build --force`"))
+    else:
+        checks.append(Check(f"{dist}-editable", "pass", f"editable from {src}"))
+    return checks
+
+
+def check_pip(pip: PipCheck, python: str, allowed: Iterable[Mapping[str, str]],
+              ours: Iterable[str] | None = None) -> Check:
+    """`pip check`, minus the complaints the profile accepts. With `ours` (the existing-env backend: the
+    host's packages are not ours to change), complaints about other packages are only a warning."""
+    rules = [(canonicalize_name(a.get("package", "")), canonicalize_name(a.get("requires", "")), a.get("reason", ""))
+             for a in allowed or ()]
+    mine = {canonicalize_name(n) for n in ours} if ours is not None else None
+    bad, accepted, foreign = [], [], []
+    for pkg, req, line in pip.complaints:
+        rule = next((r for r in rules if r[0] == pkg and r[1] == req), None)
+        if rule:
+            accepted.append(f"{pkg} → {req} ({rule[2]})")
+        elif mine is not None and pkg and pkg not in mine:
+            foreign.append(line)
+        else:
+            bad.append(line)
+    if bad:
+        return Check("pip-check", "fail", "; ".join(bad),
+                     "restore the locked versions (`inv env --force`), or, when the profile drops it on "
+                     "purpose, add it to verify.allowed_pip_check with the reason")
+    if pip.returncode != 0 and not (accepted or foreign):
+        return Check("pip-check", "fail", f"pip check exit {pip.returncode}: {pip.output.strip()[-200:]}",
+                     f"run `{python} -m pip check`")
+    if foreign:
+        return Check("pip-check", "warn", f"{len(foreign)} complaint(s) about the host's own packages, not changed "
+                     f"by vllm-provision: " + "; ".join(foreign[:3]) + ("" if not accepted else
+                     "; accepted: " + "; ".join(accepted)), "fix them in the host's environment if they matter")
+    if accepted:
+        return Check("pip-check", "pass", "clean apart from what the profile drops: " + "; ".join(accepted))
+    return Check("pip-check", "pass", "no broken requirements")
+
+
+def _matches(wanted: str, have: str) -> bool:
+    try:
+        return SpecifierSet(f"=={wanted}").contains(have, prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return wanted == have
+
+
+def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, before: Mapping[str, str],
+                 torch_cuda: str | None, before_cuda: str | None, skip: Iterable[str] = ("vllm",),
+                 lock_name: str = "lock") -> Check:
+    """Installed packages exactly the lock's; torch and its CUDA unchanged since the env step (before)."""
+    skip = {canonicalize_name(s) for s in skip}
+    problems = []
+    for name, want in sorted((lock or {}).items()):
+        if name in skip:
+            continue
+        have = installed.get(name)
+        if have is None or not _matches(want, have):
+            was = before.get(name)
+            problems.append(f"{name}: lock {want}, installed {have or 'nothing'}"
+                            + (f" (env step had {was})" if was and was != have else ""))
+    if not lock:
+        for name in ("torch",):
+            was, have = before.get(name), installed.get(name)
+            if was and have != was:
+                problems.append(f"{name}: before {was}, after {have or 'nothing'}")
+    if before_cuda and torch_cuda != before_cuda:
+        problems.append(f"torch CUDA: before {before_cuda}, after {torch_cuda}")
+    torch_now = f"torch {installed.get('torch', 'absent')} (CUDA {torch_cuda or 'none'})"
+    if problems:
+        return Check("locked", "fail", "changed after the build: " + "; ".join(problems),
+                     "something replaced locked packages (a pip install without constraints?): "
+                     "`inv env --force` restores the lock, then `inv build --force`")
+    if lock:
+        return Check("locked", "pass", f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
+    return Check("locked", "pass", f"no lock for this profile; {torch_now} unchanged since the env step")
+
+
+def _cc(arch: str) -> tuple[int, int]:
+    major, minor = arch.removesuffix("+PTX").split(".")
+    return int(major), int(minor)
+
+
+def covers(sass: str, cc: str) -> bool:
+    """SASS for sm_XY runs on compute capability X.Z with Z >= Y; sm_XYa only on exactly X.Y."""
+    m = re.fullmatch(r"sm_(\d+)(\d)([a-z]?)", sass)
+    if not m:
+        return False
+    major, minor = _cc(cc)
+    s_major, s_minor, suffix = int(m.group(1)), int(m.group(2)), m.group(3)
+    if suffix:
+        return (s_major, s_minor) == (major, minor)
+    return s_major == major and s_minor <= minor
+
+
+def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str, Path], required: Iterable[str],
+               why: str = "the GPUs") -> list[Check]:
+    """Each extension's SASS (name -> archs, from cuobjdump; None: no cuobjdump to read it) covers every
+    required compute capability."""
+    if sass is None:
+        return [Check("sass", "skip", "cuobjdump not found (next to nvcc, /usr/local/cuda/bin, PATH)",
+                      "install the CUDA toolkit's cuobjdump, e.g. `pip install nvidia-cuda-cuobjdump`")]
+    required = list(dict.fromkeys(a.removesuffix("+PTX") for a in required))
+    out = []
+    for name, so in so_files.items():
+        have = sass.get(name, ())
+        missing = [cc for cc in required if not any(covers(s, cc) for s in have)]
+        if missing:
+            want = ", ".join("sm_" + cc.replace(".", "") for cc in missing)
+            out.append(Check(f"sass {name}", "fail",
+                             f"{so.name} has SASS {', '.join(have) or 'none'}; missing {want} for {why} "
+                             "(`no kernel image is available for execution on the device`)",
+                             f"rebuild for these archs: `inv build --force --arch '{';'.join(required)}'`"))
+        else:
+            out.append(Check(f"sass {name}", "pass", f"{', '.join(have)} covers {', '.join(required)} ({why})"))
+    return out
+
+
+_NEEDS_DRIVER = re.compile(r"libcuda\.so|libnvidia-ml|CUDA driver|no CUDA-capable device|NVIDIA driver", re.I)
+
+
+def check_extension_imports(so_files: Mapping[str, Path], imported: ImportResult, has_gpu: bool,
+                            python: str) -> list[Check]:
+    """Each extension .so imported in the env's python; a missing driver is a skip off-GPU."""
+    if imported.crash:
+        return [Check(f"import {n}", "fail", imported.crash, f"run `{python} -c 'import torch'` to see why")
+                for n in so_files]
+    out = []
+    for name in so_files:
+        err = imported.errors.get(name)
+        if err is None:
+            out.append(Check(f"import {name}", "pass", f"{so_files[name].name} imports"))
+        elif not has_gpu and _NEEDS_DRIVER.search(err):
+            out.append(Check(f"import {name}", "skip", f"needs the GPU driver, absent here: {err}",
+                             "verify on a GPU host"))
+        else:
+            why = f"; torch itself failed: {imported.torch_error}" if imported.torch_error else ""
+            out.append(Check(f"import {name}", "fail", f"{err}{why}",
+                             "an undefined symbol means it was built against another torch: "
+                             "`inv build --force`"))
+    return out
+
+
+NO_GPU_IMPORT_VLLM = Check("import-vllm", "skip", "no GPU on this host: `from vllm import LLM, SamplingParams` "
+                           "is checked on GPU hosts only", "run `inv verify` on the GPU host")
+
+
+def check_import_vllm(result: ImportVllm, log: Path | None = None) -> Check:
+    if result.ok:
+        return Check("import-vllm", "pass", f"from vllm import LLM, SamplingParams works ({result.detail})")
+    if result.hint:          # the import did not finish (timed out): the runner's own words
+        return Check("import-vllm", "fail", result.detail, result.hint)
+    return Check("import-vllm", "fail", f"from vllm import LLM, SamplingParams: {result.detail}",
+                 f"full traceback in {log}" if log else "run it in the env to see the traceback")

@@ -1,0 +1,317 @@
+"""Facts about a Python env, asked of its own interpreter: torch (read from torch/version.py, not
+imported), where vllm lives, `pip inspect`, `pip check`, each compiled extension's SASS (cuobjdump) and
+whether it imports. Probes report what they saw; the checks layer (checks/install.py) judges it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from packaging.utils import canonicalize_name
+
+from . import runner
+from .envinfo import EnvInfo
+from .errors import ProvisionError, StepFailed
+
+PROBE_TIMEOUT = 120
+IMPORT_TIMEOUT = 600
+QUIET_PIP = {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    """An interpreter's torch as torch/version.py states it, and where vllm would be imported from."""
+    python: str | None = None          # the interpreter's version ("3.11.7"); None: it did not run
+    version: str | None = None         # torch.__version__; None: no torch
+    cuda: str | None = None            # torch.version.cuda; None: a CPU build (or no torch)
+    vllm_dirs: tuple[str, ...] = ()
+    error: str = ""                    # why the interpreter could not be asked
+
+
+# Reads torch/version.py without importing torch (an import takes seconds and may need a driver).
+_TORCH_PROBE = r"""
+import importlib.util, json, os, re, sys
+out = {"python": sys.version.split()[0], "vllm_dirs": [], "cuda": None, "version": None}
+spec = importlib.util.find_spec("vllm")
+out["vllm_dirs"] = list(spec.submodule_search_locations or []) if spec else []
+spec = importlib.util.find_spec("torch")
+if spec and spec.origin:
+    try:
+        text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
+        m = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]?([0-9.]+|None)", text, re.M)
+        v = re.search(r"^__version__\s*(?::[^=]*)?=\s*['\"]([^'\"]+)", text, re.M)
+        out["cuda"] = None if not m or m.group(1) == "None" else m.group(1)
+        out["version"] = v.group(1) if v else None
+    except OSError:
+        pass
+print(json.dumps(out))
+"""
+
+
+def torch_of(python: str, timeout: float = PROBE_TIMEOUT, log: Path | None = None) -> TorchInfo:
+    """The interpreter's torch and vllm location, asked in a child with a timeout; never raises."""
+    exe = shutil.which(python) or python
+    try:
+        done = runner.run([exe, "-c", _TORCH_PROBE], log=log, timeout=timeout, check=False,
+                          what=f"{python} (torch probe)")
+    except ProvisionError as exc:
+        return TorchInfo(error=exc.message)
+    last = (done.output.strip().splitlines() or ["no output"])[-1]
+    try:
+        data = json.loads(last) if done.returncode == 0 else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return TorchInfo(error=f"{python}: {last[-200:]}")
+    return TorchInfo(python=data.get("python"), version=data.get("version"), cuda=data.get("cuda"),
+                     vllm_dirs=tuple(data.get("vllm_dirs") or ()))
+
+
+_ENV_FACTS = r"""
+import json, platform, sys, os, glob
+from importlib import metadata
+out = {"python_version": platform.python_version(), "executable": sys.executable, "packages": {}}
+for d in metadata.distributions():
+    name = d.metadata["Name"]
+    if name:
+        key = name.lower().replace("_", "-").replace(".", "-")
+        out["packages"].setdefault(key, d.version)
+sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+out["site_packages"] = sites
+out["include_dirs"] = sorted({d for s in sites for d in glob.glob(os.path.join(s, "nvidia", "*", "include"))})
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = torch.version.cuda
+    out["cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+except Exception as exc:
+    out["torch_error"] = f"{type(exc).__name__}: {exc}"
+print("VLLMP-PROBE " + json.dumps(out))
+"""
+
+
+def env_facts(python: Path, timeout: float = 300) -> dict:
+    """An env's packages, site-packages and CUDA include dirs, and its torch (imported: the env step wants
+    its C++ ABI too), read by its own interpreter."""
+    result = runner.run([str(python), "-c", _ENV_FACTS], timeout=timeout, check=False, what="env probe",
+                        extra_env={"PYTHONNOUSERSITE": "1"})
+    for line in result.output.splitlines():
+        if line.startswith("VLLMP-PROBE "):
+            return json.loads(line[len("VLLMP-PROBE "):])
+    raise StepFailed(f"the env's interpreter {python} does not run: {result.output.strip()[-300:]}",
+                     hint="recreate it with `inv env --force`")
+
+
+_SITE_LISTING = r"""
+import ast, importlib.util, json, os, site, sys
+sys.path[:] = [p for p in sys.path if p]   # not the current directory
+dirs = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+if "--with-base" in sys.argv:   # what a --system-site-packages venv over this interpreter sees as well
+    dirs += site.getsitepackages([sys.base_prefix])
+listing = {}
+for d in dict.fromkeys(os.path.realpath(p) for p in dirs):
+    if os.path.isdir(d):
+        listing[d] = sorted(n for n in os.listdir(d) if n.endswith((".dist-info", ".egg-info")))
+torch = {}
+spec = importlib.util.find_spec("torch")
+try:
+    with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as fh:
+        tree = ast.parse(fh.read())
+except (AttributeError, TypeError, OSError, SyntaxError):
+    tree = ast.Module(body=[], type_ignores=[])
+for node in tree.body:
+    target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+    if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+        torch[target.id] = node.value.value
+print("VLLMP-SITES " + json.dumps({"dirs": listing, "torch": torch.get("__version__"), "torch_cuda": torch.get("cuda")}))
+"""
+
+
+def site_state(python: str, *, with_base: bool = False, outside: str | None = None) -> dict:
+    """What an interpreter's packages are, cheaply (a directory listing, nothing imported or hashed):
+    torch's version and CUDA from torch/version.py, and the dist-info names (name-version) of every
+    site-packages dir it sees. `with_base`: also those of the base interpreter under a venv (what a
+    --system-site-packages venv over `python` sees); `outside`: only the dirs not under that prefix."""
+    try:
+        result = runner.run([python, "-c", _SITE_LISTING, *(["--with-base"] if with_base else [])], timeout=60,
+                            check=False, what="site-packages listing", extra_env={"PYTHONNOUSERSITE": "1"})
+    except StepFailed as exc:   # no such interpreter: the step that needs it says so
+        return {"error": exc.message}
+    line = next((l for l in result.output.splitlines() if l.startswith("VLLMP-SITES ")), None)
+    if line is None:
+        return {"error": result.output.strip()[-300:]}
+    data = json.loads(line[len("VLLMP-SITES "):])
+    skip = os.path.realpath(outside) + os.sep if outside else None
+    names = sorted({n for d, listed in data["dirs"].items() if not (skip and (d + os.sep).startswith(skip))
+                    for n in listed})
+    return {"torch": data["torch"], "torch_cuda": data["torch_cuda"], "dists": len(names),
+            "dists_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+
+
+def pip_inspect(python: str) -> dict[str, dict]:
+    """canonical name -> pip inspect entry ({metadata:{name,version}, direct_url, ...}) of the env."""
+    # not logged: its JSON (every package's metadata) is megabytes; the argv and exit code are what matter
+    done = runner.run([python, "-m", "pip", "inspect"], timeout=PROBE_TIMEOUT, check=False,
+                      what="pip inspect", extra_env=QUIET_PIP)
+    text = done.output
+    start = text.find("{")
+    try:
+        data = json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        raise StepFailed("pip inspect printed no JSON (pip older than 22.2?)",
+                         hint=f"upgrade pip in the env: {python} -m pip install -U pip") from None
+    out: dict[str, dict] = {}
+    for entry in data.get("installed", []):
+        name = canonicalize_name(entry.get("metadata", {}).get("name", ""))
+        out.setdefault(name, entry)   # first on sys.path wins, as for imports
+    return out
+
+
+def installed_versions(inspected: Mapping[str, dict]) -> dict[str, str]:
+    return {n: e.get("metadata", {}).get("version", "") for n, e in inspected.items()}
+
+
+@dataclass(frozen=True)
+class PipCheck:
+    returncode: int
+    output: str
+    complaints: tuple[tuple[str, str, str], ...] = field(default=())   # (package, requirement, line)
+
+
+_NOT_INSTALLED = re.compile(r"^(\S+) \S+ requires (\S+?), which is not installed")
+_WRONG = re.compile(r"^(\S+) \S+ has requirement (\S+?)(?:[<>=!~;\[ ].*)?, but you have (\S+) (\S+)")
+
+
+def parse_pip_check(output: str) -> list[tuple[str, str, str]]:
+    """(package, requirement name, line) for each complaint of `pip check`."""
+    out = []
+    for line in output.splitlines():
+        line = line.strip()
+        m = _NOT_INSTALLED.match(line) or _WRONG.match(line)
+        if m:
+            out.append((canonicalize_name(m.group(1)), canonicalize_name(m.group(2).split("[")[0]), line))
+        elif line and not line.startswith("No broken requirements"):
+            out.append(("", "", line))
+    return out
+
+
+def pip_check(python: str, log: Path | None = None) -> PipCheck:
+    done = runner.run([python, "-m", "pip", "check"], log=log, timeout=PROBE_TIMEOUT, check=False,
+                      what="pip check", extra_env=QUIET_PIP)
+    return PipCheck(done.returncode, done.output, tuple(parse_pip_check(done.output)))
+
+
+def find_cuobjdump(info: EnvInfo | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """cuobjdump next to the env's nvcc, in the env's/toolkit's nvidia wheels, /usr/local/cuda/bin, PATH."""
+    environ = os.environ if environ is None else environ
+    dirs: list[Path] = []
+    if info and info.nvcc:
+        dirs.append(Path(info.nvcc).parent)
+    if info and info.cuda_home:
+        dirs.append(Path(info.cuda_home) / "bin")
+    prefixes = [Path(info.prefix)] if info and info.prefix else []
+    prefixes.append(Path(sys.prefix))
+    for root in prefixes:
+        dirs += sorted(root.glob("lib/python3*/site-packages/nvidia/cu*/bin"), reverse=True)
+        dirs += sorted(root.glob("lib/python3*/site-packages/nvidia/cuda_cuobjdump/bin"))
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if environ.get(var):
+            dirs.append(Path(environ[var]) / "bin")
+    dirs.append(Path("/usr/local/cuda/bin"))
+    for d in dirs:
+        exe = d / "cuobjdump"
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return str(exe)
+    return shutil.which("cuobjdump", path=environ.get("PATH"))
+
+
+def parse_list_elf(text: str) -> tuple[str, ...]:
+    """`ELF file 1: x.1.sm_90.cubin` lines -> ("sm_90", ...)."""
+    return tuple(dict.fromkeys(re.findall(r"\.(sm_\d+[a-z]?)\.cubin", text)))
+
+
+def sass_of(so: Path, cuobjdump: str) -> tuple[str, ...]:
+    """The SASS archs a shared object carries (`cuobjdump --list-elf`); () when it has none or it fails."""
+    done = runner.capture([cuobjdump, "--list-elf", str(so)], timeout=PROBE_TIMEOUT)
+    return parse_list_elf(done.output) if done else ()
+
+
+def extension_files(dirs: Iterable[str | Path], extensions: Iterable[str]) -> tuple[dict[str, Path], list[str]]:
+    """extension name -> its .so in the vllm package dir(s); plus the names not found."""
+    extensions = list(extensions)
+    found: dict[str, Path] = {}
+    for name in extensions:
+        for d in dirs:
+            hits = sorted(Path(d).glob(f"{name}.*.so")) + sorted(Path(d).glob(f"{name}.so"))
+            if hits:
+                found[name] = hits[0]
+                break
+    return found, [n for n in extensions if n not in found]
+
+
+_IMPORT_PROBE = r"""
+import importlib.util, json, sys
+res = {}
+try:
+    import torch  # the extensions link against libtorch/libc10
+except Exception as exc:
+    res["__torch__"] = "%s: %s" % (type(exc).__name__, exc)
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        spec = importlib.util.spec_from_file_location("vllm." + name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        res[name] = None
+    except BaseException as exc:
+        res[name] = ("%s: %s" % (type(exc).__name__, exc)).splitlines()[0][:300]
+print(json.dumps(res))
+"""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """Each extension's import error (None: it imported); `crash`: the probe itself died before answering."""
+    errors: dict = field(default_factory=dict)
+    torch_error: str | None = None
+    crash: str | None = None
+
+
+def import_extensions(python: str, so_files: Mapping[str, Path], log: Path | None = None) -> ImportResult:
+    """Load each extension .so in the env's python (after torch), without running vllm/__init__.py."""
+    done = runner.run([python, "-c", _IMPORT_PROBE, json.dumps({k: str(v) for k, v in so_files.items()})],
+                      log=log, timeout=PROBE_TIMEOUT, check=False, what="extension import probe")
+    try:
+        res = json.loads(done.output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = done.output.strip().splitlines()[-1:] or ["no output"]
+        return ImportResult(crash=f"import probe crashed (exit {done.returncode}): {tail[0][:200]}")
+    torch_error = res.pop("__torch__", None)
+    return ImportResult(errors=res, torch_error=torch_error)
+
+
+@dataclass(frozen=True)
+class ImportVllm:
+    ok: bool
+    detail: str               # the last line of the error, or how long the import took
+    hint: str | None = None
+
+
+def import_vllm(python: str, log: Path | None = None, timeout: float = IMPORT_TIMEOUT) -> ImportVllm:
+    """`from vllm import LLM, SamplingParams` in the env (needs the GPU driver)."""
+    try:
+        done = runner.run([python, "-c", "from vllm import LLM, SamplingParams"], log=log, timeout=timeout,
+                          check=False, what="import vllm")
+    except ProvisionError as exc:
+        return ImportVllm(False, exc.message, exc.hint)
+    if done.returncode != 0:
+        last = (done.output.strip().splitlines() or ["no output"])[-1]
+        return ImportVllm(False, last[:300])
+    return ImportVllm(True, f"{done.seconds:.1f} s")
