@@ -49,17 +49,35 @@ def lock(c, release=None, profile=None, python=None):
     cli.lock_task(release=release, profile=profile, python=python)
 
 
-@task(iterable=["force"], help={**COMMON,
+ARTIFACTS = {"push": "after a compile, make the wheel and publish it to every writable artifacts.caches entry",
+             "require_cache": "install the build from artifacts.caches; never compile (a miss fails)",
+             "artifact_key": "install exactly this artifact key (the builder's, printed by `./inv wheel`)"}
+
+
+@task(iterable=["force"], help={**COMMON, **ARTIFACTS,
                                 "force": "rerun STEP even if up to date (repeatable); --force all: every step",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
                                 "model": "local model dir for the smoke step (default: a tiny ChatGLM)"})
 @handles_errors
-def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None):
+def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None,
+              push=False, require_cache=False, artifact_key=None):
     """Run everything: fetch -> env -> patch -> build -> verify -> smoke (unchanged steps are skipped)."""
     from vllm_provision.pipeline import STEPS
     cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), release=release, profile=profile,
-                     offline=offline, arch=arch, max_jobs=max_jobs, model=model)
+                     offline=offline, arch=arch, max_jobs=max_jobs, model=model, push=push,
+                     require_cache=require_cache, artifact_key=artifact_key)
+
+
+@task(help={**COMMON, "arch": "CUDA archs to compile for (default: this host's GPUs)",
+            "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
+            "out": "directory for the wheel and its .manifest.json (default: <workspace>/wheels)",
+            "push": "also publish it to every writable artifacts.caches entry",
+            "json": "print {wheel, sha256, key, version, archs, published} as JSON"})
+@handles_errors
+def wheel(c, release=None, profile=None, offline=False, arch=None, max_jobs=None, out=None, push=False, json=False):
+    """Build once, install many: a binary wheel of the built vLLM with its manifest and key (builds first if needed)."""
+    cli.wheel_task(out, push, json, release=release, profile=profile, offline=offline, arch=arch, max_jobs=max_jobs)
 
 
 @task(help={**COMMON, "model": "local model dir (default: make and use a tiny ChatGLM)",
@@ -140,6 +158,36 @@ def verify(c, release=None, profile=None, offline=False, arch=None, json=False, 
         raise Exit(code=code)
 
 
+@task(iterable=["cache", "env"], help={
+    "release": COMMON["release"], "profile": COMMON["profile"],
+    "hosts": "hosts file: one ssh_config alias or user@host:port a line, [group] headers, # comments",
+    "ansible_inventory": "an Ansible inventory, read with `ansible-inventory --list`",
+    "limit": "only these hosts: names or globs, comma-separated (groups match too)",
+    "rerun_failed": "only the hosts that were not ok in the latest fleet report",
+    "forks": "hosts worked on at once (default fleet.forks: 8)",
+    "max_fail_percent": "after a batch, stop when more than this share of a kind's hosts failed",
+    "host_key_policy": "strict (default: known_hosts only) or accept-new",
+    "facts_only": "probe the hosts and group them into kinds; build and install nothing",
+    "arch": "CUDA archs to build for instead of the GPUs' (e.g. 9.0)",
+    "cache": "artifact cache for the hosts (repeatable; default artifacts.caches), e.g. dir:/srv/wheels",
+    "env": "NAME=VALUE for the toolkit on the hosts (repeatable; no credentials), e.g. CCACHE_DIR=/srv/ccache",
+    "report_dir": "where the run's report goes (default fleet.report_dir)"})
+@handles_errors
+def fleet(c, hosts=None, ansible_inventory=None, limit=None, rerun_failed=False, forks=None, max_fail_percent=None,
+          host_key_policy=None, facts_only=False, arch=None, cache=None, env=None, report_dir=None, release=None,
+          profile=None):
+    """Provision many hosts over SSH: facts -> kinds -> one wheel build per kind -> installs in batches -> report."""
+    from invoke.exceptions import Exit
+
+    overrides = {k: v for k, v in {"forks": forks, "max_fail_percent": max_fail_percent,
+                                   "host_key_policy": host_key_policy}.items() if v is not None}
+    code = cli.fleet_task(hosts=hosts, ansible_inventory=ansible_inventory, limit=limit, rerun_failed=rerun_failed,
+                          facts_only=facts_only, report_dir=report_dir, caches=cache or [], env=env or [],
+                          fleet=overrides, release=release, profile=profile, arch=arch)
+    if code:
+        raise Exit(code=code)
+
+
 @task(name="settings-doc")
 @handles_errors
 def settings_doc(c):
@@ -169,10 +217,12 @@ def patch(c, release=None, profile=None, offline=False, force=False):
     cli.run_pipeline(["patch"], ["patch"] if force else [], release=release, profile=profile, offline=offline)
 
 
-@task(help={**COMMON, "force": "rebuild even if up to date", "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'",
+@task(help={**COMMON, **ARTIFACTS, "force": "rebuild even if up to date",
+            "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'",
             "max_jobs": "parallel compile jobs (default: from free RAM and cores)"})
 @handles_errors
-def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None):
-    """Preflight, then compile vLLM's CUDA extensions (parallel, ccache) and install it editable."""
+def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
+          require_cache=False, artifact_key=None):
+    """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache), install editable."""
     cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
-                     arch=arch, max_jobs=max_jobs)
+                     arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key)

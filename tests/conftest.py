@@ -135,3 +135,37 @@ def isolated(tmp_path, monkeypatch):
 
 def with_sources(plan, sources):
     return dataclasses.replace(plan, sources=tuple(sources))
+
+
+def without_host_cuda(environ: dict) -> dict:
+    """The environment of a host with nothing but Python: no VLLMP_* settings, no CUDA toolkit on PATH."""
+    import os
+    env = {k: v for k, v in environ.items() if not k.startswith("VLLMP_") and k not in ("CUDA_HOME", "CUDA_PATH")}
+    env["PATH"] = os.pathsep.join(p for p in environ["PATH"].split(os.pathsep)
+                                  if "cuda" not in p and not (Path(p) / "nvcc").exists())
+    return env
+
+
+@pytest.fixture(scope="session")
+def real_vllm_wheel(tmp_path_factory) -> dict:
+    """The slow tier's one real compile: `./inv provision --profile pypi-cu13 --arch 9.0 --push` from an empty
+    workspace into a directory cache (the env from the committed lock, from PyPI). Later tests reuse it:
+    {workspace, cache (the dir cache), wheel, key, ccache, env (the environment it ran with), output}; a builder
+    that compiles again with the same CCACHE_DIR is served from the compiler cache."""
+    import json
+    import os
+    import subprocess
+    root = tmp_path_factory.mktemp("real-vllm")
+    env = without_host_cuda(dict(os.environ))
+    env.update(VLLMP_WORKSPACE_ROOT=str(root / "ws"), VLLMP_CACHE_DIR=str(root / "cache"),
+               CCACHE_DIR=str(root / "ccache"), CI="true", VLLMP_ARTIFACTS__CACHES=f"[dir:{root / 'wheels'}]",
+               # GPU host images export lists vLLM 0.2.2's setup.py refuses ("9.0a"): the build and the wheel
+               # must use the plan's list
+               TORCH_CUDA_ARCH_LIST="9.0a")
+    done = subprocess.run([str(ROOT / "inv"), "provision", "--profile", "pypi-cu13", "--arch", "9.0", "--push"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    workspace = root / "ws" / "0.2.2-pypi-cu13"
+    artifact = json.loads((workspace / "report.json").read_text())["steps"]["build"]["facts"]["artifact"]
+    return {"workspace": workspace, "cache": root / "wheels", "wheel": root / "wheels" / Path(artifact["wheel"]).name,
+            "key": artifact["key"], "ccache": root / "ccache", "env": env, "output": done.stdout + done.stderr}

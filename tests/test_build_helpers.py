@@ -70,7 +70,7 @@ def test_build_env_keeps_system_cuda_out(tmp_path):
     assert link.is_symlink() and os.readlink(link).endswith("libcudart.so.13")
     assert b.ccache == str(TOOLKIT_CCACHE)
     assert Path(b.env["PYTORCH_NVCC"]).read_text().count(str(cuda / "bin" / "nvcc")) == 1
-    assert b.env["CCACHE_NOHASHDIR"] == "1" and b.env["CCACHE_BASEDIR"] == str(tmp_path / "src")
+    assert b.env["CCACHE_NOHASHDIR"] == "1" and b.env["CCACHE_BASEDIR"] == str(tmp_path)
 
 
 def test_ccache_stats():

@@ -37,9 +37,15 @@ def handles_errors(func: Callable) -> Callable:
     return wrapper
 
 
+# build once, install many: task flags -> artifacts.* settings
+ARTIFACT_FLAGS = {"push": "push", "require_cache": "require_cache", "artifact_key": "key"}
+
+
 def cli_settings(**flags: Any) -> dict:
     """Map task flags onto config keys (None/False = not given); the settings schema checks the values."""
-    return config.flag_settings(flags)
+    settings = config.flag_settings(flags)
+    artifacts = {key: flags[flag] for flag, key in ARTIFACT_FLAGS.items() if flags.get(flag) not in (None, False)}
+    return settings | {"artifacts": artifacts} if artifacts else settings
 
 
 def make_plan(**flags: Any) -> Plan:
@@ -214,6 +220,38 @@ def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> 
     return summarize(checks)[1]
 
 
+def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any) -> None:
+    """`inv wheel`: the pipeline through build (what is out of date), then the wheel of the compiled tree
+    (seconds), published to every writable cache with `push`; prints path, sha256, key, version, archs
+    (`as_json`: one JSON object on the last line, for fleet runs and scripts)."""
+    from .pipeline import StepContext
+    from .steps import build as build_step
+    from .workspace import RunLock
+    results = run_pipeline(["fetch", "env", "patch", "build"], **flags)
+    built = next(r for r in results if r.step == "build").facts
+    if built.get("source") == "cache":
+        # nothing to make: the build is already in a cache; the same lines name it
+        ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: nothing to make")
+        summary = {"wheel": f"{built['file']} in {built['cache']}", "sha256": built["wheel_sha256"],
+                   "key": built["key"], "version": built["version"], "archs": built["archs"]}
+        published = [f"already in {built['cache']}"]
+    else:
+        plan = make_plan(**flags)
+        ws = plan.workspace
+        with RunLock(ws.root / ".lock"), runner.sigterm_as_interrupt():
+            ctx = StepContext(plan, host.probe(str(ws.root.parent)), "wheel")
+            wheel, published = build_step.wheel_and_publish(ctx, envinfo.load(ws), Path(out).resolve() if out
+                                                            else ws.root / "wheels", push)
+        summary = wheel.summary()
+        if push and not published:
+            ui.warn("--push: no writable cache in artifacts.caches; the wheel stays where it is")
+    if as_json:
+        sys.stdout.write(json.dumps(summary | {"published": published}) + "\n")
+        return
+    for name, value in summary.items():
+        ui.info(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
+
+
 def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:
     """`inv lock`: fetch the release if needed, then compile its lock."""
     plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
@@ -238,3 +276,47 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
     ui.info(f"[lock] wrote {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}: "
             f"{len(locked)} packages; torch {locked.get('torch')}, transformers {locked.get('transformers')}")
     return out
+
+
+def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str | None, rerun_failed: bool,
+               facts_only: bool, report_dir: str | None, caches: Sequence[str], env: Sequence[str],
+               fleet: dict, **flags: Any) -> int:
+    """`inv fleet`: provision many hosts over SSH (one build per kind); the report; the exit code."""
+    from .fleet import run as fleet_run
+    from .settings import Forks, HostKeyPolicy, Percent
+    kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
+    fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
+    settings = config.resolve(cli_settings(**flags) | ({"fleet": fleet} if fleet else {}))
+    root = fleet_run.report_root(settings, report_dir)
+    selected = fleet_run.select_hosts(hosts_file=hosts, ansible_inventory=ansible_inventory, limit=limit,
+                                      rerun_failed=rerun_failed, root=root)
+    if not selected:
+        ui.info(f"fleet: no host to run (every host of {root / 'latest'} was ok)")
+        return 0
+    extra = {}
+    for item in env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ConfigError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env CCACHE_DIR=/srv/ccache")
+        extra[name] = value
+    caches = list(caches) or list((settings.get("artifacts") or {}).get("caches") or [])
+    fleet_run.remote_environment(settings, caches, extra)      # a credential is refused before any run dir exists
+    options = fleet_run.FleetOptions(
+        hosts=selected, settings=settings, run_dir=fleet_run.new_run_dir(root), facts_only=facts_only,
+        caches=caches, extra_env=extra,
+        on_event=lambda host, phase, status, seconds: ui.step("fleet", f"{host} {phase} {status} ({seconds:.1f} s)"))
+    data = fleet_run.FleetRun(options).run()
+    table = Table(title=f"fleet: vLLM {data['release']} / {data['profile']} ({data['seconds']:.1f} s)")
+    for column in ("host", "kind", "status", "time", "detail"):
+        table.add_column(column, overflow="fold")
+    for h in data["hosts"]:
+        table.add_row(h["name"], h["kind"] or "", h["status"], f"{h['seconds']:.1f} s", h["detail"])
+    ui.console.print(table)
+    ui.info(f"report: {options.run_dir / 'fleet-report.md'} (and .json, junit.xml)")
+    if not data["ok"]:
+        bad = [h for h in data["hosts"] if h["status"] != "ok"]
+        ui.error(f"{len(bad)} of {len(data['hosts'])} hosts did not pass: "
+                 + ", ".join(f"{h['name']} {h['status']}" for h in bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                 "fix them (see the report's `Not ok` table), then ./inv fleet ... --rerun-failed")
+        return 1
+    return 0

@@ -79,6 +79,27 @@ def arch(value: str) -> str:
     return value
 
 
+CACHE_KINDS = ("dir:PATH", "static:PATH", "static+https://HOST/PATH/", "pypi:https://USER@HOST/")
+
+
+def cache_entry(value: str) -> str:
+    """An artifacts cache: dir:/srv/wheels, static:/srv/www/vllm, static+http(s)://host/path/, pypi:http(s)://host/."""
+    kind, sep, rest = value.partition(":")
+    if kind in ("dir", "static") and sep and rest.startswith(("/", "~")):
+        return value
+    if kind in ("static+http", "static+https") and rest.startswith("//") and len(rest) > 2:
+        return value
+    if kind == "pypi" and rest.startswith(("http://", "https://")):
+        return value
+    raise ValueError(f"{value!r} is not a cache entry: use {', '.join(CACHE_KINDS)} (paths absolute or ~)")
+
+
+def artifact_key(value: Any) -> Any:
+    if value is not None and not re.fullmatch(r"[0-9a-f]{64}", str(value)):
+        raise ValueError(f"{value!r} is not an artifact key (64 lowercase hex digits, as `./inv wheel` prints)")
+    return value
+
+
 Strings = Annotated[list[str], BeforeValidator(one_or_many), Field(description="a list such as [a, b], or one value")]
 Urls = Annotated[list[Annotated[str, AfterValidator(url)]], BeforeValidator(one_or_many),
                  Field(description="a list of URLs such as [https://host/simple], or one URL")]
@@ -162,6 +183,36 @@ class Verify(Section):
     import_timeout: Seconds
 
 
+class Artifacts(Section):
+    caches: Annotated[list[Annotated[str, AfterValidator(cache_entry)]], BeforeValidator(one_or_many),
+                      Field(description="a list of caches such as [dir:/srv/vllm-wheels, static:/srv/www/vllm, "
+                                        "static+https://host/vllm/, pypi:https://user@host/], or one")]
+    push: Flag
+    require_cache: Flag
+    key: Annotated[Optional[str], AfterValidator(artifact_key),
+                   Field(description="null or a key of 64 hex digits, as `./inv wheel` prints")]
+
+
+Forks = Annotated[int, BeforeValidator(not_bool), Field(ge=1, description="a whole number >= 1")]
+Percent = Annotated[float, Field(ge=0, le=100, description="a percentage from 0 to 100")]
+HostKeyPolicy = Annotated[Literal["strict", "accept-new"], Field(description="strict or accept-new")]
+
+
+class Fleet(Section):
+    forks: Forks
+    max_fail_percent: Percent
+    host_key_policy: HostKeyPolicy
+    known_hosts: Text
+    ssh_config: Text
+    connect_timeout: Seconds
+    facts_timeout: Seconds
+    build_timeout: Seconds
+    install_timeout: Seconds
+    remote_dir: Text
+    toolkit_command: Text
+    report_dir: Text
+
+
 class Settings(BaseSettings):
     """No defaults here: the defaults file gives every value, so a key it lacks is an error naming it."""
 
@@ -184,6 +235,8 @@ class Settings(BaseSettings):
     build: Build
     smoke: Smoke
     verify: Verify
+    artifacts: Artifacts
+    fleet: Fleet
 
 
 class EnvironmentSource(EnvSettingsSource):

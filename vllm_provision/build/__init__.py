@@ -258,7 +258,9 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
         env["PYTORCH_NVCC"] = str(wrappers / "nvcc")
         env["CXX"] = str(wrappers / Path(host_cxx).name)
     if ccache:
-        env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src), "CCACHE_NOHASHDIR": "1",
+        # the workspace root (src/ and the env's prefix below it) as the base: paths in the compile lines are
+        # relative, so another workspace or host of the same layout is served from a shared cache
+        env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src.parent), "CCACHE_NOHASHDIR": "1",
                     "CCACHE_COMPILERCHECK": "content"})
         ccache_dir.mkdir(parents=True, exist_ok=True)
     env["PATH"] = os.pathsep.join(dict.fromkeys(path))

@@ -21,8 +21,10 @@ def _path_of(url: str) -> Path | None:
     return Path(unquote(parts.path)) if parts.scheme == "file" else None
 
 
-def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, dist: str = "vllm") -> list[Check]:
-    """vllm at the release's version, installed editable from the workspace's src/."""
+def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, dist: str = "vllm",
+                       artifact: Mapping[str, str] | None = None) -> list[Check]:
+    """vllm at the release's version, installed editable from the workspace's src/ - or, when the build step
+    installed a cached artifact (its facts: cache, file, wheel_sha256), installed from that wheel."""
     entry = inspected.get(canonicalize_name(dist))
     if entry is None:
         hint = "run `inv build` (pip install -e src/ into the env)"
@@ -38,6 +40,15 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
                     f"rebuild: `inv build --force` installs {dist} {release} from {src}")]
     direct = entry.get("direct_url") or {}
     editable = bool((direct.get("dir_info") or {}).get("editable"))
+    if artifact:
+        if editable:
+            checks.append(Check(f"{dist}-artifact", "fail", f"{dist} is installed editable from {direct.get('url')}, "
+                                f"not from the cached wheel {artifact['file']}",
+                                "reinstall from the cache: `./inv build --force`"))
+        else:
+            checks.append(Check(f"{dist}-artifact", "pass", f"installed from cache {artifact['cache']}: "
+                                f"{artifact['file']} (sha256 {artifact['wheel_sha256']})"))
+        return checks
     where = _path_of(direct.get("url", "")) if direct else None
     if not where and entry.get("editable_project_location"):     # legacy `setup.py develop` (egg-link)
         where, editable = Path(entry["editable_project_location"]), True

@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 from packaging.version import InvalidVersion, Version
 
 from .. import host, minor_version, mirrors, runner
-from ..envprobe import site_state  # noqa: F401 - steps/build.py imports it from here
 from ..host import NvccInfo
 from ..redact import redact_url
 from ..errors import StepFailed

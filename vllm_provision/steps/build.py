@@ -5,6 +5,10 @@ little disk/RAM). Then each of setup.py's extensions is built in place in its ow
 several at once (bounded by MAX_JOBS), and `pip install --no-build-isolation --no-deps -e src` makes
 the real editable install; with ccache its own compile of the same sources is all cache hits.
 Afterwards torch must be unchanged.
+
+With caches configured (`artifacts.caches`) the step first looks up the build's key (artifacts/): a hit
+installs that wheel, verified, and compiles nothing; a miss compiles as above and, with `artifacts.push`,
+makes the wheel and publishes it; `artifacts.require_cache` refuses to compile on a miss.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +26,19 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import envinfo, preflight, runner
+from .. import envinfo, host, preflight, runner
+from ..artifacts import cache as artifact_cache
+from ..artifacts import install as artifact_install
+from ..artifacts import manifest as artifact_manifest
+from ..artifacts.sass import planned_archs
+from ..artifacts.wheel import Wheel, make_wheel
 from ..build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
                      parse_ccache_stats, relevant_tail)
 from ..build.placement import host_placement
-from ..envs.common import site_state
+from ..envprobe import site_state
+from ..envs.common import choose_installer
 from ..errors import StepFailed
-from ..pipeline import StepContext, StepOutcome
+from ..pipeline import StepContext, StepOutcome, read_stamp
 
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
@@ -57,7 +68,9 @@ def stamp_inputs(ctx: StepContext) -> dict:
                     "cuda_home": info.cuda_home, "nvcc_version": info.nvcc_version, "lock": info.lock},
             # what the env sees from outside its prefix (the host's torch under the existing backend),
             # as it is now: the libraries are built against it
-            "outside_env": site_state(info.python, outside=info.prefix)}
+            "outside_env": site_state(info.python, outside=info.prefix),
+            # compile, or install from a cache (and which key): a switch reruns the step
+            "artifacts": {"mode": artifact_mode(ctx), "key": artifact_settings(ctx).get("key")}}
 
 
 def built_digest(ctx: StepContext) -> str | None:
@@ -91,6 +104,10 @@ def run(ctx: StepContext) -> StepOutcome:
         raise StepFailed(f"no setup.py in {src}", hint="run `inv fetch` first")
     ws.logs.mkdir(parents=True, exist_ok=True)
     ctx.log.write_text("")  # the build log of this run only
+    if artifact_mode(ctx) != "build":
+        hit = install_from_cache(ctx, info)
+        if hit:
+            return hit
 
     # 1. preflight: seconds, before any compile
     checks = preflight.run(plan, ctx.facts, info)
@@ -229,12 +246,118 @@ def run(ctx: StepContext) -> StepOutcome:
              "per_extension": built, "units": _unit_times(src, exts) if parallel else [],
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
-             "torch": torch_after[0], "log": str(ctx.log)}
+             "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
     (src / MARKER).write_text(json.dumps(facts, indent=2))
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
               f"{total:.0f} s{' (' + str(len(exts)) + ' extensions in parallel)' if parallel else ''}{cache_note}")
+    if artifact_settings(ctx).get("push"):
+        wheel, published = wheel_and_publish(ctx, info, ws.root / "wheels")
+        facts["artifact"] = wheel.summary() | {"published": published}
+        detail += f"; wheel {wheel.path.name} ({'; '.join(published) or 'no writable cache'})"
     return StepOutcome(detail=detail, facts=facts)
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+def artifact_settings(ctx: StepContext) -> dict:
+    return dict(ctx.plan.settings.get("artifacts") or {})
+
+
+def artifact_mode(ctx: StepContext) -> str:
+    """build: no cache configured | cache-or-build: a miss compiles | cache-only: a miss fails."""
+    settings = artifact_settings(ctx)
+    if settings.get("require_cache"):
+        return "cache-only"
+    return "cache-or-build" if settings.get("caches") else "build"
+
+
+def cache_entries(ctx: StepContext) -> list[artifact_cache.Entry]:
+    return [artifact_cache.Entry.parse(e) for e in artifact_settings(ctx).get("caches") or ()]
+
+
+def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
+    """Every input that shapes the binary (artifacts/manifest.py KEY_FIELDS), from the plan, the patch
+    step's facts, env.json and the host compiler: the key follows from the plan, before any compile."""
+    patch_facts = (read_stamp(ctx.workspace, "patch") or {}).get("facts", {})
+    compiler, compiler_version = host.probe_gcc()
+    return {"format": artifact_manifest.FORMAT, "release": ctx.plan.release.version,
+            "sdist_sha256": ctx.plan.release.sdist.sha256,
+            "patches": [{"file": p["file"], "sha256": p["sha256"]} for p in patch_facts.get("applied", [])],
+            "torch": info.torch, "torch_cuda": info.torch_cuda, "cxx11_abi": info.cxx11_abi,
+            "nvcc": info.nvcc_version,
+            "host_compiler": {"name": Path(compiler).name, "version": compiler_version}
+            if compiler and compiler_version else None,
+            "archs": list(planned_archs(ctx.plan.build.arch_list)),
+            "python_tag": artifact_manifest.python_tag(info.python_version),
+            "platform_tag": sysconfig.get_platform().replace("-", "_").replace(".", "_")}
+
+
+def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Target:
+    """What the artifact must fit; on a GPU-less host (an image build) the archs must cover the plan's."""
+    gpus = ctx.facts.compute_caps
+    planned = tuple(dict.fromkeys(a.removesuffix("+PTX") for a in ctx.plan.build.arch_list))
+    return artifact_manifest.Target(torch=info.torch, torch_cuda=info.torch_cuda, cxx11_abi=info.cxx11_abi,
+                                    python_tag=artifact_manifest.python_tag(info.python_version),
+                                    compute_caps=gpus or planned, glibc=artifact_manifest.host_glibc(),
+                                    caps_of="GPU compute capability" if gpus else "planned arch (no GPU here)")
+
+
+def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome | None:
+    """The build from the first cache that holds its key, installed verified; None on a miss that may compile."""
+    mode, entries = artifact_mode(ctx), cache_entries(ctx)
+    key = artifact_settings(ctx).get("key")
+    if not key:
+        try:
+            key = artifact_manifest.compute_key(key_fields(ctx, info))
+        except StepFailed as exc:
+            if mode == "cache-only":
+                raise
+            ctx.say(f"caches not consulted: {exc.message}")
+            return None
+    started = time.monotonic()
+    found = artifact_install.look_up(entries, key)
+    if not found:
+        if mode == "cache-only":
+            raise artifact_install.missing_error(key, entries)
+        ctx.say(f"no cached build for key {key} in {', '.join(e.shown for e in entries)}: compiling")
+        return None
+    ctx.say(f"cache hit: {found.shown} (key {key})")
+    done = artifact_install.install_found(found, key, target_of(ctx, info), python=info.python,
+                                          work_dir=ctx.workspace.root / "artifacts", installer=choose_installer(ctx.plan),
+                                          log=ctx.log)
+    seconds = time.monotonic() - started
+    vllm_dir = Path(_json_line(runner.run([info.python, "-c", _VLLM_DIR_PROBE], log=ctx.log, timeout=120,
+                                          cwd=ctx.workspace.root, what="where vllm is installed").output, "VLLM-DIR"))
+    libraries = sorted(str(p) for p in vllm_dir.glob("*.so"))
+    facts = done.facts() | {"libraries": libraries, "seconds": round(seconds, 1), "torch": info.torch,
+                            "arch_list": ctx.plan.build.torch_cuda_arch_list, "log": str(ctx.log)}
+    (ctx.workspace.src / MARKER).write_text(json.dumps(facts, indent=2))
+    return StepOutcome(detail=f"vllm {facts['version']} installed from cache {facts['cache']}, key {key}, in "
+                              f"{seconds:.1f} s ({done.fit})", facts=facts)
+
+
+# where the installed (not editable) vllm package lies, without importing it (no torch, no driver needed)
+_VLLM_DIR_PROBE = ("import importlib.util, json, os\n"
+                   "spec = importlib.util.find_spec('vllm')\n"
+                   "print('VLLM-DIR ' + json.dumps(list(spec.submodule_search_locations)[0]))\n")
+
+
+def wheel_and_publish(ctx: StepContext, info: envinfo.EnvInfo, out_dir: Path, push: bool = True) -> tuple[Wheel, list[str]]:
+    """The wheel of this workspace's compiled tree (seconds: nothing is compiled), published to every
+    writable cache when `push`."""
+    # setup.py checks TORCH_CUDA_ARCH_LIST when it is loaded: the plan's list, not whatever the host exports
+    env = dict(os.environ, TORCH_CUDA_ARCH_LIST=ctx.plan.build.torch_cuda_arch_list,
+               **({"CUDA_HOME": info.cuda_home} if info.cuda_home else {}))
+    log = ctx.workspace.log("wheel")
+    wheel = make_wheel(python=info.python, src=ctx.workspace.src, out_dir=out_dir, fields=key_fields(ctx, info),
+                       env=env, info=info, log=log)
+    ctx.say(f"wheel {wheel.path} (key {wheel.manifest['key']})")
+    published = []
+    for entry in cache_entries(ctx) if push else ():
+        if entry.writable:
+            published.append(artifact_cache.publish(entry, wheel.path, log))
+            ctx.say(published[-1])
+    return wheel, published
 
 
 # ------------------------------------------------------------------------------------------------ parts

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 from packaging.utils import canonicalize_name
 
 from .. import PROJECT_ROOT, envinfo, envprobe, report
+from ..artifacts.installed import artifact_checks
 from ..checks import Check, summarize, to_json
 from ..checks.install import (NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
                               check_locked, check_pip, check_sass, check_vllm_install)
@@ -107,7 +108,12 @@ def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
 
 
 def vllm_install(v: Verifying) -> list[Check]:
-    return check_vllm_install(v.inspected, v.ctx.plan.release.version, v.ctx.workspace.src)
+    """Both shapes: editable from src/ (compiled here) or installed from a cached artifact (its manifest's key
+    and the archs read back from the installed libraries besides)."""
+    built = (read_stamp(v.ctx.workspace, "build") or {}).get("facts") or {}
+    artifact = built if built.get("source") == "cache" else None
+    return (check_vllm_install(v.inspected, v.ctx.plan.release.version, v.ctx.workspace.src, artifact=artifact)
+            + artifact_checks(v.torch.vllm_dirs, v.info, artifact["key"] if artifact else None))
 
 
 def pip_clean(v: Verifying) -> list[Check]:

@@ -1,0 +1,59 @@
+"""A real two-host fleet of one kind (slow, network): the real `./inv` on two simulated hosts (real sshd, their own
+users and homes). The first host compiles vLLM 0.2.2 for arch 9.0 (profile pypi-cu13) and pushes the wheel to a
+directory cache both users can read; the second installs it from the cache, with the same sha256, and both
+verify. The hosts have no nvidia-smi, so the smoke is skipped with its reason (GPU-less hosts, --arch 9.0).
+
+The builder compiles with a copy of the session's compiler cache (real_vllm_wheel), so its compile is real but
+warm.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from sshd import SshFarm, sshd_usable
+from vllm_provision import config
+from vllm_provision.fleet.run import FleetOptions, FleetRun, new_run_dir, select_hosts
+
+pytestmark = [pytest.mark.slow, pytest.mark.network,
+              pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")]
+
+
+def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_path):
+    farm = SshFarm()
+    try:
+        builder, installer = farm.add(None, start_index=40), farm.add(None)
+        cache = farm.base / "wheels"
+        cache.mkdir()
+        ccache = farm.base / "ccache"
+        shutil.copytree(real_vllm_wheel["ccache"], ccache)
+        for shared in (cache, ccache):                 # every simulated user reads and writes them
+            subprocess.run(["chmod", "-R", "a+rwX", str(shared)], check=True)
+        hosts_file = tmp_path / "hosts"
+        hosts_file.write_text(f"{builder.alias}\n{installer.alias}\n")
+        settings = config.resolve({"build": {"arch_list": ["9.0"]}, "profile": "pypi-cu13", "fleet": {
+            "ssh_config": str(farm.ssh_config), "known_hosts": str(farm.known_hosts),
+            "report_dir": str(tmp_path / "reports")}}, environ={})
+        hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=False,
+                             root=tmp_path / "reports")
+        options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(tmp_path / "reports"),
+                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache)})
+        data = FleetRun(options).run()
+        first, second = data["hosts"]
+        assert data["ok"] is True, [(h["name"], h["status"], h["detail"]) for h in data["hosts"]]
+        assert len(data["kinds"]) == 1 and data["kinds"][0]["built_on"] == builder.alias
+        assert "wheel" in first["steps"] and "wheel" not in second["steps"]
+        assert first["key"] == second["key"] and first["sha256"] == second["sha256"]
+        wheels = sorted(p.name for p in cache.glob("*.whl"))
+        assert len(wheels) == 1
+        for host in data["hosts"]:
+            remote = json.loads((options.run_dir / host["log"] / "remote" / "report.json").read_text())
+            assert remote["steps"]["verify"]["status"] == "ok", host["name"]
+        second_report = json.loads((options.run_dir / second["log"] / "remote" / "report.json").read_text())
+        assert second_report["steps"]["build"]["facts"].get("source") == "cache"
+    finally:
+        farm.stop()

@@ -1,0 +1,77 @@
+"""Install vLLM from a cache, verified: look the key up in each cache in order; download the wheel into the
+workspace; check its sha256 (index link / sidecar), its manifest's key (the full key, not only the label's
+12 digits) and the manifest against the target env and host; only then install it with hash checking and
+no index (`uv pip install --no-index --require-hashes --no-deps`). Any refusal leaves the env unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .. import runner
+from ..download import sha256_file
+from ..envs.common import Installer
+from ..errors import StepFailed
+from . import cache
+from . import manifest as mf
+
+INSTALL_TIMEOUT = 1800
+
+
+@dataclass(frozen=True)
+class Installed:
+    found: cache.Found
+    sha256: str
+    manifest: dict
+    fit: str               # what was checked against the env and host
+
+    def facts(self) -> dict:
+        return {"source": "cache", "cache": self.found.entry.shown, "file": self.found.filename,
+                "key": self.manifest["key"], "version": self.manifest["version"], "wheel_sha256": self.sha256,
+                "archs": self.manifest["archs"], "glibc_floor": self.manifest.get("glibc_floor"), "fit": self.fit}
+
+
+def look_up(entries: Iterable[cache.Entry], key: str) -> cache.Found | None:
+    for entry in entries:
+        found = cache.find(entry, key)
+        if found:
+            return found
+    return None
+
+
+def requirement_line(version: str, sha256: str) -> str:
+    return f"vllm=={version} --hash=sha256:{sha256}\n"
+
+
+def install_found(found: cache.Found, key: str, target: mf.Target, *, python: str, work_dir: Path,
+                  installer: Installer, log: Path | None) -> Installed:
+    """Download, check and install one cache hit with the env's installer (uv, else pip)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="artifact-", dir=work_dir))
+    try:
+        wheel = cache.fetch(found, tmp)
+        digest = sha256_file(wheel)
+        manifest = mf.read_from_wheel(wheel)
+        mf.check_key(manifest, key, found.shown)
+        fit = mf.check_fits(manifest, target, found.shown)
+        requirements = tmp / "requirements.txt"
+        requirements.write_text(requirement_line(manifest["version"], digest))
+        # replaces an editable vllm of an earlier build, whatever its version
+        reinstall = "--reinstall-package" if installer.kind == "uv" else "--force-reinstall"
+        argv = installer.argv(Path(python), "--no-index", "--require-hashes", "--no-deps", "-r", str(requirements),
+                              "--find-links", str(tmp), *([reinstall, "vllm"] if installer.kind == "uv" else [reinstall]))
+        runner.run(argv, log=log, extra_env=installer.env, timeout=INSTALL_TIMEOUT, what=f"install {found.filename}")
+        return Installed(found, digest, manifest, fit)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def missing_error(key: str, entries: list[cache.Entry]) -> StepFailed:
+    searched = ", ".join(e.shown for e in entries) or "none (artifacts.caches is empty)"
+    return StepFailed(f"no cached build for key {key} (searched: {searched}) and the cache is required "
+                      "(--require-cache / artifacts.require_cache): nothing is compiled",
+                      hint="build one with `./inv wheel --push` on a host of this kind, or drop --require-cache")

@@ -1,0 +1,32 @@
+"""The GPU archs of the built libraries, read back with cuobjdump (envprobe), against the plan and the GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..checks.install import covers
+from ..envinfo import EnvInfo
+from ..envprobe import find_cuobjdump, sass_of
+from ..errors import StepFailed
+
+
+def read_archs(libraries: Iterable[Path], info: EnvInfo | None) -> dict[str, tuple[str, ...]]:
+    """Library file name -> the SASS archs inside it (sorted)."""
+    cuobjdump = find_cuobjdump(info)
+    if not cuobjdump:
+        raise StepFailed("cuobjdump not found: the archs inside the libraries cannot be read back",
+                         hint="install it into the toolkit's venv: `.venv/bin/pip install nvidia-cuda-cuobjdump` "
+                              "(or put the CUDA toolkit's bin/ on PATH)")
+    return {Path(so).name: tuple(sorted(sass_of(Path(so), cuobjdump))) for so in libraries}
+
+
+def planned_archs(arch_list: Iterable[str]) -> tuple[str, ...]:
+    """Plan archs ("8.0", "9.0+PTX") -> the SASS they compile to ("sm_80", "sm_90")."""
+    return tuple(sorted({"sm_" + a.removesuffix("+PTX").replace(".", "") for a in arch_list}))
+
+
+def uncovered(archs: Iterable[str], compute_caps: Iterable[str]) -> list[str]:
+    """The compute capabilities none of the SASS archs runs on."""
+    archs = list(archs)
+    return [cc for cc in dict.fromkeys(compute_caps) if not any(covers(a, cc) for a in archs)]

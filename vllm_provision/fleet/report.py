@@ -1,0 +1,119 @@
+"""The fleet run's report: fleet-report.json (machines), fleet-report.md (one row per host), junit.xml (one
+testcase per host, for CI), in <report_dir>/<timestamp>/ with a `latest` link; per-host logs under hosts/."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import report as run_report
+from ..errors import ConfigError
+from ..redact import redact_text
+
+STATUSES = ("ok", "failed", "unreachable", "timed out", "refused", "skipped")
+LATEST = "latest"
+JSON_NAME, MD_NAME, JUNIT_NAME = "fleet-report.json", "fleet-report.md", "junit.xml"
+
+
+@dataclass
+class HostResult:
+    name: str
+    status: str = "pending"          # one of STATUSES once done
+    phase: str = "connect"           # the last phase started: connect, facts, upload, wheel, install
+    kind: str | None = None
+    kind_label: str | None = None
+    role: str | None = None          # canary | batch N
+    key: str | None = None
+    sha256: str | None = None
+    steps: list[str] = field(default_factory=list)     # reached, in order
+    exit_code: int | None = None
+    detail: str = ""
+    hint: str | None = None
+    seconds: float = 0.0
+    gpu_blocks: int | None = None
+    smoke: str | None = None         # pass | fail | skipped
+    log: str | None = None           # hosts/<host>/, relative to the report
+    facts: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 2)
+        return json.loads(redact_text(json.dumps(data)))
+
+
+def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
+    """Write the three files and point `latest` at run_dir; returns the JSON written."""
+    data = data | {"hosts": [r.to_dict() for r in results],
+                   "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
+                   "ok": bool(results) and all(r.status == "ok" for r in results)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
+    _atomic(run_dir / MD_NAME, markdown(data))
+    _atomic(run_dir / JUNIT_NAME, run_report.junit_xml("vllm-provision.fleet", junit_cases(results)))
+    link = run_dir.parent / LATEST
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(link)
+    return data
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# the workspace report's Markdown table (cells escaped and redacted)
+_table = run_report._table
+
+
+def markdown(data: dict) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
+    lines = [f"# Fleet run {data['started']}", "",
+             f"vLLM {data['release']} / profile {data['profile']}: {len(data['hosts'])} hosts, {counts}; "
+             f"{data['seconds']:.1f} s; forks {data['policy']['forks']}, max fail {data['policy']['max_fail_percent']:g} %,"
+             f" host keys {data['host_key_policy']}.", ""]
+    if data["kinds"]:
+        lines += ["## Kinds", ""]
+        lines += _table(["kind", "hosts", "label", "key", "built on"],
+                        [[k["id"], len(k["hosts"]), k["label"], k.get("key") or "", k.get("built_on") or
+                          ("cache" if k.get("key") else "")] for k in data["kinds"]])
+        lines.append("")
+    lines += ["## Hosts", ""]
+    lines += _table(["host", "kind", "key", "steps reached", "status", "time", "GPU blocks", "smoke", "log"],
+                    [[h["name"], h["kind"] or "", (h["key"] or "")[:16], " > ".join(h["steps"]),
+                      h["status"] + (f" (exit {h['exit_code']})" if h["exit_code"] not in (None, 0) else ""),
+                      f"{h['seconds']:.1f} s", h["gpu_blocks"] if h["gpu_blocks"] is not None else "",
+                      h["smoke"] or "", h["log"] or ""] for h in data["hosts"]])
+    bad = [h for h in data["hosts"] if h["status"] != "ok"]
+    if bad:
+        lines += ["", "## Not ok", ""]
+        lines += _table(["host", "status", "phase", "what happened", "fix"],
+                        [[h["name"], h["status"], h["phase"], h["detail"], h["hint"] or ""] for h in bad])
+    return "\n".join(lines) + "\n"
+
+
+def junit_cases(results: list[HostResult]) -> list[dict]:
+    """One testcase per host: not ok is a failure (its status in the message), skipped is skipped."""
+    def case(r: HostResult) -> dict:
+        status = r.status if r.status in ("ok", "skipped") else "failed"
+        detail = r.detail if r.status in ("ok", "failed", "skipped") else f"{r.status}: {r.detail}"
+        return {"name": r.name, "status": status, "detail": detail, "hint": r.hint, "seconds": r.seconds}
+    return [case(r) for r in results]
+
+
+def load_latest(report_root: Path) -> dict:
+    path = report_root / LATEST / JSON_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--rerun-failed needs the latest fleet report and {path} cannot be read",
+                          hint="run the fleet once without --rerun-failed (reports go to fleet.report_dir)") from exc
+
+
+def failed_hosts(report_root: Path) -> list[str]:
+    """The hosts that were not ok in the latest report."""
+    return [h["name"] for h in load_latest(report_root)["hosts"] if h["status"] != "ok"]
