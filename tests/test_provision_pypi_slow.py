@@ -99,6 +99,13 @@ def test_fresh_workspaces_install_the_wheel_from_pypiserver_and_a_static_tree(re
             names = {c["name"]: c["status"] for c in steps["verify"]["facts"]["checks"]}
             assert names.get("artifact-manifest") == "pass" and names.get("artifact-archs") == "pass"
             timings[name] = {n: round(steps[n]["seconds"], 1) for n in ("env", "build", "verify")}
+            # the same workspace verified again without --require-cache: the build stands for the same key,
+            # so it is not out of date
+            again = subprocess.run([str(ROOT / "inv"), "verify", "--profile", "pypi-cu13", "--arch", "9.0"], cwd=ROOT,
+                                   env=dict(real_vllm_wheel["env"], VLLMP_ARTIFACTS__CACHES=f"[{entry}]",
+                                            VLLMP_WORKSPACE_ROOT=str(real_vllm_wheel["workspace"].parent.parent / name)),
+                                   capture_output=True, text=True, timeout=1200)
+            assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         print(json.dumps(timings))
     finally:
         server.stop()

@@ -6,6 +6,7 @@ whether it imports. Probes report what they saw; the checks layer (checks/instal
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import os
 import re
@@ -239,8 +240,18 @@ def parse_list_elf(text: str) -> tuple[str, ...]:
 
 
 def sass_of(so: Path, cuobjdump: str) -> tuple[str, ...]:
-    """The SASS archs a shared object carries (`cuobjdump --list-elf`); () when it has none or it fails."""
-    done = runner.capture([cuobjdump, "--list-elf", str(so)], timeout=PROBE_TIMEOUT)
+    """The SASS archs a shared object carries (`cuobjdump --list-elf`); () when it has none or it fails.
+    Read once per file version: verify's arch checks and the artifact's read-back ask about the same files."""
+    try:
+        st = Path(so).stat()
+    except OSError:
+        return ()
+    return _sass_of(str(so), cuobjdump, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _sass_of(so: str, cuobjdump: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    done = runner.capture([cuobjdump, "--list-elf", so], timeout=PROBE_TIMEOUT)
     return parse_list_elf(done.output) if done else ()
 
 

@@ -69,8 +69,9 @@ def stamp_inputs(ctx: StepContext) -> dict:
             # what the env sees from outside its prefix (the host's torch under the existing backend),
             # as it is now: the libraries are built against it
             "outside_env": site_state(info.python, outside=info.prefix),
-            # compile, or install from a cache (and which key): a switch reruns the step
-            "artifacts": {"mode": artifact_mode(ctx), "key": artifact_settings(ctx).get("key")}}
+            # the artifact this step stands for: a new key reruns it; whether a miss may compile
+            # (--require-cache) does not, so a later `inv verify` without that flag is not refused
+            "artifact_key": stamped_key(ctx, info)}
 
 
 def built_digest(ctx: StepContext) -> str | None:
@@ -269,6 +270,17 @@ def artifact_mode(ctx: StepContext) -> str:
     if settings.get("require_cache"):
         return "cache-only"
     return "cache-or-build" if settings.get("caches") else "build"
+
+
+def stamped_key(ctx: StepContext, info: envinfo.EnvInfo) -> str | None:
+    """The pinned key, else the one the plan gives when caches are consulted; None: compiled, no cache."""
+    pinned = artifact_settings(ctx).get("key")
+    if pinned or artifact_mode(ctx) == "build":
+        return pinned
+    try:
+        return artifact_manifest.compute_key(key_fields(ctx, info))
+    except StepFailed:
+        return "not computable here"
 
 
 def cache_entries(ctx: StepContext) -> list[artifact_cache.Entry]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -95,7 +96,10 @@ class Verifying:
 
 
 def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
-    torch = envprobe.torch_of(info.python, envprobe.PROBE_TIMEOUT, ctx.log)
+    with ThreadPoolExecutor(max_workers=1) as side:     # two interpreters at once: each takes seconds
+        inspecting = side.submit(envprobe.pip_inspect, info.python)
+        torch = envprobe.torch_of(info.python, envprobe.PROBE_TIMEOUT, ctx.log)
+        inspected = inspecting.result()
     if torch.error:
         raise StepFailed(f"could not probe the env's python {info.python}: {torch.error}",
                          hint="rebuild the env with `inv env --force`")
@@ -103,8 +107,7 @@ def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
     so_files, missing = envprobe.extension_files(dirs, ctx.plan.release.extensions)
     lock_file = _lock_file(ctx, info)
     lock = pinned(lock_file) if lock_file and lock_file.is_file() else None
-    return Verifying(ctx, info, envprobe.pip_inspect(info.python), torch, dirs, so_files, tuple(missing),
-                     lock_file, lock)
+    return Verifying(ctx, info, inspected, torch, dirs, so_files, tuple(missing), lock_file, lock)
 
 
 def vllm_install(v: Verifying) -> list[Check]:
@@ -163,7 +166,11 @@ CHECKS: list[Callable[[Verifying], Iterable[Check]]] = [vllm_install, pip_clean,
 def collect(ctx: StepContext, info: envinfo.EnvInfo,
             checks: Iterable[Callable[[Verifying], Iterable[Check]]] | None = None) -> list[Check]:
     facts = probe_env(ctx, info)
-    return [c for check in (CHECKS if checks is None else checks) for c in check(facts)]
+    checks = list(CHECKS if checks is None else checks)
+    # Each check probes in its own child processes (imports, pip check, cuobjdump): run them at once, so
+    # verify takes about as long as its slowest check (`import vllm`), and report them in CHECKS' order.
+    with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
+        return [c for found in pool.map(lambda check: list(check(facts)), checks) for c in found]
 
 
 def _dists_digest(info: envinfo.EnvInfo | None) -> dict | None:
