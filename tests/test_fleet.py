@@ -277,6 +277,23 @@ def test_inventory_file_groups_comments_and_bad_input(tmp_path):
         limit(hosts, "nothing*")
 
 
+def test_an_ansible_inventory_is_read_through_the_real_ansible_inventory(tmp_path):
+    from vllm_provision.errors import ConfigError
+    from vllm_provision.fleet.inventory import read_ansible_inventory
+
+    path = tmp_path / "inventory.ini"
+    path.write_text("[h200]\ngpu-a ansible_host=10.0.0.1 ansible_user=ops ansible_port=2222\ngpu-b\n\n"
+                    "[a100]\ngpu-c ansible_host=10.0.0.3\n\n[gpus:children]\nh200\na100\n")
+    hosts = read_ansible_inventory(path)
+    assert [(h.name, h.hostname, h.user, h.port) for h in hosts] == [
+        ("gpu-a", "10.0.0.1", "ops", 2222), ("gpu-b", "gpu-b", None, None), ("gpu-c", "10.0.0.3", None, None)]
+    assert "h200" in hosts[0].groups and "a100" in hosts[2].groups
+    path.write_text("[h200]\ngpu-a ansible_port=notaport\n")
+    with pytest.raises(ConfigError) as err:
+        read_ansible_inventory(path)
+    assert err.value.hint and err.value.exit_code == 2
+
+
 def test_the_fleet_task_exit_codes_progress_and_refusals(fresh, tmp_path):
     import os
     import subprocess

@@ -10,6 +10,7 @@ warm.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -21,6 +22,13 @@ from vllm_provision.fleet.run import FleetOptions, FleetRun, new_run_dir, select
 
 pytestmark = [pytest.mark.slow, pytest.mark.network,
               pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")]
+
+
+def site_tls() -> dict[str, str]:
+    """The CA bundle this host's own tools use (a site proxy's CA): the simulated hosts' SSH sessions start
+    without it, as a real host's would without its site configuration."""
+    return {k: os.environ[k] for k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+            if os.environ.get(k)}
 
 
 def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_path):
@@ -41,7 +49,7 @@ def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_pat
         hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=False,
                              root=tmp_path / "reports")
         options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(tmp_path / "reports"),
-                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache)})
+                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache), **site_tls()})
         data = FleetRun(options).run()
         first, second = data["hosts"]
         assert data["ok"] is True, [(h["name"], h["status"], h["detail"]) for h in data["hosts"]]

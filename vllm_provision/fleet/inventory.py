@@ -6,7 +6,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import os
 import shutil
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +80,12 @@ def read_hosts_file(path: Path) -> list[Host]:
 
 def read_ansible_inventory(path: Path) -> list[Host]:
     """Hosts of an Ansible inventory (any format Ansible reads) through `ansible-inventory -i FILE --list`."""
-    tool = shutil.which("ansible-inventory")
+    # beside the toolkit's Python first (ansible-core installed into its venv), then PATH
+    tool = shutil.which("ansible-inventory", path=os.pathsep.join([sysconfig.get_path("scripts"),
+                                                                    os.environ.get("PATH", "")]))
     if not tool:
-        raise ConfigError("--ansible-inventory needs the ansible-inventory command, which is not on PATH",
+        raise ConfigError("--ansible-inventory needs the ansible-inventory command, which is neither beside the "
+                          "toolkit's Python nor on PATH",
                           hint="install Ansible (pip install ansible-core), or list the hosts in a hosts file "
                                "for --hosts")
     done = runner.run([tool, "-i", str(path), "--list"], check=False, timeout=120, what="ansible-inventory")
@@ -101,6 +106,9 @@ def read_ansible_inventory(path: Path) -> list[Host]:
     for name in sorted(set(hostvars) | set(groups)):
         var = hostvars.get(name, {})
         port = var.get("ansible_port") or var.get("ansible_ssh_port")
+        if port and not str(port).isdigit():
+            raise ConfigError(f"{path}: host {name} has ansible_port={port!r}, not a port number",
+                              hint=f"set ansible_port for {name} to a number such as 22")
         hosts.append(Host(name=name, hostname=str(var.get("ansible_host") or name),
                           user=var.get("ansible_user") or var.get("ansible_ssh_user"),
                           port=int(port) if port else None,
