@@ -107,3 +107,32 @@ def test_every_022_patch_applies_to_the_pristine_sdist_and_does_its_job(isolated
     assert "rope_parameters" in (src / "vllm/transformers_utils/config.py").read_text()
     for p in series:                                                                 # idempotent: a second pass skips
         assert step.is_applied(p.path, src, None)
+
+
+@pytest.mark.network
+def test_a_patch_no_longer_wanted_leaves_the_tree(isolated, tmp_path):
+    """The env's torch drops below 2.13: 0001 (C++20) is no longer wanted, so the step starts again from the
+    verified archive instead of leaving it applied; a changed patch file is handled the same way."""
+    from vllm_provision import envinfo
+    from vllm_provision.host import HostFacts
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.plan import build_plan
+    from vllm_provision.steps import fetch
+
+    plan = build_plan({}, facts=HostFacts())
+    ws = plan.workspace
+    ws.ensure()
+    ctx = StepContext(plan, HostFacts(), "patch")
+    fetch.extract_release(ctx)
+
+    def patch_with(torch: str) -> list[str]:
+        envinfo.save(ws, envinfo.EnvInfo(backend="venv", prefix=str(tmp_path), python="python3",
+                                         python_version="3.12.3", torch=torch, packages={"transformers": "5.17.0"}))
+        return [a["file"][:4] for a in step.run(ctx).facts["applied"]]
+
+    assert patch_with("2.14.1+cu130") == ["0001", "0002", "0003", "0004"]
+    assert "-std=c++20" in (ws.src / "setup.py").read_text()
+    assert patch_with("2.11.0+cu130") == ["0002", "0003", "0004"]
+    setup = (ws.src / "setup.py").read_text()
+    assert "-std=c++20" not in setup and "-std=c++17" in setup
+    assert {a["state"] for a in step.run(ctx).facts["applied"]} == {"already applied"}   # and idempotent again

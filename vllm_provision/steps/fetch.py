@@ -21,11 +21,17 @@ def intact(ctx: StepContext) -> bool:
     return (ctx.workspace.src / MARKER).is_file() and cache_is_sound(ctx.plan)
 
 
-def run(ctx: StepContext) -> StepOutcome:
+def extract_release(ctx: StepContext) -> tuple:
+    """The verified archive extracted afresh into src/ (anything built or patched there is gone)."""
     archive, source = obtain(ctx.plan)
     src = extract_to(archive, ctx.workspace.src)
     tree = tree_sha256(src)
     (src / MARKER).write_text(json.dumps({"archive": archive.name, "kind": source.kind, "tree_sha256": tree}))
+    return archive, source, src, tree
+
+
+def run(ctx: StepContext) -> StepOutcome:
+    archive, source, src, tree = extract_release(ctx)
     ctx.say(f"{archive.name} ({source.kind}) verified and extracted to {src}")
     return StepOutcome(detail=f"{archive.name} verified, extracted", facts={
         "archive": str(archive), "source": source.kind, "tree_sha256": tree})

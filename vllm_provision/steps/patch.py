@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import envinfo, patches, runner
 from ..errors import StepFailed
 from ..pipeline import StepContext, StepOutcome
+from .fetch import extract_release
 
 MARKER = ".vllmp-patches.json"
 
@@ -86,15 +87,32 @@ def apply_one(p: patches.Patch, src: Path, log: Path | None) -> str:
                           f"or update {p.path} (why: {p.why})")
 
 
+def no_longer_wanted(src: Path, chosen) -> list[str]:
+    """Patches the tree holds (by its marker) that this run would not apply as they are: no longer needed
+    (a condition changed with the env) or changed since (a newer toolkit's version of the patch)."""
+    try:
+        recorded = json.loads((src / MARKER).read_text()).get("applied", [])
+    except (OSError, ValueError):
+        return []
+    wanted = {(p.file, p.sha256) for p, ok, _ in chosen if ok}
+    return [r["file"] for r in recorded if (r.get("file"), r.get("sha256")) not in wanted]
+
+
 def run(ctx: StepContext) -> StepOutcome:
     src = ctx.workspace.src
     if not src.is_dir():
         raise StepFailed(f"no sources in {src}", hint="run `inv fetch` first")
     series = patches.load_series(ctx.plan.release.version)
     versions = _versions(ctx)
+    chosen = selected(series, versions)
     applied, skipped = [], []
     ctx.log.write_text("")
-    for p, ok, why in selected(series, versions):
+    stale = no_longer_wanted(src, chosen)
+    if stale:
+        # a patch cannot be taken back once its file has changed: start again from the verified archive
+        extract_release(ctx)
+        ctx.say(f"sources extracted afresh: {', '.join(stale)} no longer wanted as applied")
+    for p, ok, why in chosen:
         if not ok:
             skipped.append({"file": p.file, "reason": why})
             ctx.say(f"{p.file}: not needed ({why})")
