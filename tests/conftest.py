@@ -161,7 +161,10 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
                CCACHE_DIR=str(root / "ccache"), CI="true", VLLMP_ARTIFACTS__CACHES=f"[dir:{root / 'wheels'}]",
                # GPU host images export lists vLLM 0.2.2's setup.py refuses ("9.0a"): the build and the wheel
                # must use the plan's list
-               TORCH_CUDA_ARCH_LIST="9.0a")
+               TORCH_CUDA_ARCH_LIST="9.0a",
+               # the system Python every simulated fleet host has too: the fleet's builder then compiles the
+               # same command lines and is served from a copy of this compiler cache
+               VLLMP_ENV__PYTHON="3.11")
     done = subprocess.run([str(ROOT / "inv"), "provision", "--profile", "pypi-cu13", "--arch", "9.0", "--push"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

@@ -49,7 +49,8 @@ def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_pat
         hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=False,
                              root=tmp_path / "reports")
         options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(tmp_path / "reports"),
-                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache), **site_tls()})
+                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache), "VLLMP_ENV__PYTHON": "3.11",
+                                                                    **site_tls()})
         data = FleetRun(options).run()
         first, second = data["hosts"]
         assert data["ok"] is True, [(h["name"], h["status"], h["detail"]) for h in data["hosts"]]
@@ -63,5 +64,14 @@ def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_pat
             assert remote["steps"]["verify"]["status"] == "ok", host["name"]
         second_report = json.loads((options.run_dir / second["log"] / "remote" / "report.json").read_text())
         assert second_report["steps"]["build"]["facts"].get("source") == "cache"
+        # the builder compiled in its own home, yet from the session's compiler cache: the compile lines hold
+        # paths relative to the workspace
+        first_report = json.loads((options.run_dir / first["log"] / "remote" / "report.json").read_text())
+        compiled = first_report["steps"]["build"]["facts"]
+        assert compiled.get("source") == "compiled" and compiled["ccache"]["hits"] > 0, compiled.get("ccache")
+        # the same key as the session's own build: every field of it follows from the plan and the host
+        assert first["key"] == real_vllm_wheel["key"]
+        print(json.dumps({"builder_ccache": compiled["ccache"], "builder_build_s": first_report["steps"]["build"]["seconds"],
+                          "installer_build_s": second_report["steps"]["build"]["seconds"]}))
     finally:
         farm.stop()

@@ -16,8 +16,8 @@ def read_archs(libraries: Iterable[Path], info: EnvInfo | None) -> dict[str, tup
     cuobjdump = find_cuobjdump(info)
     if not cuobjdump:
         raise StepFailed("cuobjdump not found: the archs inside the libraries cannot be read back",
-                         hint="install it into the toolkit's venv: `.venv/bin/pip install nvidia-cuda-cuobjdump` "
-                              "(or put the CUDA toolkit's bin/ on PATH)")
+                         hint="the toolkit installs it (the nvidia-cuda-cuobjdump wheel): reinstall its venv with "
+                              "`rm -rf .venv; ./inv --list` (or put the CUDA toolkit's bin/ on PATH)")
     return {Path(so).name: tuple(sorted(sass_of(Path(so), cuobjdump))) for so in libraries}
 
 

@@ -156,8 +156,9 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
     """Each extension's SASS (name -> archs, from cuobjdump; None: no cuobjdump to read it) covers every
     required compute capability."""
     if sass is None:
-        return [Check("sass", "skip", "cuobjdump not found (next to nvcc, /usr/local/cuda/bin, PATH)",
-                      "install the CUDA toolkit's cuobjdump, e.g. `pip install nvidia-cuda-cuobjdump`")]
+        return [Check("sass", "skip", "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
+                      "the toolkit installs it (the nvidia-cuda-cuobjdump wheel): reinstall its venv with "
+                      "`rm -rf .venv; ./inv --list`")]
     required = list(dict.fromkeys(a.removesuffix("+PTX") for a in required))
     out = []
     for name, so in so_files.items():
