@@ -162,8 +162,8 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
                # GPU host images export lists vLLM 0.2.2's setup.py refuses ("9.0a"): the build and the wheel
                # must use the plan's list
                TORCH_CUDA_ARCH_LIST="9.0a",
-               # the system Python every simulated fleet host has too: the fleet's builder then compiles the
-               # same command lines and is served from a copy of this compiler cache
+               # the Python minor every simulated fleet host has (its system python3): the fleet's builder
+               # reaches the same artifact key
                VLLMP_ENV__PYTHON="3.11")
     done = subprocess.run([str(ROOT / "inv"), "provision", "--profile", "pypi-cu13", "--arch", "9.0", "--push"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
