@@ -272,13 +272,18 @@ def artifact_mode(ctx: StepContext) -> str:
     return "cache-or-build" if settings.get("caches") else "build"
 
 
+def planned_key(ctx: StepContext, info: envinfo.EnvInfo) -> str:
+    """The pinned key (--artifact-key), else the one the plan and this host give; StepFailed when a field of
+    it is unknown here."""
+    return artifact_settings(ctx).get("key") or artifact_manifest.compute_key(key_fields(ctx, info))
+
+
 def stamped_key(ctx: StepContext, info: envinfo.EnvInfo) -> str | None:
-    """The pinned key, else the one the plan gives when caches are consulted; None: compiled, no cache."""
-    pinned = artifact_settings(ctx).get("key")
-    if pinned or artifact_mode(ctx) == "build":
-        return pinned
+    """The key the build stands for when caches are consulted or a key is pinned; None: compiled, no cache."""
+    if artifact_mode(ctx) == "build" and not artifact_settings(ctx).get("key"):
+        return None
     try:
-        return artifact_manifest.compute_key(key_fields(ctx, info))
+        return planned_key(ctx, info)
     except StepFailed:
         return "not computable here"
 
@@ -317,15 +322,13 @@ def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Targ
 def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome | None:
     """The build from the first cache that holds its key, installed verified; None on a miss that may compile."""
     mode, entries = artifact_mode(ctx), cache_entries(ctx)
-    key = artifact_settings(ctx).get("key")
-    if not key:
-        try:
-            key = artifact_manifest.compute_key(key_fields(ctx, info))
-        except StepFailed as exc:
-            if mode == "cache-only":
-                raise
-            ctx.say(f"caches not consulted: {exc.message}")
-            return None
+    try:
+        key = planned_key(ctx, info)
+    except StepFailed as exc:
+        if mode == "cache-only":
+            raise
+        ctx.say(f"caches not consulted: {exc.message}")
+        return None
     started = time.monotonic()
     found = artifact_install.look_up(entries, key)
     if not found:
