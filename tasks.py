@@ -150,7 +150,7 @@ def doctor(c, release=None, profile=None, offline=False, arch=None, json=False, 
             "arch": "CUDA archs the build used when this host has no GPU"})
 @handles_errors
 def verify(c, release=None, profile=None, offline=False, arch=None, json=False, junit=None):
-    """Prove the install: vllm editable at the release, pip check, lock, extension imports, SASS vs GPUs."""
+    """Prove the install: vllm at the release (editable or a cached artifact), pip check, lock, imports, SASS vs GPUs."""
     from invoke.exceptions import Exit
 
     code = cli.verify_task(as_json=json, junit=junit, release=release, profile=profile, offline=offline, arch=arch)

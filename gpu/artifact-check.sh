@@ -19,20 +19,48 @@ VLLMP_WORKSPACE_ROOT="$builder" CCACHE_DIR="$art/ccache" ./inv wheel --push 2>&1
 wheel_rc=${PIPESTATUS[0]}; t1=$(date +%s.%N); echo "wheel rc=$wheel_rc"
 ls -la "$art/cache"
 
+# bytecode of the host's packages that `import vllm` loads, before anything here imported them (a package
+# without it is compiled on its first import: verify's first `import vllm` on a fresh host pays for that)
+bytecode() {
+  python3 - "$@" <<'PY'
+import importlib.util, json, pathlib, sys
+out = {}
+for name in ("torch", "transformers", "sympy", "sklearn"):
+    spec = importlib.util.find_spec(name)       # finds without importing
+    if spec and spec.submodule_search_locations:
+        d = pathlib.Path(list(spec.submodule_search_locations)[0])
+        tag = sys.implementation.cache_tag
+        out[name] = {"py": sum(1 for _ in d.rglob("*.py")), "pyc": sum(1 for _ in d.rglob(f"*.{tag}*.pyc"))}
+print(json.dumps(out))
+PY
+}
+echo "host bytecode before: $(bytecode)" | tee "$OUT/bytecode.txt"
+
 # 2. a fresh workspace: fetch, env, patch, build = install from the cache, verify, smoke --parity
 VLLMP_WORKSPACE_ROOT="$installer" ./inv provision --require-cache 2>&1 | tee "$OUT/logs/provision.log"
 provision_rc=${PIPESTATUS[0]}; t2=$(date +%s.%N); echo "provision --require-cache rc=$provision_rc"
-VLLMP_WORKSPACE_ROOT="$installer" ./inv verify --json >"$OUT/verify.json" 2>"$OUT/logs/verify.err"; echo "verify rc=$?"
-
+echo "host bytecode after: $(bytecode)" | tee -a "$OUT/bytecode.txt"
 .venv/bin/python bench/artifacts.py --builder "$builder/0.2.2-$VLLMP_PROFILE" \
   --installer "$installer/0.2.2-$VLLMP_PROFILE" --wall "wheel=$(python3 -c "print($t1 - $t0)")" \
   --wall "provision_from_cache=$(python3 -c "print($t2 - $t1)")" >"$OUT/artifacts.json"; cat "$OUT/artifacts.json"
+# `inv verify` alone: its own `from vllm import LLM, SamplingParams` (in provision the smoke's import proves it)
+t3=$(date +%s.%N)
+VLLMP_WORKSPACE_ROOT="$installer" ./inv verify --json >"$OUT/verify.json" 2>"$OUT/logs/verify.err"
+verify_rc=$?; t4=$(date +%s.%N); echo "verify alone rc=$verify_rc"
+python3 - "$OUT/artifacts.json" "$(python3 -c "print(round($t4 - $t3, 1))")" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+data["wall_s"]["verify_alone"] = float(sys.argv[2])
+json.dump(data, open(sys.argv[1], "w"), indent=2)
+PY
+"$installer/0.2.2-$VLLMP_PROFILE/env/bin/python" -X importtime -c "from vllm import LLM, SamplingParams" 2>&1 |
+  sort -t'|' -k2 -n -r | head -40 >"$OUT/importtime-top.txt"
 for name in builder installer; do
-  for f in report.json report.md smoke.json parity.json; do
+  for f in report.json parity.json; do      # the device returns 8 files at most
     [ -f "$art/$name/0.2.2-$VLLMP_PROFILE/$f" ] && cp "$art/$name/0.2.2-$VLLMP_PROFILE/$f" "$OUT/$name-$f"
   done
 done
-cp "$art"/cache/*.manifest.json "$OUT/" 2>/dev/null
+cp "$art"/cache/*.manifest.json "$OUT/logs/" 2>/dev/null
 for name in builder installer; do   # every step log of both workspaces
   [ -d "$art/$name/0.2.2-$VLLMP_PROFILE/logs" ] && cp -r "$art/$name/0.2.2-$VLLMP_PROFILE/logs" "$OUT/logs/$name"
 done

@@ -165,6 +165,9 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
                # the Python minor every simulated fleet host has (its system python3): the fleet's builder
                # reaches the same artifact key
                VLLMP_ENV__PYTHON="3.11")
+    # ... and the same python3.11 they find (sshd's PATH has no pyenv): a build against other Python headers
+    # misses the compiler cache the fleet's builder starts from
+    env["PATH"] = os.pathsep.join(["/usr/bin", env["PATH"]])
     done = subprocess.run([str(ROOT / "inv"), "provision", "--profile", "pypi-cu13", "--arch", "9.0", "--push"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]

@@ -74,9 +74,9 @@ def test_build_env_keeps_system_cuda_out(tmp_path):
 
 
 def test_ccache_stats():
-    s = parse_ccache_stats("cache_miss\t3\ndirect_cache_hit\t5\npreprocessed_cache_hit\t1\ncalled_for_link\t7\n")
-    c = cache_summary(s)
-    assert c["hits"] == 6 and c["misses"] == 3
+    s = parse_ccache_stats("cache_miss\t3\ndirect_cache_hit\t5\npreprocessed_cache_hit\t1\ncalled_for_link\t7\n"
+                           "max_cache_size_kibibyte\t5242880\nmax_files_in_cache\t0\n")
+    assert cache_summary(s) == {"hits": 6, "misses": 3, "uncacheable": 7}
 
 
 def test_ccache_comes_from_the_toolkits_install_and_the_wrapper_compiles_through_it(tmp_path):
@@ -96,6 +96,24 @@ def test_ccache_comes_from_the_toolkits_install_and_the_wrapper_compiles_through
     summary = cache_summary(parse_ccache_stats(stats.stdout))
     assert (summary["misses"], summary["hits"]) == (1, 1), stats.stdout
     assert (src / "hello.o").stat().st_size > 0
+
+
+def test_workspaces_of_the_same_layout_share_the_compiler_cache_whatever_the_sessions_locale(tmp_path):
+    """The fleet's case: the same compile in another workspace root (another host's home), from a session with
+    another locale (SSH sessions often have no LANG): served from the cache the first one filled."""
+    results = []
+    for root, locale in ((tmp_path / "a" / "ws", {"LANG": "C.UTF-8"}), (tmp_path / "b" / "other" / "ws", {})):
+        src = root / "src"
+        src.mkdir(parents=True)
+        (src / "hello.cpp").write_text("#include <cstdio>\nint main() { std::puts(\"hi\"); return 7; }\n")
+        b = make_build_env(base={"PATH": BARE_PATH, "CXX": shutil.which("g++", path=BARE_PATH), **locale},
+                           python=str(root / "env" / "bin" / "python"), cuda_home=None, arch_list="9.0",
+                           jobs_per_ext=1, tools_dir=root / "tools", src=src, ccache_dir=tmp_path / "shared-cc")
+        subprocess.run([b.env["CXX"], "-c", str(src / "hello.cpp"), "-o", str(src / "hello.o")], cwd=src, env=b.env,
+                       check=True)
+        stats = subprocess.run([b.ccache, "--print-stats"], env=b.env, capture_output=True, text=True, check=True)
+        results.append(cache_summary(parse_ccache_stats(stats.stdout)))
+    assert [(r["misses"], r["hits"]) for r in results] == [(1, 0), (1, 1)], results
 
 
 def test_without_ccache_the_note_names_the_toolkits_own_fix(tmp_path):

@@ -71,6 +71,10 @@ def test_venv_from_mirror_installs_the_lock(tmp_path, proxy_factory, wheelhouse,
     assert info.lock == str(lock) and info.python_version.startswith("3.11")
     assert os.readlink(plan.workspace.env) == os.path.join("envs", "1")
     assert Path(info.python).parent.parent == plan.workspace.root / "envs" / "1"
+    # bytecode compiled at install (before anything imported it), whichever installer
+    [site] = (plan.workspace.root / "envs" / "1" / "lib").glob("python3.11/site-packages")
+    for name in ("tinya", "tinyb", "tinyc"):
+        assert list((site / name / "__pycache__").glob("__init__.cpython-311*.pyc")), name
     out = subprocess.run([str(env_python(plan)), "-c", "import tinya, tinyc; print(tinya.VERSION, tinyc.VERSION)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1.0", "2.0"]

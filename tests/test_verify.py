@@ -12,16 +12,18 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from vllm_provision import envinfo, envprobe, runner
+from test_doctor import h100_facts
+from vllm_provision import envinfo, envprobe, pipeline, runner
 from vllm_provision.checks import install
 from vllm_provision.errors import NotBuiltYet
 from vllm_provision.host import HostFacts
-from vllm_provision.pipeline import StepContext, stamp_of, step_module
+from vllm_provision.pipeline import StepContext, StepOutcome, run_steps, stamp_of, step_module
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import verify
 
@@ -219,6 +221,37 @@ def test_import_vllm_is_skipped_without_a_gpu(isolated):
                              None, None)
     [check] = verify.vllm_imports(facts)
     assert check.status == "skip" and "GPU" in check.detail
+
+
+def test_import_vllm_is_proven_once_a_run_by_verify_or_by_the_smoke_that_follows(isolated, monkeypatch):
+    """On a GPU host (the H100's recorded nvidia-smi) verify imports vllm itself, unless this run goes on to the
+    smoke, which imports it and generates; the pipeline tells each step which steps follow it."""
+    gpu = h100_facts()
+    plan = build_plan({}, facts=gpu)
+    info = envinfo.EnvInfo(backend="venv", prefix=sys.prefix, python=sys.executable, python_version="3.11")
+
+    def import_check(then):
+        facts = verify.Verifying(StepContext(plan, gpu, "verify", then), info, {}, envprobe.TorchInfo(), (), {}, (),
+                                 None, None)
+        [check] = verify.collect(facts.ctx, info, checks=[verify.vllm_imports])
+        return check
+    alone = import_check(())                                  # this interpreter has no vllm: the import ran
+    assert alone.status == "fail" and "No module named 'vllm'" in alone.detail
+    assert import_check(("smoke",)) == install.IMPORT_VLLM_IN_SMOKE
+
+    seen = {}
+
+    def module(name):
+        def run(ctx):
+            seen[name] = ctx.then
+            return StepOutcome(detail="done")
+        return types.SimpleNamespace(run=run, stamp_inputs=lambda ctx: {"step": name})
+    monkeypatch.setattr(pipeline, "step_module", module)
+    run_steps(plan, gpu, ["verify", "smoke"])
+    assert seen == {"verify": ("smoke",), "smoke": ()}
+    seen.clear()
+    run_steps(plan, gpu, ["verify"], force=["verify"])
+    assert seen == {"verify": ()}
 
 
 def test_import_vllm_failure_names_the_error(tmp_path):

@@ -37,6 +37,7 @@ class StepContext:
     plan: Plan
     facts: HostFacts
     name: str
+    then: tuple[str, ...] = ()      # the steps this run goes on to after this one
 
     @property
     def workspace(self) -> Workspace:
@@ -143,7 +144,8 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
         try:
             for name in STEPS[:last_wanted + 1]:
                 module = step_module(name)
-                ctx = StepContext(plan, facts, name)
+                then = tuple(s for s in wanted if STEPS.index(s) > STEPS.index(name))
+                ctx = StepContext(plan, facts, name, then)
                 if name not in wanted:
                     upstream = _upstream_stamp(module, ctx, upstream)
                     continue

@@ -185,6 +185,11 @@ class BuildEnv:
     placement: Placement | None = None   # applied by the compiler wrappers
 
 
+# the locale variables ccache puts in its hash; C.UTF-8 is in glibc >= 2.35 and Debian/RHEL before (else C)
+LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")
+BUILD_LOCALE = "C.UTF-8"
+
+
 def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, include_dirs=(),
                    arch_list: str, jobs_per_ext: int, tools_dir: Path, src: Path, ccache_dir: Path,
                    use_ccache: bool = True, placement: Placement | None = None) -> BuildEnv:
@@ -262,6 +267,9 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
         # relative, so another workspace or host of the same layout is served from a shared cache
         env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src.parent), "CCACHE_NOHASHDIR": "1",
                     "CCACHE_COMPILERCHECK": "content"})
+        # ccache hashes the locale (it changes the compiler's messages): one fixed locale, so hosts whose
+        # sessions differ (an SSH session often has no LANG) share the cache
+        env.update(dict.fromkeys(LOCALE_VARS, BUILD_LOCALE))
         ccache_dir.mkdir(parents=True, exist_ok=True)
     env["PATH"] = os.pathsep.join(dict.fromkeys(path))
     return BuildEnv(env=env, ccache=ccache, notes=notes, cuda_home=cuda_home, placement=placement)
@@ -285,7 +293,7 @@ def cache_summary(stats: Mapping[str, int]) -> dict[str, int]:
                 "preprocessed_cache_miss", "files_in_cache", "cache_size_kibibyte", "stats_updated_timestamp",
                 "stats_zeroed_timestamp", "local_storage_hit", "local_storage_miss", "local_storage_read_hit",
                 "local_storage_read_miss", "local_storage_write", "cleanups_performed", "recache")
-                and not k.startswith("remote_") and not k.startswith("stats_"))}
+                and not k.startswith(("remote_", "stats_", "max_")))}     # max_*: the configured limits
 
 
 def _ninja_unescape(path: str) -> str:

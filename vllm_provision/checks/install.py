@@ -200,6 +200,8 @@ def check_extension_imports(so_files: Mapping[str, Path], imported: ImportResult
     return out
 
 
+IMPORT_VLLM_IN_SMOKE = Check("import-vllm", "skip", "left to this run's smoke, which imports vLLM "
+                             "(`from vllm import LLM, SamplingParams`) and generates with it", "`inv verify` alone imports it")
 NO_GPU_IMPORT_VLLM = Check("import-vllm", "skip", "no GPU on this host: `from vllm import LLM, SamplingParams` "
                            "is checked on GPU hosts only", "run `inv verify` on the GPU host")
 

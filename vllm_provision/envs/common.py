@@ -27,9 +27,12 @@ class Installer:
     env: dict                  # mirror + cache environment variables
 
     def argv(self, python: Path, *args: str) -> list[str]:
+        # Bytecode is compiled at install, as pip does by default (uv does not): otherwise the first
+        # `import vllm` compiles transformers & co. (seconds), and every time in a read-only image or
+        # under PYTHONDONTWRITEBYTECODE.
         if self.kind == "uv":
             from uv import find_uv_bin
-            return [find_uv_bin(), "pip", "install", "--python", str(python), *args]
+            return [find_uv_bin(), "pip", "install", "--compile-bytecode", "--python", str(python), *args]
         return [str(python), "-m", "pip", "install", *args]
 
 

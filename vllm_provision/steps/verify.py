@@ -8,7 +8,8 @@ judges; envprobe asks the env):
   locked         torch, its CUDA and every other locked package exactly the lock's (and unchanged since env)
   import <ext>   each compiled extension module (plan.release.extensions) imports
   sass <ext>     `cuobjdump --list-elf` of each .so covers every GPU's compute capability (else the plan's archs)
-  import-vllm    `from vllm import LLM, SamplingParams` (GPU hosts only)
+  import-vllm    `from vllm import LLM, SamplingParams` (GPU hosts only; in a run that goes on to the smoke, the
+                 smoke's own import of vLLM proves it, once: it takes seconds of torch/transformers imports)
 CHECKS lists them; another check on the same facts is one more function appended to it.
 """
 
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -26,7 +27,7 @@ from packaging.utils import canonicalize_name
 from .. import PROJECT_ROOT, envinfo, envprobe, report
 from ..artifacts.installed import artifact_checks
 from ..checks import Check, summarize, to_json
-from ..checks.install import (NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
+from ..checks.install import (IMPORT_VLLM_IN_SMOKE, NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
                               check_locked, check_pip, check_sass, check_vllm_install)
 from ..errors import NotBuiltYet, ProvisionError, StepFailed
 from ..lock import pinned
@@ -89,6 +90,7 @@ class Verifying:
     missing: tuple[str, ...]               # extensions with no .so
     lock_file: Path | None                 # the profile's lock, if it has one
     lock: Mapping[str, str] | None         # its pins (None: no lock, or the file is missing)
+    vllm_import: Future | None = None      # `import vllm`, started before the probe (GPU hosts)
 
     @property
     def has_gpu(self) -> bool:
@@ -151,11 +153,22 @@ def sass(v: Verifying) -> list[Check]:
     return check_sass(found, v.so_files, archs, why)
 
 
+def _import_vllm(ctx: StepContext, info: envinfo.EnvInfo) -> envprobe.ImportVllm:
+    timeout = float(_settings(ctx).get("import_timeout") or envprobe.IMPORT_TIMEOUT)
+    return envprobe.import_vllm(info.python, ctx.log, timeout)
+
+
+def _imports_vllm_here(ctx: StepContext) -> bool:
+    return bool(ctx.facts.gpus) and "smoke" not in ctx.then
+
+
 def vllm_imports(v: Verifying) -> list[Check]:
     if not v.has_gpu:
         return [NO_GPU_IMPORT_VLLM]
-    timeout = float(_settings(v.ctx).get("import_timeout") or envprobe.IMPORT_TIMEOUT)
-    return [check_import_vllm(envprobe.import_vllm(v.info.python, v.ctx.log, timeout), v.ctx.log)]
+    if not _imports_vllm_here(v.ctx):
+        return [IMPORT_VLLM_IN_SMOKE]
+    imported = v.vllm_import.result() if v.vllm_import else _import_vllm(v.ctx, v.info)
+    return [check_import_vllm(imported, v.ctx.log)]
 
 
 # In report order; each takes the probed facts and returns its checks.
@@ -165,11 +178,13 @@ CHECKS: list[Callable[[Verifying], Iterable[Check]]] = [vllm_install, pip_clean,
 
 def collect(ctx: StepContext, info: envinfo.EnvInfo,
             checks: Iterable[Callable[[Verifying], Iterable[Check]]] | None = None) -> list[Check]:
-    facts = probe_env(ctx, info)
     checks = list(CHECKS if checks is None else checks)
     # Each check probes in its own child processes (imports, pip check, cuobjdump): run them at once, so
-    # verify takes about as long as its slowest check (`import vllm`), and report them in CHECKS' order.
-    with ThreadPoolExecutor(max_workers=max(1, len(checks))) as pool:
+    # verify takes about as long as its slowest check, and report them in CHECKS' order. The slowest,
+    # `import vllm` (torch, transformers), needs none of the probed facts: it starts before the probe.
+    with ThreadPoolExecutor(max_workers=len(checks) + 1) as pool:
+        early = pool.submit(_import_vllm, ctx, info) if _imports_vllm_here(ctx) and vllm_imports in checks else None
+        facts = replace(probe_env(ctx, info), vllm_import=early)
         return [c for found in pool.map(lambda check: list(check(facts)), checks) for c in found]
 
 
