@@ -3,6 +3,8 @@
 # directory cache (`./inv wheel --push`); a FRESH workspace then provisions with --require-cache (installs the
 # wheel, compiles nothing), verifies, and runs the smoke with kernel parity from the installed wheel. Timings,
 # reports and bench/artifacts.py's JSON (install-from-cache and install+verify vs the cold build) go to $OUT.
+# Then `inv verify` alone, and two more fresh installs on the now warm host: as separate commands (verify imports
+# vLLM, then the smoke) and as one provision (the smoke's import is the proof), wall-clock each.
 #
 #   gpu/prepare-carry.sh                     # on a networked host: .carry/wheels + .carry/cache/sources
 #   OUT=/tmp/out gpu/artifact-check.sh
@@ -55,6 +57,30 @@ json.dump(data, open(sys.argv[1], "w"), indent=2)
 PY
 "$installer/0.2.2-$VLLMP_PROFILE/env/bin/python" -X importtime -c "from vllm import LLM, SamplingParams" 2>&1 |
   sort -t'|' -k2 -n -r | head -40 >"$OUT/importtime-top.txt"
+
+# 3. what proving vLLM's import once a run saves: two more fresh workspaces, now that the host has imported vLLM
+# (page cache warm for both), the same install as separate commands (verify imports vLLM, then the smoke does)
+# and as one provision (the smoke's import is the proof)
+walls=()
+for shape in separate provision; do
+  ws3="$art/installer-$shape"; s=$(date +%s.%N)
+  if [ "$shape" = separate ]; then      # one run per step: verify's run does not go on to the smoke
+    VLLMP_WORKSPACE_ROOT="$ws3" ./inv fetch env patch build --require-cache verify smoke >"$OUT/logs/warm-$shape.log" 2>&1
+  else
+    VLLMP_WORKSPACE_ROOT="$ws3" ./inv provision --require-cache >"$OUT/logs/warm-$shape.log" 2>&1
+  fi
+  rc=$?; walls+=("$shape=$(python3 -c "print(round($(date +%s.%N) - $s, 1))")"); echo "$shape rc=$rc ${walls[-1]}"
+done
+python3 - "$OUT/artifacts.json" "$art" "$VLLMP_PROFILE" "${walls[@]}" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+data["warm_host_s"] = {}
+for shape, wall in (w.split("=") for w in sys.argv[4:]):
+    steps = json.load(open(f"{sys.argv[2]}/installer-{shape}/0.2.2-{sys.argv[3]}/report.json"))["steps"]
+    data["warm_host_s"][shape] = {"wall": float(wall), **{n: round(steps[n]["seconds"], 1) for n in ("build", "verify", "smoke")}}
+json.dump(data, open(sys.argv[1], "w"), indent=2)
+PY
+cat "$OUT/artifacts.json"
 for name in builder installer; do
   for f in report.json parity.json; do      # the device returns 8 files at most
     [ -f "$art/$name/0.2.2-$VLLMP_PROFILE/$f" ] && cp "$art/$name/0.2.2-$VLLMP_PROFILE/$f" "$OUT/$name-$f"
