@@ -309,7 +309,10 @@ def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(is
     version, cuda, where = doctor.torch_cuda_of_plan(plan, 10)
     import torch
     assert version == torch.__version__ and cuda == torch.version.cuda
-    nvcc = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))["nvcc-vs-torch"]
+    checks = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))
+    nvcc = checks["nvcc-vs-torch"]
+    # the interpreter's own torch: its bytecode counted (how it is judged: the bytecode test below)
+    assert checks["bytecode"].status in ("pass", "warn") and " torch modules have bytecode" in checks["bytecode"].detail
     if cuda is None:
         assert nvcc.status == "fail" and "CPU build" in nvcc.detail and "CUDA build of torch" in nvcc.hint
     missing = torch_of(str(HOST_NVCC), 5)    # not a python at all: a reason, no exception
@@ -323,3 +326,32 @@ def test_other_processes_on_the_gpu_are_a_warning(isolated, http_server):
     plan = make_plan(serve_index(http_server), busy, env={"cuda": "13.0"})
     gpus = doctor.check_gpus(busy, plan)
     assert gpus.status == "warn" and "30000 MiB" in gpus.detail and "pid 4242" in gpus.detail
+
+
+def test_host_torch_without_bytecode_it_may_not_write_is_a_warning_with_the_compile_command(tmp_path, monkeypatch):
+    """A real interpreter (a venv) over a package dir named torch (found, never imported): without bytecode and
+    with PYTHONDONTWRITEBYTECODE set, a warning naming the compileall command; after that command, a pass."""
+    import subprocess
+    import sys
+    from vllm_provision.checks.install import check_bytecode
+    from vllm_provision.envprobe import bytecode_of
+    venv = tmp_path / "host"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    [site] = (venv / "lib").glob("python3.*/site-packages")
+    for module in ("__init__", "nn", "cuda"):
+        (site / "torch" / f"{module}.py").parent.mkdir(exist_ok=True)
+        (site / "torch" / f"{module}.py").write_text("X = 1\n")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    cold = check_bytecode(bytecode_of(python), python)
+    assert cold.status == "warn", cold
+    assert "0 of 3 torch modules have bytecode and PYTHONDONTWRITEBYTECODE is set" in cold.detail
+    assert cold.hint == f"compile it once, as the owner of the image: {python} -m compileall -q -j0 {site / 'torch'}"
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    writable = check_bytecode(bytecode_of(python), python)      # written on first import: nothing to do
+    assert writable.status == "pass" and "the rest is written on first import" in writable.detail
+    subprocess.run(cold.hint.split(": ", 1)[1].split(), check=True)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    warm = check_bytecode(bytecode_of(python), python)
+    assert (warm.status, warm.detail) == ("pass", "3 of 3 torch modules have bytecode")
+    assert check_bytecode(bytecode_of(python, "no_such_package"), python).status == "skip"

@@ -21,11 +21,12 @@ from packaging.utils import canonicalize_name
 
 from . import PROJECT_ROOT, envinfo, runner
 from .checks import Check, check_driver, parse_version
+from .checks.install import check_bytecode
 from .checks.resources import check_disk, check_ram, disk_needed
 from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_nvcc_torch
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
-from .envprobe import torch_of
+from .envprobe import bytecode_of, torch_of
 from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates
 from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, unsupported_archs
 from .redact import redact_text, redact_url
@@ -391,6 +392,10 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
         f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
         f_source = pool.submit(_guard, "source", check_source, plan, timeout)
         f_links = pool.submit(probe_gpu_links, probe_timeout) if facts.gpus else None
+        # the host's own torch (existing backend): the envs the toolkit makes are installed with bytecode
+        host_python = plan.env.python_path or "python3"
+        f_bytecode = pool.submit(bytecode_of, host_python, "torch", probe_timeout) \
+            if plan.env.backend == "existing" else None
         torch_version, torch_cuda, torch_from = f_torch.result()
         nvccs, homes = [], set()
         for n in f_nvccs.result():     # a wrapper script and its target are one toolkit
@@ -418,6 +423,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
                        str(plan.workspace.root.parent)),
             check_archs(plan, facts, nvcc),
+            *([check_bytecode(f_bytecode.result(), host_python)] if f_bytecode else []),
             *[f.result() for f in f_index],
             *[f.result() for f in f_chan],
             f_source.result(),

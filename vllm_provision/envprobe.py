@@ -99,6 +99,52 @@ print("VLLMP-PROBE " + json.dumps(out))
 """
 
 
+@dataclass(frozen=True)
+class Bytecode:
+    """Whether an interpreter's package has compiled bytecode where that interpreter looks for it, and
+    whether it may write what is missing."""
+    package: str
+    dir: str | None = None             # None: not installed
+    modules: int = 0                   # .py files
+    compiled: int = 0                  # of them, with a .pyc where this interpreter reads it
+    dont_write: bool = False           # PYTHONDONTWRITEBYTECODE / -B
+    writable: bool = False             # the package dir (or the pycache prefix) accepts new .pyc files
+    error: str = ""
+
+
+# Finds the package without importing it and counts its modules whose bytecode exists at the path this
+# interpreter would read (importlib.util.cache_from_source, which honours a pycache prefix).
+_BYTECODE_PROBE = r"""
+import importlib.util, json, os, sys
+name = sys.argv[1]
+spec = importlib.util.find_spec(name)
+out = {"dont_write": bool(sys.flags.dont_write_bytecode)}
+if spec and spec.submodule_search_locations:
+    top = list(spec.submodule_search_locations)[0]
+    modules = compiled = 0
+    for root, _, files in os.walk(top):
+        for f in files:
+            if f.endswith(".py"):
+                modules += 1
+                compiled += os.path.exists(importlib.util.cache_from_source(os.path.join(root, f)))
+    out.update(dir=top, modules=modules, compiled=compiled,
+               writable=os.access(sys.pycache_prefix or top, os.W_OK))
+print(json.dumps(out))
+"""
+
+
+def bytecode_of(python: str, package: str = "torch", timeout: float = PROBE_TIMEOUT) -> Bytecode:
+    """How much of `package` the interpreter can import from bytecode (never raises)."""
+    try:
+        done = runner.run([shutil.which(python) or python, "-c", _BYTECODE_PROBE, package], timeout=timeout,
+                          check=False, what=f"{python} (bytecode probe)")
+        data = json.loads(done.output.strip().splitlines()[-1])
+    except (ProvisionError, ValueError, IndexError) as exc:
+        return Bytecode(package, error=getattr(exc, "message", None) or str(exc) or "no output")
+    return Bytecode(package, dir=data.get("dir"), modules=data.get("modules", 0), compiled=data.get("compiled", 0),
+                    dont_write=data["dont_write"], writable=data.get("writable", False))
+
+
 def env_facts(python: Path, timeout: float = 300) -> dict:
     """An env's packages, site-packages and CUDA include dirs, and its torch (imported: the env step wants
     its C++ ABI too), read by its own interpreter."""

@@ -1,5 +1,6 @@
 """Named checks on what is installed in the target env (verify's), over facts the env probe gathered
-(envprobe): the vllm install, `pip check`, the lock, each extension's import and SASS, `import vllm`."""
+(envprobe): the vllm install, `pip check`, the lock, each extension's import and SASS, `import vllm`; and
+doctor's look at a host interpreter's bytecode."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..envprobe import ImportResult, ImportVllm, PipCheck
+from ..envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 from . import Check
 
 
@@ -213,3 +214,26 @@ def check_import_vllm(result: ImportVllm, log: Path | None = None) -> Check:
         return Check("import-vllm", "fail", result.detail, result.hint)
     return Check("import-vllm", "fail", f"from vllm import LLM, SamplingParams: {result.detail}",
                  f"full traceback in {log}" if log else "run it in the env to see the traceback")
+
+
+# Most of a package's modules: a few (tests, templates) are never imported and often left uncompiled.
+BYTECODE_SHARE = 0.9
+
+
+def check_bytecode(found: Bytecode, python: str) -> Check:
+    """A host interpreter's torch without bytecode that it may not write: every process that imports torch
+    (each vLLM start, verify, the smoke) compiles it from source again."""
+    name = "bytecode"
+    if found.error:
+        return Check(name, "skip", f"could not ask {python}: {found.error}")
+    if found.dir is None:
+        return Check(name, "skip", f"no {found.package} in {python}")
+    share = f"{found.compiled} of {found.modules} {found.package} modules have bytecode"
+    if found.modules == 0 or found.compiled >= BYTECODE_SHARE * found.modules:
+        return Check(name, "pass", share)
+    if found.writable and not found.dont_write:
+        return Check(name, "pass", f"{share}; the rest is written on first import")
+    why = "PYTHONDONTWRITEBYTECODE is set" if found.dont_write else f"{found.dir} is read-only"
+    return Check(name, "warn", f"{share} and {why}: every process that imports {found.package} (each vLLM start, "
+                 "verify, the smoke) compiles it from source, seconds each time",
+                 f"compile it once, as the owner of the image: {python} -m compileall -q -j0 {found.dir}")
