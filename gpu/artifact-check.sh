@@ -23,18 +23,9 @@ ls -la "$art/cache"
 
 # bytecode of the host's packages that `import vllm` loads, before anything here imported them (a package
 # without it is compiled on its first import: verify's first `import vllm` on a fresh host pays for that)
-bytecode() {
-  python3 - "$@" <<'PY'
-import importlib.util, json, pathlib, sys
-out = {}
-for name in ("torch", "transformers", "sympy", "sklearn"):
-    spec = importlib.util.find_spec(name)       # finds without importing
-    if spec and spec.submodule_search_locations:
-        d = pathlib.Path(list(spec.submodule_search_locations)[0])
-        tag = sys.implementation.cache_tag
-        out[name] = {"py": sum(1 for _ in d.rglob("*.py")), "pyc": sum(1 for _ in d.rglob(f"*.{tag}*.pyc"))}
-print(json.dumps(out))
-PY
+bytecode() {   # doctor's probe (envprobe.bytecode_of), for each package
+  .venv/bin/python -c 'import dataclasses, json; from vllm_provision.envprobe import bytecode_of
+print(json.dumps({p: dataclasses.asdict(bytecode_of("python3", p)) for p in ("torch", "transformers", "sympy", "sklearn")}))'
 }
 echo "host bytecode before: $(bytecode)" | tee "$OUT/bytecode.txt"
 

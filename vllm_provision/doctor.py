@@ -359,10 +359,15 @@ def check_source(plan: Plan, timeout: float) -> Check:
 
 
 # ---------------------------------------------------------------------------------------------- runner
+def host_python(plan: Plan) -> str:
+    """The interpreter the existing backend (host-torch) builds over, as configured (not resolved)."""
+    return plan.env.python_path or "python3"
+
+
 def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | None, str]:
     """(torch version, its CUDA, where that came from) for the plan's profile."""
     if plan.env.backend == "existing":
-        python = plan.env.python_path or "python3"
+        python = host_python(plan)
         torch = torch_of(python, timeout)
         if torch.version:
             return torch.version, torch.cuda, f"host {python}: torch {torch.version}"
@@ -392,9 +397,8 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
         f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
         f_source = pool.submit(_guard, "source", check_source, plan, timeout)
         f_links = pool.submit(probe_gpu_links, probe_timeout) if facts.gpus else None
-        # the host's own torch (existing backend): the envs the toolkit makes are installed with bytecode
-        host_python = plan.env.python_path or "python3"
-        f_bytecode = pool.submit(bytecode_of, host_python, "torch", probe_timeout) \
+        # the host's own torch (existing backend); what the toolkit installs into its own envs is compiled
+        f_bytecode = pool.submit(bytecode_of, host_python(plan), "torch", probe_timeout) \
             if plan.env.backend == "existing" else None
         torch_version, torch_cuda, torch_from = f_torch.result()
         nvccs, homes = [], set()
@@ -423,7 +427,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
                        str(plan.workspace.root.parent)),
             check_archs(plan, facts, nvcc),
-            *([check_bytecode(f_bytecode.result(), host_python)] if f_bytecode else []),
+            *([check_bytecode(f_bytecode.result(), host_python(plan))] if f_bytecode else []),
             *[f.result() for f in f_index],
             *[f.result() for f in f_chan],
             f_source.result(),
