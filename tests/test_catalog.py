@@ -16,7 +16,7 @@ from vllm_provision.host import HostFacts
 from vllm_provision.plan import build_plan
 
 REFUSAL_0_33 = ("vLLM 0.33.0 is in the catalog but the toolkit has no complete recipe for it (missing: "
-                "a build path for its build system cmake (the build step builds setuptools-cpp-extension); "
+                "the external sources its CMake build fetches ([[external]] in 0.33.0.toml); "
                 "a patch series patches/0.33.0/series.toml; "
                 "the extensions verify imports (extensions in 0.33.0.toml); "
                 "a lock envs/locks/0.33.0/seed-py*.txt for profile seed)")
@@ -72,8 +72,8 @@ def test_a_field_nothing_reads_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         parse_release(recipe)
     assert err.value.message == "0.2.2.toml: unknown field min_nvcc"
-    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cuda_archs, extensions,")
+    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cmake_min, cuda_archs, extensions,")
 
 
 def test_every_shipped_recipe_parses_with_only_read_fields():
-    assert {r.version for r in catalog.all_releases()} == {"0.2.2", "0.2.7", "0.4.3", "0.6.6.post1", "0.33.0"}
+    assert {r.version for r in catalog.all_releases()} == {"0.2.2", "0.2.7", "0.4.3", "0.6.6.post1", "0.26.0", "0.33.0"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Iterable
 
 from .errors import StepFailed
 
@@ -163,15 +165,49 @@ def safe_extract(archive: Path, target: Path) -> Path:
     return tops[0] if len(tops) == 1 and tops[0].is_dir() else target
 
 
-def tree_sha256(root: Path) -> str:
-    """Hash of a source tree independent of archive bytes: sorted (path, executable bit, content hash),
-    and (path, link target) for each symlink, so that a tree differing only in a link differs."""
-    h = hashlib.sha256()
+def glob_pattern(globs: Iterable[str]) -> re.Pattern[str]:
+    """One regex for path globs relative to a tree's root: `**` crosses directories, `*` and `?` do not;
+    a glob without a slash also matches at the root only (`*.cmake` is the root's cmake files)."""
+    def one(glob: str) -> str:
+        out, i = [], 0
+        while i < len(glob):
+            if glob.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            elif glob.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif glob[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif glob[i] == "?":
+                out.append("[^/]")
+                i += 1
+            else:
+                out.append(re.escape(glob[i]))
+                i += 1
+        return "".join(out)
+    return re.compile("|".join(f"(?:{one(g)})" for g in globs) or "(?!)")
+
+
+def tree_files(root: Path, include: Iterable[str] | None = None) -> list[Path]:
+    """The tree's files and symlinks (never followed), sorted by path; only those `include` matches."""
+    pattern = glob_pattern(include) if include is not None else None
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):  # never follows links
         base = Path(dirpath)
         entries += [base / n for n in filenames] + [base / n for n in dirnames if (base / n).is_symlink()]
-    for path in sorted(entries, key=lambda p: p.relative_to(root).parts):
+    if pattern is not None:
+        entries = [p for p in entries if pattern.fullmatch(p.relative_to(root).as_posix())]
+    return sorted(entries, key=lambda p: p.relative_to(root).parts)
+
+
+def tree_sha256(root: Path, include: Iterable[str] | None = None) -> str:
+    """Hash of a source tree independent of archive bytes: sorted (path, executable bit, content hash),
+    and (path, link target) for each symlink, so that a tree differing only in a link differs.
+    With `include` globs, only the files they match: a full tree and one trimmed to them hash alike."""
+    h = hashlib.sha256()
+    for path in tree_files(root, include):
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
             h.update(f"{rel}\0link\0{os.readlink(path)}\n".encode())

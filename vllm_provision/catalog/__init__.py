@@ -7,6 +7,7 @@ system, a patch series, the extensions verify imports, and a lock for the profil
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -21,10 +22,55 @@ from ..errors import ConfigError
 RELEASES_DIR = Path(__file__).parent / "releases"
 SOURCE_KINDS = ("pypi-sdist", "github-archive")
 # The build systems steps/build.py implements; a release that uses another one cannot be built yet.
-BUILT_BY_TOOLKIT = ("setuptools-cpp-extension",)
+BUILT_BY_TOOLKIT = ("setuptools-cpp-extension", "cmake")
 RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_cuda", "cuda_archs",
-                  "arch_list_separator", "extensions", "slowest_units", "source"}
+                  "arch_list_separator", "extensions", "slowest_units", "source", "torch", "gcc_min",
+                  "cmake_min", "nvcc_min", "job_peak_gib", "external"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
+EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
+                   "wheel_path", "submodule"}
+SUBMODULE_FIELDS = {"path", "repo", "commit", "include"}
+EXTERNAL_ROLES = ("compiled", "copied")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class Submodule:
+    """A git submodule the external's own build reads, pinned by commit; fetched as a repository of its
+    own (never `git submodule update`, which needs the network), placed at `path` inside the external."""
+    path: str
+    repo: str
+    commit: str
+    include: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class External:
+    """A source tree the release's CMake build would download at configure time (FetchContent).
+
+    `include` are globs (relative to the external's root, `**` crossing directories) for the files the
+    build reads; `tree_sha256` hashes exactly those files (with the submodules' files under their paths),
+    so a full upstream archive, a git checkout and a trimmed bundle all verify alike."""
+    name: str
+    repo: str                       # owner/project on GitHub; mirrors are templates over it
+    commit: str                     # full 40-hex commit
+    override: str                   # the environment variable the release's CMake reads for a local copy
+    role: str                       # compiled | copied (copied into the wheel as files, not compiled)
+    include: tuple[str, ...]
+    tree_sha256: str
+    tag: str = ""
+    subdir: str = ""                # the directory inside the repository the override points at
+    wheel_path: str = ""            # copied parts: where the release's own wheel ships them
+    submodules: tuple[Submodule, ...] = ()
+
+    @property
+    def short(self) -> str:
+        return f"{self.name}-{self.commit[:12]}"
+
+    @property
+    def globs(self) -> tuple[str, ...]:
+        """Every include glob, the submodules' under their paths: what the tree hash covers."""
+        return self.include + tuple(f"{m.path}/{g}" for m in self.submodules for g in m.include)
 
 
 @dataclass(frozen=True)
@@ -49,6 +95,12 @@ class Release:
     sources: tuple[Source, ...]
     # translation unit -> seconds it compiles alone on the reference host: the build's critical path
     slowest_units: Mapping[str, float] = field(default_factory=dict)
+    torch: SpecifierSet = field(default_factory=SpecifierSet)   # the torch the build requires ("" = any)
+    gcc_min: str = ""               # the release's own floor for the host compiler (CMake refuses below it)
+    cmake_min: str = ""
+    nvcc_min: str = ""
+    job_peak_gib: float = 0.0       # peak memory of one compile job on the release's heaviest units
+    externals: tuple[External, ...] = ()
     path: Path = field(default=Path(), compare=False)
 
     @property
@@ -71,6 +123,32 @@ def _unknown(data: Mapping, known: set[str], where: str) -> None:
     if extra:
         raise ConfigError(f"{where}: unknown field{'s' if len(extra) > 1 else ''} {', '.join(extra)}",
                           hint=f"the fields are: {', '.join(sorted(known))}; keep other facts as comments")
+
+
+def _commit(value: str, where: str) -> str:
+    if not _COMMIT.fullmatch(value):
+        raise ConfigError(f"{where}: commit {value!r} is not a full 40-hex git commit",
+                          hint="pin externals by full commit; tags move")
+    return value
+
+
+def _parse_external(raw: Mapping, where: str) -> External:
+    _unknown(raw, EXTERNAL_FIELDS, f"{where}: [[external]] {raw.get('name', '')}")
+    name = raw["name"]
+    if raw["role"] not in EXTERNAL_ROLES:
+        raise ConfigError(f"{where}: external {name} has role {raw['role']!r}",
+                          hint=f"use one of {', '.join(EXTERNAL_ROLES)}")
+    subs = []
+    for sub in raw.get("submodule", ()):
+        _unknown(sub, SUBMODULE_FIELDS, f"{where}: external {name} submodule {sub.get('path', '')}")
+        subs.append(Submodule(path=sub["path"].strip("/"), repo=sub["repo"],
+                              commit=_commit(sub["commit"], f"{where}: {name}/{sub['path']}"),
+                              include=tuple(sub["include"])))
+    return External(name=name, repo=raw["repo"], commit=_commit(raw["commit"], f"{where}: {name}"),
+                    override=raw["override"], role=raw["role"], include=tuple(raw["include"]),
+                    tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""),
+                    subdir=raw.get("subdir", "").strip("/"), wheel_path=raw.get("wheel_path", ""),
+                    submodules=tuple(subs))
 
 
 def parse_release(path: Path) -> Release:
@@ -104,6 +182,12 @@ def parse_release(path: Path) -> Release:
             extensions=tuple(data.get("extensions", ())),
             sources=tuple(sources),
             slowest_units={str(k): float(v) for k, v in data.get("slowest_units", {}).items()},
+            torch=SpecifierSet(data.get("torch", "")),
+            gcc_min=data.get("gcc_min", ""),
+            cmake_min=data.get("cmake_min", ""),
+            nvcc_min=data.get("nvcc_min", ""),
+            job_peak_gib=float(data.get("job_peak_gib", 0.0)),
+            externals=tuple(_parse_external(raw, path.name) for raw in data.get("external", ())),
             path=path,
         )
     except (KeyError, InvalidSpecifier, InvalidVersion) as exc:
@@ -138,6 +222,13 @@ def missing_recipe(release: Release, profile: str, *, needs_lock: bool, root: Pa
     if release.build_system not in BUILT_BY_TOOLKIT:
         missing.append(f"a build path for its build system {release.build_system} "
                        f"(the build step builds {', '.join(BUILT_BY_TOOLKIT)})")
+    if release.build_system == "cmake":
+        if not release.externals:
+            missing.append(f"the external sources its CMake build fetches ([[external]] in {release.path.name})")
+        unhashed = [e.name for e in release.externals if not e.tree_sha256]
+        if unhashed:
+            missing.append(f"content hashes for the externals {', '.join(unhashed)} (tree_sha256 in "
+                           f"{release.path.name}; `./inv fetch --release {release.version} --record` prints them)")
     series = series_dir(release.version, root) / "series.toml"
     if not series.is_file():
         missing.append(f"a patch series {series.relative_to(root)}")
