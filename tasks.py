@@ -24,11 +24,29 @@ def plan(c, release=None, profile=None, offline=False, arch=None, json=False):
     cli.print_plan(cli.make_plan(release=release, profile=profile, offline=offline, arch=arch), json)
 
 
-@task(help={**COMMON, "force": "download and extract again even if up to date"})
+@task(help={**COMMON, "force": "download and extract again even if up to date",
+            "bundle": "a source bundle (directory or .tar from `./inv bundle`) to import into the cache first"})
 @handles_errors
-def fetch(c, release=None, profile=None, offline=False, force=False):
-    """Download the release (checksummed, cached, resumable) and extract it into the workspace."""
-    cli.run_pipeline(["fetch"], ["fetch"] if force else [], release=release, profile=profile, offline=offline)
+def fetch(c, release=None, profile=None, offline=False, force=False, bundle=None):
+    """Download the release and, for CMake-era releases, every external source its build reads (checksummed,
+    cached, resumable), and extract the release into the workspace."""
+    cli.run_pipeline(["fetch"], ["fetch"] if force else [], release=release, profile=profile, offline=offline,
+                     bundle=bundle)
+
+
+@task(name="catalog-hashes", help={"release": "vLLM release in the catalog, e.g. 0.26.0",
+                                   "mirror": "a source template for the externals (as fetch.external_mirrors)"})
+@handles_errors
+def catalog_hashes(c, release=None, mirror=None):
+    """For a new catalog entry: fetch each external source and print the tree_sha256 of its included files."""
+    cli.catalog_hashes_task(release=release, mirror=mirror)
+
+
+@task(help={**COMMON, "out": "directory (new or empty) or FILE.tar to write"})
+@handles_errors
+def bundle(c, out=None, release=None, profile=None, offline=False):
+    """Write the sdist and every external source (verified, trimmed) for hosts with no route out."""
+    cli.bundle_task(out, release=release, profile=profile, offline=offline)
 
 
 @task(help={**COMMON, "force": "recreate the env even if up to date",

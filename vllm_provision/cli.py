@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import PROJECT_ROOT, config, doctor, envinfo, host, lock, minor_version, mirrors, report, runner, ui
+from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, lock, minor_version, mirrors, report, runner, ui
 from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
@@ -67,6 +67,9 @@ def print_plan(plan: Plan, as_json: bool) -> None:
     add("release", data["release"].items())
     add("workspace", data["workspace"].items())
     add("sources", [(f"{i + 1}. {s['kind']}", s["url"]) for i, s in enumerate(data["sources"])])
+    add("externals", [(f"{e['name']} @ {e['commit'][:12]}",
+                       f"{e['override']}; {'in the cache (verified)' if e['cached'] else 'from ' + ', then '.join(e['origins'])}")
+                      for e in data["externals"]])
     add("env", [(k, v) for k, v in data["env"].items() if v not in (None, "", [], ())])
     add("patches", [(p["file"], p["when"] or "always") for p in data["patches"]] or [("(none)", "")])
     add("build", data["build"].items())
@@ -250,6 +253,42 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
         return
     for name, value in summary.items():
         ui.info(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
+
+
+def bundle_task(out: str | None, **flags: Any) -> Path:
+    """Fetch (verified) and write the sdist and every external source for hosts with no route out."""
+    if not out:
+        raise ConfigError("bundle needs --out", hint="./inv bundle --out DIR (or FILE.tar)")
+    target = Path(out).expanduser().resolve()
+    if target.suffix != ".tar" and target.exists() and any(target.iterdir()):
+        raise ConfigError(f"{target} exists and is not empty", hint="give a new or empty directory, or a .tar path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run_pipeline(["fetch"], **flags)
+    plan = make_plan(**flags)
+    written = externals.write_bundle(plan.release, plan.workspace.downloads / plan.release.sdist.file,
+                                     plan.workspace.cache, target)
+    ui.info(f"bundle: {written} ({externals.bundle_size(written) / 1e6:.1f} MB; the sdist and "
+            f"{len(plan.release.externals)} external sources); on the offline host: "
+            f"./inv fetch --release {plan.release.version} --bundle {written} --offline")
+    return written
+
+
+def catalog_hashes_task(*, release: str | None, mirror: str | None) -> None:
+    """The externals' hashes straight from the catalog's data, before the recipe is complete (no plan)."""
+    import tempfile
+
+    from .catalog import get_release
+    from .sources import http_settings_of
+
+    settings = config.resolve(cli_settings(release=release) | (
+        {"fetch": {"external_mirrors": [mirror]}} if mirror else {}))
+    chosen = get_release(settings["release"])
+    if not chosen.externals:
+        raise ConfigError(f"vLLM {chosen.version} has no external sources in the catalog",
+                          hint="add its [[external]] entries first")
+    with tempfile.TemporaryDirectory(prefix="vllmp-hashes-") as tmp:
+        for name, digest, files, size in externals.record(chosen, settings, http_settings_of(settings), Path(tmp)):
+            ui.out.print(f"{name}: tree_sha256 = \"{digest}\"  # {files} files, {size / 1e6:.1f} MB")
 
 
 def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:

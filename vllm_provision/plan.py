@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from packaging.version import InvalidVersion, Version
 
 from . import GIB, PROJECT_ROOT, catalog, config, host, minor_version, patches
+from .externals import ExternalPlan, plan_externals
 from .checks import check_driver
 from .catalog import Release, lock_path
 from .errors import ConfigError
@@ -89,6 +90,7 @@ class Plan:
     build: BuildPlan
     smoke: Mapping[str, Any]
     settings: Mapping[str, Any] = field(repr=False)
+    externals: tuple[ExternalPlan, ...] = ()   # CMake-era releases: the sources their configure would download
 
     def to_dict(self) -> dict:
         data = {
@@ -99,6 +101,7 @@ class Plan:
             "offline": self.offline,
             "workspace": {"root": str(self.workspace.root), "cache": str(self.workspace.cache)},
             "sources": [asdict(s) for s in self.sources],
+            "externals": [asdict(e) for e in self.externals],
             "env": asdict(self.env),
             "patches": [asdict(p) | {"when": dict(p.when)} for p in self.patches],
             "build": asdict(self.build),
@@ -303,4 +306,5 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         sources=plan_sources(release, settings), env=env,
         patches=tuple(PatchPlan(p.file, p.why, dict(p.when), p.sha256) for p in series),
         build=plan_build(release, settings, facts, compiler_cuda), smoke=dict(settings["smoke"]), settings=settings,
+        externals=plan_externals(release, settings, cache),
     )

@@ -17,6 +17,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "VLLMP_"
 TEMPLATE_FIELDS = ("file", "version")
+# An external source's mirror: {repo} = owner/project as on GitHub, {owner}, {project}, {commit}, {name}.
+EXTERNAL_TEMPLATE_FIELDS = ("repo", "owner", "project", "commit", "name")
 
 
 def one_or_many(value: Any) -> Any:
@@ -40,15 +42,25 @@ def url(value: str) -> str:
     return value
 
 
-def url_template(value: str) -> str:
+def _template(value: str, allowed: tuple[str, ...]) -> str:
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a URL template ({exc}; write a literal brace as {{{{ or }}}})") from None
-    unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
+    unknown = [f for f in fields if f not in allowed]
     if unknown:
-        raise ValueError(f"{value!r} uses {{{unknown[0]}}}; a template may use only {{file}} and {{version}}")
+        names = ", ".join(f"{{{f}}}" for f in allowed)
+        raise ValueError(f"{value!r} uses {{{unknown[0]}}}; a template may use only {names}")
     return url(value)
+
+
+def url_template(value: str) -> str:
+    return _template(value, TEMPLATE_FIELDS)
+
+
+def external_template(value: str) -> str:
+    """A tarball mirror (https://…, file://…) or, with a git+ prefix, a git mirror fetched by commit."""
+    return _template(value, EXTERNAL_TEMPLATE_FIELDS)
 
 
 def not_bool(value: Any) -> Any:
@@ -122,6 +134,13 @@ class Fetch(Section):
                                          "({file} and {version} only), or one template")]
     pypi_sdist: Flag
     github: Flag
+    external_mirrors: Annotated[list[Annotated[str, AfterValidator(external_template)]], BeforeValidator(one_or_many),
+                                Field(description="a list of templates for the build's external sources, tried "
+                                                  "before GitHub: https://files.corp/gh/{repo}/{commit}.tar.gz or "
+                                                  "git+https://git.corp/{owner}/{project}.git ({repo}, {owner}, "
+                                                  "{project}, {commit}, {name})")]
+    bundle: Annotated[Optional[str], Field(description="null or a source bundle (directory or .tar) written by "
+                                                       "`./inv bundle`, imported into the cache before fetching")]
     timeout: Seconds
     retries: Tries
     backoff: Annotated[float, Field(ge=0, description="seconds, a number >= 0")]

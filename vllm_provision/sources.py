@@ -9,7 +9,7 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 from urllib.parse import urldefrag, urljoin
 
 from . import ui
@@ -54,10 +54,14 @@ def sdist_url_from_index(project_url: str, filename: str, settings: HttpSettings
                    hint="the index/mirror does not carry this release; the next source is tried")
 
 
-def http_settings(plan: Plan) -> HttpSettings:
-    fetch = plan.settings["fetch"]
+def http_settings_of(settings: Mapping) -> HttpSettings:
+    fetch = settings["fetch"]
     return HttpSettings(timeout=float(fetch["timeout"]), retries=int(fetch["retries"]),
-                        backoff=float(fetch["backoff"]), cert=plan.settings["pypi"].get("cert"))
+                        backoff=float(fetch["backoff"]), cert=settings["pypi"].get("cert"))
+
+
+def http_settings(plan: Plan) -> HttpSettings:
+    return http_settings_of(plan.settings)
 
 
 def _progress_printer(name: str) -> Callable[[int, int | None], None]:

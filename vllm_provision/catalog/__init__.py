@@ -228,7 +228,7 @@ def missing_recipe(release: Release, profile: str, *, needs_lock: bool, root: Pa
         unhashed = [e.name for e in release.externals if not e.tree_sha256]
         if unhashed:
             missing.append(f"content hashes for the externals {', '.join(unhashed)} (tree_sha256 in "
-                           f"{release.path.name}; `./inv fetch --release {release.version} --record` prints them)")
+                           f"{release.path.name}; `./inv catalog-hashes --release {release.version}` prints them)")
     series = series_dir(release.version, root) / "series.toml"
     if not series.is_file():
         missing.append(f"a patch series {series.relative_to(root)}")

@@ -1,24 +1,49 @@
-"""fetch: the release archive into the shared cache (verified), extracted into <workspace>/src."""
+"""fetch: the release archive into the shared cache (verified), extracted into <workspace>/src; for a
+CMake-era release also every external source its configure would download (verified, trimmed, cached)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from .. import externals
 from ..extract import tree_sha256
 from ..pipeline import StepContext, StepOutcome
-from ..sources import cache_is_sound, extract_to, obtain
+from ..sources import cache_is_sound, extract_to, http_settings, obtain
 
 MARKER = ".vllmp-source.json"
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
-    return {"release": ctx.plan.release.version, "sources": ctx.plan.to_dict()["sources"]}
+    return {"release": ctx.plan.release.version, "sources": ctx.plan.to_dict()["sources"],
+            "externals": {e.name: e.tree_sha256 for e in ctx.plan.release.externals}}
 
 
 def intact(ctx: StepContext) -> bool:
     """src/ was extracted and the cache holds no corrupt copy: a corrupt one makes the step run
-    again, which reports it, removes it and fetches it again (or names the fix when offline)."""
-    return (ctx.workspace.src / MARKER).is_file() and cache_is_sound(ctx.plan)
+    again, which reports it, removes it and fetches it again (or names the fix when offline).
+    Every external must still be verified in the cache too."""
+    cache = ctx.plan.workspace.cache
+    return ((ctx.workspace.src / MARKER).is_file() and cache_is_sound(ctx.plan)
+            and all(externals.cached_archive(cache, e) for e in ctx.plan.release.externals))
+
+
+def import_bundle(ctx: StepContext) -> None:
+    bundle = ctx.plan.settings["fetch"].get("bundle")
+    if bundle:
+        path = Path(bundle).expanduser()
+        count = externals.import_bundle(ctx.plan.release, path, ctx.plan.workspace.downloads,
+                                        ctx.plan.workspace.cache, say=ctx.say)
+        ctx.say(f"bundle {path}: {count} file(s) imported, the rest already in the cache")
+
+
+def obtain_externals(ctx: StepContext) -> dict:
+    if not ctx.plan.release.externals:
+        return {}
+    got = externals.obtain(ctx.plan.release, ctx.plan.workspace.cache, ctx.plan.settings, http_settings(ctx.plan),
+                           offline=ctx.plan.offline, log=ctx.log, say=ctx.say)
+    ctx.say(externals.summary(got))
+    return {name: path.name for name, path in got.items()}
 
 
 def extract_release(ctx: StepContext) -> tuple:
@@ -31,7 +56,10 @@ def extract_release(ctx: StepContext) -> tuple:
 
 
 def run(ctx: StepContext) -> StepOutcome:
+    import_bundle(ctx)
+    got = obtain_externals(ctx)   # before the sdist is extracted: an offline host without them stops here
     archive, source, src, tree = extract_release(ctx)
     ctx.say(f"{archive.name} ({source.kind}) verified and extracted to {src}")
-    return StepOutcome(detail=f"{archive.name} verified, extracted", facts={
-        "archive": str(archive), "source": source.kind, "tree_sha256": tree})
+    detail = f"{archive.name} verified, extracted" + (f"; {len(got)} external sources verified" if got else "")
+    return StepOutcome(detail=detail, facts={
+        "archive": str(archive), "source": source.kind, "tree_sha256": tree, "externals": got})

@@ -1,0 +1,201 @@
+"""External sources of CMake-era releases: fetched by commit through tarball and git mirrors (a real loopback
+HTTP server, a real git repository), trimmed to the files the build reads, verified by tree hash, cached as
+reproducible archives, bundled and imported for hosts with no route out."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import Route, make_tarball
+from vllm_provision import externals
+from vllm_provision.catalog import External, Submodule, get_release
+from vllm_provision.download import HttpSettings
+from vllm_provision.errors import ConfigError, StepFailed
+from vllm_provision.extract import tree_sha256
+
+PARENT = "1" * 40
+CHILD = "2" * 40
+HTTP = HttpSettings(timeout=5, retries=1, backoff=0)
+
+PARENT_FILES = {"CMakeLists.txt": b"project(demo)\n", "src/kernel.cu": b"__global__ void k() {}\n",
+                "docs/big.md": b"not read by the build\n" * 100, "third/dep/README": b""}
+CHILD_FILES = {"include/dep.h": b"#pragma once\n", "test/huge.cc": b"// not read\n" * 100}
+
+
+def demo_external(tree_hash: str = "") -> External:
+    return External(name="demo", repo="acme/demo", commit=PARENT, override="DEMO_SRC_DIR", role="compiled",
+                    include=("CMakeLists.txt", "src/**"), tree_sha256=tree_hash,
+                    submodules=(Submodule(path="third/dep", repo="acme/dep", commit=CHILD, include=("include/**",)),))
+
+
+def expected_hash(tmp_path: Path) -> str:
+    """The hash of the tree the build reads, computed from the files alone (not by the code under test's fetch)."""
+    tree = tmp_path / "expected"
+    for name, data in [(n, d) for n, d in PARENT_FILES.items()] + [(f"third/dep/{n}", d) for n, d in CHILD_FILES.items()]:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    return tree_sha256(tree, demo_external().globs)
+
+
+@pytest.fixture
+def release(tmp_path):
+    return dataclasses.replace(get_release("0.26.0"), externals=(demo_external(expected_hash(tmp_path)),))
+
+
+def serve(http_server, prefix: str = "/gh", parent_files=PARENT_FILES) -> str:
+    http_server.routes[f"{prefix}/acme/demo/{PARENT}.tar.gz"] = Route(make_tarball(parent_files, top=f"demo-{PARENT}"))
+    http_server.routes[f"{prefix}/acme/dep/{CHILD}.tar.gz"] = Route(make_tarball(CHILD_FILES, top=f"dep-{CHILD}"))
+    return f"{http_server.url}{prefix}/{{repo}}/{{commit}}.tar.gz"
+
+
+def settings(*mirrors: str) -> dict:
+    return {"fetch": {"external_mirrors": list(mirrors), "github": False}}
+
+
+def test_a_tarball_mirror_serves_the_trimmed_verified_tree_to_the_build(tmp_path, http_server, release):
+    cache = tmp_path / "cache"
+    got = externals.obtain(release, cache, settings(serve(http_server)), HTTP, offline=False)
+    assert list(got) == ["demo"] and got["demo"].name == f"demo-{PARENT[:12]}.tar.gz"
+    overrides = externals.prepare(release, cache, tmp_path / "ws" / "externals")
+    root = overrides["DEMO_SRC_DIR"]
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == [".vllmp-external.json", "CMakeLists.txt", "src/kernel.cu", "third/dep/include/dep.h"]
+    served = len(http_server.requests)
+    externals.obtain(release, cache, settings(serve(http_server)), HTTP, offline=False)
+    assert len(http_server.requests) == served, "a verified cached external is not fetched again"
+
+
+def test_a_mirror_serving_other_files_is_refused_and_the_next_one_used(tmp_path, http_server, release):
+    tampered = dict(PARENT_FILES, **{"src/kernel.cu": b"__global__ void evil() {}\n"})
+    bad, good = serve(http_server, "/bad", tampered), serve(http_server, "/good")
+    with pytest.raises(StepFailed) as err:
+        externals.obtain(release, tmp_path / "c1", settings(bad), HTTP, offline=False)
+    assert "the tree's content hash is" in err.value.message and release.externals[0].tree_sha256 in err.value.message
+    assert externals.cached_archive(tmp_path / "c1", release.externals[0]) is None
+    externals.obtain(release, tmp_path / "c2", settings(bad, good), HTTP, offline=False)   # first fails, second serves
+    assert externals.cached_archive(tmp_path / "c2", release.externals[0]) is not None
+
+
+def test_files_outside_the_include_globs_do_not_change_the_hash(tmp_path, http_server, release):
+    extra = dict(PARENT_FILES, **{"docs/other.md": b"more docs\n", "assets/paper.pdf": b"%PDF"})
+    externals.obtain(release, tmp_path / "cache", settings(serve(http_server, parent_files=extra)), HTTP, offline=False)
+    assert externals.cached_archive(tmp_path / "cache", release.externals[0]) is not None
+
+
+def git_repo(path: Path, files: dict[str, bytes]) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "HOME": str(path.parent), "PATH": "/usr/bin:/bin"}
+    work = path.with_suffix(".work")
+    for name, data in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(work), *argv], check=True, env=env)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(path)], check=True, env=env)
+    return subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], check=True, env=env, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_git_mirror_is_fetched_by_commit_with_each_submodule_by_its_own(tmp_path):
+    parent = git_repo(tmp_path / "git" / "acme" / "demo.git", {k: v for k, v in PARENT_FILES.items()
+                                                                if not k.startswith("third/")})
+    child = git_repo(tmp_path / "git" / "acme" / "dep.git", CHILD_FILES)
+    ext = dataclasses.replace(demo_external(expected_hash(tmp_path)), commit=parent,
+                              submodules=(dataclasses.replace(demo_external().submodules[0], commit=child),))
+    rel = dataclasses.replace(get_release("0.26.0"), externals=(ext,))
+    template = f"git+file://{tmp_path}/git/{{owner}}/{{project}}.git"
+    externals.obtain(rel, tmp_path / "cache", settings(template), HTTP, offline=False)
+    assert externals.cached_archive(tmp_path / "cache", ext) is not None
+
+
+def test_offline_without_the_externals_names_them_and_the_bundle_fix(tmp_path, release):
+    with pytest.raises(ConfigError) as err:
+        externals.obtain(release, tmp_path / "cache", settings(), HTTP, offline=True)
+    assert f"demo-{PARENT[:12]}" in err.value.message and err.value.exit_code == 2
+    assert "./inv fetch --bundle" in err.value.hint
+
+
+def test_the_cached_archive_is_reproducible_and_a_corrupt_one_is_not_trusted(tmp_path, http_server, release):
+    url = serve(http_server)
+    a = externals.obtain(release, tmp_path / "a", settings(url), HTTP, offline=False)["demo"].read_bytes()
+    b = externals.obtain(release, tmp_path / "b", settings(url), HTTP, offline=False)["demo"]
+    assert b.read_bytes() == a
+    b.write_bytes(a[:-10] + b"0" * 10)
+    assert externals.cached_archive(tmp_path / "b", release.externals[0]) is None
+    externals.obtain(release, tmp_path / "b", settings(url), HTTP, offline=False)
+    assert b.read_bytes() == a
+
+
+@pytest.mark.parametrize("form", ["dir", "tar"])
+def test_a_bundle_round_trips_to_a_host_with_no_route_out(tmp_path, http_server, release, form):
+    online = tmp_path / "online"
+    externals.obtain(release, online, settings(serve(http_server)), HTTP, offline=False)
+    sdist = tmp_path / release.sdist.file
+    sdist.write_bytes(b"not the real sdist")
+    release = dataclasses.replace(release, sources=(dataclasses.replace(release.sdist, sha256=_sha(sdist)),))
+    out = tmp_path / ("bundle" if form == "dir" else "bundle.tar")
+    externals.write_bundle(release, sdist, online, out)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    assert externals.import_bundle(release, out, offline / "sources", offline) == 2
+    assert (offline / "sources" / release.sdist.file).read_bytes() == b"not the real sdist"
+    externals.obtain(release, offline, settings(), HTTP, offline=True)   # no error: everything is there
+    assert externals.import_bundle(release, out, offline / "sources", offline) == 0
+
+
+def test_a_tampered_bundle_leaves_nothing_in_the_cache(tmp_path, http_server, release):
+    online = tmp_path / "online"
+    externals.obtain(release, online, settings(serve(http_server)), HTTP, offline=False)
+    sdist = tmp_path / release.sdist.file
+    sdist.write_bytes(b"sdist")
+    release = dataclasses.replace(release, sources=(dataclasses.replace(release.sdist, sha256=_sha(sdist)),))
+    out = tmp_path / "bundle"
+    externals.write_bundle(release, sdist, online, out)
+    archive = next((out / "externals").glob("*.tar.gz"))
+    tree = tmp_path / "t"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    top = next(tree.iterdir())
+    (top / "src" / "kernel.cu").write_bytes(b"changed")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(top, arcname=top.name)
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    with pytest.raises(StepFailed) as err:
+        externals.import_bundle(release, out, offline / "sources", offline)
+    assert "content hash" in err.value.message
+    assert externals.cached_archive(offline, release.externals[0]) is None
+    assert not list((offline / "externals").glob("*.tar.gz"))
+
+
+def test_a_bundle_for_another_release_is_refused(tmp_path, http_server, release):
+    online = tmp_path / "online"
+    externals.obtain(release, online, settings(serve(http_server)), HTTP, offline=False)
+    sdist = tmp_path / release.sdist.file
+    sdist.write_bytes(b"s")
+    externals.write_bundle(release, sdist, online, tmp_path / "bundle")
+    other = dataclasses.replace(release, version="0.22.0")
+    with pytest.raises(ConfigError) as err:
+        externals.import_bundle(other, tmp_path / "bundle", tmp_path / "x" / "sources", tmp_path)
+    assert "is for vLLM 0.26.0, not 0.22.0" in err.value.message
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_catalog_external_is_pinned_by_commit_with_a_content_hash():
+    for ext in get_release("0.26.0").externals:
+        assert len(ext.commit) == 40 and len(ext.tree_sha256) == 64, ext.name
+        assert ext.override and ext.include, ext.name
+
+
+def test_git_is_on_path_for_the_git_mirror_tests():
+    assert shutil.which("git"), "the git mirror tests need git (CI clones with it)"

@@ -1,0 +1,411 @@
+"""External sources of CMake-era releases: the trees vLLM's configure would download (CUTLASS, flash-attention,
+FlashMLA, ...), fetched by commit through the configured mirrors, trimmed to the files the build reads, verified
+by their tree hash, cached as normalised archives, bundled for hosts with no route out, and handed to the build
+through the release's override variables.
+
+Cache layout (`<cache>/externals/`): `<name>-<commit12>.tar.gz` (the trimmed tree under one top directory,
+byte-reproducible) and `<name>-<commit12>.json` (its tree hash and the archive's sha256, written only after
+the tree was verified): a cached archive is trusted when its bytes still match that record.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from . import runner, ui
+from .catalog import External, Release
+from .download import HttpSettings, cache_lock, download, sha256_file
+from .errors import ConfigError, StepFailed
+from .extract import safe_extract, tree_files, tree_sha256
+from .redact import redact_url
+
+GITHUB_ARCHIVE = "https://github.com/{repo}/archive/{commit}.tar.gz"
+MARKER = ".vllmp-external.json"
+BUNDLE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One place a repository's tree at a commit may come from."""
+    kind: str        # tarball | git
+    url: str
+
+
+def origins(repo: str, commit: str, name: str, mirrors: Iterable[str], github: bool) -> list[Origin]:
+    """The configured mirrors in order, then GitHub's archive of the commit."""
+    owner, _, project = repo.partition("/")
+    out = []
+    for template in mirrors:
+        url = template.format(repo=repo, owner=owner, project=project, commit=commit, name=name)
+        out.append(Origin("git", url[4:]) if url.startswith("git+") else Origin("tarball", url))
+    if github:
+        out.append(Origin("tarball", GITHUB_ARCHIVE.format(repo=repo, commit=commit)))
+    return out
+
+
+@dataclass(frozen=True)
+class ExternalPlan:
+    """What the plan says of one external: where the build gets it and whether the cache has it."""
+    name: str
+    repo: str
+    commit: str
+    override: str
+    role: str
+    tree_sha256: str
+    archive: str                  # cached archive file name
+    cached: bool
+    origins: tuple[str, ...]      # redacted, in the order they are tried
+
+
+def archive_name(external: External) -> str:
+    return f"{external.short}.tar.gz"
+
+
+def cache_dir(cache: Path) -> Path:
+    return cache / "externals"
+
+
+def plan_externals(release: Release, settings: Mapping, cache: Path) -> tuple[ExternalPlan, ...]:
+    fetch = settings["fetch"]
+    out = []
+    for ext in release.externals:
+        shown = [f"{o.kind} {redact_url(o.url)}"
+                 for o in origins(ext.repo, ext.commit, ext.name, fetch.get("external_mirrors") or (),
+                                  bool(fetch.get("github", True)))]
+        out.append(ExternalPlan(ext.name, ext.repo, ext.commit, ext.override, ext.role, ext.tree_sha256,
+                                archive_name(ext), cached_archive(cache, ext) is not None, tuple(shown)))
+    return tuple(out)
+
+
+# --- the cache ------------------------------------------------------------------------------------------------
+
+def _record_path(archive: Path) -> Path:
+    return archive.with_name(archive.name[: -len(".tar.gz")] + ".json")
+
+
+def cached_archive(cache: Path, external: External) -> Path | None:
+    """The cached archive of `external` when its bytes are those recorded after its tree was verified."""
+    archive = cache_dir(cache) / archive_name(external)
+    try:
+        record = json.loads(_record_path(archive).read_text(encoding="utf-8"))
+        if record.get("tree_sha256") == external.tree_sha256 and archive.is_file() \
+                and sha256_file(archive) == record.get("sha256"):
+            return archive
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _normalised_tar(tree: Path, top: str, dest: Path) -> None:
+    """A byte-reproducible .tar.gz of `tree` under `top/`: sorted, no owners, fixed times, modes kept."""
+    part = dest.with_name(dest.name + ".part")
+    with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in tree_files(tree):
+            info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(tree).as_posix()}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o755 if info.mode & 0o111 else 0o644
+            if info.isfile():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    os.replace(part, dest)
+
+
+def _store(cache: Path, external: External, tree: Path) -> Path:
+    """Verify `tree` (already trimmed or not) against the catalog and store it trimmed in the cache."""
+    got = tree_sha256(tree, external.globs)
+    if got != external.tree_sha256:
+        raise StepFailed(f"{external.short}: the tree's content hash is {got}, the catalog pins {external.tree_sha256}",
+                         hint="the source serves other files for this commit: fix or remove that mirror")
+    archive = cache_dir(cache) / archive_name(external)
+    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+        trimmed = Path(tmp) / external.short
+        for path in tree_files(tree, external.globs):
+            target = trimmed / path.relative_to(tree)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():
+                target.symlink_to(os.readlink(path))
+            else:
+                shutil.copy2(path, target)
+        _normalised_tar(trimmed, external.short, archive)
+    record = {"name": external.name, "commit": external.commit, "tree_sha256": got, "sha256": sha256_file(archive)}
+    part = _record_path(archive).with_suffix(".json.part")
+    part.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(part, _record_path(archive))
+    return archive
+
+
+# --- fetching -------------------------------------------------------------------------------------------------
+
+def _git_tree(url: str, commit: str, dest: Path, log: Path | None) -> Path:
+    """The repository's tree at `commit`, fetched by commit alone (no history, no submodules)."""
+    repo = dest / "git"
+    repo.mkdir(parents=True)
+    git = shutil.which("git")
+    if git is None:
+        raise StepFailed("git is not installed, and a git mirror is configured",
+                         hint="install git (apt install git), or use a tarball mirror in fetch.external_mirrors")
+    quiet = ["-c", "protocol.file.allow=always", "-c", "advice.detachedHead=false"]
+    runner.run([git, "init", "-q", str(repo)], log=log, what="git init")
+    runner.run([git, *quiet, "-C", str(repo), "fetch", "-q", "--depth", "1", url, commit], log=log,
+               what=f"git fetch {redact_url(url)}")
+    tar = dest / "tree.tar"
+    runner.run([git, "-C", str(repo), "archive", "--format=tar", "-o", str(tar), commit], log=log, what="git archive")
+    top = safe_extract(tar, dest / "tree")
+    shutil.rmtree(repo, ignore_errors=True)
+    tar.unlink()
+    return top
+
+
+def _tarball_tree(url: str, dest: Path, http: HttpSettings) -> Path:
+    archive = dest / "archive.tar.gz"
+    download(url, archive, http, log=ui.info)
+    try:
+        return safe_extract(archive, dest / "tree")
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _origins_of(repo: str, commit: str, name: str, settings: Mapping) -> list[Origin]:
+    fetch = settings["fetch"]
+    return origins(repo, commit, name, fetch.get("external_mirrors") or (), bool(fetch.get("github", True)))
+
+
+def _tree_from(origin: Origin, commit: str, dest: Path, http: HttpSettings, log: Path | None) -> Path:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    return _git_tree(origin.url, commit, dest, log) if origin.kind == "git" else _tarball_tree(origin.url, dest, http)
+
+
+def _no_source(repo: str, commit: str, failures: list[str]) -> StepFailed:
+    return StepFailed(f"could not get {repo}@{commit[:12]} from any source: " + "; ".join(failures) if failures
+                      else f"no source is configured for {repo}@{commit[:12]}",
+                      hint="configure a reachable mirror (fetch.external_mirrors), or import a bundle made on a "
+                           "networked host (`./inv bundle`, then `./inv fetch --bundle PATH`)")
+
+
+def _repository_tree(repo: str, commit: str, name: str, work: Path, settings: Mapping, http: HttpSettings,
+                     log: Path | None) -> Path:
+    """`repo` at `commit` from the first origin that serves it."""
+    failures = []
+    for n, origin in enumerate(_origins_of(repo, commit, name, settings)):
+        try:
+            return _tree_from(origin, commit, work / f"{name}-{n}", http, log)
+        except StepFailed as exc:
+            failures.append(f"{origin.kind} {redact_url(origin.url)}: {exc.message}")
+            ui.info(f"{name}: {failures[-1]}; trying the next source")
+    raise _no_source(repo, commit, failures)
+
+
+def _with_submodules(external: External, tree: Path, work: Path, settings: Mapping, http: HttpSettings,
+                     log: Path | None) -> Path:
+    root = tree / external.subdir if external.subdir else tree
+    for sub in external.submodules:
+        sub_tree = _repository_tree(sub.repo, sub.commit, f"{external.name}-{Path(sub.path).name}", work,
+                                    settings, http, log)
+        target = root / sub.path
+        shutil.rmtree(target, ignore_errors=True)   # an archive holds an empty directory for a submodule
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(sub_tree), str(target))
+    return root
+
+
+def assemble(external: External, work: Path, settings: Mapping, http: HttpSettings, log: Path | None) -> Path:
+    """The external's tree as its build sees it: the repository at the commit (its `subdir`), with each
+    submodule fetched by its own commit and placed at its path."""
+    tree = _repository_tree(external.repo, external.commit, external.name, work, settings, http, log)
+    return _with_submodules(external, tree, work, settings, http, log)
+
+
+def _fetch_one(external: External, cache: Path, settings: Mapping, http: HttpSettings, log: Path | None) -> Path:
+    """Each origin in turn until one serves a tree whose content is the catalog's (a mirror serving other
+    files for the commit is reported and passed over)."""
+    failures = []
+    for n, origin in enumerate(_origins_of(external.repo, external.commit, external.name, settings)):
+        with tempfile.TemporaryDirectory(dir=cache_dir(cache)) as tmp:
+            try:
+                tree = _tree_from(origin, external.commit, Path(tmp) / f"{external.name}-{n}", http, log)
+                return _store(cache, external, _with_submodules(external, tree, Path(tmp), settings, http, log))
+            except StepFailed as exc:
+                failures.append(f"{origin.kind} {redact_url(origin.url)}: {exc.message}")
+                ui.info(f"{external.name}: {failures[-1]}; trying the next source")
+    raise _no_source(external.repo, external.commit, failures)
+
+
+def record(release: Release, settings: Mapping, http: HttpSettings, work: Path) -> list[tuple[str, str, int, int]]:
+    """For whoever adds a release to the catalog: each external fetched through the configured sources and
+    hashed over its include globs, unverified: (name, tree_sha256, files, bytes). Compare with a second source."""
+    out = []
+    for external in release.externals:
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            root = assemble(external, Path(tmp), settings, http, None)
+            files = tree_files(root, external.globs)
+            out.append((external.name, tree_sha256(root, external.globs), len(files),
+                        sum(f.lstat().st_size for f in files)))
+    return out
+
+
+def obtain(release: Release, cache: Path, settings: Mapping, http: HttpSettings, *, offline: bool,
+           log: Path | None = None, say: Callable[[str], None] = ui.info) -> dict[str, Path]:
+    """Every external of `release` verified in the cache (fetched when missing unless offline): name -> archive."""
+    cache_dir(cache).mkdir(parents=True, exist_ok=True)
+    missing = [e for e in release.externals if cached_archive(cache, e) is None]
+    if offline and missing:
+        raise ConfigError(f"--offline: {len(missing)} of the build's {len(release.externals)} external sources are "
+                          f"not in the cache ({', '.join(e.short for e in missing)})",
+                          hint="import a source bundle made on a networked host (`./inv bundle --out DIR` there, "
+                               "then `./inv fetch --bundle DIR` here), or run `./inv fetch` once with network")
+    out = {}
+    for n, external in enumerate(release.externals, 1):
+        archive = cache_dir(cache) / archive_name(external)
+        with cache_lock(archive):
+            if cached_archive(cache, external) is None:
+                say(f"external {n}/{len(release.externals)}: {external.name} @ {external.commit[:12]}")
+                _fetch_one(external, cache, settings, http, log)
+        out[external.name] = archive
+    return out
+
+
+# --- the build's view: extracted trees and override variables -------------------------------------------------
+
+def prepare(release: Release, cache: Path, target_root: Path) -> dict[str, Path]:
+    """Each external extracted (once) under `target_root/<name>`, verified; override variable -> directory."""
+    out = {}
+    target_root.mkdir(parents=True, exist_ok=True)
+    for external in release.externals:
+        archive = cached_archive(cache, external)
+        if archive is None:
+            raise ConfigError(f"the external source {external.short} is not in the cache",
+                              hint="run `./inv fetch` (or `./inv fetch --bundle PATH` on a host with no route out)")
+        target = target_root / external.name
+        marker = target / MARKER
+        try:
+            current = json.loads(marker.read_text(encoding="utf-8")).get("tree_sha256") == external.tree_sha256
+        except (OSError, ValueError):
+            current = False
+        if not current or tree_sha256(target, external.globs) != external.tree_sha256:
+            staging = target.with_name(target.name + ".extract")
+            shutil.rmtree(staging, ignore_errors=True)
+            top = safe_extract(archive, staging)
+            shutil.rmtree(target, ignore_errors=True)
+            top.rename(target)
+            shutil.rmtree(staging, ignore_errors=True)
+            (target / MARKER).write_text(json.dumps({"tree_sha256": external.tree_sha256}), encoding="utf-8")
+        out[external.override] = target.resolve()
+    return out
+
+
+# --- bundles: the sdist and every external for a host with no route out ---------------------------------------
+
+def write_bundle(release: Release, sdist: Path, cache: Path, out: Path) -> Path:
+    """Write `out/` (or the tar `out` when it ends in .tar): the sdist, each cached external, bundle.json."""
+    as_tar = out.suffix == ".tar"
+    directory = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.")) if as_tar else out
+    try:
+        (directory / "externals").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(sdist, directory / sdist.name)
+        entries = []
+        for external in release.externals:
+            archive = cached_archive(cache, external)
+            if archive is None:
+                raise ConfigError(f"the external source {external.short} is not in the cache",
+                                  hint="run `./inv fetch` first")
+            shutil.copy2(archive, directory / "externals" / archive.name)
+            entries.append({"name": external.name, "commit": external.commit, "file": f"externals/{archive.name}",
+                            "tree_sha256": external.tree_sha256, "sha256": sha256_file(archive)})
+        manifest = {"schema_version": BUNDLE_SCHEMA_VERSION, "release": release.version,
+                    "sdist": {"file": sdist.name, "sha256": sha256_file(sdist)}, "externals": entries}
+        (directory / "bundle.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if not as_tar:
+            return out
+        part = out.with_name(out.name + ".part")
+        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
+            for path in tree_files(directory):
+                tar.add(path, arcname=f"{release.version}-bundle/{path.relative_to(directory).as_posix()}")
+        os.replace(part, out)
+        return out
+    finally:
+        if as_tar:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _bundle_manifest(root: Path, release: Release) -> dict:
+    try:
+        manifest = json.loads((root / "bundle.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{root} is not a source bundle (bundle.json: {exc})",
+                          hint="make one with `./inv bundle --release X --out DIR` on a networked host") from None
+    if manifest.get("schema_version") != BUNDLE_SCHEMA_VERSION:
+        raise ConfigError(f"the bundle {root} has schema version {manifest.get('schema_version')!r}; this toolkit "
+                          f"reads {BUNDLE_SCHEMA_VERSION}", hint="make the bundle with this toolkit's version")
+    if manifest.get("release") != release.version:
+        raise ConfigError(f"the bundle {root} is for vLLM {manifest.get('release')}, not {release.version}",
+                          hint=f"make one with `./inv bundle --release {release.version}`")
+    return manifest
+
+
+def import_bundle(release: Release, bundle: Path, downloads: Path, cache: Path,
+                  say: Callable[[str], None] = ui.info) -> int:
+    """Verify the bundle's sdist and externals against the catalog and put them in the cache; returns how many
+    files were imported. Nothing unverified reaches the cache."""
+    if not bundle.exists():
+        raise ConfigError(f"the source bundle {bundle} does not exist", hint="give the directory or .tar that "
+                                                                             "`./inv bundle` wrote")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        root = safe_extract(bundle, Path(tmp) / "bundle") if bundle.is_file() else bundle
+        manifest = _bundle_manifest(root, release)
+        imported = 0
+        sdist = release.sdist
+        src = root / sdist.file
+        if src.is_file():
+            if sha256_file(src) != sdist.sha256:
+                raise StepFailed(f"the bundle's {sdist.file} does not match the catalog's sha256 {sdist.sha256}",
+                                 hint="the bundle is damaged or altered: make it again")
+            downloads.mkdir(parents=True, exist_ok=True)
+            with cache_lock(downloads / sdist.file):
+                if not (downloads / sdist.file).is_file() or sha256_file(downloads / sdist.file) != sdist.sha256:
+                    shutil.copy2(src, downloads / (sdist.file + ".part"))
+                    os.replace(downloads / (sdist.file + ".part"), downloads / sdist.file)
+                    imported += 1
+        files = {e.get("name"): e.get("file", "") for e in manifest.get("externals", [])}
+        absent = [e.short for e in release.externals if not (root / files.get(e.name, "-")).is_file()]
+        if absent:
+            raise ConfigError(f"the bundle {bundle} lacks the external sources {', '.join(absent)}",
+                              hint=f"make it again with `./inv bundle --release {release.version}`")
+        cache_dir(cache).mkdir(parents=True, exist_ok=True)
+        for external in release.externals:
+            with cache_lock(cache_dir(cache) / archive_name(external)):
+                if cached_archive(cache, external) is not None:
+                    continue
+                work = Path(tmp) / external.short
+                tree = safe_extract(root / files[external.name], work)
+                _store(cache, external, tree)
+                shutil.rmtree(work, ignore_errors=True)
+                imported += 1
+                say(f"imported {external.short} from the bundle (verified)")
+    return imported
+
+
+def bundle_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in tree_files(path)) if path.is_dir() else path.stat().st_size
+
+
+def summary(obtained: Mapping[str, Path]) -> str:
+    size = sum(p.stat().st_size for p in obtained.values())
+    return f"{len(obtained)} external sources verified in the cache ({size / 1e6:.1f} MB)"
+
+
+__all__ = ["ExternalPlan", "Origin", "origins", "plan_externals", "cached_archive", "obtain", "prepare",
+           "write_bundle", "import_bundle", "bundle_size", "summary", "assemble", "record"]
