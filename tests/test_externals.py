@@ -199,3 +199,26 @@ def test_every_catalog_external_is_pinned_by_commit_with_a_content_hash():
 
 def test_git_is_on_path_for_the_git_mirror_tests():
     assert shutil.which("git"), "the git mirror tests need git (CI clones with it)"
+
+
+def test_the_artifact_key_covers_each_external_and_leaves_releases_without_any_unchanged():
+    from vllm_provision.artifacts import manifest
+    fields = {"format": 1, "release": "0.2.2", "sdist_sha256": "s", "patches": [], "torch": "2.11.0",
+              "torch_cuda": "13.0", "cxx11_abi": True, "nvcc": "13.0", "host_compiler": {"name": "g++"},
+              "archs": ["9.0"], "python_tag": "cp312", "platform_tag": "linux_x86_64"}
+    plain = manifest.compute_key(fields)
+    assert manifest.compute_key(fields | {"externals": {}}) == plain, "a release without externals keeps its key"
+    one = manifest.compute_key(fields | {"externals": {"cutlass": "a" * 64}})
+    other = manifest.compute_key(fields | {"externals": {"cutlass": "b" * 64}})
+    assert len({plain, one, other}) == 3
+    assert manifest.make(fields | {"externals": {"cutlass": "a" * 64}}, None, {})["externals"] == {"cutlass": "a" * 64}
+
+
+def test_verify_finds_an_extension_below_the_package_by_its_dotted_name(tmp_path):
+    from vllm_provision.envprobe import extension_files
+    (tmp_path / "vllm_flash_attn").mkdir()
+    so = tmp_path / "vllm_flash_attn" / "_vllm_fa2_C.abi3.so"
+    so.write_bytes(b"")
+    (tmp_path / "_C.abi3.so").write_bytes(b"")
+    found, missing = extension_files([tmp_path], ["_C", "vllm_flash_attn._vllm_fa2_C", "_moe_C"])
+    assert found == {"_C": tmp_path / "_C.abi3.so", "vllm_flash_attn._vllm_fa2_C": so} and missing == ["_moe_C"]

@@ -302,12 +302,14 @@ def _sass_of(so: str, cuobjdump: str, mtime_ns: int, size: int) -> tuple[str, ..
 
 
 def extension_files(dirs: Iterable[str | Path], extensions: Iterable[str]) -> tuple[dict[str, Path], list[str]]:
-    """extension name -> its .so in the vllm package dir(s); plus the names not found."""
+    """extension name -> its .so in the vllm package dir(s); plus the names not found. A dotted name is a
+    module below the package (`vllm_flash_attn._vllm_fa2_C` is vllm_flash_attn/_vllm_fa2_C.*.so)."""
     extensions = list(extensions)
     found: dict[str, Path] = {}
     for name in extensions:
+        stem = name.replace(".", "/")
         for d in dirs:
-            hits = sorted(Path(d).glob(f"{name}.*.so")) + sorted(Path(d).glob(f"{name}.so"))
+            hits = sorted(Path(d).glob(f"{stem}.*.so")) + sorted(Path(d).glob(f"{stem}.so"))
             if hits:
                 found[name] = hits[0]
                 break

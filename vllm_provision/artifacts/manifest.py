@@ -3,8 +3,9 @@ the wheel's local version label, and the comparison of a manifest with the env a
 
 The key is the sha256 of the canonical JSON of every field that shapes the binary (Spack's DAG hash and
 conda's build string are the models): release, sdist, patches, torch (full version with its local tag),
-torch's CUDA, the C++ ABI, nvcc, the host compiler, the SASS archs, the Python and platform tags. The
-glibc floor is an output of the build, checked at install but not part of the lookup.
+torch's CUDA, the C++ ABI, nvcc, the host compiler, the SASS archs, the Python and platform tags, and for a
+CMake-era release each external source's content hash (absent for releases without any, so their keys are
+unchanged). The glibc floor is an output of the build, checked at install but not part of the lookup.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from . import sass
 FORMAT = 1
 KEY_FIELDS = ("format", "release", "sdist_sha256", "patches", "torch", "torch_cuda", "cxx11_abi", "nvcc",
               "host_compiler", "archs", "python_tag", "platform_tag")
+# In the key only where a release has them: {external name: tree_sha256} for CMake-era releases.
+OPTIONAL_KEY_FIELDS = ("externals",)
 IN_WHEEL = "vllm/_build_manifest.json"
 SIDECAR_SUFFIX = ".manifest.json"
 REBUILD_HINT = ("rebuild for this kind of host: `./inv wheel --push` on one of them; "
@@ -37,8 +40,13 @@ def compute_key(fields: Mapping[str, Any]) -> str:
     if missing:
         raise StepFailed(f"the artifact key cannot be computed: {', '.join(missing)} unknown",
                          hint="pass the builder's key with --artifact-key KEY (`./inv wheel` prints it)")
-    canonical = json.dumps({k: fields[k] for k in KEY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(keyed(fields), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def keyed(fields: Mapping[str, Any]) -> dict:
+    """The fields the key covers: every KEY_FIELDS one, and each optional one the build has."""
+    return {k: fields[k] for k in KEY_FIELDS} | {k: fields[k] for k in OPTIONAL_KEY_FIELDS if fields.get(k)}
 
 
 def key_marker(key: str) -> str:
@@ -68,7 +76,7 @@ def label_names_key(filename: str, key: str) -> bool:
 
 def make(fields: Mapping[str, Any], glibc_floor: str | None, libraries: Mapping[str, tuple[str, ...]]) -> dict:
     key = compute_key(fields)
-    return {**{k: fields[k] for k in KEY_FIELDS}, "key": key, "version": wheel_version(fields, key),
+    return {**keyed(fields), "key": key, "version": wheel_version(fields, key),
             "glibc_floor": glibc_floor, "libraries": {n: list(a) for n, a in sorted(libraries.items())}}
 
 

@@ -306,7 +306,8 @@ def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
             if compiler and compiler_version else None,
             "archs": list(planned_archs(ctx.plan.build.arch_list)),
             "python_tag": artifact_manifest.python_tag(info.python_version),
-            "platform_tag": sysconfig.get_platform().replace("-", "_").replace(".", "_")}
+            "platform_tag": sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+            "externals": {e.name: e.tree_sha256 for e in ctx.plan.release.externals}}
 
 
 def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Target:
