@@ -42,7 +42,7 @@ def catalog_hashes(c, release=None, mirror=None):
     cli.catalog_hashes_task(release=release, mirror=mirror)
 
 
-@task(help={**COMMON, "out": "directory (new or empty) or FILE.tar to write"})
+@task(help={**COMMON, "out": "a new or empty directory, or FILE.tar / .tar.gz / .tar.xz (xz is smallest)"})
 @handles_errors
 def bundle(c, out=None, release=None, profile=None, offline=False):
     """Write the sdist and every external source (verified, trimmed) for hosts with no route out."""

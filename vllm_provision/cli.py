@@ -258,10 +258,11 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
 def bundle_task(out: str | None, **flags: Any) -> Path:
     """Fetch (verified) and write the sdist and every external source for hosts with no route out."""
     if not out:
-        raise ConfigError("bundle needs --out", hint="./inv bundle --out DIR (or FILE.tar)")
+        raise ConfigError("bundle needs --out", hint="./inv bundle --out DIR (or FILE.tar.xz)")
     target = Path(out).expanduser().resolve()
-    if target.suffix != ".tar" and target.exists() and any(target.iterdir()):
-        raise ConfigError(f"{target} exists and is not empty", hint="give a new or empty directory, or a .tar path")
+    if not externals.bundle_suffix(target) and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(f"{target} exists and is not an empty directory",
+                          hint="give a new or empty directory, or a .tar / .tar.gz / .tar.xz path")
     target.parent.mkdir(parents=True, exist_ok=True)
     run_pipeline(["fetch"], **flags)
     plan = make_plan(**flags)

@@ -309,35 +309,58 @@ def prepare(release: Release, cache: Path, target_root: Path) -> dict[str, Path]
 
 # --- bundles: the sdist and every external for a host with no route out ---------------------------------------
 
-def write_bundle(release: Release, sdist: Path, cache: Path, out: Path) -> Path:
-    """Write `out/` (or the tar `out` when it ends in .tar): the sdist, each cached external, bundle.json."""
-    as_tar = out.suffix == ".tar"
-    directory = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.")) if as_tar else out
+BUNDLE_SUFFIXES = (".tar", ".tar.gz", ".tar.xz")
+
+
+def bundle_suffix(path: Path) -> str | None:
+    return next((sfx for sfx in BUNDLE_SUFFIXES if path.name.endswith(sfx)), None)
+
+
+def write_bundle(release: Release, sdist: Path | None, cache: Path, out: Path) -> Path:
+    """Write `out/` (a directory) or one archive (`.tar`, `.tar.gz`, `.tar.xz`: xz shares the many near-identical
+    CUTLASS copies across externals): the sdist, each cached external as a trimmed tree, and bundle.json."""
+    suffix = bundle_suffix(out)
+    directory = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.")) if suffix else out
     try:
         (directory / "externals").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(sdist, directory / sdist.name)
+        if sdist is not None:
+            shutil.copy2(sdist, directory / sdist.name)
         entries = []
         for external in release.externals:
             archive = cached_archive(cache, external)
             if archive is None:
                 raise ConfigError(f"the external source {external.short} is not in the cache",
                                   hint="run `./inv fetch` first")
-            shutil.copy2(archive, directory / "externals" / archive.name)
-            entries.append({"name": external.name, "commit": external.commit, "file": f"externals/{archive.name}",
-                            "tree_sha256": external.tree_sha256, "sha256": sha256_file(archive)})
+            safe_extract(archive, directory / "externals" / f".{external.short}")
+            (directory / "externals" / f".{external.short}" / external.short).rename(
+                directory / "externals" / external.short)
+            shutil.rmtree(directory / "externals" / f".{external.short}")
+            entries.append({"name": external.name, "commit": external.commit, "dir": f"externals/{external.short}",
+                            "tree_sha256": external.tree_sha256})
         manifest = {"schema_version": BUNDLE_SCHEMA_VERSION, "release": release.version,
-                    "sdist": {"file": sdist.name, "sha256": sha256_file(sdist)}, "externals": entries}
+                    "sdist": {"file": sdist.name, "sha256": sha256_file(sdist)} if sdist else None,
+                    "externals": entries}
         (directory / "bundle.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        if not as_tar:
+        if not suffix:
             return out
         part = out.with_name(out.name + ".part")
-        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
+        mode = {".tar": "w", ".tar.gz": "w:gz", ".tar.xz": "w:xz"}[suffix]
+        options = {"preset": 9} if suffix == ".tar.xz" else {}
+        with tarfile.open(part, mode, format=tarfile.PAX_FORMAT, **options) as tar:
             for path in tree_files(directory):
-                tar.add(path, arcname=f"{release.version}-bundle/{path.relative_to(directory).as_posix()}")
+                info = tar.gettarinfo(str(path), arcname=f"{release.version}-bundle/{path.relative_to(directory).as_posix()}")
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                if info.isfile():
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
         os.replace(part, out)
         return out
     finally:
-        if as_tar:
+        if suffix:
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -358,11 +381,12 @@ def _bundle_manifest(root: Path, release: Release) -> dict:
 
 def import_bundle(release: Release, bundle: Path, downloads: Path, cache: Path,
                   say: Callable[[str], None] = ui.info) -> int:
-    """Verify the bundle's sdist and externals against the catalog and put them in the cache; returns how many
-    files were imported. Nothing unverified reaches the cache."""
+    """Verify the bundle's sdist and externals against the catalog (never against the bundle's own claims) and
+    put them in the cache; returns how many files were imported. Nothing unverified reaches the cache."""
     if not bundle.exists():
-        raise ConfigError(f"the source bundle {bundle} does not exist", hint="give the directory or .tar that "
-                                                                             "`./inv bundle` wrote")
+        raise ConfigError(f"the source bundle {bundle} does not exist",
+                          hint="give the directory or archive that `./inv bundle` wrote")
+    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         root = safe_extract(bundle, Path(tmp) / "bundle") if bundle.is_file() else bundle
         manifest = _bundle_manifest(root, release)
@@ -379,22 +403,18 @@ def import_bundle(release: Release, bundle: Path, downloads: Path, cache: Path,
                     shutil.copy2(src, downloads / (sdist.file + ".part"))
                     os.replace(downloads / (sdist.file + ".part"), downloads / sdist.file)
                     imported += 1
-        files = {e.get("name"): e.get("file", "") for e in manifest.get("externals", [])}
-        absent = [e.short for e in release.externals if not (root / files.get(e.name, "-")).is_file()]
+        dirs = {e.get("name"): e.get("dir", "") for e in manifest.get("externals", [])}
+        absent = [e.short for e in release.externals if not dirs.get(e.name) or not (root / dirs[e.name]).is_dir()]
         if absent:
             raise ConfigError(f"the bundle {bundle} lacks the external sources {', '.join(absent)}",
                               hint=f"make it again with `./inv bundle --release {release.version}`")
         cache_dir(cache).mkdir(parents=True, exist_ok=True)
         for external in release.externals:
             with cache_lock(cache_dir(cache) / archive_name(external)):
-                if cached_archive(cache, external) is not None:
-                    continue
-                work = Path(tmp) / external.short
-                tree = safe_extract(root / files[external.name], work)
-                _store(cache, external, tree)
-                shutil.rmtree(work, ignore_errors=True)
-                imported += 1
-                say(f"imported {external.short} from the bundle (verified)")
+                if cached_archive(cache, external) is None:
+                    _store(cache, external, root / dirs[external.name])
+                    imported += 1
+                    say(f"imported {external.short} from the bundle (verified)")
     return imported
 
 
