@@ -184,9 +184,13 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_every_catalog_external_is_pinned_by_commit_with_a_content_hash():
-    for ext in get_release("0.26.0").externals:
-        assert len(ext.commit) == 40 and len(ext.tree_sha256) == 64, ext.name
+@pytest.mark.parametrize("version", ["0.22.0", "0.26.0"])
+def test_every_catalog_external_is_pinned_with_a_content_hash(version):
+    release = get_release(version)
+    assert {e.name for e in release.externals} >= {"cutlass", "vllm-flash-attn", "flashmla", "deepgemm", "qutlass",
+                                                    "triton_kernels"}
+    for ext in release.externals:
+        assert (len(ext.commit) == 40 or ext.tag) and len(ext.tree_sha256) == 64, ext.name
         assert ext.override and ext.include, ext.name
 
 

@@ -40,7 +40,7 @@ class Origin:
 
 
 def origins(repo: str, commit: str, name: str, mirrors: Iterable[str], github: bool) -> list[Origin]:
-    """The configured mirrors in order, then GitHub's archive of the commit."""
+    """The configured mirrors in order, then GitHub's archive of the commit (or tag: `commit` is the ref)."""
     owner, _, project = repo.partition("/")
     out = []
     for template in mirrors:
@@ -78,9 +78,9 @@ def plan_externals(release: Release, settings: Mapping, cache: Path) -> tuple[Ex
     out = []
     for ext in release.externals:
         shown = [f"{o.kind} {redact_url(o.url)}"
-                 for o in origins(ext.repo, ext.commit, ext.name, fetch.get("external_mirrors") or (),
+                 for o in origins(ext.repo, ext.ref, ext.name, fetch.get("external_mirrors") or (),
                                   bool(fetch.get("github", True)))]
-        out.append(ExternalPlan(ext.name, ext.repo, ext.commit, ext.override, ext.role, ext.tree_sha256,
+        out.append(ExternalPlan(ext.name, ext.repo, ext.ref, ext.override, ext.role, ext.tree_sha256,
                                 archive_name(ext), cached_archive(cache, ext) is not None, tuple(shown)))
     return tuple(out)
 
@@ -140,7 +140,7 @@ def _store(cache: Path, external: External, tree: Path) -> Path:
             else:
                 shutil.copy2(path, target)
         _normalised_tar(trimmed, external.short, archive)
-    record = {"name": external.name, "commit": external.commit, "tree_sha256": got, "sha256": sha256_file(archive)}
+    record = {"name": external.name, "ref": external.ref, "tree_sha256": got, "sha256": sha256_file(archive)}
     part = _record_path(archive).with_suffix(".json.part")
     part.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(part, _record_path(archive))
@@ -162,7 +162,7 @@ def _git_tree(url: str, commit: str, dest: Path, log: Path | None) -> Path:
     runner.run([git, *quiet, "-C", str(repo), "fetch", "-q", "--depth", "1", url, commit], log=log,
                what=f"git fetch {redact_url(url)}")
     tar = dest / "tree.tar"
-    runner.run([git, "-C", str(repo), "archive", "--format=tar", "-o", str(tar), commit], log=log, what="git archive")
+    runner.run([git, "-C", str(repo), "archive", "--format=tar", "-o", str(tar), "FETCH_HEAD"], log=log, what="git archive")
     top = safe_extract(tar, dest / "tree")
     shutil.rmtree(repo, ignore_errors=True)
     tar.unlink()
@@ -225,7 +225,7 @@ def _with_submodules(external: External, tree: Path, work: Path, settings: Mappi
 def assemble(external: External, work: Path, settings: Mapping, http: HttpSettings, log: Path | None) -> Path:
     """The external's tree as its build sees it: the repository at the commit (its `subdir`), with each
     submodule fetched by its own commit and placed at its path."""
-    tree = _repository_tree(external.repo, external.commit, external.name, work, settings, http, log)
+    tree = _repository_tree(external.repo, external.ref, external.name, work, settings, http, log)
     return _with_submodules(external, tree, work, settings, http, log)
 
 
@@ -233,15 +233,15 @@ def _fetch_one(external: External, cache: Path, settings: Mapping, http: HttpSet
     """Each origin in turn until one serves a tree whose content is the catalog's (a mirror serving other
     files for the commit is reported and passed over)."""
     failures = []
-    for n, origin in enumerate(_origins_of(external.repo, external.commit, external.name, settings)):
+    for n, origin in enumerate(_origins_of(external.repo, external.ref, external.name, settings)):
         with tempfile.TemporaryDirectory(dir=cache_dir(cache)) as tmp:
             try:
-                tree = _tree_from(origin, external.commit, Path(tmp) / f"{external.name}-{n}", http, log)
+                tree = _tree_from(origin, external.ref, Path(tmp) / f"{external.name}-{n}", http, log)
                 return _store(cache, external, _with_submodules(external, tree, Path(tmp), settings, http, log))
             except StepFailed as exc:
                 failures.append(f"{origin.kind} {redact_url(origin.url)}: {exc.message}")
                 ui.info(f"{external.name}: {failures[-1]}; trying the next source")
-    raise _no_source(external.repo, external.commit, failures)
+    raise _no_source(external.repo, external.ref, failures)
 
 
 def record(release: Release, settings: Mapping, http: HttpSettings, work: Path) -> list[tuple[str, str, int, int]]:
@@ -272,7 +272,7 @@ def obtain(release: Release, cache: Path, settings: Mapping, http: HttpSettings,
         archive = cache_dir(cache) / archive_name(external)
         with cache_lock(archive):
             if cached_archive(cache, external) is None:
-                say(f"external {n}/{len(release.externals)}: {external.name} @ {external.commit[:12]}")
+                say(f"external {n}/{len(release.externals)}: {external.short}")
                 _fetch_one(external, cache, settings, http, log)
         out[external.name] = archive
     return out
@@ -335,7 +335,7 @@ def write_bundle(release: Release, sdist: Path | None, cache: Path, out: Path) -
             (directory / "externals" / f".{external.short}" / external.short).rename(
                 directory / "externals" / external.short)
             shutil.rmtree(directory / "externals" / f".{external.short}")
-            entries.append({"name": external.name, "commit": external.commit, "dir": f"externals/{external.short}",
+            entries.append({"name": external.name, "ref": external.ref, "dir": f"externals/{external.short}",
                             "tree_sha256": external.tree_sha256})
         manifest = {"schema_version": BUNDLE_SCHEMA_VERSION, "release": release.version,
                     "sdist": {"file": sdist.name, "sha256": sha256_file(sdist)} if sdist else None,

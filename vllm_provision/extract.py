@@ -190,9 +190,10 @@ def glob_pattern(globs: Iterable[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{one(g)})" for g in globs) or "(?!)")
 
 
-def tree_files(root: Path, include: Iterable[str] | None = None) -> list[Path]:
-    """The tree's files and symlinks (never followed), sorted by path; only those `include` matches."""
-    pattern = glob_pattern(include) if include is not None else None
+def tree_files(root: Path, include: Iterable[str] | re.Pattern[str] | None = None) -> list[Path]:
+    """The tree's files and symlinks (never followed), sorted by path; only those `include` (globs, or a
+    pattern over the whole relative path) matches."""
+    pattern = include if isinstance(include, re.Pattern) or include is None else glob_pattern(include)
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):  # never follows links
         base = Path(dirpath)
@@ -202,7 +203,7 @@ def tree_files(root: Path, include: Iterable[str] | None = None) -> list[Path]:
     return sorted(entries, key=lambda p: p.relative_to(root).parts)
 
 
-def tree_sha256(root: Path, include: Iterable[str] | None = None) -> str:
+def tree_sha256(root: Path, include: Iterable[str] | re.Pattern[str] | None = None) -> str:
     """Hash of a source tree independent of archive bytes: sorted (path, executable bit, content hash),
     and (path, link target) for each symlink, so that a tree differing only in a link differs.
     With `include` globs, only the files they match: a full tree and one trimmed to them hash alike."""

@@ -27,8 +27,9 @@ RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_
                   "arch_list_separator", "extensions", "slowest_units", "source", "torch", "gcc_min",
                   "cmake_min", "nvcc_min", "job_peak_gib", "external"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
-EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
+EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "via", "role", "subdir", "include", "tree_sha256",
                    "wheel_path", "submodule"}
+OVERRIDE_VIAS = ("env", "cmake")
 SUBMODULE_FIELDS = {"path", "repo", "commit", "include"}
 EXTERNAL_ROLES = ("compiled", "copied")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -53,24 +54,38 @@ class External:
     so a full upstream archive, a git checkout and a trimmed bundle all verify alike."""
     name: str
     repo: str                       # owner/project on GitHub; mirrors are templates over it
-    commit: str                     # full 40-hex commit
-    override: str                   # the environment variable the release's CMake reads for a local copy
+    commit: str                     # full 40-hex commit ("" only where the pin is a tag: tree_sha256 pins the content)
+    override: str                   # the variable the release's CMake reads for a local copy of the tree
     role: str                       # compiled | copied (copied into the wheel as files, not compiled)
     include: tuple[str, ...]
     tree_sha256: str
     tag: str = ""
+    via: str = "env"                # env: an environment variable; cmake: a -D cache definition in CMAKE_ARGS
     subdir: str = ""                # the directory inside the repository the override points at
     wheel_path: str = ""            # copied parts: where the release's own wheel ships them
     submodules: tuple[Submodule, ...] = ()
 
     @property
-    def short(self) -> str:
-        return f"{self.name}-{self.commit[:12]}"
+    def ref(self) -> str:
+        """What a fetch asks for: the commit, else the tag (then the content hash is the only pin)."""
+        return self.commit or self.tag
 
     @property
-    def globs(self) -> tuple[str, ...]:
-        """Every include glob, the submodules' under their paths: what the tree hash covers."""
-        return self.include + tuple(f"{m.path}/{g}" for m in self.submodules for g in m.include)
+    def short(self) -> str:
+        return f"{self.name}-{self.commit[:12] if self.commit else self.tag}"
+
+    @property
+    def globs(self) -> re.Pattern[str]:
+        """The files the tree hash covers: the external's include globs outside its submodules' paths, and
+        each submodule's include globs under its path."""
+        from ..extract import glob_pattern
+
+        own = glob_pattern(self.include).pattern
+        if self.submodules:
+            outside = "|".join(re.escape(m.path + "/") for m in self.submodules)
+            own = f"(?!(?:{outside}))(?:{own})"
+        subs = [f"{re.escape(m.path)}/(?:{glob_pattern(m.include).pattern})" for m in self.submodules]
+        return re.compile("|".join(f"(?:{p})" for p in [own, *subs]))
 
 
 @dataclass(frozen=True)
@@ -144,9 +159,14 @@ def _parse_external(raw: Mapping, where: str) -> External:
         subs.append(Submodule(path=sub["path"].strip("/"), repo=sub["repo"],
                               commit=_commit(sub["commit"], f"{where}: {name}/{sub['path']}"),
                               include=tuple(sub["include"])))
-    return External(name=name, repo=raw["repo"], commit=_commit(raw["commit"], f"{where}: {name}"),
+    if raw.get("via", "env") not in OVERRIDE_VIAS:
+        raise ConfigError(f"{where}: external {name} has via {raw['via']!r}", hint="use env or cmake")
+    if "commit" not in raw and not raw.get("tag"):
+        raise ConfigError(f"{where}: external {name} has neither a commit nor a tag", hint="pin it by full commit")
+    return External(name=name, repo=raw["repo"],
+                    commit=_commit(raw["commit"], f"{where}: {name}") if "commit" in raw else "",
                     override=raw["override"], role=raw["role"], include=tuple(raw["include"]),
-                    tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""),
+                    tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""), via=raw.get("via", "env"),
                     subdir=raw.get("subdir", "").strip("/"), wheel_path=raw.get("wheel_path", ""),
                     submodules=tuple(subs))
 
