@@ -261,7 +261,8 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
                           f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
     minor = minor_version(python or plan.settings["env"]["python"])
     src = plan.workspace.src
-    if not (src / "requirements.txt").is_file():
+    recipe = lock.load_recipe(plan.release, plan.profile)
+    if not all((src / name).is_file() for name in recipe.requirements):
         facts = host.probe(str(plan.workspace.root.parent))
         results = run_steps(plan, facts, ["fetch"])
         failed = [r for r in results if r.status == "failed"]
@@ -269,7 +270,7 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
             raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
     out = lock_path(plan.release.version, plan.profile, minor)
     ui.info(f"[lock] resolving vLLM {plan.release.version} for Python {minor} as of "
-            f"{lock.load_recipe(plan.release, plan.profile).exclude_newer} from {mirrors.describe(plan.env)}")
+            f"{recipe.exclude_newer} from {mirrors.describe(plan.env)}")
     lock.compile_lock(release=plan.release, profile=plan.profile, python=minor, cuda=plan.env.cuda, src=src,
                       out=out, index=plan.env, log=plan.workspace.log("lock"), cache_dir=plan.workspace.cache / "uv")
     locked = lock.pinned(out)
