@@ -16,7 +16,7 @@ from . import PROJECT_ROOT, config, doctor, envinfo, host, lock, minor_version, 
 from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
-from .plan import Plan, build_plan, gpu_refusal, lock_path
+from .plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -111,7 +111,9 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     force = forced_steps(force, argv)
     plan = make_plan(**flags)
     refusal = gpu_refusal(plan) if "build" in steps else None
-    if refusal:     # before any download: the build would refuse these GPUs anyway
+    if refusal is None and set(steps) - {"fetch", "patch"}:
+        refusal = host_torch_refusal(plan)      # the host's torch, where env and build would take it as it is
+    if refusal:     # before any download: the build would refuse these GPUs (or that torch) anyway
         raise refusal
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))

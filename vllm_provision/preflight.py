@@ -1,7 +1,7 @@
 """Preflight: the build step's named checks, run in seconds before any compile, each with a clear fix.
 
-nvcc vs torch's CUDA, the host compiler vs nvcc's gcc limit, target archs vs release and nvcc, driver vs
-CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py, checks/resources.py, doctor draws
+nvcc vs torch's CUDA, the host compiler vs nvcc's gcc limit, target archs vs release and nvcc, the env's
+torch vs the release's pin, driver vs CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py, checks/resources.py, doctor draws
 from the same), on the env the env step made and the host's probed facts.
 """
 
@@ -14,7 +14,7 @@ from typing import Mapping
 from . import host
 from .checks import Check, check_driver, to_json
 from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import check_archs, check_gcc, check_nvcc_torch
+from .checks.toolchain import check_archs, check_gcc, check_nvcc_torch, check_torch_pin
 from .envinfo import EnvInfo
 from .host import HostFacts, NvccInfo
 from .plan import BUILD_JOB_PEAK_BYTES, Plan
@@ -44,6 +44,7 @@ def run(plan: Plan, facts: HostFacts, info: EnvInfo | None, environ: Mapping[str
         check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None),
         check_gcc(gcc_version, gcc_path, nvcc),
         check_archs(plan.build.arch_list, plan.build.arch_source, plan.release, nvcc),
+        check_torch_pin(plan.release, info.torch if info else None, f"the env ({info.prefix if info else 'not made'})"),
         check_driver(facts, torch_cuda),
         check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, info is not None),
                    str(plan.workspace.root.parent)),

@@ -1,6 +1,6 @@
 """Named checks on the compile toolchain, shared by doctor, preflight and the env step: nvcc vs torch's CUDA
 (torch's own rule: a major mismatch is an error, a minor one a warning), the host compiler vs nvcc's gcc
-limit (crt/host_config.h), the target archs vs the release and nvcc. They judge probed facts (host.NvccInfo)
+limit (crt/host_config.h), the target archs vs the release and nvcc, torch vs the release's torch pin. They judge probed facts (host.NvccInfo)
 and probe nothing themselves."""
 
 from __future__ import annotations
@@ -92,3 +92,20 @@ def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo 
                      f"build for the archs this nvcc has: --arch '{';'.join(ok) or nvcc_archs[-1]}' "
                      "(or use an older CUDA for old GPUs)")
     return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}")
+
+
+def check_torch_pin(release, torch_version: str | None, where: str) -> Check:
+    """The torch the build compiles against (`where`'s) vs the release's pin (catalog `torch`): extensions
+    built against another torch fail at import (`undefined symbol`). A local tag (+cu130) matches its version."""
+    name = "torch-vs-release"
+    if not release.torch:
+        return Check(name, "skip", f"vLLM {release.version} pins no torch")
+    pin = f"torch{release.torch}"
+    hint = (f"use an interpreter with {pin} (env.python_path), or the profile that installs it: "
+            f"--profile pypi-cu13 ({pin} from its lock)")
+    if not torch_version:
+        return Check(name, "fail", f"{where} has no torch; vLLM {release.version} builds against {pin}", hint)
+    if not release.torch.contains(torch_version, prereleases=True):
+        return Check(name, "fail", f"{where} has torch {torch_version}; vLLM {release.version} builds against "
+                     f"{pin} only", hint)
+    return Check(name, "pass", f"{where} has torch {torch_version}: vLLM {release.version} pins {pin}")
