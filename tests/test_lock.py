@@ -145,3 +145,26 @@ def test_the_0_26_0_pypi_cu13_locks_hold_the_runtime_the_build_and_the_compiler(
     # markers, judged for this Python: six for > 3.11 (requirements/common.txt), the 3.10 backports
     assert ("six" in pins) == (minor == "3.12")
     assert ("tomli" in pins) == ("exceptiongroup" in pins) == (minor == "3.10")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "envs" / "locks").glob("*/*-py*.txt")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_committed_lock_was_made_from_its_committed_recipe(path):
+    """A recipe edited without re-locking is caught here: the header records the cut-off, platform, pins and
+    dropped requirements the lock was resolved with; every pin and extra holds in it, nothing dropped is in it."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from vllm_provision.catalog import get_release
+
+    profile, _ = path.stem.rsplit("-py", 1)
+    recipe = lock.load_recipe(get_release(path.parent.name), profile, ROOT)
+    meta = lock.read_header(path)
+    assert (meta["exclude-newer"], meta["platform"]) == (recipe.exclude_newer, recipe.platform)
+    assert meta["pins"] == ", ".join(f"{n}{p['spec']}" for n, p in recipe.pins.items())
+    assert meta.get("dropped", "") == ", ".join(recipe.drop)
+    pins = lock.pinned(path)
+    wanted = [Requirement(f"{n}{p['spec']}") for n, p in recipe.pins.items()] + [Requirement(r) for r in recipe.extra]
+    unmet = [str(r) for r in wanted if canonicalize_name(r.name) not in pins
+             or not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)]
+    assert unmet == []
+    assert [n for n in recipe.drop if canonicalize_name(n) in pins] == []
