@@ -1,8 +1,8 @@
 """Preflight: the build step's named checks, run in seconds before any compile, each with a clear fix.
 
 nvcc vs torch's CUDA, the host compiler vs nvcc's gcc limit, target archs vs release and nvcc, the env's
-torch vs the release's pin, driver vs CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py, checks/resources.py, doctor draws
-from the same), on the env the env step made and the host's probed facts.
+torch vs the release's pin, driver vs CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py,
+checks/resources.py, doctor draws from the same), on the env the env step made and the host's probed facts.
 """
 
 from __future__ import annotations

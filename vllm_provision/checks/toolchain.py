@@ -1,7 +1,7 @@
 """Named checks on the compile toolchain, shared by doctor, preflight and the env step: nvcc vs torch's CUDA
 (torch's own rule: a major mismatch is an error, a minor one a warning), the host compiler vs nvcc's gcc
-limit (crt/host_config.h), the target archs vs the release and nvcc, torch vs the release's torch pin. They judge probed facts (host.NvccInfo)
-and probe nothing themselves."""
+limit (crt/host_config.h), the target archs vs the release and nvcc, torch vs the release's torch pin.
+They judge probed facts (host.NvccInfo) and probe nothing themselves."""
 
 from __future__ import annotations
 
