@@ -16,7 +16,7 @@ from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, lock, mino
 from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
-from .plan import Plan, build_plan, gpu_refusal, lock_path
+from .plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -114,7 +114,9 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     force = forced_steps(force, argv)
     plan = make_plan(**flags)
     refusal = gpu_refusal(plan) if "build" in steps else None
-    if refusal:     # before any download: the build would refuse these GPUs anyway
+    if refusal is None and set(steps) - {"fetch", "patch"}:
+        refusal = host_torch_refusal(plan)      # the host's torch, where env and build would take it as it is
+    if refusal:     # before any download: the build would refuse these GPUs (or that torch) anyway
         raise refusal
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
@@ -301,7 +303,8 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
                           f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
     minor = minor_version(python or plan.settings["env"]["python"])
     src = plan.workspace.src
-    if not (src / "requirements.txt").is_file():
+    recipe = lock.load_recipe(plan.release, plan.profile)
+    if not all((src / name).is_file() for name in recipe.requirements):
         facts = host.probe(str(plan.workspace.root.parent))
         results = run_steps(plan, facts, ["fetch"])
         failed = [r for r in results if r.status == "failed"]
@@ -309,7 +312,7 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
             raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
     out = lock_path(plan.release.version, plan.profile, minor)
     ui.info(f"[lock] resolving vLLM {plan.release.version} for Python {minor} as of "
-            f"{lock.load_recipe(plan.release, plan.profile).exclude_newer} from {mirrors.describe(plan.env)}")
+            f"{recipe.exclude_newer} from {mirrors.describe(plan.env)}")
     lock.compile_lock(release=plan.release, profile=plan.profile, python=minor, cuda=plan.env.cuda, src=src,
                       out=out, index=plan.env, log=plan.workspace.log("lock"), cache_dir=plan.workspace.cache / "uv")
     locked = lock.pinned(out)

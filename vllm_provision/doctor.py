@@ -23,7 +23,7 @@ from . import PROJECT_ROOT, envinfo, runner
 from .checks import Check, check_driver, parse_version
 from .checks.install import check_bytecode
 from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_nvcc_torch
+from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_torch_pin
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .envprobe import bytecode_of, torch_of
@@ -427,6 +427,9 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
                        str(plan.workspace.root.parent)),
             check_archs(plan, facts, nvcc),
+            *([check_torch_pin(plan.release, torch_version, f"host {host_python(plan)}"
+                               if plan.env.backend == "existing" else f"the lock {plan.env.lock}")]
+              if torch_version or plan.env.backend == "existing" else []),
             *([check_bytecode(f_bytecode.result(), host_python(plan))] if f_bytecode else []),
             *[f.result() for f in f_index],
             *[f.result() for f in f_chan],

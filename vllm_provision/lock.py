@@ -34,6 +34,9 @@ class LockRecipe:
     exclude_newer: str                   # resolve as of this date (exclusive); "none": no cut-off
     drop: tuple[str, ...] = ()           # release requirements the profile does not install
     extra: tuple[str, ...] = ()          # requirements the profile adds (e.g. the CUDA compiler wheels)
+    # the release's requirement files, relative to its source tree (`-r` includes followed)
+    requirements: tuple[str, ...] = ("requirements.txt",)
+    platform: str = PLATFORM             # uv's --python-platform: the oldest glibc the lock's wheels serve
 
 
 def pins_path(release: str, profile: str | None = None, root: Path = PROJECT_ROOT) -> Path:
@@ -60,10 +63,15 @@ def load_recipe(release: Any, profile: str | None = None, root: Path = PROJECT_R
             raise ConfigError(f"{path}: pin {name!r} needs a `spec`", hint='e.g. [pins.torch] spec = "==2.1.0"')
         pins[name] = {"spec": str(entry["spec"]), "why": str(entry.get("why", "")),
                       "override": bool(entry.get("override", False))}
+    files = data.get("requirements", LockRecipe.requirements)
+    if isinstance(files, str) or not all(isinstance(f, str) and f for f in files):
+        raise ConfigError(f"{path}: `requirements` must be a list of files in the release's source tree",
+                          hint='e.g. requirements = ["requirements/cuda.txt", "requirements/build/cuda.txt"]')
     if "exclude_newer" in data:
         # "none" for an index without upload dates (pypiserver, some proxies): a cut-off would hide every file
         cutoff = str(data["exclude_newer"])
-    return LockRecipe(path, pins, cutoff, tuple(data.get("drop") or ()), tuple(data.get("extra") or ()))
+    return LockRecipe(path, pins, cutoff, tuple(data.get("drop") or ()), tuple(data.get("extra") or ()),
+                      tuple(files), str(data.get("platform", PLATFORM)))
 
 
 def exclude_newer(released: dt.date) -> str:
@@ -71,15 +79,27 @@ def exclude_newer(released: dt.date) -> str:
     return (released + dt.timedelta(days=1)).isoformat()
 
 
-def read_requirements(src: Path) -> list[str]:
-    path = src / "requirements.txt"
-    if not path.is_file():
-        raise NotBuiltYet(f"no {path} (the release's requirements)", hint="run `inv fetch` for this release first")
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            out.append(line)
+def read_requirements(src: Path, files: tuple[str, ...] = LockRecipe.requirements) -> list[str]:
+    """The requirements of `files` (relative to the source tree), in order, `-r` includes followed.
+    Option lines (`--extra-index-url`, `-c`) are not followed: the lock resolves from the configured index."""
+    out: list[str] = []
+
+    def read(path: Path, seen: tuple[Path, ...]) -> None:
+        if not path.is_file():
+            raise NotBuiltYet(f"no {path} (the release's requirements)",
+                              hint="run `inv fetch` for this release first")
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            included = re.match(r"^(?:-r|--requirement)[\s=]+(\S+)$", line)
+            if included:
+                target = (path.parent / included.group(1)).resolve()
+                if target not in seen:
+                    read(target, seen + (target,))
+            elif line and not line.startswith("-"):
+                out.append(line)
+
+    for name in files:
+        read(src / name, ((src / name).resolve(),))
     return out
 
 
@@ -140,7 +160,7 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
 
     recipe = load_recipe(release, profile, root)
     dropped = {canonicalize_name(n) for n in recipe.drop}
-    requirements = [r for r in read_requirements(src) + list(BUILD_REQUIREMENTS)
+    requirements = [r for r in read_requirements(src, recipe.requirements) + list(BUILD_REQUIREMENTS)
                     if canonicalize_name(Requirement(r).name) not in dropped] + list(recipe.extra)
     constraints, overrides = [], []
     for name, pin in recipe.pins.items():
@@ -160,7 +180,7 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
         ovr_in.write_text("\n".join(overrides) + "\n")
         argv = [find_uv_bin(), "pip", "compile", str(req_in), "--constraint", str(con_in),
                 "--override", str(ovr_in), "-o", str(raw),
-                "--python-version", python, "--python-platform", PLATFORM,
+                "--python-version", python, "--python-platform", recipe.platform,
                 "--generate-hashes", "--no-header", "--quiet"]
         if cutoff != "none":
             argv += ["--exclude-newer", cutoff]
@@ -184,7 +204,7 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
                 raise StepFailed(f"the resolved lock has {name} {version}, not {pin['spec']}; {out} is unchanged",
                                  hint=f"check the pins in {recipe.source}: the resolver did not honour one")
         meta = {"release": release.version, "profile": profile, "python": python, "cuda": cuda or "",
-                "exclude-newer": cutoff, "platform": PLATFORM,
+                "exclude-newer": cutoff, "platform": recipe.platform,
                 "pins": ", ".join(f"{n}{p['spec']}" for n, p in recipe.pins.items()),
                 "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         if recipe.drop:

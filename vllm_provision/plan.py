@@ -10,9 +10,10 @@ from typing import Any, Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from . import GIB, PROJECT_ROOT, catalog, config, host, minor_version, patches
+from . import GIB, PROJECT_ROOT, catalog, config, envprobe, host, minor_version, patches
 from .externals import ExternalPlan, plan_externals
 from .checks import check_driver
+from .checks.toolchain import check_torch_pin
 from .catalog import Release, lock_path
 from .errors import ConfigError
 from .redact import redact_text
@@ -205,6 +206,20 @@ def gpu_refusal(plan: "Plan") -> ConfigError | None:
     """The refusal for building on GPUs the release does not support (None when it can build for them)."""
     bad = unsupported_archs(plan.release, plan.build.arch_list) if plan.build.arch_source == "gpus" else []
     return arch_refusal(plan.release, bad, "gpus") if bad else None
+
+
+def host_torch_refusal(plan: "Plan") -> ConfigError | None:
+    """The existing backend builds against the host's torch: one the release does not pin is refused before
+    any download (None: it matches, the release pins none, or the interpreter cannot be asked; the env
+    step names a missing interpreter). Read from torch/version.py, not imported: well under a second."""
+    if plan.env.backend != "existing" or not plan.release.torch:
+        return None
+    python = plan.env.python_path or "python3"
+    found = envprobe.torch_of(python, timeout=60)
+    if found.error:
+        return None
+    check = check_torch_pin(plan.release, found.version, f"the host's Python ({python})")
+    return ConfigError(check.detail, hint=check.hint) if check.status == "fail" else None
 
 
 def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: Path = PROJECT_ROOT,

@@ -1,8 +1,8 @@
 """Preflight: the build step's named checks, run in seconds before any compile, each with a clear fix.
 
-nvcc vs torch's CUDA, the host compiler vs nvcc's gcc limit, target archs vs release and nvcc, driver vs
-CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py, checks/resources.py, doctor draws
-from the same), on the env the env step made and the host's probed facts.
+nvcc vs torch's CUDA, the host compiler vs nvcc's gcc limit, target archs vs release and nvcc, the env's
+torch vs the release's pin and build requirements, driver vs CUDA runtime, disk and RAM: the checks layer's (checks/toolchain.py,
+checks/resources.py, doctor draws from the same), on the env the env step made and the host's probed facts.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 import os
 from typing import Mapping
 
-from . import host
+from . import host, tomllib
 from .checks import Check, check_driver, to_json
 from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import check_archs, check_gcc, check_nvcc_torch
+from .checks.toolchain import check_archs, check_build_requirements, check_gcc, check_nvcc_torch, check_torch_pin
 from .envinfo import EnvInfo
 from .host import HostFacts, NvccInfo
 from .plan import BUILD_JOB_PEAK_BYTES, Plan
@@ -34,16 +34,32 @@ def resolve_nvcc(info: EnvInfo | None, facts: HostFacts | None = None,
     return candidates[0] if candidates else None
 
 
+def build_requires(plan: Plan) -> list[str]:
+    """The fetched source's [build-system] requires, for CMake-era releases (their setup.py imports
+    setuptools-scm and setuptools-rust first thing); empty for others or before the fetch."""
+    path = plan.workspace.src / "pyproject.toml"
+    if plan.release.build_system != "cmake" or not path.is_file():
+        return []
+    try:
+        return list(tomllib.loads(path.read_text()).get("build-system", {}).get("requires", []))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+
+
 def run(plan: Plan, facts: HostFacts, info: EnvInfo | None, environ: Mapping[str, str] | None = None) -> list[Check]:
     """All preflight checks for building `plan` in the env described by `info` on this host."""
     env = dict(os.environ if environ is None else environ)
     nvcc = resolve_nvcc(info, facts, env)
     torch_cuda = info.torch_cuda if info else None
     gcc_path, gcc_version = host.probe_gcc(env)
+    requires = build_requires(plan)
     return [
         check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None),
         check_gcc(gcc_version, gcc_path, nvcc),
         check_archs(plan.build.arch_list, plan.build.arch_source, plan.release, nvcc),
+        check_torch_pin(plan.release, info.torch if info else None, f"the env ({info.prefix if info else 'not made'})"),
+        *([check_build_requirements(requires, info.packages, info.python_version, plan.release.version,
+                                    plan.env.backend)] if info is not None and requires else []),
         check_driver(facts, torch_cuda),
         check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, info is not None),
                    str(plan.workspace.root.parent)),

@@ -1,12 +1,15 @@
 """Named checks on the compile toolchain, shared by doctor, preflight and the env step: nvcc vs torch's CUDA
 (torch's own rule: a major mismatch is an error, a minor one a warning), the host compiler vs nvcc's gcc
-limit (crt/host_config.h), the target archs vs the release and nvcc. They judge probed facts (host.NvccInfo)
-and probe nothing themselves."""
+limit (crt/host_config.h), the target archs vs the release and nvcc, torch vs the release's torch pin, the
+env vs the release's build requirements. They judge probed facts (host.NvccInfo) and probe nothing themselves."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from ..host import NvccInfo
 from . import Check, parse_version
@@ -92,3 +95,52 @@ def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo 
                      f"build for the archs this nvcc has: --arch '{';'.join(ok) or nvcc_archs[-1]}' "
                      "(or use an older CUDA for old GPUs)")
     return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}")
+
+
+def check_torch_pin(release, torch_version: str | None, where: str) -> Check:
+    """The torch the build compiles against (`where`'s) vs the release's pin (catalog `torch`): extensions
+    built against another torch fail at import (`undefined symbol`). A local tag (+cu130) matches its version."""
+    name = "torch-vs-release"
+    if not release.torch:
+        return Check(name, "skip", f"vLLM {release.version} pins no torch")
+    pin = f"torch{release.torch}"
+    hint = (f"use an interpreter with {pin} (env.python_path), or the profile that installs it: "
+            f"--profile pypi-cu13 ({pin} from its lock)")
+    if not torch_version:
+        return Check(name, "fail", f"{where} has no torch; vLLM {release.version} builds against {pin}", hint)
+    if not release.torch.contains(torch_version, prereleases=True):
+        return Check(name, "fail", f"{where} has torch {torch_version}; vLLM {release.version} builds against "
+                     f"{pin} only", hint)
+    return Check(name, "pass", f"{where} has torch {torch_version}: vLLM {release.version} pins {pin}")
+
+
+def check_build_requirements(requires: Sequence[str], packages: Mapping[str, str], python_version: str,
+                             release: str, backend: str) -> Check:
+    """The release's build requirements (pyproject [build-system] requires) in the env: the build runs
+    without isolation, so setup.py imports them from the env (0.26.0: `from setuptools_scm import ...` on its
+    first lines). torch is left to torch-vs-release."""
+    name = "build-requirements"
+    env = {"python_version": ".".join(python_version.split(".")[:2]), "python_full_version": python_version}
+    missing, wrong = [], []
+    for line in requires:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        key = canonicalize_name(req.name)
+        if key == "torch" or (req.marker is not None and not req.marker.evaluate(env)):
+            continue
+        have = packages.get(key)
+        if have is None:
+            missing.append(str(req))
+        elif not req.specifier.contains(have, prereleases=True):
+            wrong.append((str(req), f"{req.name} {have}"))
+    if not missing and not wrong:
+        return Check(name, "pass", f"the env holds vLLM {release}'s build requirements ({len(requires)})")
+    parts = ([f"lacks {', '.join(missing)}"] if missing else []) + [f"has {h}, not {r}" for r, h in wrong]
+    fix = " ".join(f"'{r}'" for r in missing + [r for r, _ in wrong])
+    hint = (f"install them into the host's Python (python -m pip install {fix}), or use --profile pypi-cu13 "
+            "(its lock holds them)" if backend == "existing" else
+            "recreate the env from its lock, which holds them: `inv env --force`")
+    return Check(name, "fail", f"the env {'; '.join(parts)}: vLLM {release} builds without isolation, "
+                 "from the env's packages", hint)
