@@ -307,6 +307,11 @@ def prepare(release: Release, cache: Path, target_root: Path) -> dict[str, Path]
     return out
 
 
+def prepared_externals(plan) -> dict[str, Path]:
+    """The build's view of a plan's externals: each override variable -> its verified tree in the workspace."""
+    return prepare(plan.release, plan.workspace.cache, plan.workspace.root / "externals")
+
+
 # --- bundles: the sdist and every external for a host with no route out ---------------------------------------
 
 BUNDLE_SUFFIXES = (".tar", ".tar.gz", ".tar.xz")
@@ -427,5 +432,5 @@ def summary(obtained: Mapping[str, Path]) -> str:
     return f"{len(obtained)} external sources verified in the cache ({size / 1e6:.1f} MB)"
 
 
-__all__ = ["ExternalPlan", "Origin", "origins", "plan_externals", "cached_archive", "obtain", "prepare",
+__all__ = ["ExternalPlan", "Origin", "origins", "plan_externals", "cached_archive", "obtain", "prepare", "prepared_externals",
            "write_bundle", "import_bundle", "bundle_size", "summary", "assemble", "record"]

@@ -27,9 +27,8 @@ RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_
                   "arch_list_separator", "extensions", "slowest_units", "source", "torch", "gcc_min",
                   "cmake_min", "nvcc_min", "job_peak_gib", "external"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
-EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "via", "role", "subdir", "include", "tree_sha256",
+EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
                    "wheel_path", "submodule"}
-OVERRIDE_VIAS = ("env", "cmake")
 SUBMODULE_FIELDS = {"path", "repo", "commit", "include"}
 EXTERNAL_ROLES = ("compiled", "copied")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -55,12 +54,13 @@ class External:
     name: str
     repo: str                       # owner/project on GitHub; mirrors are templates over it
     commit: str                     # full 40-hex commit ("" only where the pin is a tag: tree_sha256 pins the content)
-    override: str                   # the variable the release's CMake reads for a local copy of the tree
+    # the variable the release's CMake reads for a local copy of the tree: an environment variable, or
+    # FETCHCONTENT_SOURCE_DIR_<NAME> (CMake's own, passed as a -D cache definition)
+    override: str
     role: str                       # compiled | copied (copied into the wheel as files, not compiled)
     include: tuple[str, ...]
     tree_sha256: str
     tag: str = ""
-    via: str = "env"                # env: an environment variable; cmake: a -D cache definition in CMAKE_ARGS
     subdir: str = ""                # the directory inside the repository the override points at
     wheel_path: str = ""            # copied parts: where the release's own wheel ships them
     submodules: tuple[Submodule, ...] = ()
@@ -159,14 +159,12 @@ def _parse_external(raw: Mapping, where: str) -> External:
         subs.append(Submodule(path=sub["path"].strip("/"), repo=sub["repo"],
                               commit=_commit(sub["commit"], f"{where}: {name}/{sub['path']}"),
                               include=tuple(sub["include"])))
-    if raw.get("via", "env") not in OVERRIDE_VIAS:
-        raise ConfigError(f"{where}: external {name} has via {raw['via']!r}", hint="use env or cmake")
     if "commit" not in raw and not raw.get("tag"):
         raise ConfigError(f"{where}: external {name} has neither a commit nor a tag", hint="pin it by full commit")
     return External(name=name, repo=raw["repo"],
                     commit=_commit(raw["commit"], f"{where}: {name}") if "commit" in raw else "",
                     override=raw["override"], role=raw["role"], include=tuple(raw["include"]),
-                    tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""), via=raw.get("via", "env"),
+                    tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""),
                     subdir=raw.get("subdir", "").strip("/"), wheel_path=raw.get("wheel_path", ""),
                     submodules=tuple(subs))
 
