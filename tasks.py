@@ -42,11 +42,12 @@ def catalog_hashes(c, release=None, mirror=None):
     cli.catalog_hashes_task(release=release, mirror=mirror)
 
 
-@task(help={**COMMON, "out": "a new or empty directory, or FILE.tar / .tar.gz / .tar.xz (xz is smallest)"})
+@task(help={**COMMON, "out": "a new or empty directory, or FILE.tar / .tar.gz / .tar.xz (xz is smallest)",
+            "externals_only": "leave the sdist out (carry it apart, or let the offline host's mirror serve it)"})
 @handles_errors
-def bundle(c, out=None, release=None, profile=None, offline=False):
+def bundle(c, out=None, release=None, profile=None, offline=False, externals_only=False):
     """Write the sdist and every external source (verified, trimmed) for hosts with no route out."""
-    cli.bundle_task(out, release=release, profile=profile, offline=offline)
+    cli.bundle_task(out, externals_only, release=release, profile=profile, offline=offline)
 
 
 @task(help={**COMMON, "force": "recreate the env even if up to date",

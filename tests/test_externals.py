@@ -219,3 +219,19 @@ def test_verify_finds_an_extension_below_the_package_by_its_dotted_name(tmp_path
     (tmp_path / "_C.abi3.so").write_bytes(b"")
     found, missing = extension_files([tmp_path], ["_C", "vllm_flash_attn._vllm_fa2_C", "_moe_C"])
     assert found == {"_C": tmp_path / "_C.abi3.so", "vllm_flash_attn._vllm_fa2_C": so} and missing == ["_moe_C"]
+
+
+SHIPPED = Path(__file__).parent / "fixtures" / "bundles" / "vllm-0.26.0-externals.tar.xz"
+
+
+def test_the_shipped_0_26_0_bundle_verifies_against_the_catalog_and_feeds_an_offline_build(tmp_path):
+    """The trimmed externals the slow tier builds from (2.5 MB: xz shares the five CUTLASS copies), written by
+    `./inv bundle --externals-only`: every tree hashes to the catalog's pin, and prepare() hands each one over."""
+    release = get_release("0.26.0")
+    assert externals.import_bundle(release, SHIPPED, tmp_path / "sources", tmp_path) == len(release.externals) == 8
+    externals.obtain(release, tmp_path, settings(), HTTP, offline=True)   # nothing missing
+    overrides = externals.prepare(release, tmp_path, tmp_path / "ws" / "externals")
+    assert set(overrides) == {e.override for e in release.externals}
+    assert (overrides["VLLM_CUTLASS_SRC_DIR"] / "include" / "cute" / "tensor.hpp").is_file()
+    assert (overrides["FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN"] / "csrc" / "cutlass" / "include").is_dir()
+    assert not (overrides["VLLM_CUTLASS_SRC_DIR"] / "test").exists(), "trimmed to what the build reads"

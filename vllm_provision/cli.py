@@ -257,8 +257,9 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
         ui.info(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
 
 
-def bundle_task(out: str | None, **flags: Any) -> Path:
-    """Fetch (verified) and write the sdist and every external source for hosts with no route out."""
+def bundle_task(out: str | None, externals_only: bool = False, **flags: Any) -> Path:
+    """Fetch (verified) and write the sdist and every external source for hosts with no route out; without the
+    sdist when `externals_only` (carried apart where a transfer is size-limited, or taken from a PyPI mirror)."""
     if not out:
         raise ConfigError("bundle needs --out", hint="./inv bundle --out DIR (or FILE.tar.xz)")
     target = Path(out).expanduser().resolve()
@@ -268,10 +269,11 @@ def bundle_task(out: str | None, **flags: Any) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     run_pipeline(["fetch"], **flags)
     plan = make_plan(**flags)
-    written = externals.write_bundle(plan.release, plan.workspace.downloads / plan.release.sdist.file,
-                                     plan.workspace.cache, target)
-    ui.info(f"bundle: {written} ({externals.bundle_size(written) / 1e6:.1f} MB; the sdist and "
-            f"{len(plan.release.externals)} external sources); on the offline host: "
+    sdist = None if externals_only else plan.workspace.downloads / plan.release.sdist.file
+    written = externals.write_bundle(plan.release, sdist, plan.workspace.cache, target)
+    ui.info(f"bundle: {written} ({externals.bundle_size(written) / 1e6:.1f} MB; "
+            f"{'' if externals_only else 'the sdist and '}{len(plan.release.externals)} external sources); "
+            f"on the offline host: "
             f"./inv fetch --release {plan.release.version} --bundle {written} --offline")
     return written
 
