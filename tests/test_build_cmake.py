@@ -364,3 +364,85 @@ def test_offline_runs_configure_and_build_without_a_network(tmp_path):
                          live=False, emit=lambda t, f: None, ccache_dir=tmp_path / "ccache")
     assert built.network_isolated and built.units_done == built.edges_total
     assert any("without a network" in n for n in built.notes)
+
+
+# ------------------------------------------------------------------------------------------- pip's pass
+# vLLM 0.26.0's cmake_build_ext, cut to what decides the configure and the compile (setup.py lines 197-354):
+# MAX_JOBS // NVCC_THREADS, the launcher found by name, sys.executable and sys.path, FETCHCONTENT_BASE_DIR,
+# the job pool, CMAKE_CUDA_COMPILER, CMAKE_ARGS appended; then `cmake --build . -j=N --target=...` in
+# build_temp. It records the jobs it ran with.
+VLLM_LIKE_SETUP = '''
+import os, shutil, subprocess, sys
+from shutil import which
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[], py_limited_api=True)
+
+class cmake_build_ext(build_ext):
+    def compute_num_jobs(self):
+        num_jobs = int(os.environ["MAX_JOBS"]) if os.environ.get("MAX_JOBS") else len(os.sched_getaffinity(0))
+        nvcc_threads = int(os.environ["NVCC_THREADS"]) if os.environ.get("NVCC_THREADS") else 1
+        return max(1, num_jobs // nvcc_threads), nvcc_threads
+
+    def build_extensions(self):
+        os.makedirs(self.build_temp, exist_ok=True)
+        num_jobs, nvcc_threads = self.compute_num_jobs()
+        args = ["-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DVLLM_TARGET_DEVICE=cuda"]
+        if which("ccache"):
+            args += [f"-DCMAKE_{l}_COMPILER_LAUNCHER=ccache" for l in ("C", "CXX", "CUDA", "HIP")]
+        args += [f"-DVLLM_PYTHON_EXECUTABLE={sys.executable}", "-DVLLM_PYTHON_PATH=" + ":".join(sys.path)]
+        args += ["-DFETCHCONTENT_BASE_DIR=" + os.environ.get("FETCHCONTENT_BASE_DIR", os.path.join(ROOT_DIR, ".deps"))]
+        args += [f"-DNVCC_THREADS={nvcc_threads}", "-DCMAKE_JOB_POOL_COMPILE:STRING=compile",
+                 f"-DCMAKE_JOB_POOLS:STRING=compile={num_jobs}"]
+        if os.environ.get("CUDA_HOME"):
+            args += [f"-DCMAKE_CUDA_COMPILER={os.environ['CUDA_HOME']}/bin/nvcc"]
+        args += os.environ.get("CMAKE_ARGS", "").split()
+        subprocess.check_call(["cmake", ROOT_DIR, "-G", "Ninja", *args], cwd=self.build_temp)
+        with open(os.path.join(ROOT_DIR, "setup-py-jobs.txt"), "w") as fh:
+            fh.write(f"{num_jobs} {self.build_temp}")
+        targets = [e.name.removeprefix("tinyvllm.") for e in self.extensions]
+        subprocess.check_call(["cmake", "--build", ".", f"-j={num_jobs}", *[f"--target={t}" for t in targets]],
+                              cwd=self.build_temp)
+        for ext, target in zip(self.extensions, targets):     # vLLM: cmake --install --component <target>
+            os.makedirs(os.path.dirname(self.get_ext_fullpath(ext.name)), exist_ok=True)
+            shutil.copy(os.path.join(self.build_temp, f"lib{target}.so"), self.get_ext_fullpath(ext.name))
+
+setup(name="tinyvllm", version="0.0.1", packages=["tinyvllm"],
+      ext_modules=[CMakeExtension("tinyvllm._C"), CMakeExtension("tinyvllm._moe_C")],
+      cmdclass={"build_ext": cmake_build_ext})
+'''
+
+
+def test_pips_editable_pass_reuses_the_build_tree_and_runs_the_planned_jobs(tmp_path):
+    src = tiny_project(tmp_path, cuda=False)
+    (src / "setup.py").write_text(VLLM_LIKE_SETUP)
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (src / "tinyvllm").mkdir()
+    (src / "tinyvllm" / "__init__.py").write_text("")
+    venv = tmp_path / "env"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    # the toolkit venv's packages (torch, setuptools, pip) seen from an env of its own, which pip installs into
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "toolkit.pth").write_text(subprocess.run(
+        [PYTHON, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True,
+        check=True).stdout)
+    # three nvcc threads a job, as on a large multi-arch host: setup.py would run MAX_JOBS // 3
+    plan = make_plan(tmp_path)
+    plan = dataclasses.replace(plan, build=dataclasses.replace(plan.build, max_jobs=2, nvcc_threads=3))
+    kw = dict(ccache_dir=tmp_path / "ccache", base_env=dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}"))
+    facts = driver.drive(plan, src, python, {}, ["_C", "_moe_C"], live=False, emit=lambda t, f: None, **kw)
+    assert facts.units_done == facts.edges_total == 7
+
+    compiled = driver.editable_install(plan, src, python, {}, facts, tmp_path / "pip.log", **kw)
+    jobs, build_temp = (src / "setup-py-jobs.txt").read_text().split(" ", 1)
+    assert Path(build_temp).resolve() == facts.build_dir          # setuptools built in the driver's tree ...
+    assert compiled == 0, (tmp_path / "pip.log").read_text()[-3000:]   # ... and compiled nothing there
+    assert int(jobs) == plan.build.max_jobs == 2                  # MAX_JOBS // NVCC_THREADS = the plan's jobs
+    assert list((src / "tinyvllm").glob("_C.*.so")) and list((src / "tinyvllm").glob("_moe_C.*.so"))

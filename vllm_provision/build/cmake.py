@@ -247,10 +247,12 @@ def build_argv(cmake: str, build_dir: Path, jobs: int, targets: Sequence[str]) -
 
 
 def editable_env(build_dir: Path, config_file: Path) -> dict[str, str]:
-    """pip's editable pass (setuptools) builds in `build_dir`: a distutils config file names it as
-    build_ext's build_temp (setuptools re-reads command options when it reinitialises build_ext)."""
+    """pip's editable pass (setuptools) builds in `build_dir`: a distutils config file names it as build_ext's
+    build_temp. setuptools' editable_wheel re-initialises build_ext and then looks its options up by the
+    class's name, vLLM's `cmake_build_ext`: both sections name the dir."""
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(f"[build_ext]\nbuild_temp = {build_dir}\n")
+    config_file.write_text("".join(f"[{section}]\nbuild_temp = {build_dir}\n\n"
+                                   for section in ("build_ext", "cmake_build_ext")))
     return {"DIST_EXTRA_CONFIG": str(config_file)}
 
 
@@ -437,10 +439,11 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     return env
 
 
-def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], *, cuda_home: str | None = None,
-               ccache_dir: Path | None = None, base: Mapping[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
+               cuda_home: str | None = None, ccache_dir: Path | None = None,
+               base: Mapping[str, str] | None = None) -> tuple[dict[str, str], str | None]:
     """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
-    disconnection, so setup.py's own configure cannot fetch either."""
+    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
     base = dict(os.environ if base is None else base)
     search = os.pathsep.join([str(Path(python).parent), base.get("PATH", "")])
     ccache = find_ccache(search) if plan.build.ccache else None
@@ -450,7 +453,13 @@ def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], *, c
                     ccache_dir=Path(ccache_dir or base.get("CCACHE_DIR") or plan.workspace.cache / "ccache"),
                     ccache_base=src.resolve().parent)
     env["CMAKE_ARGS"] = " ".join(offline_cmake_args())
+    env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
     return env, ccache
+
+
+def fetchcontent_base(build_dir: Path) -> Path:
+    """FetchContent's base inside the build dir (setup.py's default, <src>/.deps, is outside any cleanup)."""
+    return build_dir / "_deps"
 
 
 def _ccache_stats(ccache: str | None, env: Mapping[str, str]) -> dict | None:
@@ -485,7 +494,8 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         raise ConfigError("cmake and ninja are needed to build a CMake-era release and one is missing "
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
-    env, ccache = driver_env(plan, src, python, externals, cuda_home=cuda_home, ccache_dir=ccache_dir, base=base)
+    env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
+                             base=base)
     if plan.build.ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache")
     isolation, note = network_isolation(plan.offline)
@@ -502,7 +512,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
     started = time.monotonic()
     runner.run([*isolation, *configure_argv(
         cmake=cmake, src=src.resolve(), python=python, python_path=python_path(python, src.resolve()),
-        fetch_base=build_dir / "_deps", jobs=jobs, nvcc_threads=threads, cuda_home=cuda_home,
+        fetch_base=fetchcontent_base(build_dir), jobs=jobs, nvcc_threads=threads, cuda_home=cuda_home,
         ccache=bool(ccache), cmake_args=cmake_args)], log=log, cwd=build_dir, env=env, timeout=CONFIGURE_TIMEOUT,
         what="cmake configure", diagnose=_configure_hint, tail_lines=40)
     configure_s = time.monotonic() - started
@@ -589,7 +599,8 @@ def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path]
     pip's pass ran (0 when the build tree was reused)."""
     ninja_log = facts.build_dir / ".ninja_log"
     before = _ninja_log_entries(ninja_log)
-    env, _ = driver_env(plan, src, python, externals, cuda_home=cuda_home, ccache_dir=ccache_dir, base=base_env)
+    env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
+                        base=base_env)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
     runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,
