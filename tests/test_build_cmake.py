@@ -446,3 +446,16 @@ def test_pips_editable_pass_reuses_the_build_tree_and_runs_the_planned_jobs(tmp_
     assert compiled == 0, (tmp_path / "pip.log").read_text()[-3000:]   # ... and compiled nothing there
     assert int(jobs) == plan.build.max_jobs == 2                  # MAX_JOBS // NVCC_THREADS = the plan's jobs
     assert list((src / "tinyvllm").glob("_C.*.so")) and list((src / "tinyvllm").glob("_moe_C.*.so"))
+
+
+# ------------------------------------------------------------------------------------------- the compiler floor
+def test_the_release_compiler_floor_is_checked_for_doctor_and_preflight():
+    from vllm_provision.checks.toolchain import check_release_floor
+    release = catalog.get_release("0.26.0")
+    old = check_release_floor(release, "10.2.1", "3.25.1", "13.0", "/usr/bin/cmake")
+    assert old.status == "fail" and "gcc 10.2.1 < 11.3" in old.detail and "cmake 3.25.1 < 3.26.1" in old.detail
+    assert "g++" in old.hint and "cmake>=3.26.1" in old.hint and "/usr/bin/cmake" in old.hint
+    assert check_release_floor(release, "12.2.0", "3.26.4", "11.8").status == "fail"
+    ok = check_release_floor(release, "12.2.0", None, "13.0")      # no env yet: its lock brings cmake
+    assert ok.status == "pass" and "gcc 12.2.0 >= 11.3" in ok.detail and "cmake ?" in ok.detail
+    assert check_release_floor(catalog.get_release("0.2.2"), "12.2.0", None, "13.0").status == "skip"
