@@ -459,3 +459,16 @@ def test_the_release_compiler_floor_is_checked_for_doctor_and_preflight():
     ok = check_release_floor(release, "12.2.0", None, "13.0")      # no env yet: its lock brings cmake
     assert ok.status == "pass" and "gcc 12.2.0 >= 11.3" in ok.detail and "cmake ?" in ok.detail
     assert check_release_floor(catalog.get_release("0.2.2"), "12.2.0", None, "13.0").status == "skip"
+
+
+def test_targets_and_a_time_limit_are_refused_for_a_setuptools_release():
+    facts = host.HostFacts(cpu_count=2, mem_available_bytes=8 * GIB)
+    with pytest.raises(ConfigError) as err:
+        plan_build(catalog.get_release("0.2.2"), {"build": BUILD | {"time_limit": 600}}, facts, "13.0")
+    assert "CMake-era" in err.value.message and err.value.exit_code == 2
+    bp = plan_build(release_for_env(), {"build": BUILD | {"time_limit": 600, "targets": ["_C"]}}, facts, "13.0")
+    assert bp.time_limit == 600.0 and bp.targets == ("_C",)
+    # the task's flags reach the plan through the settings (./inv build --time-limit 600 --targets _C,_moe_C)
+    from vllm_provision import cli
+    with pytest.raises(ConfigError):
+        cli.make_plan(release="0.2.2", time_limit=600, targets=["_C"])

@@ -242,6 +242,9 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     if bad and source != "gpus":
         raise arch_refusal(release, bad, source)
     compiler_archs = compilable_archs(release.cuda_archs, cuda)[0]
+    if release.build_system != "cmake" and (build.get("targets") or build.get("time_limit")):
+        raise ConfigError(f"--targets and --time-limit drive CMake-era builds; vLLM {release.version} builds with "
+                          f"{release.build_system}", hint="drop them, or pick a release built with CMake (0.4.0 on)")
     if release.build_system == "cmake":
         return _plan_cmake_build(release, build, facts, archs, source, compiler_archs)
     if build.get("max_jobs"):
