@@ -215,6 +215,8 @@ def sleepers() -> list[int]:
 def test_a_time_limit_stops_the_build_with_nothing_left_and_projects_the_total(tmp_path):
     src = tiny_project(tmp_path, cuda=False)
     (src / "CMakeLists.txt").write_text(SLOW_CMAKELISTS)
+    for n in "abcd":        # units of milliseconds: some finish before the limit even on a busy host
+        (src / f"{n}.cpp").write_text(f"int f_{n}() {{ return 1; }}\n")
     plan = make_plan(tmp_path)
     shown: list[str] = []
     started = time.monotonic()
