@@ -474,3 +474,19 @@ def test_targets_and_a_time_limit_are_refused_for_a_setuptools_release():
     from vllm_provision import cli
     with pytest.raises(ConfigError):
         cli.make_plan(release="0.2.2", time_limit=600, targets=["_C"])
+
+
+def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_installs_it_as_files(tmp_path):
+    """0.26.0 installs FA4's cute package as a symlink into VLLM_FLASH_ATTN_SRC_DIR when that is set."""
+    fa, cutlass = tmp_path / "fa", tmp_path / "cutlass"
+    env, args = driver.external_settings({"VLLM_FLASH_ATTN_SRC_DIR": fa, "VLLM_CUTLASS_SRC_DIR": cutlass})
+    assert env == {"VLLM_CUTLASS_SRC_DIR": str(cutlass)}
+    assert args == [f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    base = {"PATH": "/usr/bin", "VLLM_FLASH_ATTN_SRC_DIR": "/elsewhere"}      # one the user exported is not used
+    env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {"VLLM_FLASH_ATTN_SRC_DIR": fa},
+                               tmp_path / "b", base=base)
+    assert "VLLM_FLASH_ATTN_SRC_DIR" not in env
+    assert env["CMAKE_ARGS"].split() == ["-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DCMAKE_POLICY_DEFAULT_CMP0170=NEW",
+                                         f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    assert env["FETCHCONTENT_BASE_DIR"] == str(tmp_path / "b" / "_deps")
+    assert env["MAX_JOBS"] == str(make_plan(tmp_path).build.max_jobs)

@@ -416,6 +416,26 @@ class CMakeBuildFacts:
                     dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
 
 
+# Externals handed over as FetchContent's own source-dir variable instead of the release's override variable:
+# with VLLM_FLASH_ATTN_SRC_DIR set, 0.26.0's vllm_flash_attn.cmake takes a "local development" branch that
+# installs FA4's flash_attn/cute as a symlink into that directory (a wheel would carry a link into the build
+# host) and skips its import rewrite; FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN gives the same sources with
+# the release's own install (the same 417-edge graph, measured on this kind of host).
+AS_FETCHCONTENT_SOURCE = {"VLLM_FLASH_ATTN_SRC_DIR": "FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN"}
+
+
+def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], list[str]]:
+    """(environment variables, cmake -D arguments) that hand every external to configure."""
+    env, args = {}, []
+    for name, directory in sorted(externals.items()):
+        path = str(Path(directory).resolve())
+        if name in AS_FETCHCONTENT_SOURCE:
+            args.append(f"-D{AS_FETCHCONTENT_SOURCE[name]}={path}")
+        else:
+            env[name] = path
+    return env, args
+
+
 def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, arch_list: str, jobs: int,
               nvcc_threads: int, externals: Mapping[str, Path], ccache: str | None, ccache_dir: Path,
               ccache_base: Path) -> dict[str, str]:
@@ -428,7 +448,8 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     env["PATH"] = os.pathsep.join(dict.fromkeys(path + env.get("PATH", "/usr/bin:/bin").split(os.pathsep)))
     if cuda_home:
         env["CUDA_HOME"] = cuda_home
-    env.update({name: str(Path(d).resolve()) for name, d in externals.items()})
+    env = {k: v for k, v in env.items() if k not in AS_FETCHCONTENT_SOURCE}
+    env.update(external_settings(externals)[0])
     env.update(setup_py_env(jobs, nvcc_threads))
     env.update(TORCH_CUDA_ARCH_LIST=arch_list, NINJA_STATUS=NINJA_STATUS, VLLM_DISABLE_SCCACHE="1")
     if ccache:
@@ -439,9 +460,15 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     return env
 
 
+def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list[str]:
+    """CMAKE_ARGS for every configure, the driver's and setup.py's: the disconnection, the externals given as
+    cache variables, then the caller's (e.g. a driver stub's path on a host without a GPU)."""
+    return offline_cmake_args() + external_settings(externals)[1] + list(extra)
+
+
 def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
-               cuda_home: str | None = None, ccache_dir: Path | None = None,
-               base: Mapping[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+               cuda_home: str | None = None, ccache_dir: Path | None = None, base: Mapping[str, str] | None = None,
+               extra_cmake_args: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
     """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
     disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
     base = dict(os.environ if base is None else base)
@@ -452,7 +479,7 @@ def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], buil
                     externals=externals, ccache=ccache,
                     ccache_dir=Path(ccache_dir or base.get("CCACHE_DIR") or plan.workspace.cache / "ccache"),
                     ccache_base=src.resolve().parent)
-    env["CMAKE_ARGS"] = " ".join(offline_cmake_args())
+    env["CMAKE_ARGS"] = " ".join(cmake_args(externals, extra_cmake_args))
     env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
     return env, ccache
 
@@ -473,7 +500,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
           time_limit: float | None = None, *, build_dir: Path | None = None, log: Path | None = None,
           cuda_home: str | None = None, ccache_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
           emit: Callable[[str, bool], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
-          live: bool | None = None) -> CMakeBuildFacts:
+          live: bool | None = None, extra_cmake_args: Sequence[str] = ()) -> CMakeBuildFacts:
     """Configure `src` and compile `targets` (default: setup.py's) with the plan's jobs x threads, ccache and
     the externals' override directories; stop cleanly at `time_limit` seconds. Refuses the wrong torch before
     configure (ConfigError); a failed compile is StepFailed, out of memory with the job count to use."""
@@ -495,7 +522,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
     env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                             base=base)
+                             base=base, extra_cmake_args=extra_cmake_args)
     if plan.build.ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache")
     isolation, note = network_isolation(plan.offline)
@@ -507,14 +534,13 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         fh.write("".join(f"# {n}\n" for n in notes))
         fh.write("# overrides: " + " ".join(f"{k}={v}" for k, v in sorted(externals.items())) + "\n")
     targets = tuple(targets or plan.build.targets or default_targets(_python_version(python)))
-    cmake_args = offline_cmake_args()
 
     started = time.monotonic()
     runner.run([*isolation, *configure_argv(
         cmake=cmake, src=src.resolve(), python=python, python_path=python_path(python, src.resolve()),
         fetch_base=fetchcontent_base(build_dir), jobs=jobs, nvcc_threads=threads, cuda_home=cuda_home,
-        ccache=bool(ccache), cmake_args=cmake_args)], log=log, cwd=build_dir, env=env, timeout=CONFIGURE_TIMEOUT,
-        what="cmake configure", diagnose=_configure_hint, tail_lines=40)
+        ccache=bool(ccache), cmake_args=env["CMAKE_ARGS"].split())], log=log, cwd=build_dir, env=env,
+        timeout=CONFIGURE_TIMEOUT, what="cmake configure", diagnose=_configure_hint, tail_lines=40)
     configure_s = time.monotonic() - started
 
     before = _ccache_stats(ccache, env)
@@ -593,14 +619,14 @@ def _python_version(python: str) -> str:
 
 def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path], facts: CMakeBuildFacts,
                      log: Path, *, cuda_home: str | None = None, ccache_dir: Path | None = None,
-                     base_env: Mapping[str, str] | None = None) -> int:
+                     base_env: Mapping[str, str] | None = None, extra_cmake_args: Sequence[str] = ()) -> int:
     """`pip install --no-build-isolation --no-deps -e src` through setup.py, in the driver's build dir:
     setup.py configures again and `cmake --build` finds every object up to date. Returns the compile edges
     pip's pass ran (0 when the build tree was reused)."""
     ninja_log = facts.build_dir / ".ninja_log"
     before = _ninja_log_entries(ninja_log)
     env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                        base=base_env)
+                        base=base_env, extra_cmake_args=extra_cmake_args)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
     runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,
