@@ -32,8 +32,8 @@ from packaging.version import InvalidVersion, Version
 
 from .. import GIB, runner, ui
 from ..errors import ConfigError, StepFailed
-from . import (BUILD_LOCALE, LOCALE_VARS, cache_summary, find_ccache, ninja_unit_times, parse_ccache_stats,
-               relevant_tail)
+from . import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
+               parse_ccache_stats, relevant_tail)
 
 CONFIGURE_TIMEOUT = 1800
 BUILD_TIMEOUT = 6 * 3600
@@ -47,6 +47,7 @@ SETUP_PY_CUDA_TARGETS = ("cumem_allocator", "triton_kernels", "spinloop", "fs_io
                          "_vllm_fa4_cutedsl_C", "_flashmla_C", "_flashmla_extension_C", "_deep_gemm_C",
                          "_qutlass_C", "fmha_sm100", "tml_fa4", "_C_stable_libtorch", "_moe_C_stable_libtorch")
 PY311_ONLY_TARGETS = ("spinloop", "fs_io_C")
+SOURCE_SUFFIXES = (".cu", ".cpp", ".cc", ".cxx", ".c")     # compile units in .ninja_log (links name an object)
 
 
 # ------------------------------------------------------------------------------------------- pure parts
@@ -438,7 +439,7 @@ def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], li
 
 def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, arch_list: str, jobs: int,
               nvcc_threads: int, externals: Mapping[str, Path], ccache: str | None, ccache_dir: Path,
-              ccache_base: Path) -> dict[str, str]:
+              ccache_base: Path, include_dirs: Sequence[str] = ()) -> dict[str, str]:
     """The environment of configure, build and pip's pass: the env's tools first, the externals' override
     variables, the arch list, setup.py's job variables, ccache's settings (those of the 0.2.2 build)."""
     env = {k: v for k, v in base.items() if k not in ("CUDACXX", "NINJA_STATUS")}
@@ -448,6 +449,10 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     env["PATH"] = os.pathsep.join(dict.fromkeys(path + env.get("PATH", "/usr/bin:/bin").split(os.pathsep)))
     if cuda_home:
         env["CUDA_HOME"] = cuda_home
+    # the CUDA library headers pip wheels ship (cublas_v2.h, cusparse.h, ...), as for the setuptools-era build
+    includes = [d for d in include_dirs if d and Path(d).is_dir()]
+    if includes:
+        env["CPATH"] = os.pathsep.join(dict.fromkeys(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p]))
     env = {k: v for k, v in env.items() if k not in AS_FETCHCONTENT_SOURCE}
     env.update(external_settings(externals)[0])
     env.update(setup_py_env(jobs, nvcc_threads))
@@ -468,7 +473,7 @@ def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list
 
 def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
                cuda_home: str | None = None, ccache_dir: Path | None = None, base: Mapping[str, str] | None = None,
-               extra_cmake_args: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
+               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
     """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
     disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
     base = dict(os.environ if base is None else base)
@@ -478,7 +483,7 @@ def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], buil
                     jobs=max(1, plan.build.max_jobs), nvcc_threads=max(1, plan.build.nvcc_threads),
                     externals=externals, ccache=ccache,
                     ccache_dir=Path(ccache_dir or base.get("CCACHE_DIR") or plan.workspace.cache / "ccache"),
-                    ccache_base=src.resolve().parent)
+                    ccache_base=src.resolve().parent, include_dirs=include_dirs)
     env["CMAKE_ARGS"] = " ".join(cmake_args(externals, extra_cmake_args))
     env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
     return env, ccache
@@ -500,7 +505,8 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
           time_limit: float | None = None, *, build_dir: Path | None = None, log: Path | None = None,
           cuda_home: str | None = None, ccache_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
           emit: Callable[[str, bool], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
-          live: bool | None = None, extra_cmake_args: Sequence[str] = ()) -> CMakeBuildFacts:
+          live: bool | None = None, extra_cmake_args: Sequence[str] = (),
+          include_dirs: Sequence[str] = ()) -> CMakeBuildFacts:
     """Configure `src` and compile `targets` (default: setup.py's) with the plan's jobs x threads, ccache and
     the externals' override directories; stop cleanly at `time_limit` seconds. Refuses the wrong torch before
     configure (ConfigError); a failed compile is StepFailed, out of memory with the job count to use."""
@@ -522,7 +528,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
     env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                             base=base, extra_cmake_args=extra_cmake_args)
+                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
     if plan.build.ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache")
     isolation, note = network_isolation(plan.offline)
@@ -582,7 +588,8 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         expected_seconds=plan.build.expected_seconds, stopped_at_limit=stopped,
         peak_memory_bytes=memory.peak_total or None, job_peak_memory_bytes=memory.peak_job or None, ccache=cache,
         network_isolated=bool(isolation), notes=tuple(notes),
-        unit_times=tuple(ninja_unit_times(build_dir, src.resolve())))
+        unit_times=tuple(u for u in ninja_unit_times(build_dir, src.resolve())
+                         if u["unit"].endswith(SOURCE_SUFFIXES)))
     if returncode != 0 and not stopped:
         output = "\n".join(lines)
         oom_after = oom_kills()
@@ -595,8 +602,9 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
                              hint=f"rerun with --max-jobs {lower} (the compiler cache keeps the finished units)",
                              log_tail=relevant_tail(output), facts=facts.to_dict())
         raise StepFailed(f"cmake --build failed with exit code {returncode} ({progress.done}/{progress.total} "
-                         f"units); full log: {log}", hint=f"read {log}", log_tail=relevant_tail(output),
-                         facts=facts.to_dict())
+                         f"units); full log: {log}",
+                         hint=diagnose(output, returncode, max_jobs=jobs, cuda=plan.release.main_cuda) or f"read {log}",
+                         log_tail=relevant_tail(output), facts=facts.to_dict())
     return facts
 
 
@@ -619,14 +627,15 @@ def _python_version(python: str) -> str:
 
 def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path], facts: CMakeBuildFacts,
                      log: Path, *, cuda_home: str | None = None, ccache_dir: Path | None = None,
-                     base_env: Mapping[str, str] | None = None, extra_cmake_args: Sequence[str] = ()) -> int:
+                     base_env: Mapping[str, str] | None = None, extra_cmake_args: Sequence[str] = (),
+                     include_dirs: Sequence[str] = ()) -> int:
     """`pip install --no-build-isolation --no-deps -e src` through setup.py, in the driver's build dir:
     setup.py configures again and `cmake --build` finds every object up to date. Returns the compile edges
     pip's pass ran (0 when the build tree was reused)."""
     ninja_log = facts.build_dir / ".ninja_log"
     before = _ninja_log_entries(ninja_log)
     env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                        base=base_env, extra_cmake_args=extra_cmake_args)
+                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
     runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,

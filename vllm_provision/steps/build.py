@@ -277,7 +277,8 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     plan, src = ctx.plan, ctx.workspace.src
     externals = prepared_externals(plan)
     ctx.say(f"{plan.build.max_jobs} jobs x {plan.build.nvcc_threads} nvcc thread(s): {plan.build.max_jobs_reason}")
-    kw = dict(cuda_home=info.cuda_home, ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
+    kw = dict(cuda_home=info.cuda_home, include_dirs=info.include_dirs,
+              ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
     built = cmake_driver.drive(plan, src, info.python, externals, plan.build.targets or None, plan.build.time_limit,
                                build_dir=src / "build" / "cmake", log=ctx.log, **kw)
     facts = built.to_dict() | {"source": "compiled", "arch_list": plan.build.torch_cuda_arch_list,
