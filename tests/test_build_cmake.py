@@ -221,9 +221,12 @@ def test_a_time_limit_stops_the_build_with_nothing_left_and_projects_the_total(t
     shown: list[str] = []
     started = time.monotonic()
     facts = driver.drive(plan, src, PYTHON, {}, ["slow", "_C"], time_limit=8, ccache_dir=tmp_path / "ccache",
-                         emit=lambda t, final: shown.append(t), heartbeat_s=0, live=False)
+                         emit=lambda t, final: shown.append(t), heartbeat_s=1, live=False)
     assert time.monotonic() - started < 60
-    assert facts.stopped_at_limit and 0 < facts.units_done < facts.edges_total
+    assert facts.stopped_at_limit and 0 < facts.units_done < facts.edges_total == 6     # 4 units, a link, the sleep
+    # a heartbeat while no unit finishes (the sleep): lines keep coming, the total known from the start
+    beats = [t for t in shown[:-1] if t.startswith(f"{facts.units_done}/6 units")]
+    assert len(beats) >= 2, shown
     assert facts.units_per_minute > 0 and facts.projected_seconds > facts.seconds
     assert shown[-1].startswith(f"stopped at the time limit: {facts.units_done}/{facts.edges_total} units")
     assert facts.job_peak_memory_bytes and facts.job_peak_memory_bytes < 2 * GIB

@@ -140,13 +140,37 @@ class ProgressReporter:
         self.emit = emit or ui.progress
         self.first_done: int | None = None
         self.last: Progress | None = None
+        self.total = 0              # known before the first line from a dry run (`planned_edges`), else 0
         self._shown_at = -float("inf")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def heartbeat(self) -> None:
+        """Until finish(): without a TTY, a line every heartbeat even while no unit finishes (the heaviest
+        units of a CMake-era build take minutes each)."""
+        if self.live or self.heartbeat_s <= 0:
+            return
+
+        def beat() -> None:
+            while not self._stop.wait(self.heartbeat_s):
+                with self._lock:
+                    if self.clock() - self._shown_at >= self.heartbeat_s:
+                        done = self.last.done if self.last else 0
+                        p = progress_at(done, self.last.total if self.last else self.total,
+                                        self.clock() - self.started, self.first_done or 0)
+                        self._shown_at = self.clock()
+                        self.emit(format_progress(p), False)
+
+        threading.Thread(target=beat, daemon=True).start()
 
     def line(self, text: str) -> None:
         parsed = parse_ninja_progress(text)
         if not parsed:
             return
-        done, total = parsed
+        with self._lock:
+            self._line(*parsed)
+
+    def _line(self, done: int, total: int) -> None:
         if self.first_done is None:
             self.first_done = done - 1     # ninja prints a line as an edge finishes: this run's first
         self.last = progress_at(done, total, self.clock() - self.started, self.first_done)
@@ -157,7 +181,8 @@ class ProgressReporter:
 
     def finish(self, expected_seconds: int, stopped: bool) -> Progress:
         """The closing line; the units counted are those ninja reported finished."""
-        p = self.last or progress_at(0, 0, self.clock() - self.started)
+        self._stop.set()
+        p = self.last or progress_at(0, self.total, self.clock() - self.started)
         p = progress_at(p.done, p.total, self.clock() - self.started, self.first_done or 0)
         self.emit(format_final(p, expected_seconds, stopped), True)
         return p
@@ -271,6 +296,14 @@ def network_isolation(offline: bool) -> tuple[list[str], str]:
             return prefix, f"--offline: configure and build run without a network ({' '.join(prefix[1:])})"
     return [], ("no network namespace could be made (unshare -n / -rn refused): configure and build rely on "
                 "FETCHCONTENT_FULLY_DISCONNECTED alone")
+
+
+def planned_edges(ninja: str, build_dir: Path, targets: Sequence[str], env: Mapping[str, str]) -> int:
+    """How many edges the build of `targets` will run (ninja's dry run: a second): the total before the first
+    unit finishes."""
+    done = runner.capture([ninja, "-C", str(build_dir), "-n", *targets], env=env, timeout=120)
+    totals = [parse_ninja_progress(line) for line in (done.output if done and done.returncode == 0 else "").splitlines()]
+    return max((t[1] for t in totals if t), default=0)
 
 
 def find_tool(name: str, python: str, path: str) -> str | None:
@@ -523,7 +556,8 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         raise ConfigError(f"external source directories missing: {', '.join(f'{k}={v}' for k, v in missing.items())}",
                           hint="run `./inv fetch` (online) or unpack the source bundle, then rerun")
     cmake = find_tool("cmake", python, base.get("PATH", ""))
-    if not cmake or not find_tool("ninja", python, base.get("PATH", "")):
+    ninja = find_tool("ninja", python, base.get("PATH", ""))
+    if not cmake or not ninja:
         raise ConfigError("cmake and ninja are needed to build a CMake-era release and one is missing "
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
@@ -552,6 +586,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
     before = _ccache_stats(ccache, env)
     oom_before = oom_kills()
     reporter = ProgressReporter(heartbeat_s=heartbeat_s, live=live, emit=emit)
+    reporter.total = planned_edges(ninja, build_dir, targets, env)
     memory = MemoryWatch(marker=f"--build\0{build_dir}\0")
     lines: list[str] = []
 
@@ -561,6 +596,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
 
     argv = [*isolation, *build_argv(cmake, build_dir, jobs, targets)]
     memory.start()
+    reporter.heartbeat()
     stopped, returncode = False, 0
     limit = time_limit or plan.build.time_limit
     compile_started = time.monotonic()
