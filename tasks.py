@@ -238,10 +238,14 @@ def patch(c, release=None, profile=None, offline=False, force=False):
 
 @task(help={**COMMON, **ARTIFACTS, "force": "rebuild even if up to date",
             "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'",
-            "max_jobs": "parallel compile jobs (default: from free RAM and cores)"})
+            "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
+            "time_limit": "CMake-era releases: stop the compile cleanly after SECONDS; report the rate and the "
+                          "projected total",
+            "targets": "CMake-era releases: build only these CMake targets, comma-separated (e.g. _C,_moe_C)"})
 @handles_errors
 def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
-          require_cache=False, artifact_key=None):
+          require_cache=False, artifact_key=None, time_limit=None, targets=None):
     """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache), install editable."""
     cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
-                     arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key)
+                     arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key,
+                     time_limit=time_limit, targets=[t for t in targets.split(",") if t] if targets else None)

@@ -27,7 +27,8 @@ PROFILE_META = {"description"}
 # Task flag -> the setting it sets.
 FLAGS = {"release": "release", "profile": "profile", "offline": "offline", "arch": "build.arch_list",
          "max_jobs": "build.max_jobs", "backend": "env.backend", "python": "env.python", "model": "smoke.model",
-         "parity": "smoke.parity", "all_gpus": "smoke.all_gpus", "bundle": "fetch.bundle"}
+         "parity": "smoke.parity", "all_gpus": "smoke.all_gpus", "bundle": "fetch.bundle",
+         "time_limit": "build.time_limit", "targets": "build.targets"}
 
 
 def _shown(path: Path, root: Path) -> str:

@@ -23,11 +23,12 @@ from . import PROJECT_ROOT, envinfo, runner
 from .checks import Check, check_driver, parse_version
 from .checks.install import check_bytecode
 from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_torch_pin
+from .checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_release_floor,
+                               check_torch_pin)
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .envprobe import bytecode_of, torch_of
-from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates
+from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake
 from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, unsupported_archs
 from .redact import redact_text, redact_url
 
@@ -397,6 +398,10 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
         f_chan = [pool.submit(_guard, f"channel {redact_url(u)}", check_channel, u, plan, timeout) for u in channels]
         f_source = pool.submit(_guard, "source", check_source, plan, timeout)
         f_links = pool.submit(probe_gpu_links, probe_timeout) if facts.gpus else None
+        # the release's compiler floor (CMake-era releases name one); cmake is the env's, else the host's
+        f_cmake = pool.submit(probe_cmake, str(envinfo.load(plan.workspace).python)
+                              if envinfo.path(plan.workspace).is_file() else None, environ) \
+            if plan.release.gcc_min or plan.release.cmake_min or plan.release.nvcc_min else None
         # the host's own torch (existing backend); what the toolkit installs into its own envs is compiled
         f_bytecode = pool.submit(bytecode_of, host_python(plan), "torch", probe_timeout) \
             if plan.env.backend == "existing" else None
@@ -423,13 +428,16 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_driver(facts, torch_cuda),
             nvcc_check,
             check_gcc(cc_version, cc, nvcc),
-            check_ram(facts.mem_available_bytes, plan.build.max_jobs, BUILD_JOB_PEAK_BYTES),
+            check_ram(facts.mem_available_bytes, plan.build.max_jobs,
+                      plan.build.job_peak_bytes * max(1, plan.build.nvcc_threads) or BUILD_JOB_PEAK_BYTES),
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
                        str(plan.workspace.root.parent)),
             check_archs(plan, facts, nvcc),
             *([check_torch_pin(plan.release, torch_version, f"host {host_python(plan)}"
                                if plan.env.backend == "existing" else f"the lock {plan.env.lock}")]
               if torch_version or plan.env.backend == "existing" else []),
+            *([check_release_floor(plan.release, cc_version, f_cmake.result()[1], nvcc.version if nvcc else None,
+                                   f_cmake.result()[0])] if f_cmake else []),
             *([check_bytecode(f_bytecode.result(), host_python(plan))] if f_bytecode else []),
             *[f.result() for f in f_index],
             *[f.result() for f in f_chan],

@@ -339,3 +339,21 @@ def facts_from(*, gpu_csv: str = "", smi_text: str = "", apps_csv: str = "", mem
                      mem_total_bytes=total, disk_free_bytes=disk_free_bytes,
                      driver_version=(gpus[0].driver_version if gpus else parse_driver_version(smi_text)),
                      gpu_processes=parse_compute_apps(apps_csv))
+
+
+def parse_cmake_version(text: str) -> str | None:
+    """`cmake version 3.26.4` -> "3.26.4"."""
+    m = re.search(r"cmake version (\d+\.\d+(?:\.\d+)?)", text)
+    return m.group(1) if m else None
+
+
+def probe_cmake(python: str | None = None, environ=None) -> tuple[str | None, str | None]:
+    """(path, version) of the cmake a CMake-era build runs: beside the env's python (its lock's wheel) first,
+    else on PATH."""
+    environ = os.environ if environ is None else environ
+    search = os.pathsep.join(([str(Path(python).parent)] if python else []) + [environ.get("PATH", "")])
+    cmake = shutil.which("cmake", path=search)
+    if not cmake:
+        return None, None
+    done = runner.capture([cmake, "--version"], timeout=20)
+    return cmake, parse_cmake_version(done.output) if done and done.returncode == 0 else None

@@ -69,6 +69,13 @@ class BuildPlan:
     critical_unit_cores: int | None = None   # cores for each critical unit (nvcc splits over them); None: auto
     expected_seconds: int = 0       # rough build time from the host's cores and the arch count
     expected_reason: str = ""
+    # CMake-era releases: compile jobs x nvcc threads each, within the memory budget (choose_parallelism)
+    nvcc_threads: int = 1
+    memory_budget_bytes: int = 0    # the RAM the compile may use: free memory less headroom
+    job_peak_bytes: int = 0         # one compile job's peak at one nvcc thread (the release's measured figure)
+    compiler_archs: tuple[str, ...] = ()     # the release's archs this compiler can build (plan and doctor show it)
+    targets: tuple[str, ...] = ()   # CMake targets to build (empty: every extension setup.py builds)
+    time_limit: float | None = None   # stop the compile cleanly after this many seconds and project the total
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,9 @@ def arch_refusal(release: Release, bad, source: str) -> ConfigError:
 
 # The oldest arch each CUDA major's nvcc still compiles for (CUDA 13 dropped sm_50-sm_72, CUDA 12 sm_35/sm_37).
 NVCC_MIN_ARCH = {11: "3.5", 12: "5.0", 13: "7.5"}
+# The first nvcc that compiles for a newer arch (Blackwell: 12.8; CUDA 13 renamed sm_101 to sm_110).
+NVCC_ARCH_SINCE = {"8.9": "11.8", "9.0": "11.8", "10.0": "12.8", "10.1": "12.8", "12.0": "12.8", "10.3": "12.9",
+                   "12.1": "12.9", "11.0": "13.0"}
 # Build-time estimate for the plan, from measured builds of the release's extensions for one arch:
 # all compile units one after another take about this many CPU-seconds (2-core host, arch 9.0: 354-560 s wall).
 COMPILE_CPU_SECONDS_PER_ARCH = 1000
@@ -155,8 +165,60 @@ def compilable_archs(archs: tuple[str, ...], cuda: str | None) -> tuple[tuple[st
         floor = None
     if not floor:
         return archs, ()
-    kept = tuple(a for a in archs if _arch_key(a) >= _arch_key(floor))
+    kept = tuple(a for a in archs if _arch_key(a) >= _arch_key(floor)
+                 and Version(cuda) >= Version(NVCC_ARCH_SINCE.get(a.removesuffix("+PTX"), "0")))
     return kept, tuple(a for a in archs if a not in kept)
+
+
+# ------------------------------------------------------------------------------------ CMake-era parallelism
+# Keep this share of free memory out of the compile's budget (page cache, the linker, ninja, the session).
+MEMORY_HEADROOM = 0.10
+# nvcc --threads compiles a unit's archs side by side (one cicc + ptxas per arch, each near a job's peak):
+# worth it only where the host has more slots than a build keeps busy to its end, where the slowest units
+# (one arch after another in one job) set the build's length. Below this many slots, one thread a job.
+SLOTS_PER_NVCC_THREAD = 32
+# CMake-era compile work for one arch, from the H200 run of 0.26.0 for sm_90 (16 jobs x 1 thread): 88 units took
+# 5 260 s (59.8 s each) of its 417 edges -> about 25 000 CPU-seconds. A floor: the FA3 units had not started.
+CMAKE_COMPILE_CPU_SECONDS_PER_ARCH = 25_000
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    jobs: int                  # compile processes at once (ninja -j, CMake's compile pool)
+    nvcc_threads: int          # nvcc --threads in each job (NVCC_THREADS)
+    why: str
+    memory_budget_bytes: int
+    job_peak_bytes: int
+
+
+def choose_parallelism(*, cpus: int, mem_available_bytes: int, job_peak_bytes: int, archs: int = 1,
+                       max_jobs: int | None = None) -> Parallelism:
+    """Jobs x nvcc threads for a CMake-era build. Every nvcc thread is a compiler process near the job's peak,
+    so jobs x threads stays within the cores and within the memory budget / the per-job peak; threads above one
+    only with several archs and many slots. A configured `max_jobs` is taken as is, one thread a job."""
+    budget = int(mem_available_bytes * (1 - MEMORY_HEADROOM))
+    peak = max(1, job_peak_bytes)
+    gib = f"{budget / GIB:.1f} GiB budget ({mem_available_bytes / GIB:.1f} GiB free less {MEMORY_HEADROOM:.0%})"
+    if max_jobs:
+        return Parallelism(max_jobs, 1, f"config: {max_jobs} jobs x 1 nvcc thread", budget, job_peak_bytes)
+    by_ram = max(1, budget // peak)
+    slots = max(1, min(cpus, by_ram))
+    threads = max(1, min(archs, slots // SLOTS_PER_NVCC_THREAD))
+    jobs = max(1, slots // threads)
+    limit = "cores" if cpus <= by_ram else "memory"
+    why = (f"{slots} compiler processes = min({cpus} cores, {gib} / {peak / GIB:.1f} GiB a job = {by_ram}), "
+           f"bound by {limit}; ")
+    why += (f"{threads} nvcc threads over {archs} archs (>= {SLOTS_PER_NVCC_THREAD} slots each), {jobs} jobs"
+            if threads > 1 else
+            f"1 nvcc thread a job ({'one arch' if archs == 1 else f'fewer than {SLOTS_PER_NVCC_THREAD * 2} slots'})")
+    return Parallelism(jobs, threads, why, budget, job_peak_bytes)
+
+
+def expected_cmake_seconds(release: Release, archs: int, jobs: int, threads: int) -> int:
+    """About how long a CMake-era compile takes: its work over jobs x threads, never below the slowest unit."""
+    slowest = max(release.slowest_units.values(), default=0.0)
+    work = CMAKE_COMPILE_CPU_SECONDS_PER_ARCH * archs
+    return int(max(work / max(1, jobs * min(threads, archs)), slowest * archs / max(1, threads)))
 
 
 def expected_build_seconds(release: Release, archs: int, cores: int) -> int:
@@ -183,6 +245,12 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     bad = unsupported_archs(release, archs)
     if bad and source != "gpus":
         raise arch_refusal(release, bad, source)
+    compiler_archs = compilable_archs(release.cuda_archs, cuda)[0]
+    if release.build_system != "cmake" and (build.get("targets") or build.get("time_limit")):
+        raise ConfigError(f"--targets and --time-limit drive CMake-era builds; vLLM {release.version} builds with "
+                          f"{release.build_system}", hint="drop them, or pick a release built with CMake (0.4.0 on)")
+    if release.build_system == "cmake":
+        return _plan_cmake_build(release, build, facts, archs, source, compiler_archs)
     if build.get("max_jobs"):
         max_jobs, reason = int(build["max_jobs"]), "config"
     else:
@@ -199,7 +267,34 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
                      max_jobs=max_jobs, max_jobs_reason=reason,
                      parallel_extensions=bool(build.get("parallel_extensions", True)),
                      ccache=bool(build.get("ccache", True)), cpu_placement=build.get("cpu_placement") or "auto",
-                     cpu_pool=build.get("cpu_pool"), critical_unit_cores=build.get("critical_unit_cores"))
+                     cpu_pool=build.get("cpu_pool"), critical_unit_cores=build.get("critical_unit_cores"),
+                     compiler_archs=compiler_archs)
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else \
+        f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.HostFacts, archs: tuple[str, ...],
+                      source: str, compiler_archs: tuple[str, ...]) -> BuildPlan:
+    """The CMake-era build: jobs x nvcc threads from free RAM and cores with the release's per-job peak."""
+    peak = int((release.job_peak_gib or BUILD_JOB_PEAK_BYTES / GIB) * GIB)
+    n_archs = len({a.removesuffix("+PTX") for a in archs}) or 1
+    par = choose_parallelism(cpus=facts.cpu_count, mem_available_bytes=facts.mem_available_bytes,
+                             job_peak_bytes=peak, archs=n_archs, max_jobs=build.get("max_jobs"))
+    expected = expected_cmake_seconds(release, n_archs, par.jobs, par.nvcc_threads)
+    return BuildPlan(arch_list=tuple(archs), arch_source=source,
+                     torch_cuda_arch_list=release.arch_list_separator.join(archs),
+                     max_jobs=par.jobs, max_jobs_reason=par.why, nvcc_threads=par.nvcc_threads,
+                     memory_budget_bytes=par.memory_budget_bytes, job_peak_bytes=par.job_peak_bytes,
+                     expected_seconds=expected,
+                     expected_reason=(f"about {_minutes(expected)}: {CMAKE_COMPILE_CPU_SECONDS_PER_ARCH} CPU-s of "
+                                      f"compile per arch x {n_archs} over {par.jobs} jobs x {par.nvcc_threads} "
+                                      f"nvcc thread(s); the progress line refines it"),
+                     parallel_extensions=False, ccache=bool(build.get("ccache", True)), cpu_placement="off",
+                     compiler_archs=compiler_archs, targets=tuple(build.get("targets") or ()),
+                     time_limit=float(build["time_limit"]) if build.get("time_limit") else None)
 
 
 def gpu_refusal(plan: "Plan") -> ConfigError | None:

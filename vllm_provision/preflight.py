@@ -14,7 +14,8 @@ from typing import Mapping
 from . import host, tomllib
 from .checks import Check, check_driver, to_json
 from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import check_archs, check_build_requirements, check_gcc, check_nvcc_torch, check_torch_pin
+from .checks.toolchain import (check_archs, check_build_requirements, check_gcc, check_nvcc_torch, check_release_floor,
+                               check_torch_pin)
 from .envinfo import EnvInfo
 from .host import HostFacts, NvccInfo
 from .plan import BUILD_JOB_PEAK_BYTES, Plan
@@ -53,6 +54,12 @@ def run(plan: Plan, facts: HostFacts, info: EnvInfo | None, environ: Mapping[str
     torch_cuda = info.torch_cuda if info else None
     gcc_path, gcc_version = host.probe_gcc(env)
     requires = build_requires(plan)
+    peak = plan.build.job_peak_bytes * max(1, plan.build.nvcc_threads) or BUILD_JOB_PEAK_BYTES
+    floor = []
+    if plan.release.gcc_min or plan.release.cmake_min or plan.release.nvcc_min:
+        cmake_path, cmake_version = host.probe_cmake(info.python if info else None, env)
+        floor = [check_release_floor(plan.release, gcc_version, cmake_version, nvcc.version if nvcc else None,
+                                     cmake_path)]
     return [
         check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None),
         check_gcc(gcc_version, gcc_path, nvcc),
@@ -63,7 +70,8 @@ def run(plan: Plan, facts: HostFacts, info: EnvInfo | None, environ: Mapping[str
         check_driver(facts, torch_cuda),
         check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, info is not None),
                    str(plan.workspace.root.parent)),
-        check_ram(facts.mem_available_bytes, plan.build.max_jobs, BUILD_JOB_PEAK_BYTES),
+        check_ram(facts.mem_available_bytes, plan.build.max_jobs, peak),
+        *floor,
     ]
 
 

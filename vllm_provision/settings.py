@@ -178,6 +178,10 @@ class Build(Section):
     cpu_placement: Annotated[Literal["auto", "off"], Field(description="auto or off")]
     cpu_pool: Annotated[Count, Field(description="null (every CPU not reserved) or a whole number >= 1")]
     critical_unit_cores: Annotated[AutoCount, Field(description="auto or a whole number >= 1")]
+    targets: Annotated[list[str], BeforeValidator(one_or_many),
+                       Field(description="a list of CMake targets such as [_C, _moe_C], or one")]
+    time_limit: Annotated[Optional[Annotated[float, Field(gt=0)]],
+                          Field(description="null or seconds, a number > 0")]
 
 
 class Smoke(Section):

@@ -91,10 +91,14 @@ def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo 
     if bad_nvcc:
         ok = [a for a in wanted if a in nvcc_archs]
         return Check(name, "fail", f"nvcc {version} cannot compile for {', '.join(bad_nvcc)} "
-                     f"(it supports {', '.join(nvcc_archs)}){origin}",
+                     f"(it supports {', '.join(nvcc_archs)}; of vLLM {release.version}'s: "
+                     f"{', '.join(a for a in release.cuda_archs if a in nvcc_archs) or 'none'}){origin}",
                      f"build for the archs this nvcc has: --arch '{';'.join(ok) or nvcc_archs[-1]}' "
                      "(or use an older CUDA for old GPUs)")
-    return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}")
+    both = [a for a in release.cuda_archs if a in nvcc_archs]
+    return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}; "
+                               f"of the release's archs this nvcc builds {', '.join(both)}")
+
 
 
 def check_torch_pin(release, torch_version: str | None, where: str) -> Check:
@@ -144,3 +148,36 @@ def check_build_requirements(requires: Sequence[str], packages: Mapping[str, str
             "recreate the env from its lock, which holds them: `inv env --force`")
     return Check(name, "fail", f"the env {'; '.join(parts)}: vLLM {release} builds without isolation, "
                  "from the env's packages", hint)
+
+
+def check_release_floor(release, gcc_version: str | None, cmake_version: str | None, nvcc_version: str | None,
+                        cmake_path: str | None = None) -> Check:
+    """The release's own compiler floor (catalog: gcc_min, cmake_min, nvcc_min): below it, its CMake stops
+    at configure (GCC) or cannot run at all; refused in seconds instead. A cmake not installed yet is no
+    failure: the env's lock brings it."""
+    name = "toolchain-floor"
+    floors = [("gcc", gcc_version, release.gcc_min), ("cmake", cmake_version, release.cmake_min),
+              ("nvcc", nvcc_version, release.nvcc_min)]
+    floors = [(tool, have, floor) for tool, have, floor in floors if floor]
+    if not floors:
+        return Check(name, "skip", f"vLLM {release.version} names no compiler floor")
+    below, seen = [], []
+    for tool, have, floor in floors:
+        parsed, wanted = parse_version(have), parse_version(floor)
+        if parsed is None:
+            seen.append(f"{tool} ? (>= {floor}; " + ("the env's lock installs it)" if tool == "cmake" else "not found)"))
+        elif wanted is not None and parsed < wanted:
+            below.append((tool, have, floor))
+            seen.append(f"{tool} {have} < {floor}")
+        else:
+            seen.append(f"{tool} {have} >= {floor}")
+    detail = f"vLLM {release.version} needs " + ", ".join(seen)
+    if below:
+        fixes = {"gcc": lambda f: f"install gcc/g++ >= {f} (e.g. apt-get install g++-12) and set CC/CXX/CUDAHOSTCXX",
+                 "cmake": lambda f: f"rerun `./inv env --force` (the lock installs cmake >= {f}) or "
+                                    f"pip install 'cmake>={f}' into the env"
+                                    + (f"; the one found is {cmake_path}" if cmake_path else ""),
+                 "nvcc": lambda f: matching_compiler_hint(f)}
+        return Check(name, "fail", detail, "; ".join(fixes[tool](floor) for tool, _have, floor in below))
+    missing = [tool for tool, have, _f in floors if parse_version(have) is None and tool != "cmake"]
+    return Check(name, "warn" if missing else "pass", detail)

@@ -34,6 +34,7 @@ from ..artifacts.sass import planned_archs
 from ..artifacts.wheel import Wheel, make_wheel
 from ..build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
                      parse_ccache_stats, relevant_tail)
+from ..build import cmake as cmake_driver
 from ..build.placement import host_placement
 from ..envprobe import site_state
 from ..envs.common import choose_installer
@@ -111,16 +112,9 @@ def run(ctx: StepContext) -> StepOutcome:
             return hit
 
     # 1. preflight: seconds, before any compile
-    checks = preflight.run(plan, ctx.facts, info)
-    preflight.write_report(ws, checks)
-    failed = [c for c in checks if c.status == "fail"]
-    for c in checks:
-        if c.status in ("warn", "fail"):
-            ctx.say(f"preflight {c.name}: {c.status}: {c.detail}")
-    if failed:
-        first = failed[0]
-        raise StepFailed(f"preflight refused the build: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}",
-                         hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
+    _preflight(ctx, info)
+    if plan.release.build_system == "cmake":
+        return run_cmake(ctx, info)
 
     # 2. the compile environment: wrappers that cache every compile and give the slowest units
     # (named in the release data, else the largest CUDA sources setup.py names) up to four cores each,
@@ -257,6 +251,64 @@ def run(ctx: StepContext) -> StepOutcome:
         facts["artifact"] = wheel.summary() | {"published": published}
         detail += f"; wheel {wheel.path.name} ({'; '.join(published) or 'no writable cache'})"
     return StepOutcome(detail=detail, facts=facts)
+
+
+def _preflight(ctx: StepContext, info: envinfo.EnvInfo) -> None:
+    """Preflight's named checks, in seconds, before any compile: StepFailed naming every failed one."""
+    checks = preflight.run(ctx.plan, ctx.facts, info)
+    preflight.write_report(ctx.workspace, checks)
+    failed = [c for c in checks if c.status == "fail"]
+    for c in checks:
+        if c.status in ("warn", "fail"):
+            ctx.say(f"preflight {c.name}: {c.status}: {c.detail}")
+    if failed:
+        first = failed[0]
+        raise StepFailed(f"preflight refused the build: {'; '.join(f'{c.name}: {c.detail}' for c in failed)}",
+                         hint=" | ".join(c.hint for c in failed if c.hint) or first.hint)
+
+
+# ------------------------------------------------------------------------------------------------ CMake era
+def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
+    """A CMake-era release (0.4.0 onwards): the driver configures and compiles in src/build/cmake with every
+    external from its prepared directory, then pip's editable pass reuses that tree. A time limit or a subset
+    of targets measures and builds part of it: reported, not recorded as a finished build."""
+    from ..externals import prepared_externals     # External.override -> verified directory in the workspace
+
+    plan, src = ctx.plan, ctx.workspace.src
+    externals = prepared_externals(plan)
+    ctx.say(f"{plan.build.max_jobs} jobs x {plan.build.nvcc_threads} nvcc thread(s): {plan.build.max_jobs_reason}")
+    kw = dict(cuda_home=info.cuda_home, include_dirs=info.include_dirs,
+              ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
+    built = cmake_driver.drive(plan, src, info.python, externals, plan.build.targets or None, plan.build.time_limit,
+                               build_dir=src / "build" / "cmake", log=ctx.log, **kw)
+    facts = built.to_dict() | {"source": "compiled", "arch_list": plan.build.torch_cuda_arch_list,
+                               "torch": info.torch, "log": str(ctx.log)}
+    rate = (f"{built.units_done}/{built.edges_total} units in {built.seconds:.0f} s "
+            f"({built.units_per_minute:.1f}/min; configure {built.configure_seconds:.0f} s)")
+    peak = f", a job peaked at {built.job_peak_memory_bytes / 2**30:.1f} GiB" if built.job_peak_memory_bytes else ""
+    if built.stopped_at_limit:
+        projected = f"{built.projected_seconds / 60:.0f} min" if built.projected_seconds else "unknown"
+        return StepOutcome(detail=f"stopped at the {plan.build.time_limit:.0f} s limit: {rate}{peak}; "
+                                  f"the whole compile projected at {projected}", facts=facts, status="skipped")
+    if plan.build.targets:
+        return StepOutcome(detail=f"built {', '.join(built.targets)} only: {rate}{peak}", facts=facts,
+                           status="skipped")
+    started = time.monotonic()
+    facts["install_compiled_units"] = cmake_driver.editable_install(plan, src, info.python, externals, built,
+                                                                    ctx.log, **kw)
+    facts["pip_seconds"] = round(time.monotonic() - started, 1)
+    editable, torch_after = _installed(info.python, src, BuildEnv(env=dict(os.environ), ccache=None), ctx.log)
+    if info.torch and torch_after[0] != info.torch:
+        raise StepFailed(f"the build changed torch: before {info.torch}, after {torch_after[0]}",
+                         hint="something installed torch during the build: rerun `inv env --force`")
+    facts["libraries"] = sorted(str(p.relative_to(src)) for p in (src / "vllm").rglob("*.so"))
+    facts["version"] = editable
+    (src / MARKER).write_text(json.dumps(facts, indent=2))
+    cache = built.ccache
+    cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
+    return StepOutcome(detail=f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {rate}{peak}"
+                              f"{cache_note}; pip's pass compiled {facts['install_compiled_units']} units",
+                       facts=facts)
 
 
 # ------------------------------------------------------------------------------------------------ artifacts

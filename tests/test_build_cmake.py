@@ -1,0 +1,498 @@
+"""The CMake-era build driver (vllm_provision/build/cmake.py) on real CMake projects: real cmake and ninja
+(the test extra's wheels), real g++, real nvcc for one CUDA unit, real ccache, a real FetchContent.
+
+The parallelism rule, setup.py's MAX_JOBS / NVCC_THREADS division and ninja's progress lines are pure; the
+rest runs the driver: progress while it runs and a warm rebuild from ccache, a time limit that leaves no
+process behind, a compiler killed by SIGKILL reported as out of memory, the torch refusal before configure,
+and a FetchContent that cannot reach the network when its override is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+from processes import children_of
+from vllm_provision import GIB, catalog, host
+from vllm_provision.build import cmake as driver
+from vllm_provision.errors import ConfigError, StepFailed
+from vllm_provision.plan import Plan, choose_parallelism, plan_build
+from vllm_provision.workspace import Workspace
+
+PYTHON = sys.executable
+VENV_BIN = Path(PYTHON).parent
+NVCC = next((p for p in (Path("/usr/local/cuda/bin/nvcc"), Path(shutil.which("nvcc") or "/nonexistent"))
+             if p.is_file()), None)
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BUILD = {"arch_list": ["9.0"], "max_jobs": None, "ccache": True, "parallel_extensions": True,
+         "cpu_placement": "auto", "cpu_pool": None, "critical_unit_cores": None, "targets": [], "time_limit": None}
+
+
+def release_for_env(torch: str | None = None):
+    """0.26.0's recipe; `torch` replaces its pin (the small projects build against the test venv's torch)."""
+    release = catalog.get_release("0.26.0")
+    return dataclasses.replace(release, torch=SpecifierSet(f"=={torch}")) if torch else release
+
+
+def make_plan(tmp_path: Path, *, release=None, offline=False, cpus=2, free_gib=12.0, **build) -> Plan:
+    release = release or release_for_env(importlib.metadata.version("torch"))
+    facts = host.HostFacts(cpu_count=cpus, mem_available_bytes=int(free_gib * GIB))
+    bp = plan_build(release, {"build": BUILD | build}, facts, "13.0")
+    return Plan(release=release, profile="pypi-cu13", offline=offline,
+                workspace=Workspace(root=tmp_path / "ws", cache=tmp_path / "cache"), sources=(), env=None,
+                patches=(), build=bp, smoke={}, settings={})
+
+
+# ------------------------------------------------------------------------------------------- pure
+@pytest.mark.parametrize("cpus, free_gib, archs, want_jobs, want_threads, bound", [
+    (16, 125.0, 1, 16, 1, "cores"),       # the H200 host: 112 GiB budget / 4.4 GiB = 25 > 16 cores
+    (2, 22.0, 1, 2, 1, "cores"),          # this CI host
+    (64, 64.0, 1, 13, 1, "memory"),       # vllm#14452's kind of host: cores to spare, memory is the limit
+    (128, 1000.0, 2, 64, 2, "cores"),     # many slots and two archs: 2 nvcc threads a job, jobs x threads = cores
+    (8, 3.0, 1, 1, 1, "memory"),          # less than a job's peak free: still one job
+])
+def test_jobs_and_threads_come_from_free_ram_and_cores(cpus, free_gib, archs, want_jobs, want_threads, bound):
+    par = choose_parallelism(cpus=cpus, mem_available_bytes=int(free_gib * GIB), job_peak_bytes=int(4.4 * GIB),
+                             archs=archs)
+    assert (par.jobs, par.nvcc_threads) == (want_jobs, want_threads)
+    assert f"bound by {bound}" in par.why and f"{cpus} cores" in par.why and "4.4 GiB a job" in par.why
+    assert par.jobs * par.nvcc_threads * 4.4 * GIB <= max(par.memory_budget_bytes, 4.4 * GIB)
+    assert par.memory_budget_bytes == int(free_gib * GIB * 0.9)
+
+
+def test_the_plan_explains_the_cmake_build_and_the_archs_this_compiler_builds(tmp_path):
+    release = catalog.get_release("0.26.0")
+    facts = host.HostFacts(cpu_count=16, mem_available_bytes=125 * GIB)
+    bp = plan_build(release, {"build": BUILD}, facts, "13.0")
+    assert (bp.max_jobs, bp.nvcc_threads) == (16, 1)
+    assert bp.job_peak_bytes == int(4.4 * GIB) and bp.memory_budget_bytes == int(125 * GIB * 0.9)
+    assert "16 cores" in bp.max_jobs_reason and bp.expected_seconds > 0 and "16 jobs" in bp.expected_reason
+    assert {"10.0", "12.0", "11.0"} <= set(bp.compiler_archs)
+    # a CUDA 12.4 compiler cannot build Blackwell: the plan says so instead of a failing compile
+    older = plan_build(release, {"build": BUILD}, facts, "12.4")
+    assert not {"10.0", "12.0", "11.0"} & set(older.compiler_archs) and "9.0" in older.compiler_archs
+    data = dataclasses.asdict(bp)       # the plan's build section, as `./inv plan` (text and --json) prints it
+    assert {"max_jobs", "nvcc_threads", "max_jobs_reason", "memory_budget_bytes", "expected_seconds",
+            "expected_reason", "compiler_archs"} <= set(data)
+
+
+@pytest.mark.parametrize("cpus, free_gib, archs", [(16, 125.0, 1), (128, 1000.0, 2), (128, 2000.0, 4), (3, 5.0, 1)])
+def test_setup_py_runs_the_planned_jobs_although_it_divides_max_jobs_by_nvcc_threads(cpus, free_gib, archs):
+    """vllm#20079: setup.py runs MAX_JOBS // NVCC_THREADS jobs. Whatever the plan chose, pip's pass must end there."""
+    par = choose_parallelism(cpus=cpus, mem_available_bytes=int(free_gib * GIB), job_peak_bytes=int(4.4 * GIB),
+                             archs=archs)
+    env = driver.setup_py_env(par.jobs, par.nvcc_threads)
+    assert driver.setup_py_num_jobs(int(env["MAX_JOBS"]), int(env["NVCC_THREADS"]), cpus) == par.jobs
+    # and the plain way (MAX_JOBS = the jobs wanted) would have run fewer whenever threads > 1
+    if par.nvcc_threads > 1:
+        assert driver.setup_py_num_jobs(par.jobs, par.nvcc_threads, cpus) < par.jobs
+
+
+def test_ninja_progress_lines_give_rate_and_eta():
+    assert driver.parse_ninja_progress("[12/417] Building CUDA object CMakeFiles/_C.dir/csrc/x.cu.o") == (12, 417)
+    assert driver.parse_ninja_progress("FAILED: CMakeFiles/_C.dir/a.cpp.o") is None
+    p = driver.progress_at(done=30, total=120, elapsed=600, first_done=10)   # 20 units in 10 min
+    assert p.per_minute == pytest.approx(2.0) and p.eta_seconds == pytest.approx(45 * 60)
+    assert driver.format_progress(p) == "30/120 units, 10 min 00 s, 2.0 units/min, ETA 45 min 00 s"
+    clock = iter([0.0, 10.0, 10.0, 20.0, 20.0, 31.0, 31.0, 40.0])
+    shown: list[str] = []
+    r = driver.ProgressReporter(heartbeat_s=15, live=False, emit=lambda t, final: shown.append(t),
+                                clock=lambda: next(clock))
+    for line in ("[1/4] a", "[2/4] b", "[3/4] c"):
+        r.line(line)
+    assert shown == ["1/4 units, 10 s, 6.0 units/min, ETA 30 s", "3/4 units, 31 s, 5.8 units/min, ETA 10 s"]
+    final = r.finish(expected_seconds=60, stopped=True)
+    assert final.done == 3 and shown[-1].startswith("stopped at the time limit: 3/4 units in 40 s")
+    assert "the plan expected 1 min 00 s" in shown[-1]
+
+
+def test_a_killed_compiler_is_recognised_and_the_job_count_goes_down():
+    assert driver.killed_out_of_memory("c++: fatal error: Killed signal terminated program cc1plus", 1)
+    assert driver.killed_out_of_memory("nvcc error   : 'cicc' died due to signal 9 (Kill signal)", 1)
+    assert not driver.killed_out_of_memory("error: expected ';' before '}' token", 1)
+    assert driver.safe_jobs(16, 1, int(60 * GIB), int(4.4 * GIB)) == 13       # 60 / 4.4 by the measured peak
+    assert driver.safe_jobs(16, 1, int(200 * GIB), int(4.4 * GIB)) == 15      # never the same count again
+    assert driver.safe_jobs(16, 1, 0, None) == 12 and driver.safe_jobs(1, 1, 0, None) == 1
+
+
+# ------------------------------------------------------------------------------------------- real builds
+CMAKELISTS = """cmake_minimum_required(VERSION 3.26)
+project(tiny LANGUAGES CXX)
+set(units a.cpp b.cpp c.cpp d.cpp)
+if(DEFINED CMAKE_CUDA_COMPILER)
+  enable_language(CUDA)
+  set(CMAKE_CUDA_ARCHITECTURES 90)
+  list(APPEND units k.cu)
+endif()
+add_library(_C SHARED ${units})
+add_library(_moe_C SHARED e.cpp)
+"""
+UNIT = ("#include <map>\n#include <string>\n#include <vector>\n"
+        "int f_{n}(int x) {{ std::map<std::string, std::vector<int>> m; m[\"a\"].push_back(x); return (int)m.size() + x; }}\n")
+
+
+def tiny_project(root: Path, cuda: bool) -> Path:
+    src = root / "src"
+    src.mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text(CMAKELISTS)
+    for n in "abcde":
+        (src / f"{n}.cpp").write_text(UNIT.format(n=n))
+    (src / "k.cu").write_text("__global__ void k(float* x) { x[threadIdx.x] *= 2.f; }\n"
+                              "void launch(float* x) { k<<<1, 32>>>(x); }\n")
+    return src
+
+
+def cuda_home() -> str | None:
+    if NVCC is None:
+        assert not CI, "CI must have nvcc for the CUDA unit (/usr/local/cuda/bin/nvcc)"
+        return None
+    return str(NVCC.parent.parent)
+
+
+def test_a_real_build_shows_progress_while_it_runs_and_a_warm_rebuild_hits_ccache(tmp_path):
+    src = tiny_project(tmp_path, cuda=True)
+    plan = make_plan(tmp_path)       # 2 cores, 12 GiB: 2 jobs
+    seen: list[tuple[str, bool, bool]] = []
+    me = os.getpid()
+
+    def emit(text: str, final: bool) -> None:     # what the user sees, and whether the build still ran then
+        seen.append((text, final, bool(children_of(me))))
+
+    kw = dict(cuda_home=cuda_home(), ccache_dir=tmp_path / "ccache", emit=emit, heartbeat_s=0, live=False)
+    cold = driver.drive(plan, src, PYTHON, {}, ["_C", "_moe_C"], build_dir=tmp_path / "b1", **kw)
+    units = 5 + (NVCC is not None)
+    assert cold.edges_total == units + 2 and cold.units_done == cold.edges_total     # + two links
+    assert cold.ccache["misses"] >= units and cold.ccache["hits"] == 0
+    live = [t for t, final, running in seen if not final and running]
+    assert len(live) >= 3 and all("units/min" in t or "rate pending" in t for t in live), seen
+    assert seen[-1][1] and seen[-1][0].startswith(f"compiled {cold.edges_total}/{cold.edges_total} units")
+    assert "the plan expected" in seen[-1][0]
+    # the planned jobs reach ninja's compile pool (setup.py's CMAKE_JOB_POOLS) and the -j
+    rules = (tmp_path / "b1" / "CMakeFiles" / "rules.ninja").read_text() + (tmp_path / "b1" / "build.ninja").read_text()
+    assert f"pool compile\n  depth = {plan.build.max_jobs}" in rules
+    cache = (tmp_path / "b1" / "CMakeCache.txt").read_text()
+    for setting in ("CMAKE_CXX_COMPILER_LAUNCHER:\\w+=ccache$", "CMAKE_CUDA_COMPILER_LAUNCHER:\\w+=ccache$",
+                    "FETCHCONTENT_FULLY_DISCONNECTED:\\w+=ON$", f"NVCC_THREADS:\\w+={plan.build.nvcc_threads}$",
+                    f"FETCHCONTENT_BASE_DIR:\\w+={tmp_path / 'b1' / '_deps'}$"):
+        assert re.search(setting, cache, re.M), setting
+    assert {u["unit"] for u in cold.unit_times} >= {"a.cpp", "b.cpp", "e.cpp"}
+    assert cold.job_peak_memory_bytes and cold.peak_memory_bytes >= cold.job_peak_memory_bytes
+
+    # another build dir, the same sources and cache: every unit from the cache
+    warm = driver.drive(plan, src, PYTHON, {}, ["_C", "_moe_C"], build_dir=tmp_path / "b2", **kw)
+    assert warm.ccache["hits"] >= units and warm.ccache["misses"] == 0, warm.ccache
+
+
+SLOW_CMAKELISTS = CMAKELISTS + """
+add_custom_command(OUTPUT slow.stamp COMMAND sleep 97.25 COMMAND ${CMAKE_COMMAND} -E touch slow.stamp)
+add_custom_target(slow DEPENDS slow.stamp)
+"""
+
+
+def sleepers() -> list[int]:
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"97.25" in cmdline.read_bytes():
+                out.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_time_limit_stops_the_build_with_nothing_left_and_projects_the_total(tmp_path):
+    src = tiny_project(tmp_path, cuda=False)
+    (src / "CMakeLists.txt").write_text(SLOW_CMAKELISTS)
+    for n in "abcd":        # units of milliseconds: some finish before the limit even on a busy host
+        (src / f"{n}.cpp").write_text(f"int f_{n}() {{ return 1; }}\n")
+    plan = make_plan(tmp_path)
+    shown: list[str] = []
+    started = time.monotonic()
+    facts = driver.drive(plan, src, PYTHON, {}, ["slow", "_C"], time_limit=8, ccache_dir=tmp_path / "ccache",
+                         emit=lambda t, final: shown.append(t), heartbeat_s=1, live=False)
+    assert time.monotonic() - started < 60
+    assert facts.stopped_at_limit and 0 < facts.units_done < facts.edges_total == 6     # 4 units, a link, the sleep
+    # a heartbeat while no unit finishes (the sleep): lines keep coming, the total known from the start
+    beats = [t for t in shown[:-1] if t.startswith(f"{facts.units_done}/6 units")]
+    assert len(beats) >= 2, shown
+    assert facts.units_per_minute > 0 and facts.projected_seconds > facts.seconds
+    assert shown[-1].startswith(f"stopped at the time limit: {facts.units_done}/{facts.edges_total} units")
+    assert facts.job_peak_memory_bytes and facts.job_peak_memory_bytes < 2 * GIB
+    assert not sleepers() and not children_of(os.getpid())       # no compiler, no sleep, no ninja left
+
+
+KILLER = """#!/bin/sh
+# gcc -wrapper: becomes the compiler proper, which is then killed by SIGKILL, as the kernel's OOM killer does
+( while [ "$(cat /proc/$$/comm 2>/dev/null)" != "$(basename "$1")" ]; do :; done; kill -9 $$ ) &
+exec "$@"
+"""
+
+
+def test_a_compiler_killed_by_sigkill_is_reported_as_out_of_memory_with_a_job_count(tmp_path):
+    src = tiny_project(tmp_path, cuda=False)
+    wrapper = tmp_path / "oom" / "cc1plus"
+    wrapper.parent.mkdir()
+    wrapper.write_text(KILLER)
+    wrapper.chmod(0o755)
+    (src / "oom.cpp").write_text("#include <regex>\n#include <iostream>\nint g() { std::regex r(\"a+\"); "
+                                 "return std::regex_match(\"aa\", r); }\n")
+    (src / "CMakeLists.txt").write_text(CMAKELISTS.replace("a.cpp b.cpp", "oom.cpp a.cpp b.cpp") +
+                                        f'set_source_files_properties(oom.cpp PROPERTIES COMPILE_OPTIONS "-wrapper;{wrapper}")\n')
+    plan = make_plan(tmp_path)
+    assert plan.build.max_jobs == 2
+    with pytest.raises(StepFailed) as err:
+        driver.drive(plan, src, PYTHON, {}, ["_C"], ccache_dir=tmp_path / "ccache", live=False,
+                     emit=lambda t, final: None)
+    assert "out of memory, at 2 jobs x 1 nvcc thread(s)" in err.value.message
+    assert err.value.hint.startswith("rerun with --max-jobs 1 ")
+    assert "Killed signal terminated program" in err.value.log_tail
+
+
+def test_another_torch_in_the_env_is_refused_before_configure(tmp_path):
+    src = tiny_project(tmp_path, cuda=False)
+    plan = make_plan(tmp_path, release=release_for_env("2.11.0"))
+    have = importlib.metadata.version("torch")
+    with pytest.raises(ConfigError) as err:
+        driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b", live=False, emit=lambda t, f: None)
+    assert f"the env's torch is {have}" in err.value.message and "torch ==2.11.0" in err.value.message
+    assert "./inv env --force" in err.value.hint and err.value.exit_code == 2
+    assert not (tmp_path / "b" / "CMakeCache.txt").exists()
+
+
+# ------------------------------------------------------------------------------------------- offline configure
+FETCH_CMAKELISTS = """cmake_minimum_required(VERSION 3.26)
+project(fetching LANGUAGES CXX)
+include(FetchContent)
+# the pattern of vLLM's cmake/external_projects: a local copy through an environment variable, else git
+if(DEFINED ENV{TINYDEP_SRC_DIR})
+  FetchContent_Declare(tinydep SOURCE_DIR $ENV{TINYDEP_SRC_DIR})
+else()
+  FetchContent_Declare(tinydep GIT_REPOSITORY https://github.com/example-org/tinydep.git
+                       GIT_TAG 0123456789abcdef0123456789abcdef01234567)
+endif()
+FetchContent_MakeAvailable(tinydep)
+add_library(_C SHARED main.cpp)
+target_link_libraries(_C PRIVATE tinydep)
+"""
+
+
+class ConnectionRecorder:
+    """A proxy on 127.0.0.1 that records every connection made to it and answers none."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.connections: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            try:
+                self.connections.append(conn.recv(4096))
+            except OSError:
+                self.connections.append(b"")
+            conn.close()
+
+    def env(self) -> dict[str, str]:
+        proxies = {k: self.url for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                         "all_proxy")}
+        return dict({k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}, **proxies)
+
+
+def fetching_project(root: Path) -> tuple[Path, Path]:
+    src = root / "src"
+    src.mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text(FETCH_CMAKELISTS)
+    (src / "main.cpp").write_text("int tinydep();\nint api() { return tinydep(); }\n")
+    dep = root / "externals" / "tinydep"
+    dep.mkdir(parents=True)
+    (dep / "CMakeLists.txt").write_text("add_library(tinydep STATIC tinydep.cpp)\n"
+                                        "set_target_properties(tinydep PROPERTIES POSITION_INDEPENDENT_CODE ON)\n")
+    (dep / "tinydep.cpp").write_text("int tinydep() { return 7; }\n")
+    return src, dep
+
+
+def test_configure_uses_the_override_and_without_it_fails_with_no_network_attempt(tmp_path):
+    src, dep = fetching_project(tmp_path)
+    recorder = ConnectionRecorder()
+    quiet = dict(live=False, emit=lambda t, f: None, ccache_dir=tmp_path / "ccache", base_env=recorder.env())
+    plan = make_plan(tmp_path)
+    built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b1", **quiet)
+    assert built.units_done == built.edges_total >= 3
+
+    with pytest.raises(StepFailed) as err:
+        driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b2", **quiet)
+    assert err.value.message.startswith("cmake configure failed")
+    assert "override directory" in err.value.hint
+    assert recorder.connections == []
+
+    # the proof has teeth: the same configure without the disconnection tries the network through the proxy
+    cmake = shutil.which("cmake", path=str(VENV_BIN)) or "cmake"
+    (tmp_path / "b3").mkdir()
+    done = subprocess.run([cmake, str(src), "-G", "Ninja", f"-DFETCHCONTENT_BASE_DIR={tmp_path / 'b3' / '_deps'}"],
+                          cwd=tmp_path / "b3", env=dict(recorder.env(), GIT_TERMINAL_PROMPT="0"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert any(b"github.com" in c for c in recorder.connections), (recorder.connections, done.stdout[-2000:])
+
+
+def test_offline_runs_configure_and_build_without_a_network(tmp_path):
+    src, dep = fetching_project(tmp_path)
+    plan = make_plan(tmp_path, offline=True)
+    prefix, note = driver.network_isolation(True)
+    if not prefix:
+        assert not CI, f"CI runs as root and can make a network namespace: {note}"
+        pytest.skip(note)
+    built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b",
+                         live=False, emit=lambda t, f: None, ccache_dir=tmp_path / "ccache")
+    assert built.network_isolated and built.units_done == built.edges_total
+    assert any("without a network" in n for n in built.notes)
+
+
+# ------------------------------------------------------------------------------------------- pip's pass
+# vLLM 0.26.0's cmake_build_ext, cut to what decides the configure and the compile (setup.py lines 197-354):
+# MAX_JOBS // NVCC_THREADS, the launcher found by name, sys.executable and sys.path, FETCHCONTENT_BASE_DIR,
+# the job pool, CMAKE_CUDA_COMPILER, CMAKE_ARGS appended; then `cmake --build . -j=N --target=...` in
+# build_temp. It records the jobs it ran with.
+VLLM_LIKE_SETUP = '''
+import os, shutil, subprocess, sys
+from shutil import which
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT_DIR = os.path.dirname(os.path.abspath(__file__))
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[], py_limited_api=True)
+
+class cmake_build_ext(build_ext):
+    def compute_num_jobs(self):
+        num_jobs = int(os.environ["MAX_JOBS"]) if os.environ.get("MAX_JOBS") else len(os.sched_getaffinity(0))
+        nvcc_threads = int(os.environ["NVCC_THREADS"]) if os.environ.get("NVCC_THREADS") else 1
+        return max(1, num_jobs // nvcc_threads), nvcc_threads
+
+    def build_extensions(self):
+        os.makedirs(self.build_temp, exist_ok=True)
+        num_jobs, nvcc_threads = self.compute_num_jobs()
+        args = ["-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DVLLM_TARGET_DEVICE=cuda"]
+        if which("ccache"):
+            args += [f"-DCMAKE_{l}_COMPILER_LAUNCHER=ccache" for l in ("C", "CXX", "CUDA", "HIP")]
+        args += [f"-DVLLM_PYTHON_EXECUTABLE={sys.executable}", "-DVLLM_PYTHON_PATH=" + ":".join(sys.path)]
+        args += ["-DFETCHCONTENT_BASE_DIR=" + os.environ.get("FETCHCONTENT_BASE_DIR", os.path.join(ROOT_DIR, ".deps"))]
+        args += [f"-DNVCC_THREADS={nvcc_threads}", "-DCMAKE_JOB_POOL_COMPILE:STRING=compile",
+                 f"-DCMAKE_JOB_POOLS:STRING=compile={num_jobs}"]
+        if os.environ.get("CUDA_HOME"):
+            args += [f"-DCMAKE_CUDA_COMPILER={os.environ['CUDA_HOME']}/bin/nvcc"]
+        args += os.environ.get("CMAKE_ARGS", "").split()
+        subprocess.check_call(["cmake", ROOT_DIR, "-G", "Ninja", *args], cwd=self.build_temp)
+        with open(os.path.join(ROOT_DIR, "setup-py-jobs.txt"), "w") as fh:
+            fh.write(f"{num_jobs} {self.build_temp}")
+        targets = [e.name.removeprefix("tinyvllm.") for e in self.extensions]
+        subprocess.check_call(["cmake", "--build", ".", f"-j={num_jobs}", *[f"--target={t}" for t in targets]],
+                              cwd=self.build_temp)
+        for ext, target in zip(self.extensions, targets):     # vLLM: cmake --install --component <target>
+            os.makedirs(os.path.dirname(self.get_ext_fullpath(ext.name)), exist_ok=True)
+            shutil.copy(os.path.join(self.build_temp, f"lib{target}.so"), self.get_ext_fullpath(ext.name))
+
+setup(name="tinyvllm", version="0.0.1", packages=["tinyvllm"],
+      ext_modules=[CMakeExtension("tinyvllm._C"), CMakeExtension("tinyvllm._moe_C")],
+      cmdclass={"build_ext": cmake_build_ext})
+'''
+
+
+def test_pips_editable_pass_reuses_the_build_tree_and_runs_the_planned_jobs(tmp_path):
+    src = tiny_project(tmp_path, cuda=False)
+    (src / "setup.py").write_text(VLLM_LIKE_SETUP)
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (src / "tinyvllm").mkdir()
+    (src / "tinyvllm" / "__init__.py").write_text("")
+    venv = tmp_path / "env"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    # the toolkit venv's packages (torch, setuptools, pip) seen from an env of its own, which pip installs into
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "toolkit.pth").write_text(subprocess.run(
+        [PYTHON, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True,
+        check=True).stdout)
+    # three nvcc threads a job, as on a large multi-arch host: setup.py would run MAX_JOBS // 3
+    plan = make_plan(tmp_path)
+    plan = dataclasses.replace(plan, build=dataclasses.replace(plan.build, max_jobs=2, nvcc_threads=3))
+    kw = dict(ccache_dir=tmp_path / "ccache", base_env=dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}"))
+    facts = driver.drive(plan, src, python, {}, ["_C", "_moe_C"], live=False, emit=lambda t, f: None, **kw)
+    assert facts.units_done == facts.edges_total == 7
+
+    compiled = driver.editable_install(plan, src, python, {}, facts, tmp_path / "pip.log", **kw)
+    jobs, build_temp = (src / "setup-py-jobs.txt").read_text().split(" ", 1)
+    assert Path(build_temp).resolve() == facts.build_dir          # setuptools built in the driver's tree ...
+    assert compiled == 0, (tmp_path / "pip.log").read_text()[-3000:]   # ... and compiled nothing there
+    assert int(jobs) == plan.build.max_jobs == 2                  # MAX_JOBS // NVCC_THREADS = the plan's jobs
+    assert list((src / "tinyvllm").glob("_C.*.so")) and list((src / "tinyvllm").glob("_moe_C.*.so"))
+
+
+# ------------------------------------------------------------------------------------------- the compiler floor
+def test_the_release_compiler_floor_is_checked_for_doctor_and_preflight():
+    from vllm_provision.checks.toolchain import check_release_floor
+    release = catalog.get_release("0.26.0")
+    old = check_release_floor(release, "10.2.1", "3.25.1", "13.0", "/usr/bin/cmake")
+    assert old.status == "fail" and "gcc 10.2.1 < 11.3" in old.detail and "cmake 3.25.1 < 3.26.1" in old.detail
+    assert "g++" in old.hint and "cmake>=3.26.1" in old.hint and "/usr/bin/cmake" in old.hint
+    assert check_release_floor(release, "12.2.0", "3.26.4", "11.8").status == "fail"
+    ok = check_release_floor(release, "12.2.0", None, "13.0")      # no env yet: its lock brings cmake
+    assert ok.status == "pass" and "gcc 12.2.0 >= 11.3" in ok.detail and "cmake ?" in ok.detail
+    assert check_release_floor(catalog.get_release("0.2.2"), "12.2.0", None, "13.0").status == "skip"
+
+
+def test_targets_and_a_time_limit_are_refused_for_a_setuptools_release():
+    facts = host.HostFacts(cpu_count=2, mem_available_bytes=8 * GIB)
+    with pytest.raises(ConfigError) as err:
+        plan_build(catalog.get_release("0.2.2"), {"build": BUILD | {"time_limit": 600}}, facts, "13.0")
+    assert "CMake-era" in err.value.message and err.value.exit_code == 2
+    bp = plan_build(release_for_env(), {"build": BUILD | {"time_limit": 600, "targets": ["_C"]}}, facts, "13.0")
+    assert bp.time_limit == 600.0 and bp.targets == ("_C",)
+    # the task's flags reach the plan through the settings (./inv build --time-limit 600 --targets _C,_moe_C)
+    from vllm_provision import cli
+    with pytest.raises(ConfigError):
+        cli.make_plan(release="0.2.2", time_limit=600, targets=["_C"])
+
+
+def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_installs_it_as_files(tmp_path):
+    """0.26.0 installs FA4's cute package as a symlink into VLLM_FLASH_ATTN_SRC_DIR when that is set: the catalog
+    names CMake's FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN instead, which travels as a -D definition."""
+    fa, cutlass = tmp_path / "fa", tmp_path / "cutlass"
+    from vllm_provision.catalog import get_release
+    assert "FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN" in {e.override for e in get_release("0.26.0").externals}
+    env, args = driver.external_settings({"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa, "VLLM_CUTLASS_SRC_DIR": cutlass})
+    assert env == {"VLLM_CUTLASS_SRC_DIR": str(cutlass)}
+    assert args == [f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    base = {"PATH": "/usr/bin", "VLLM_FLASH_ATTN_SRC_DIR": "/elsewhere"}      # one the user exported is not used
+    env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa},
+                               tmp_path / "b", base=base)
+    assert "VLLM_FLASH_ATTN_SRC_DIR" not in env
+    assert env["CMAKE_ARGS"].split() == ["-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DCMAKE_POLICY_DEFAULT_CMP0170=NEW",
+                                         f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    assert env["FETCHCONTENT_BASE_DIR"] == str(tmp_path / "b" / "_deps")
+    assert env["MAX_JOBS"] == str(make_plan(tmp_path).build.max_jobs)

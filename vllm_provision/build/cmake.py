@@ -1,0 +1,687 @@
+"""The CMake-era build driver: configure and compile vLLM (0.4.0 onwards) the way its setup.py would, with
+the toolkit owning -j, the targets, progress, a time limit and the diagnosis.
+
+setup.py's `cmake_build_ext` runs `cmake <src> -G Ninja <args>` then `cmake --build . -j=N --target=...`
+in its build-temp dir. The driver runs exactly those two commands itself (`configure_argv`, `build_argv`), in
+a build dir that pip's editable install then reuses (`editable_env`: setuptools' build_temp points there), so
+pip's own pass configures again and compiles nothing. Around them:
+- no build isolation: the env's torch must be the release's (`check_torch`), refused before configure;
+- jobs x nvcc threads from the plan (plan.choose_parallelism); setup.py divides MAX_JOBS by NVCC_THREADS
+  (vllm#20079), so pip's pass gets MAX_JOBS = jobs x threads (`setup_py_env`) and ends at the plan's jobs;
+- every external from its override variable, FetchContent fully disconnected, its base dir inside the build
+  dir; with --offline, configure and build also run in a network namespace without a route (`unshare -n`);
+- ccache as the C/C++/CUDA launcher, with the 0.2.2 build's settings (base dir, locale, compiler check);
+- progress from ninja's `[N/M]` lines (`parse_ninja_progress`, `progress_at`, `ProgressReporter`);
+- a time limit that stops the whole process group and projects the total; peak memory from /proc;
+- a compiler killed out of memory is one error with the job count to use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from packaging.version import InvalidVersion, Version
+
+from .. import GIB, runner, ui
+from ..errors import ConfigError, StepFailed
+from . import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
+               parse_ccache_stats, relevant_tail)
+
+CONFIGURE_TIMEOUT = 1800
+BUILD_TIMEOUT = 6 * 3600
+# ninja's status prefix: done/total edges (the driver sets it; a user's NINJA_STATUS would break the parse)
+NINJA_STATUS = "[%f/%t] "
+HEARTBEAT_S = 30.0          # without a TTY: one progress line at most this often
+RSS_POLL_S = 0.5
+# `CMakeExtension` names setup.py builds for CUDA (0.26.0, nvcc >= 12.9; spinloop and fs_io_C from Python
+# 3.11): the CMake target is the name without `vllm.` / `vllm_flash_attn.`
+SETUP_PY_CUDA_TARGETS = ("cumem_allocator", "triton_kernels", "spinloop", "fs_io_C", "_vllm_fa2_C", "_vllm_fa3_C",
+                         "_vllm_fa4_cutedsl_C", "_flashmla_C", "_flashmla_extension_C", "_deep_gemm_C",
+                         "_qutlass_C", "fmha_sm100", "tml_fa4", "_C_stable_libtorch", "_moe_C_stable_libtorch")
+PY311_ONLY_TARGETS = ("spinloop", "fs_io_C")
+SOURCE_SUFFIXES = (".cu", ".cpp", ".cc", ".cxx", ".c")     # compile units in .ninja_log (links name an object)
+
+
+# ------------------------------------------------------------------------------------------- pure parts
+def setup_py_num_jobs(max_jobs: int | None, nvcc_threads: int | None, cpus: int) -> int:
+    """vLLM's setup.py `compute_num_jobs` (0.26.0, a CUDA >= 11.2 build): MAX_JOBS (else the CPUs) divided
+    by NVCC_THREADS (else 1). What pip's pass runs with."""
+    jobs = max_jobs if max_jobs is not None else cpus
+    return max(1, jobs // (nvcc_threads or 1))
+
+
+def setup_py_env(jobs: int, nvcc_threads: int) -> dict[str, str]:
+    """MAX_JOBS / NVCC_THREADS such that setup.py ends at `jobs` jobs of `nvcc_threads` threads."""
+    return {"MAX_JOBS": str(jobs * nvcc_threads), "NVCC_THREADS": str(nvcc_threads)}
+
+
+def default_targets(python_version: str) -> tuple[str, ...]:
+    """The CMake targets setup.py builds for CUDA with this Python ("3.11.9")."""
+    try:
+        py311 = Version(python_version) >= Version("3.11")
+    except InvalidVersion:
+        py311 = True
+    return tuple(t for t in SETUP_PY_CUDA_TARGETS if py311 or t not in PY311_ONLY_TARGETS)
+
+
+_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def parse_ninja_progress(line: str) -> tuple[int, int] | None:
+    """`[12/417] Building CUDA object ...` -> (12, 417); None for any other line."""
+    m = _PROGRESS.match(line.lstrip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    elapsed: float
+    per_minute: float           # units a minute since the first unit of this run (0.0: not measurable yet)
+    eta_seconds: float | None   # at that rate; None until a unit has finished
+
+    @property
+    def projected_seconds(self) -> float | None:
+        return None if self.eta_seconds is None else self.elapsed + self.eta_seconds
+
+
+def progress_at(done: int, total: int, elapsed: float, first_done: int = 0) -> Progress:
+    """Rate and ETA from units done since the run started (`first_done`: units up to date when it started,
+    which cost nothing and say nothing about the rate)."""
+    fresh = done - first_done
+    rate = fresh / elapsed * 60 if fresh > 0 and elapsed > 0 else 0.0
+    eta = (total - done) / rate * 60 if rate > 0 else None
+    return Progress(done, total, elapsed, rate, eta)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def format_progress(p: Progress) -> str:
+    rate = f"{p.per_minute:.1f} units/min" if p.per_minute else "rate pending"
+    return f"{p.done}/{p.total} units, {duration(p.elapsed)}, {rate}, ETA {duration(p.eta_seconds)}"
+
+
+def format_final(p: Progress, expected_seconds: int, stopped: bool) -> str:
+    """The last line: what was done against what the plan expected."""
+    if stopped:
+        return (f"stopped at the time limit: {p.done}/{p.total} units in {duration(p.elapsed)} "
+                f"({p.per_minute:.1f} units/min); projected total {duration(p.projected_seconds)}, "
+                f"the plan expected {duration(expected_seconds)}")
+    ratio = f" ({p.elapsed / expected_seconds:.0%} of it)" if expected_seconds else ""
+    return f"compiled {p.done}/{p.total} units in {duration(p.elapsed)}; the plan expected {duration(expected_seconds)}{ratio}"
+
+
+class ProgressReporter:
+    """Turns ninja's lines into progress: a live line on a TTY, a heartbeat line otherwise (CI logs).
+    `emit(text, final)` shows it; the default goes through ui."""
+
+    def __init__(self, *, heartbeat_s: float = HEARTBEAT_S, live: bool | None = None,
+                 emit: Callable[[str, bool], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.started = clock()
+        self.live = ui.interactive() if live is None else live
+        self.heartbeat_s = 0.0 if self.live else heartbeat_s
+        self.emit = emit or ui.progress
+        self.first_done: int | None = None
+        self.last: Progress | None = None
+        self.total = 0              # known before the first line from a dry run (`planned_edges`), else 0
+        self._shown_at = -float("inf")
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def heartbeat(self) -> None:
+        """Until finish(): without a TTY, a line every heartbeat even while no unit finishes (the heaviest
+        units of a CMake-era build take minutes each)."""
+        if self.live or self.heartbeat_s <= 0:
+            return
+
+        def beat() -> None:
+            while not self._stop.wait(self.heartbeat_s):
+                with self._lock:
+                    if self.clock() - self._shown_at >= self.heartbeat_s:
+                        done = self.last.done if self.last else 0
+                        p = progress_at(done, self.last.total if self.last else self.total,
+                                        self.clock() - self.started, self.first_done or 0)
+                        self._shown_at = self.clock()
+                        self.emit(format_progress(p), False)
+
+        threading.Thread(target=beat, daemon=True).start()
+
+    def line(self, text: str) -> None:
+        parsed = parse_ninja_progress(text)
+        if not parsed:
+            return
+        with self._lock:
+            self._line(*parsed)
+
+    def _line(self, done: int, total: int) -> None:
+        if self.first_done is None:
+            self.first_done = done - 1     # ninja prints a line as an edge finishes: this run's first
+        self.last = progress_at(done, total, self.clock() - self.started, self.first_done)
+        now = self.clock()
+        if now - self._shown_at >= self.heartbeat_s or done == total:
+            self._shown_at = now
+            self.emit(format_progress(self.last), False)
+
+    def finish(self, expected_seconds: int, stopped: bool) -> Progress:
+        """The closing line; the units counted are those ninja reported finished."""
+        self._stop.set()
+        p = self.last or progress_at(0, self.total, self.clock() - self.started)
+        p = progress_at(p.done, p.total, self.clock() - self.started, self.first_done or 0)
+        self.emit(format_final(p, expected_seconds, stopped), True)
+        return p
+
+
+# Out of memory, as the compilers and the kernel say it: gcc's driver for a killed cc1plus, nvcc for a killed
+# cicc/ptxas, a shell's "Killed", ninja's exit of a command killed by signal 9.
+_KILLED = re.compile(r"Killed signal terminated program|died due to signal 9|\(Kill signal\)|"
+                     r"(^|\s)Killed(\s|$)|signal 9\b|exit status 137\b", re.M)
+
+
+def killed_out_of_memory(output: str, returncode: int) -> bool:
+    return returncode in (137, -9) or bool(_KILLED.search(output))
+
+
+def safe_jobs(jobs: int, nvcc_threads: int, memory_budget_bytes: int, job_peak_bytes: int | None) -> int:
+    """The next lower job count that fits: by the measured per-job peak when there is one, else a quarter less."""
+    if job_peak_bytes and memory_budget_bytes:
+        fits = memory_budget_bytes // (job_peak_bytes * max(1, nvcc_threads))
+        return max(1, min(jobs - 1, int(fits)))
+    return max(1, jobs - max(1, jobs // 4))
+
+
+# ------------------------------------------------------------------------------------------- the env's torch
+_TORCH_VERSION = ("import importlib.metadata as m\n"
+                  "try:\n    print('TORCH ' + m.version('torch'))\n"
+                  "except m.PackageNotFoundError:\n    print('TORCH none')\n")
+
+
+def env_torch(python: str) -> str | None:
+    """The env's torch version, from its metadata (no import: a second, not ten)."""
+    done = runner.capture([python, "-c", _TORCH_VERSION], timeout=60)
+    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("TORCH ")), "TORCH none")
+    return None if line == "TORCH none" else line.split(" ", 1)[1]
+
+
+def check_torch(release, python: str) -> str:
+    """The env's torch, refused (ConfigError) unless it is the one the release builds against: vLLM builds
+    without isolation, so another torch gives `undefined symbol` at import (vllm#5889)."""
+    have = env_torch(python)
+    want = release.torch
+    if have is None:
+        raise ConfigError(f"the env ({python}) has no torch; vLLM {release.version} builds against torch {want}",
+                          hint="rerun `./inv env --force`, which installs the release's locked torch")
+    if str(want) and not want.contains(have, prereleases=True):
+        raise ConfigError(f"the env's torch is {have}; vLLM {release.version} builds against torch {want} "
+                          f"(no build isolation: the libraries would not load with another torch)",
+                          hint=f"rerun `./inv env --force` for the release's lock (torch {want}), or for "
+                               f"--profile host-torch use a host whose torch is {want}")
+    return have
+
+
+# ------------------------------------------------------------------------------------------- the commands
+def python_path(python: str, src: Path) -> str:
+    """sys.path as setup.py sees it in `src` (its first entry is the script's directory)."""
+    done = runner.capture([python, "-c", "import sys; print('PYPATH ' + ':'.join(sys.path[1:]))"], timeout=60)
+    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("PYPATH ")), "PYPATH ")
+    return ":".join(p for p in [str(src), *line[len("PYPATH "):].split(":")] if p)
+
+
+def configure_argv(*, cmake: str, src: Path, python: str, python_path: str, fetch_base: Path, jobs: int,
+                   nvcc_threads: int, cuda_home: str | None, ccache: bool, cmake_args: Sequence[str] = (),
+                   build_type: str = "RelWithDebInfo") -> list[str]:
+    """`cmake <src> -G Ninja ...` with exactly the arguments setup.py's cmake_build_ext.configure passes
+    (0.26.0, CUDA, ninja and ccache on PATH), CMAKE_ARGS last. The launcher is the bare name, as setup.py
+    writes it: pip's pass then configures the same cache and ninja sees the same compile lines."""
+    argv = [cmake, str(src), "-G", "Ninja", f"-DCMAKE_BUILD_TYPE={build_type}", "-DVLLM_TARGET_DEVICE=cuda"]
+    if ccache:
+        argv += [f"-DCMAKE_{lang}_COMPILER_LAUNCHER=ccache" for lang in ("C", "CXX", "CUDA", "HIP")]
+    argv += [f"-DVLLM_PYTHON_EXECUTABLE={python}", f"-DVLLM_PYTHON_PATH={python_path}",
+             f"-DFETCHCONTENT_BASE_DIR={fetch_base}", f"-DNVCC_THREADS={nvcc_threads}",
+             "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", f"-DCMAKE_JOB_POOLS:STRING=compile={jobs}"]
+    if cuda_home:
+        argv.append(f"-DCMAKE_CUDA_COMPILER={cuda_home}/bin/nvcc")
+    return argv + list(cmake_args)
+
+
+def offline_cmake_args() -> list[str]:
+    """What makes configure unable to fetch: FetchContent never downloads, and a dependency it would have
+    downloaded stops configure with its name (CMP0170, CMake >= 3.30; older CMake fails later, at the
+    missing sources) instead of a warning and a build without it."""
+    return ["-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DCMAKE_POLICY_DEFAULT_CMP0170=NEW"]
+
+
+def build_argv(cmake: str, build_dir: Path, jobs: int, targets: Sequence[str]) -> list[str]:
+    """setup.py's `cmake --build . -j=N --target=...` (run in the build dir)."""
+    return [cmake, "--build", str(build_dir), f"-j={jobs}", *[f"--target={t}" for t in targets]]
+
+
+def editable_env(build_dir: Path, config_file: Path) -> dict[str, str]:
+    """pip's editable pass (setuptools) builds in `build_dir`: a distutils config file names it as build_ext's
+    build_temp. setuptools' editable_wheel re-initialises build_ext and then looks its options up by the
+    class's name, vLLM's `cmake_build_ext`: both sections name the dir."""
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text("".join(f"[{section}]\nbuild_temp = {build_dir}\n\n"
+                                   for section in ("build_ext", "cmake_build_ext")))
+    return {"DIST_EXTRA_CONFIG": str(config_file)}
+
+
+def network_isolation(offline: bool) -> tuple[list[str], str]:
+    """(argv prefix, note): with --offline, a network namespace with no route out (root: `unshare -n`,
+    else a user namespace `unshare -rn`), tried once; without one, FetchContent's disconnection stands alone."""
+    if not offline:
+        return [], ""
+    unshare = shutil.which("unshare")
+    if not unshare:
+        return [], "unshare (util-linux) not found: configure and build run in the host's network namespace"
+    for prefix in ([unshare, "-n"], [unshare, "-rn"]) if os.geteuid() == 0 else ([unshare, "-rn"],):
+        done = runner.capture([*prefix, "true"], timeout=10)
+        if done and done.returncode == 0:
+            return prefix, f"--offline: configure and build run without a network ({' '.join(prefix[1:])})"
+    return [], ("no network namespace could be made (unshare -n / -rn refused): configure and build rely on "
+                "FETCHCONTENT_FULLY_DISCONNECTED alone")
+
+
+def planned_edges(ninja: str, build_dir: Path, targets: Sequence[str], env: Mapping[str, str]) -> int:
+    """How many edges the build of `targets` will run (ninja's dry run: a second): the total before the first
+    unit finishes."""
+    done = runner.capture([ninja, "-C", str(build_dir), "-n", *targets], env=env, timeout=120)
+    totals = [parse_ninja_progress(line) for line in (done.output if done and done.returncode == 0 else "").splitlines()]
+    return max((t[1] for t in totals if t), default=0)
+
+
+def find_tool(name: str, python: str, path: str) -> str | None:
+    """cmake / ninja beside the env's python (the lock's wheels) first, else on PATH."""
+    return shutil.which(name, path=os.pathsep.join([str(Path(python).parent), path]))
+
+
+# ------------------------------------------------------------------------------------------- memory
+def _proc_table() -> dict[int, tuple[int, int, int, str]]:
+    """pid -> (ppid, pgrp, rss bytes, comm) of every process /proc shows."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), int(fields[21]) * page, comm)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _started(pid: int) -> str:
+    """A process's start time (clock ticks since boot): with its pid, who it is."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def job_memory(table: Mapping[int, tuple[int, int, int, str]], root: int) -> tuple[int, dict[int, int]]:
+    """(the resident memory of `root` and everything under it, {job pid: its process tree's}) where a job is
+    a child of ninja. Ninja starts every job in a process group of its own: the tree is followed by parent."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _pg, _rss, _comm) in table.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(children.get(p, ()))
+        return out
+
+    members = tree(root) if root in table else []
+    ninjas = [pid for pid in members if table[pid][3] == "ninja"]
+    jobs = {c: sum(table[p][2] for p in tree(c)) for n in ninjas for c in children.get(n, ()) if table[c][3] != "ninja"}
+    return sum(table[p][2] for p in members), jobs
+
+
+class MemoryWatch(threading.Thread):
+    """Polls /proc for the build (the child of this process whose argv has `marker`, and all under it): peak
+    memory in all and per job, and the jobs' process groups (ninja gives each its own), so that a stop can
+    make sure none is left."""
+
+    def __init__(self, marker: str, interval: float = RSS_POLL_S):
+        super().__init__(daemon=True)
+        self.marker, self.interval = marker, interval
+        self.peak_total = 0
+        self.peak_job = 0
+        self.job_groups: dict[int, str] = {}     # a job's process group (its leader's pid) -> the leader's start
+        self._stop_event = threading.Event()
+
+    def _root(self, table) -> int | None:
+        me = os.getpid()
+        for pid, (ppid, _pgrp, _rss, _comm) in table.items():
+            if ppid == me:
+                try:
+                    if self.marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                        return pid
+                except OSError:
+                    continue
+        return None
+
+    def run(self) -> None:
+        root = None
+        while not self._stop_event.wait(self.interval):
+            table = _proc_table()
+            root = root if root in table else self._root(table)
+            if root:
+                total, jobs = job_memory(table, root)
+                self.peak_total = max(self.peak_total, total)
+                self.peak_job = max([self.peak_job, *jobs.values()])
+                for j in jobs:
+                    if table[j][1] == j and j not in self.job_groups:
+                        self.job_groups[j] = _started(j)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def end_leftovers(self) -> list[int]:
+        """SIGKILL for any job process group still running (ninja signals its jobs as it stops; one that
+        ignored it must not outlive the build). Returns the groups it had to kill."""
+        killed = []
+        for pgid, started in sorted(self.job_groups.items()):
+            if not started or _started(pgid) != started:      # gone, or the pid is another process's now
+                continue
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return killed
+
+
+def oom_kills() -> int | None:
+    """The cgroup's count of processes the kernel killed out of memory (cgroup v2), None when unreadable."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.events").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^oom_kill (\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+# ------------------------------------------------------------------------------------------- the driver
+@dataclass(frozen=True)
+class CMakeBuildFacts:
+    build_dir: Path
+    log: Path
+    jobs: int
+    nvcc_threads: int
+    targets: tuple[str, ...]
+    configure_seconds: float
+    edges_total: int                 # ninja's edges for the targets (compile units, links, copies)
+    units_done: int
+    seconds: float                   # the compile's wall time
+    units_per_minute: float
+    projected_seconds: float | None  # the whole compile at this rate
+    expected_seconds: int            # the plan's estimate
+    stopped_at_limit: bool
+    peak_memory_bytes: int | None    # the build's process group, resident, at its highest
+    job_peak_memory_bytes: int | None   # one compile job's process tree at its highest
+    ccache: Mapping[str, int] | None    # this run's hits / misses / uncacheable
+    network_isolated: bool
+    notes: tuple[str, ...] = ()
+    unit_times: tuple = field(default=(), repr=False)   # [{"unit", "seconds"}], slowest first
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else
+                    dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
+
+
+# CMake's own variable for a FetchContent dependency's local tree: a cache definition, not an environment
+# variable. The catalog names it where the release's override variable would change the install (0.26.0:
+# VLLM_FLASH_ATTN_SRC_DIR makes vllm_flash_attn.cmake install FA4's cute package as a symlink into that tree).
+FETCHCONTENT_SOURCE = "FETCHCONTENT_SOURCE_DIR_"
+# the release's variables that such a definition replaces: never inherited from the caller's environment
+SHADOWED_BY_FETCHCONTENT_SOURCE = ("VLLM_FLASH_ATTN_SRC_DIR",)
+
+
+def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], list[str]]:
+    """(environment variables, cmake -D arguments) that hand every external to configure."""
+    env, args = {}, []
+    for name, directory in sorted(externals.items()):
+        path = str(Path(directory).resolve())
+        if name.startswith(FETCHCONTENT_SOURCE):
+            args.append(f"-D{name}={path}")
+        else:
+            env[name] = path
+    return env, args
+
+
+def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, arch_list: str, jobs: int,
+              nvcc_threads: int, externals: Mapping[str, Path], ccache: str | None, ccache_dir: Path,
+              ccache_base: Path, include_dirs: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of configure, build and pip's pass: the env's tools first, the externals' override
+    variables, the arch list, setup.py's job variables, ccache's settings (those of the 0.2.2 build)."""
+    env = {k: v for k, v in base.items() if k not in ("CUDACXX", "NINJA_STATUS")}
+    path = [str(Path(python).parent)] + ([f"{cuda_home}/bin"] if cuda_home else [])
+    if ccache:
+        path.append(str(Path(ccache).parent))      # setup.py and the launcher find it by name
+    env["PATH"] = os.pathsep.join(dict.fromkeys(path + env.get("PATH", "/usr/bin:/bin").split(os.pathsep)))
+    if cuda_home:
+        env["CUDA_HOME"] = cuda_home
+    # the CUDA library headers pip wheels ship (cublas_v2.h, cusparse.h, ...), as for the setuptools-era build
+    includes = [d for d in include_dirs if d and Path(d).is_dir()]
+    if includes:
+        env["CPATH"] = os.pathsep.join(dict.fromkeys(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p]))
+    env = {k: v for k, v in env.items() if k not in SHADOWED_BY_FETCHCONTENT_SOURCE}
+    env.update(external_settings(externals)[0])
+    env.update(setup_py_env(jobs, nvcc_threads))
+    env.update(TORCH_CUDA_ARCH_LIST=arch_list, NINJA_STATUS=NINJA_STATUS, VLLM_DISABLE_SCCACHE="1")
+    if ccache:
+        ccache_dir.mkdir(parents=True, exist_ok=True)
+        env.update({"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(ccache_base), "CCACHE_NOHASHDIR": "1",
+                    "CCACHE_COMPILERCHECK": "content"})
+        env.update(dict.fromkeys(LOCALE_VARS, BUILD_LOCALE))
+    return env
+
+
+def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list[str]:
+    """CMAKE_ARGS for every configure, the driver's and setup.py's: the disconnection, the externals given as
+    cache variables, then the caller's (e.g. a driver stub's path on a host without a GPU)."""
+    return offline_cmake_args() + external_settings(externals)[1] + list(extra)
+
+
+def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
+               cuda_home: str | None = None, ccache_dir: Path | None = None, base: Mapping[str, str] | None = None,
+               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
+    """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
+    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
+    base = dict(os.environ if base is None else base)
+    search = os.pathsep.join([str(Path(python).parent), base.get("PATH", "")])
+    ccache = find_ccache(search) if plan.build.ccache else None
+    env = build_env(base=base, python=python, cuda_home=cuda_home, arch_list=plan.build.torch_cuda_arch_list,
+                    jobs=max(1, plan.build.max_jobs), nvcc_threads=max(1, plan.build.nvcc_threads),
+                    externals=externals, ccache=ccache,
+                    ccache_dir=Path(ccache_dir or base.get("CCACHE_DIR") or plan.workspace.cache / "ccache"),
+                    ccache_base=src.resolve().parent, include_dirs=include_dirs)
+    env["CMAKE_ARGS"] = " ".join(cmake_args(externals, extra_cmake_args))
+    env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
+    return env, ccache
+
+
+def fetchcontent_base(build_dir: Path) -> Path:
+    """FetchContent's base inside the build dir (setup.py's default, <src>/.deps, is outside any cleanup)."""
+    return build_dir / "_deps"
+
+
+def _ccache_stats(ccache: str | None, env: Mapping[str, str]) -> dict | None:
+    if not ccache:
+        return None
+    done = runner.capture([ccache, "--print-stats"], env=env)
+    return parse_ccache_stats(done.output) if done and done.returncode == 0 else None
+
+
+def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: Sequence[str] | None = None,
+          time_limit: float | None = None, *, build_dir: Path | None = None, log: Path | None = None,
+          cuda_home: str | None = None, ccache_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
+          emit: Callable[[str, bool], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
+          live: bool | None = None, extra_cmake_args: Sequence[str] = (),
+          include_dirs: Sequence[str] = ()) -> CMakeBuildFacts:
+    """Configure `src` and compile `targets` (default: setup.py's) with the plan's jobs x threads, ccache and
+    the externals' override directories; stop cleanly at `time_limit` seconds. Refuses the wrong torch before
+    configure (ConfigError); a failed compile is StepFailed, out of memory with the job count to use."""
+    base = dict(os.environ if base_env is None else base_env)
+    build_dir = Path(build_dir or src / "build" / "cmake").resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log = log or build_dir / "vllmp-build.log"
+    jobs, threads = max(1, plan.build.max_jobs), max(1, plan.build.nvcc_threads)
+    notes: list[str] = []
+
+    check_torch(plan.release, python)      # before anything is configured: seconds
+    missing = {name: str(d) for name, d in externals.items() if not Path(d).is_dir()}
+    if missing:
+        raise ConfigError(f"external source directories missing: {', '.join(f'{k}={v}' for k, v in missing.items())}",
+                          hint="run `./inv fetch` (online) or unpack the source bundle, then rerun")
+    cmake = find_tool("cmake", python, base.get("PATH", ""))
+    ninja = find_tool("ninja", python, base.get("PATH", ""))
+    if not cmake or not ninja:
+        raise ConfigError("cmake and ninja are needed to build a CMake-era release and one is missing "
+                          f"(looked beside {python} and on PATH)",
+                          hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
+    env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
+                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+    if plan.build.ccache and not ccache:
+        notes.append("ccache not found: building without a compiler cache")
+    isolation, note = network_isolation(plan.offline)
+    if note:
+        notes.append(note)
+    for n in notes:
+        ui.info(n)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("".join(f"# {n}\n" for n in notes))
+        fh.write("# overrides: " + " ".join(f"{k}={v}" for k, v in sorted(externals.items())) + "\n")
+    targets = tuple(targets or plan.build.targets or default_targets(_python_version(python)))
+
+    started = time.monotonic()
+    runner.run([*isolation, *configure_argv(
+        cmake=cmake, src=src.resolve(), python=python, python_path=python_path(python, src.resolve()),
+        fetch_base=fetchcontent_base(build_dir), jobs=jobs, nvcc_threads=threads, cuda_home=cuda_home,
+        ccache=bool(ccache), cmake_args=env["CMAKE_ARGS"].split())], log=log, cwd=build_dir, env=env,
+        timeout=CONFIGURE_TIMEOUT, what="cmake configure", diagnose=_configure_hint, tail_lines=40)
+    configure_s = time.monotonic() - started
+
+    before = _ccache_stats(ccache, env)
+    oom_before = oom_kills()
+    reporter = ProgressReporter(heartbeat_s=heartbeat_s, live=live, emit=emit)
+    reporter.total = planned_edges(ninja, build_dir, targets, env)
+    memory = MemoryWatch(marker=f"--build\0{build_dir}\0")
+    lines: list[str] = []
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        reporter.line(line)
+
+    argv = [*isolation, *build_argv(cmake, build_dir, jobs, targets)]
+    memory.start()
+    reporter.heartbeat()
+    stopped, returncode = False, 0
+    limit = time_limit or plan.build.time_limit
+    compile_started = time.monotonic()
+    try:
+        done = runner.run(argv, log=log, cwd=build_dir, env=env, timeout=limit or BUILD_TIMEOUT,
+                          what="cmake --build", echo=echo, check=False)
+        returncode = done.returncode
+    except StepFailed:
+        if not limit or time.monotonic() - compile_started < limit:
+            raise
+        stopped = True          # runner stopped the whole group at the limit and waited for it to end
+    finally:
+        memory.stop()
+        leftovers = memory.end_leftovers()
+    if leftovers:
+        notes.append(f"killed {len(leftovers)} compile job(s) left running after the build stopped")
+    progress = reporter.finish(plan.build.expected_seconds, stopped)
+    after = _ccache_stats(ccache, env)
+    cache = cache_summary({k: after.get(k, 0) - before.get(k, 0) for k in after}) if before and after else None
+    facts = CMakeBuildFacts(
+        build_dir=build_dir, log=log, jobs=jobs, nvcc_threads=threads, targets=targets,
+        configure_seconds=round(configure_s, 1), edges_total=progress.total, units_done=progress.done,
+        seconds=round(progress.elapsed, 1), units_per_minute=round(progress.per_minute, 2),
+        projected_seconds=round(progress.projected_seconds, 0) if progress.projected_seconds is not None else None,
+        expected_seconds=plan.build.expected_seconds, stopped_at_limit=stopped,
+        peak_memory_bytes=memory.peak_total or None, job_peak_memory_bytes=memory.peak_job or None, ccache=cache,
+        network_isolated=bool(isolation), notes=tuple(notes),
+        unit_times=tuple(u for u in ninja_unit_times(build_dir, src.resolve())
+                         if u["unit"].endswith(SOURCE_SUFFIXES)))
+    if returncode != 0 and not stopped:
+        output = "\n".join(lines)
+        oom_after = oom_kills()
+        if killed_out_of_memory(output, returncode) or (oom_before is not None and (oom_after or 0) > oom_before):
+            lower = safe_jobs(jobs, threads, plan.build.memory_budget_bytes, facts.job_peak_memory_bytes)
+            peak = (f"; a job peaked at {facts.job_peak_memory_bytes / GIB:.1f} GiB"
+                    if facts.job_peak_memory_bytes else "")
+            raise StepFailed(f"a compiler was killed, out of memory, at {jobs} jobs x {threads} nvcc thread(s) "
+                             f"({progress.done}/{progress.total} units done{peak}); full log: {log}",
+                             hint=f"rerun with --max-jobs {lower} (the compiler cache keeps the finished units)",
+                             log_tail=relevant_tail(output), facts=facts.to_dict())
+        raise StepFailed(f"cmake --build failed with exit code {returncode} ({progress.done}/{progress.total} "
+                         f"units); full log: {log}",
+                         hint=diagnose(output, returncode, max_jobs=jobs, cuda=plan.release.main_cuda) or f"read {log}",
+                         log_tail=relevant_tail(output), facts=facts.to_dict())
+    return facts
+
+
+def _configure_hint(output: str, returncode: int) -> str | None:
+    if re.search(r"FETCHCONTENT_FULLY_DISCONNECTED|Could not resolve host|git clone|"
+                 r"does not contain a CMakeLists\.txt|-src.*does not exist", output):
+        return ("configure wanted a source it would download: every external must come from its override "
+                "directory (`./inv fetch` brings them into the cache)")
+    m = re.search(r"GCC >= ([\d.]+) is required|requires GCC ([\d.]+)", output)
+    if m:
+        return f"install gcc {m.group(1) or m.group(2)} or newer and set CC/CXX"
+    return None
+
+
+def _python_version(python: str) -> str:
+    done = runner.capture([python, "-c", "import platform; print('PYVER ' + platform.python_version())"], timeout=60)
+    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("PYVER ")), "PYVER 3.11")
+    return line.split(" ", 1)[1]
+
+
+def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path], facts: CMakeBuildFacts,
+                     log: Path, *, cuda_home: str | None = None, ccache_dir: Path | None = None,
+                     base_env: Mapping[str, str] | None = None, extra_cmake_args: Sequence[str] = (),
+                     include_dirs: Sequence[str] = ()) -> int:
+    """`pip install --no-build-isolation --no-deps -e src` through setup.py, in the driver's build dir:
+    setup.py configures again and `cmake --build` finds every object up to date. Returns the compile edges
+    pip's pass ran (0 when the build tree was reused)."""
+    ninja_log = facts.build_dir / ".ninja_log"
+    before = _ninja_log_entries(ninja_log)
+    env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
+                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+    pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
+                   **setup_py_env(facts.jobs, facts.nvcc_threads))
+    runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,
+               cwd=src, env=pip_env, timeout=BUILD_TIMEOUT, what="pip install -e (vLLM)", tail_lines=60)
+    return _ninja_log_entries(ninja_log) - before
+
+
+def _ninja_log_entries(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text(errors="replace").splitlines() if line and not line.startswith("#"))
+    except OSError:
+        return 0
+
