@@ -38,7 +38,7 @@ def cache_facts(llm, log_text: str) -> dict:
             out["source"] = "log:" + parsed["format"]
         for k in ("kv_cache_tokens", "max_concurrency", "concurrency_tokens", "available_kv_cache_gib",
                   "weights_gib", "cudagraph_gib"):
-            if parsed.get(k) is not None:
+            if parsed.get(k) is not None and out.get(k) is None:    # the engine's own (unrounded) value first
                 out[k] = parsed[k]
         if out["source"] == "cache_config" and parsed.get("num_gpu_blocks") not in (None, out["num_gpu_blocks"]):
             out["log_disagrees"] = parsed.get("num_gpu_blocks")
