@@ -143,3 +143,16 @@ def best_completions(completions: list, keep: int | None) -> list:
         return float("-inf") if value is None else value
 
     return sorted(completions, key=score, reverse=True)[:keep]
+
+
+# A traceback's last line in the engine-core process's output, behind its "(EngineCore pid=N) " prefix.
+_ROOT_CAUSE = re.compile(r"^(?:\x1b\[[0-9;]*m)?(?:\([\w-]+ pid=\d+\)(?:\x1b\[[0-9;]*m)? )?"
+                         r"([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.M)
+
+
+def engine_core_root_cause(log_text: str) -> str | None:
+    """Under V1, ``LLM()`` raises only 'Engine core initialization failed. See root cause above.': the cause
+    is the last exception the engine-core process printed (e.g. not one max_model_len request fits)."""
+    found = [m for m in _ROOT_CAUSE.finditer(log_text or "")
+             if not m.group(2).startswith("Engine core initialization failed")]
+    return f"{found[-1].group(1)}: {found[-1].group(2).strip()}" if found else None

@@ -32,7 +32,8 @@ import sys
 import time
 import traceback
 
-from engine_compat import accepted_names, best_completions, detect_engine, map_llm_args, map_sampling
+from engine_compat import (accepted_names, best_completions, detect_engine, engine_core_root_cause, map_llm_args,
+                           map_sampling)
 from engine_facts import gpu_facts, model_facts, versions
 from kv_facts import cache_facts
 from logcapture import FdCapture, ListHandler, Tee, attach_handler
@@ -244,6 +245,12 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
         sys.stdout, sys.stderr = real_out, real_err
         captured = capture.stop() if capture is not None else None
     log_text = captured if captured is not None else buf.getvalue() + "\n" + "\n".join(handler.records)
+    if doc["error"] and captured is not None:
+        cause = engine_core_root_cause(captured)
+        if cause and cause not in doc["error"]["message"]:
+            doc["error"]["root_cause"] = cause[:2000]
+            doc["error"]["message"] = f"{doc['error']['message']} (engine core: {cause})"[:2000]
+            doc["error"]["hint"] = error_hint(cause)
     doc["cache"] = cache_facts(llm, log_text)
     if "model" not in doc and llm is not None:
         try:

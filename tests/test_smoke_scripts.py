@@ -593,3 +593,20 @@ def test_tiny_maker_checkpoint_loads_in_the_reference(tmp_path):
     ref = mod.ChatGLMReference(cfg, w)
     logits = ref.forward([1, 2, 3, 4])
     assert logits.shape == (4, cfg["padded_vocab_size"]) and torch.isfinite(logits).all()
+
+
+def test_the_engine_cores_root_cause_is_found_in_its_output():
+    """0.26.0's LLM() says only 'Engine core initialization failed. See root cause above.' (v1/engine/utils.py);
+    the cause is the engine-core process's last exception, each line behind its prefix."""
+    compat = _load("engine_compat")
+    log = ("(EngineCore pid=7) ERROR 12-03 16:40:05 [core.py:1290] EngineCore failed to start.\n"
+           "(EngineCore pid=7) Traceback (most recent call last):\n"
+           "(EngineCore pid=7)   File \"/x/vllm/v1/core/kv_cache_utils.py\", line 775, in _check_enough_kv_cache_memory\n"
+           "(EngineCore pid=7) ValueError: To serve at least one request with the model's max seq len (32768), "
+           "(0.87 GiB KV cache is needed, which is larger than the available KV cache memory (0.5 GiB).\n"
+           "Traceback (most recent call last):\n"
+           "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n")
+    assert compat.engine_core_root_cause(log).startswith("ValueError: To serve at least one request")
+    assert compat.engine_core_root_cause("all fine\n") is None
+    gen = _load("generate")
+    assert "lower --max-model-len" in gen.error_hint(compat.engine_core_root_cause(log))
