@@ -299,6 +299,12 @@ def test_swap_space_is_dropped_where_engine_args_lack_it():
                        "a preempted request is recomputed; no '# CPU blocks' any more; dropped"]
     assert compat.map_llm_args(wanted, None) == (wanted, [])
 
+    @dataclasses.dataclass
+    class EngineArgs022(EngineArgs0260):   # 0.2.2's EngineArgs has swap_space (4 GiB): passed as written
+        swap_space: int = 4
+
+    assert compat.map_llm_args(wanted, compat.accepted_names(EngineArgs022)) == (wanted, [])
+
 
 def test_best_completions_keep_the_highest_cumulative_logprob():
     compat = _load("engine_compat")
