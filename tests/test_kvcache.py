@@ -391,6 +391,9 @@ def test_v1_kv_from_memory_warns_when_the_cache_is_not_the_models_plain_one():
     ("Free memory on device cuda:0 (60.12/139.8 GiB) on startup is less than desired GPU memory utilization "
      "(0.92, 128.62 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
      "free the GPU of other processes"),
+    # vllm/v1/engine/utils.py: all LLM() says when the engine-core process died without a known cause
+    ("Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}",
+     "its own exception is in the smoke log"),
 ])
 def test_v1_engine_refusals_get_their_fix(message, needle):
     smoke = {"schema": "vllm-provision/smoke-generate/1", "ok": False, "engine": "v1",

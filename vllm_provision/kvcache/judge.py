@@ -396,6 +396,9 @@ def _hint_for_error(msg: str) -> str:
         return "lower --max-model-len or raise --gpu-memory-utilization"
     if "which is larger than the available kv cache memory" in m:     # V1: not one max_model_len request fits
         return "lower --max-model-len (the message gives the estimated maximum) or raise --gpu-memory-utilization"
+    if "engine core initialization failed" in m:                     # V1: the cause is in the child's output
+        return ("the V1 engine-core process failed while starting: its own exception is in the smoke log "
+                "(log_tail), above 'Engine core initialization failed'")
     if "is less than desired gpu memory utilization" in m:           # V1: free < ceil(total x utilization)
         return ("free the GPU of other processes (nvidia-smi shows them) or lower --gpu-memory-utilization: "
                 "the V1 engine needs that fraction of the GPU free when it starts")
