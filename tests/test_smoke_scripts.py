@@ -616,3 +616,48 @@ def test_the_engine_cores_root_cause_is_found_in_its_output():
     assert compat.engine_core_root_cause("all fine\n") is None
     gen = _load("generate")
     assert "lower --max-model-len" in gen.error_hint(compat.engine_core_root_cause(log))
+
+
+TP_STAND_IN = """#!{python}
+# The target env's python on a host without GPUs, for the tensor-parallel smoke: Ray is not importable;
+# smoke/generate.py writes the JSON given below (what a 2-GPU V1 run writes) and keeps its argv.
+import json, shutil, sys
+args = sys.argv[1:]
+if args[:1] == ["-c"]:
+    sys.exit("ModuleNotFoundError: No module named 'ray'")
+with open({argv!r}, "w") as fh:
+    json.dump(args, fh)
+shutil.copy({smoke!r}, args[args.index("--out") + 1])
+"""
+
+
+def test_v1_tensor_parallel_smoke_needs_no_ray(isolated, tmp_path):
+    """The V1 engine starts its own worker processes: the tensor-parallel smoke runs where Ray is missing
+    (0.2.2's is skipped there), and one GPU's share is judged: 1 KV head a GPU, twice the blocks from the
+    same memory (log lines built from 0.26.0's format strings, as in test_kvcache)."""
+    from test_kvcache import TINY_V1_BLOCKS, tiny_v1_smoke, v1_log
+    from vllm_provision.cli import cli_settings
+    from vllm_provision.host import HostFacts
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.plan import build_plan
+    from vllm_provision.steps.smoke import tensor_parallel_smoke
+
+    smoke = tiny_v1_smoke(num_gpu_blocks=2 * TINY_V1_BLOCKS)
+    smoke["model"].update(num_kv_heads=1, parameter_bytes_source="safetensors headers x dtype bytes")
+    smoke["log_tail"] = v1_log(TINY_V1_BLOCKS * 16384 + 5000, 268_016_000, 8192, 32716.796875)
+    (tmp_path / "smoke-tp.json").write_text(json.dumps(smoke))
+    python = tmp_path / "python"
+    python.write_text(TP_STAND_IN.format(python=sys.executable, argv=str(tmp_path / "argv.json"),
+                                         smoke=str(tmp_path / "smoke-tp.json")))
+    python.chmod(0o755)
+    facts = HostFacts(gpus=[], driver_cuda="13.0", cpu_count=32, mem_available_bytes=200 << 30,
+                      mem_total_bytes=256 << 30, disk_free_bytes=100 << 30)
+    plan = build_plan(cli_settings(release="0.26.0"), facts=facts, need_lock=False)
+    plan.workspace.ensure()
+    folder = tmp_path / "gpus"
+    folder.mkdir()
+    tp = tensor_parallel_smoke(StepContext(plan, facts, "smoke"), str(python), tmp_path / "m", 2, folder)
+    assert tp["status"] == "pass" and tp["ray"] is None, tp
+    assert tp["num_gpu_blocks"] == 2 * TINY_V1_BLOCKS
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2" and argv[argv.index("--engine") + 1] == "v1"

@@ -303,20 +303,25 @@ def _blocks(n: int | None) -> str:
 
 
 def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, folder: Path) -> dict:
-    """The smoke with --tensor-parallel-size n when Ray is importable in the target env (vLLM 0.2.2 runs its
-    workers on Ray for n > 1), judged for one GPU's share; skipped with the reason otherwise."""
-    probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
-    if probe is None or probe.returncode != 0:
-        why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
-        return {"status": "skipped", "tensor_parallel_size": n,
-                "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
-                          "tensor_parallel_size > 1"}
+    """The smoke with --tensor-parallel-size n, judged for one GPU's share. vLLM 0.2.2 runs its workers on Ray
+    for n > 1: without an importable Ray it is skipped, with the reason. The V1 engine starts its own worker
+    processes and needs no Ray."""
+    ray = None
+    if ctx.plan.release.llm_engine == "v0":
+        probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
+        if probe is None or probe.returncode != 0:
+            why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
+            return {"status": "skipped", "tensor_parallel_size": n,
+                    "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
+                              "tensor_parallel_size > 1"}
+        ray = probe.output.strip()
     out = folder / "smoke-tp.json"
-    ctx.say(f"tensor parallel: ray {probe.output.strip()}; generating with --tensor-parallel-size {n}")
+    workers = f"ray {ray}" if ray else "the V1 engine's own worker processes"
+    ctx.say(f"tensor parallel: {workers}; generating with --tensor-parallel-size {n}")
     result = runner.run(generate_argv(ctx, python, model, out) + ["--tensor-parallel-size", str(n)], log=ctx.log,
                         what=f"smoke/generate.py --tensor-parallel-size {n}", timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
-    return {"tensor_parallel_size": n, "ray": probe.output.strip(), "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))
+    return {"tensor_parallel_size": n, "ray": ray, "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))
 
 
 def one_gpu_share(smoke: dict, n: int) -> dict:
