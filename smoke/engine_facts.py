@@ -152,7 +152,8 @@ def engine_model(engine):
 def model_facts(llm, cfg: dict, model_dir: str, args) -> dict:
     engine = llm.llm_engine
     mc = engine.model_config
-    pc = get_path(engine, "parallel_config")
+    # 0.2.x keeps each config on the engine; V1's front-end engine only under vllm_config.
+    pc = get_path(engine, "parallel_config", "vllm_config.parallel_config")
     facts = {
         "path": os.path.abspath(model_dir),
         "model_type": cfg.get("model_type"),
@@ -183,8 +184,10 @@ def model_facts(llm, cfg: dict, model_dir: str, args) -> dict:
     except Exception:
         facts["dtype_bytes"] = None
     facts["max_model_len"] = get_path(mc, "max_model_len")
-    facts["max_num_batched_tokens"] = get_path(engine, "scheduler_config.max_num_batched_tokens")
-    facts["max_num_seqs"] = get_path(engine, "scheduler_config.max_num_seqs")
+    facts["max_num_batched_tokens"] = get_path(engine, "scheduler_config.max_num_batched_tokens",
+                                               "vllm_config.scheduler_config.max_num_batched_tokens")
+    facts["max_num_seqs"] = get_path(engine, "scheduler_config.max_num_seqs",
+                                     "vllm_config.scheduler_config.max_num_seqs")
     model = engine_model(engine)
     pbytes = None
     if model is not None:

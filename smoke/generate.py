@@ -10,10 +10,12 @@ Exit codes: 0 generation ran (the toolkit judges the JSON: ``vllm_provision.kvca
 2 bad input (no model dir, no config.json, an architecture this vLLM does not know, no GPU):
 one ``error: ...`` and one ``hint: ...`` line on stderr, no traceback, no JSON.
 
-The JSON (schema ``vllm-provision/smoke-generate/1``) carries versions, GPU facts, model facts,
-``cache`` (num_gpu_blocks, num_cpu_blocks, block_size, gpu_memory_utilization,
-swap_space_bytes, source: ``cache_config`` | ``log:v0.2`` | ``log:v0`` | ``log:v1``), the
-outputs, timings, the stop tokens used, and the tail of vLLM's log.
+The JSON (schema ``vllm-provision/smoke-generate/1``) carries versions, the engine (``v0`` or ``v1``),
+GPU facts, model facts, ``cache`` (num_gpu_blocks, num_cpu_blocks, block_size, gpu_memory_utilization,
+swap_space_bytes, source: ``cache_config`` | ``log:v0.2`` | ``log:v0`` | ``log:v1``; for V1 also
+kv_cache_tokens, max_concurrency, available_kv_cache_gib), the sampling parameters used with a line for each
+one the engine no longer takes (engine_compat.py), the outputs, timings, the stop tokens used, and the tail
+of vLLM's log (for V1 everything its engine-core process printed too).
 
 Split by job, the siblings imported from this script's own directory: model_checks.py (before vLLM is
 imported), logcapture.py (vLLM's log), engine_facts.py (versions, GPU, model), kv_facts.py (the block
@@ -30,9 +32,11 @@ import sys
 import time
 import traceback
 
+from engine_compat import (accepted_names, best_completions, detect_engine, engine_core_root_cause, map_llm_args,
+                           map_sampling)
 from engine_facts import gpu_facts, model_facts, versions
 from kv_facts import cache_facts
-from logcapture import ListHandler, Tee, attach_handler
+from logcapture import FdCapture, ListHandler, Tee, attach_handler
 from model_checks import check_architecture, check_gpu, check_weights, load_model_config, model_warnings
 from procgroup import BadInput, fail_bad_input
 
@@ -57,7 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--swap-space", type=int, default=4, help="CPU swap space per GPU in GiB (vLLM's default 4)")
+    p.add_argument("--swap-space", type=int, default=4, help="CPU swap space per GPU in GiB (vLLM's default 4; "
+                                                               "the V1 engine has none)")
+    p.add_argument("--engine", choices=("auto", "v0", "v1"), default="auto",
+                   help="the engine whose figures to read: v0 (up to 0.10: # GPU blocks), v1 (the KV cache in "
+                        "tokens); auto: v1 for a vLLM from 0.11 on")
     p.add_argument("--prompt", action="append", dest="prompts", default=None,
                    help="repeatable; default: the blog's three Chinese prompts")
     p.add_argument("--top-p", type=float, default=BLOG_SAMPLING["top_p"])
@@ -119,13 +127,26 @@ def resolve_stop_ids(model_dir: str, cfg: dict, tokenizer) -> tuple[list[int], l
 
 # --------------------------------------------------------------------------- run
 
-def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
-    import inspect
+def engine_arg_names() -> set[str] | None:
+    """What LLM() passes on to EngineArgs (None: unknown, pass everything)."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm import LLM
+    except Exception:
+        return None
+    names = accepted_names(EngineArgs)
+    own = accepted_names(LLM)
+    if names is None:
+        return None
+    return names | (own or set())
 
+
+def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
     import torch
 
     doc: dict = {"schema": SCHEMA, "ok": False, "error": None, "argv": sys.argv[1:], "notes": notes,
-                 "architecture_check": arch_info, "versions": versions()}
+                 "architecture_check": arch_info, "versions": versions(), "engine": args.engine,
+                 "engine_source": args.engine_source}
     doc["gpu"] = gpu_facts()
     prompts = args.prompts or list(BLOG_PROMPTS)
     buf = io.StringIO()
@@ -133,21 +154,29 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
     handler = ListHandler()
     llm = None
     exit_code = 0
-    # vLLM 0.2.x logs to sys.stdout (bound at import); send that to stderr (+ a copy) so our
-    # stdout carries only the JSON.
-    sys.stdout = Tee(real_err, buf)
-    sys.stderr = Tee(real_err, buf)
+    capture = None
+    if args.engine == "v1":
+        # The V1 engine core logs from a child process: capture descriptors 1 and 2 (they pass on to stderr).
+        capture = FdCapture().start()
+        sys.stdout = real_err
+    else:
+        # vLLM 0.2.x logs to sys.stdout (bound at import); send that to stderr (+ a copy) so our
+        # stdout carries only the JSON.
+        sys.stdout = Tee(real_err, buf)
+        sys.stderr = Tee(real_err, buf)
     try:
         try:
             import vllm
             from vllm import LLM, SamplingParams
             attach_handler(handler)
             doc["versions"]["vllm"] = getattr(vllm, "__version__", doc["versions"].get("vllm"))
+            llm_args, llm_changes = map_llm_args(
+                dict(model=args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+                     max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                     tensor_parallel_size=args.tensor_parallel_size, swap_space=args.swap_space, seed=args.seed),
+                engine_arg_names())
             t0 = time.perf_counter()
-            llm = LLM(model=args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
-                      max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                      tensor_parallel_size=args.tensor_parallel_size, swap_space=args.swap_space,
-                      seed=args.seed)
+            llm = LLM(**llm_args)
             doc["load_seconds"] = round(time.perf_counter() - t0, 3)
             attach_handler(handler)
             tokenizer = None
@@ -155,22 +184,27 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
                 tokenizer = llm.get_tokenizer()
             except Exception:
                 pass
-            sp_params = set(inspect.signature(SamplingParams.__init__).parameters)
-            sampling = dict(n=args.n, best_of=args.best_of, top_p=args.top_p, top_k=args.top_k,
-                            repetition_penalty=args.repetition_penalty, temperature=args.temperature,
-                            max_tokens=args.max_tokens)
+            sp_params = accepted_names(SamplingParams)
+            notes_sampling = dict(n=args.n, best_of=args.best_of, top_p=args.top_p, top_k=args.top_k,
+                                  repetition_penalty=args.repetition_penalty, temperature=args.temperature,
+                                  max_tokens=args.max_tokens)
             stop_ids, stop_sources = ([], []) if args.no_stop_token_ids else resolve_stop_ids(args.model, cfg, tokenizer)
-            dropped = [k for k in sampling if k not in sp_params]
-            for k in dropped:
-                sampling.pop(k)
+            sampling, sampling_changes, keep = map_sampling(notes_sampling, sp_params)
+            dropped = [k for k in notes_sampling if sp_params is not None and k not in sp_params]
+            stop_supported = sp_params is None or "stop_token_ids" in sp_params
             stop_info = {"stop_token_ids": None, "resolved": stop_ids, "sources": stop_sources,
-                         "supported": "stop_token_ids" in sp_params, "stop_strings": None}
-            if stop_ids and "stop_token_ids" in sp_params:
+                         "supported": stop_supported, "stop_strings": None}
+            if stop_ids and stop_supported:
                 sampling["stop_token_ids"] = stop_ids
                 stop_info["stop_token_ids"] = stop_ids
             # Never an empty stop string: ChatGLM's id 2 decodes to "" and stop=[""] ends every
             # completion at once (anchors item 9). We pass no stop strings at all.
             doc["sampling"] = dict(sampling, dropped_unsupported=dropped)
+            if llm_changes or sampling_changes:
+                doc["sampling"]["changes"] = llm_changes + sampling_changes
+                doc["sampling"]["notes"] = notes_sampling
+            if keep is not None:
+                doc["sampling"]["keep_best"] = keep
             doc["stop"] = stop_info
             try:
                 doc["model"] = model_facts(llm, cfg, args.model, args)
@@ -187,8 +221,12 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
                 for c in r.outputs:
                     n = len(getattr(c, "token_ids", []) or [])
                     ntok += n
+                for c in best_completions(r.outputs, keep):
+                    n = len(getattr(c, "token_ids", []) or [])
                     comps.append({"text": c.text, "num_tokens": n, "finish_reason": c.finish_reason,
                                   "token_ids_head": list(c.token_ids[:16]) if getattr(c, "token_ids", None) else []})
+                    if keep is not None:
+                        comps[-1]["cumulative_logprob"] = getattr(c, "cumulative_logprob", None)
                 outs.append({"prompt": r.prompt, "prompt_tokens": len(r.prompt_token_ids or []),
                              "completions": comps})
             doc["outputs"] = outs
@@ -205,7 +243,14 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
             exit_code = 1
     finally:
         sys.stdout, sys.stderr = real_out, real_err
-    log_text = buf.getvalue() + "\n" + "\n".join(handler.records)
+        captured = capture.stop() if capture is not None else None
+    log_text = captured if captured is not None else buf.getvalue() + "\n" + "\n".join(handler.records)
+    if doc["error"] and captured is not None:
+        cause = engine_core_root_cause(captured)
+        if cause and cause not in doc["error"]["message"]:
+            doc["error"]["root_cause"] = cause[:2000]
+            doc["error"]["message"] = f"{doc['error']['message']} (engine core: {cause})"[:2000]
+            doc["error"]["hint"] = error_hint(cause)
     doc["cache"] = cache_facts(llm, log_text)
     if "model" not in doc and llm is not None:
         try:
@@ -240,6 +285,11 @@ def error_hint(text: str) -> str:
     if "does not recognize this architecture" in t or "unrecognized model" in t:
         return ("transformers cannot load this config: ChatGLM needs auto_map + configuration_chatglm.py in the "
                 "model dir and --trust-remote-code")
+    if "which is larger than the available kv cache memory" in t:
+        return "lower --max-model-len (the message gives the estimated maximum) or raise --gpu-memory-utilization"
+    if "is less than desired gpu memory utilization" in t:
+        return ("free the GPU of other processes or lower --gpu-memory-utilization: the V1 engine needs that "
+                "fraction of the GPU free when it starts")
     if "head_size" in t and "not supported" in t:
         return "vLLM 0.2.x paged attention supports head sizes 64, 80, 96, 112, 128, 256 only"
     if "xformers" in t:
@@ -258,7 +308,8 @@ def main(argv=None) -> int:
         check_gpu()
     except BadInput as e:
         return fail_bad_input(e.message, e.hint)
-    notes = model_warnings(cfg)
+    args.engine, args.engine_source = detect_engine(args.engine)
+    notes = model_warnings(cfg, args.engine)
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
     doc, code = run(args, cfg, arch_info, notes)
@@ -274,6 +325,10 @@ def main(argv=None) -> int:
     c = doc.get("cache") or {}
     summary = (f"smoke: {'ok' if doc.get('ok') else 'FAILED'}; GPU blocks {c.get('num_gpu_blocks')}, "
                f"CPU blocks {c.get('num_cpu_blocks')} (source {c.get('source')})")
+    if args.engine == "v1":
+        summary = (f"smoke: {'ok' if doc.get('ok') else 'FAILED'}; GPU KV cache size {c.get('kv_cache_tokens')} "
+                   f"tokens in {c.get('num_gpu_blocks')} blocks, maximum concurrency {c.get('max_concurrency')} "
+                   f"(source {c.get('source')})")
     if doc.get("error"):
         summary += f"\nerror: {doc['error']['type']}: {doc['error']['message']}\nhint: {doc['error']['hint']}"
     print(summary + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
+import threading
+import time
 
 class Tee(io.TextIOBase):
     """Writes through to the real stream and keeps a copy."""
@@ -63,3 +67,76 @@ def attach_handler(handler: logging.Handler) -> None:
     root = logging.getLogger("vllm")
     if handler not in root.handlers:
         root.addHandler(handler)
+
+
+class FdCapture:
+    """Copies everything written to file descriptors 1 and 2, by this process and by the processes it starts,
+    into a buffer, and passes it on to the real stderr.
+
+    The V1 engine runs its core (and, with tensor parallelism, its workers) in child processes: their log
+    lines, the KV-cache figures among them, never pass through this process's sys.stdout or logging. The
+    children inherit descriptors 1 and 2, so a pipe there sees them. After ``stop`` the descriptors are
+    restored; a child still alive keeps writing into the pipe, and a daemon thread keeps passing that on."""
+
+    IDLE_S = 0.3        # stop waits until the pipe has been quiet this long ...
+    DRAIN_S = 5.0       # ... or this long at most
+
+    def __init__(self):
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._saved: dict[int, int] = {}
+        self._thread = None
+
+    def start(self) -> "FdCapture":
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self._saved = {fd: os.dup(fd) for fd in (1, 2)}
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._thread = threading.Thread(target=self._pump, args=(read_end, self._saved[2]), daemon=True,
+                                        name="fd-capture")
+        self._thread.start()
+        return self
+
+    def _pump(self, read_end: int, passthrough: int) -> None:
+        while True:
+            try:
+                chunk = os.read(read_end, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            try:
+                os.write(passthrough, chunk)
+            except OSError:
+                pass
+            with self._lock:
+                self._chunks.append(chunk)
+                self._last = time.monotonic()
+
+    def stop(self) -> str:
+        """Restore descriptors 1 and 2; the text captured so far (children may still add to the pass-through)."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)
+        deadline = time.monotonic() + self.DRAIN_S
+        while time.monotonic() < deadline and self._thread is not None and self._thread.is_alive():
+            with self._lock:
+                if time.monotonic() - self._last >= self.IDLE_S:
+                    break
+            time.sleep(0.05)
+        return self.text()
+
+    def text(self) -> str:
+        with self._lock:
+            return b"".join(self._chunks).decode("utf-8", errors="replace")

@@ -13,7 +13,9 @@ Usage:
 Writes into DIR:
     config.json                 model_type "chatglm", architectures
                                 ["ChatGLMModel"] (the name vLLM 0.2.2's
-                                registry maps to ChatGLMForCausalLM), auto_map
+                                registry maps to ChatGLMForCausalLM, and
+                                0.26.0's still does; 0.26.0 reads the config
+                                through its own ChatGLMConfig), auto_map
                                 to configuration_chatglm.ChatGLMConfig
     configuration_chatglm.py    THUDM-compatible config class
     generation_config.json      eos ids like ChatGLM3: [eos, <|user|>,

@@ -150,8 +150,12 @@ def check_architecture(cfg: dict) -> dict:
     return info
 
 
-def model_warnings(cfg: dict) -> list[str]:
+def model_warnings(cfg: dict, engine: str = "v0") -> list[str]:
+    """What the model will meet in this engine. The notes below are 0.2.x's limits: the V1 engine has no
+    fixed list of paged-attention head sizes and honours ChatGLM's rope_ratio and seq_length."""
     notes = []
+    if engine == "v1":
+        return notes
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
     if isinstance(heads, int) and isinstance(hidden, int) and heads:

@@ -235,3 +235,180 @@ def test_judge_on_the_real_h100_smoke_run():
     assert "4 663 853 KV-cache blocks × 16 tokens" in text and "262 144 CPU blocks = 4 GiB swap space" in text
     # the predicted count is within 0.1 % of the measured one on that run
     assert abs(verdict.prediction["num_gpu_blocks"] - smoke["cache"]["num_gpu_blocks"]) < 0.001 * smoke["cache"]["num_gpu_blocks"]
+
+
+# --------------------------------------------------------------------------- the V1 engine (0.26.0)
+# The log lines below are built from vLLM 0.26.0's own format strings (its sdist; file and line beside each),
+# not recorded on a GPU: the recorded-fixture tests come with the 0.26.0 GPU run. vllm/logger.py formats
+# "%(levelname)s %(asctime)s [%(fileinfo)s:%(lineno)d] %(message)s" (datefmt "%m-%d %H:%M:%S"); the engine-core
+# process prefixes each line with "(EngineCore pid=N) " (vllm/utils/system_utils.py decorate_logs, no colour
+# off a terminal).
+FMT_AVAILABLE = "Available KV cache memory: %s GiB"                        # v1/worker/gpu_worker.py:560
+FMT_SIZE = "GPU KV cache size: %s tokens"                                  # v1/core/kv_cache_utils.py:2177
+FMT_CONCURRENCY = "Maximum concurrency for %s tokens per request: %.2fx"   # v1/core/kv_cache_utils.py:2178
+FMT_WEIGHTS = "Model loading took %s GiB memory and %.6f seconds"         # v1/worker/gpu_model_runner.py:5347
+FMT_CUDAGRAPH = "Estimated CUDA graph memory: %.2f GiB total"              # v1/worker/gpu_model_runner.py:6737
+H200_BYTES = 150_109_880_320                       # torch's total_memory on the H200 (tests/fixtures/gpu/h200x2)
+TINY_V1_BLOCKS = 8_375_500
+
+
+def v1_line(where: str, fmt: str, *args) -> str:
+    return f"(EngineCore pid=4242) INFO 12-03 16:40:05 [{where}] " + fmt % args
+
+
+def format_gib(n: int) -> str:
+    """vllm/utils/mem_utils.py format_gib."""
+    return f"{round(n / GiB, 2)}"
+
+
+def v1_log(available_bytes: int, tokens: int, max_model_len: int, concurrency: float) -> str:
+    return "\n".join([
+        v1_line("gpu_model_runner.py:5347", FMT_WEIGHTS, format_gib(3_617_280), 0.51234),
+        v1_line("gpu_model_runner.py:6737", FMT_CUDAGRAPH, 0.25),
+        v1_line("gpu_worker.py:560", FMT_AVAILABLE, format_gib(available_bytes)),
+        v1_line("kv_cache_utils.py:2177", FMT_SIZE, f"{tokens:,}"),
+        v1_line("kv_cache_utils.py:2178", FMT_CONCURRENCY, f"{max_model_len:,}", concurrency), ""])
+
+
+def tiny_v1_smoke(**cache):
+    """The tiny ChatGLM on an H200 under 0.26.0 as smoke/generate.py writes it: the engine sized its cache from
+    8 375 500 blocks' worth of memory (137 224 197 000 B, logged as 127.8 GiB)."""
+    doc = {
+        "schema": "vllm-provision/smoke-generate/1", "ok": True, "error": None, "engine": "v1",
+        "gpu": {"name": "NVIDIA H200", "total_bytes": H200_BYTES, "used_by_others_bytes": 0, "other_processes": []},
+        "model": {"architecture": "ChatGLMModel", "num_layers": 2, "num_kv_heads": 2, "head_dim": 64,
+                  "hidden_size": 256, "ffn_hidden_size": 856, "num_attention_heads": 4, "vocab_size": 192,
+                  "dtype": "float16", "dtype_bytes": 2, "max_model_len": 8192, "max_num_batched_tokens": 16384,
+                  "max_num_seqs": 1024, "parameter_bytes": 3_617_280},
+        "cache": {"num_gpu_blocks": TINY_V1_BLOCKS, "block_size": 16, "gpu_memory_utilization": 0.92,
+                  "source": "cache_config"},
+        "log_tail": v1_log(TINY_V1_BLOCKS * 16384 + 5000, 134_008_000, 8192, 16358.3984375),
+        "outputs": [{"prompt": "你是谁？", "completions": [{"text": "我是", "num_tokens": 2, "finish_reason": "stop"}]}],
+    }
+    doc["cache"].update(cache)
+    return doc
+
+
+def test_v1_log_lines_parse_with_the_engine_core_prefix_and_colour():
+    log = tiny_v1_smoke()["log_tail"]
+    p = parse.parse_block_log(log)
+    assert (p["format"], p["kv_cache_tokens"], p["concurrency_tokens"]) == ("v1", 134_008_000, 8192)
+    assert p["max_concurrency"] == pytest.approx(16358.40)
+    assert (p["available_kv_cache_gib"], p["weights_gib"], p["cudagraph_gib"]) == (127.8, 0.0, 0.25)
+    assert p["line"] == "(EngineCore pid=4242) INFO 12-03 16:40:05 [kv_cache_utils.py:2177] GPU KV cache size: 134,008,000 tokens"
+    # coloured (a terminal, or VLLM_LOGGING_COLOR=1): the same figures, the line without escapes
+    coloured = log.replace("(EngineCore pid=4242)", "\x1b[36m(EngineCore pid=4242)\x1b[0m").replace("INFO", "\x1b[32mINFO\x1b[0m")
+    assert parse.parse_block_log(coloured) == p
+    # an engine that stopped after sizing (not one max_model_len request fit) still says its memory
+    alone = parse.parse_block_log(v1_line("gpu_worker.py:560", FMT_AVAILABLE, "0.5"))
+    assert (alone["format"], alone["kv_cache_tokens"], alone["available_kv_cache_gib"]) == ("v1", None, 0.5)
+
+
+def test_v1_sizing_mirrors_kv_cache_utils():
+    # one layer's page: 2 x 16 tokens x 2 KV heads x 64 x 2 B; blocks = int(available // page // layers)
+    assert model.v1_page_bytes(2, 64, 2, 16) == 8192
+    assert model.v1_num_blocks(TINY_V1_BLOCKS * 16384 + 5000, 8192, 2) == TINY_V1_BLOCKS
+    assert model.v1_num_blocks(-5, 8192, 2) == 0
+    # tokens = int(blocks / ceil(L / block_size) x L): blocks x 16 only when L is a multiple of 16
+    assert model.v1_capacity(TINY_V1_BLOCKS, 16, 8192) == (134_008_000, 16358.3984375)
+    assert model.v1_capacity(TINY_V1_BLOCKS, 16, 8190) == (133_975_283, 16358.3984375)
+    # ChatGLM3-6B-32k: 16 KiB a layer's page, 28 layers; half a GiB holds 1 170 blocks, 0.57 of a 32k request
+    page = model.v1_page_bytes(2, 128, 2, 16)
+    assert page * 28 == CHATGLM_BLOCK
+    assert model.v1_capacity(model.v1_num_blocks(GiB // 2, page, 28), 16, 32768) == (18720, 0.5712890625)
+    # request_memory: ceil(total x utilization); LLM()'s default utilization is 0.92 in the V1 engine
+    assert model.v1_requested_bytes(H200_BYTES, 0.92) == 138_101_089_895
+    assert model.V1_DEFAULT_GPU_MEMORY_UTILIZATION == 0.92
+    assert model.v1_default_max_num_batched_tokens(H200_BYTES, "NVIDIA H200") == 16384
+    assert model.v1_default_max_num_batched_tokens(80 * GiB, "NVIDIA A100-SXM4-80GB") == 8192
+
+
+def test_v1_explanation_tokens_concurrency_and_memory():
+    lines = words.explain(tiny_v1_smoke())
+    assert lines[0] == ("GPU KV cache size: 134 008 000 tokens = 8 375 500 blocks × 16 tokens ≈ 16358 concurrent 8k "
+                        "sequences (vLLM: maximum concurrency 16358.40x for 8 192 tokens a request); 1 024 bytes a "
+                        "token (2 layers × 2 (K,V) × 2 KV heads × 64 head dim × 2 bytes) = 137.2 GB of KV cache")
+    assert lines[1] == ("Available KV cache memory 127.8 GiB = ceil(139.80 GiB × 0.92) = 128.62 GiB budget − 0 GiB "
+                        "weights − 0.25 GiB CUDA graphs − 0.57 GiB activations and other non-KV memory; // (8 192 B a "
+                        "page (2 × 16 tokens × 2 KV heads × 64 × 2 B) × 2 layers) = 8 375 500 blocks")
+    assert lines[2].startswith("no CPU blocks: the V1 engine has no swap space")
+    assert lines[-1] == "capacity 134 008 000 tokens vs max_model_len 8 192: one full-length sequence fits"
+
+
+def test_v1_judge_redoes_the_sizing_and_predicts_within_tolerance():
+    v = judging.judge(tiny_v1_smoke())
+    assert {c.name: c.status for c in v.checks} == {
+        "engine-ran": "pass", "gpu-blocks": "pass", "kv-capacity": "pass", "kv-from-memory": "pass",
+        "blocks-predicted": "pass", "cpu-blocks": "skip", "outputs": "pass"}, [c.to_dict() for c in v.checks]
+    assert v.get("kv-from-memory").detail.startswith(
+        "127.8 GiB // (8 192 B a page × 2 layers) = 8 375 173–8 375 828 blocks; the engine's 8 375 500 blocks agree")
+    assert "16358.40x" in v.get("kv-capacity").detail
+    # from the GPU and the shape alone: ceil(total x 0.92) less the weights, heuristic activations and the
+    # logged CUDA graphs, within 10 % (0.3 % here: the rest is the engine's non-torch memory)
+    pred = v.prediction
+    assert abs(pred["kv_cache_tokens"] - 134_008_000) / 134_008_000 < 0.01
+    assert pred["requested_bytes"] == 138_101_089_895 and pred["cudagraph_bytes"] == GiB // 4
+    assert pred["num_gpu_blocks"] * 16 == pred["kv_cache_tokens"]
+    assert "predicted 134 464 256 tokens vs measured 134 008 000" in v.get("blocks-predicted").detail
+
+
+def test_v1_judge_from_the_log_alone():
+    """The front-end could not read the engine's cache_config: the log's figures are judged the same way."""
+    smoke = tiny_v1_smoke(num_gpu_blocks=None, source=None)
+    v = judging.judge(smoke)
+    assert v.ok and v.get("kv-from-memory").status == "pass"
+    assert "134 008 000 KV-cache tokens (source: log:v1)" in v.get("gpu-blocks").detail
+
+
+def test_v1_judge_fails_capacity_below_max_model_len():
+    """ChatGLM3-6B-32k with half a GiB for its cache: 1 170 blocks hold 18 720 tokens, 0.57 of one request."""
+    smoke = blog_smoke(num_gpu_blocks=1170, num_cpu_blocks=None, swap_space_bytes=None, gpu_memory_utilization=0.92)
+    smoke["engine"] = "v1"
+    smoke["log_tail"] = v1_log(GiB // 2, 18720, 32768, 0.5712890625)
+    v = judging.judge(smoke)
+    assert not v.ok
+    c = v.get("kv-capacity")
+    assert c.status == "fail" and "18 720 tokens < max_model_len 32 768" in c.detail and "--max-model-len" in c.hint
+    assert v.get("kv-from-memory").status == "pass"
+    assert "does NOT fit" in v.explanation[-1]
+
+
+def test_v1_kv_from_memory_warns_when_the_cache_is_not_the_models_plain_one():
+    """An fp8 KV cache halves the page: twice the blocks the model facts allow from the same memory."""
+    smoke = tiny_v1_smoke(num_gpu_blocks=2 * TINY_V1_BLOCKS)
+    smoke["log_tail"] = v1_log(TINY_V1_BLOCKS * 16384 + 5000, 268_016_000, 8192, 32716.796875)
+    c = judging.judge(smoke).get("kv-from-memory")
+    assert c.status == "warn" and "the engine has 16 751 000 blocks" in c.detail and "fp8" in c.hint
+
+
+@pytest.mark.parametrize("message,needle", [
+    # vllm/v1/core/kv_cache_utils.py _check_enough_kv_cache_memory
+    ("To serve at least one request with the model's max seq len (32768), (0.87 GiB KV cache is needed, which is "
+     "larger than the available KV cache memory (0.5 GiB). Based on the available memory, the estimated maximum "
+     "model length is 18720. Try increasing `gpu_memory_utilization` or decreasing `max_model_len`",
+     "lower --max-model-len (the message gives the estimated maximum)"),
+    # vllm/v1/worker/utils.py request_memory
+    ("Free memory on device cuda:0 (60.12/139.8 GiB) on startup is less than desired GPU memory utilization "
+     "(0.92, 128.62 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+     "free the GPU of other processes"),
+    # vllm/v1/engine/utils.py: all LLM() says when the engine-core process died without a known cause
+    ("Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}",
+     "its own exception is in the smoke log"),
+])
+def test_v1_engine_refusals_get_their_fix(message, needle):
+    smoke = {"schema": "vllm-provision/smoke-generate/1", "ok": False, "engine": "v1",
+             "error": {"type": "ValueError", "message": message}, "model": {"max_model_len": 32768}, "cache": {},
+             "log_tail": ""}
+    c = judging.judge(smoke).get("engine-ran")
+    assert c.status == "fail" and needle in c.hint
+
+
+def test_release_says_which_engine_the_smoke_reads(tmp_path):
+    from vllm_provision.catalog import get_release, parse_release
+    from vllm_provision.errors import ConfigError
+    assert (get_release("0.2.2").llm_engine, get_release("0.26.0").llm_engine) == ("v0", "v1")
+    recipe = tmp_path / "0.26.0.toml"
+    recipe.write_text(get_release("0.26.0").path.read_text().replace('llm_engine = "v1"', 'llm_engine = "v2"'))
+    with pytest.raises(ConfigError) as err:
+        parse_release(recipe)
+    assert "llm_engine 'v2' is not one of v0, v1" in err.value.message

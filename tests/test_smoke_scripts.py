@@ -172,6 +172,14 @@ def test_generate_log_parser_matches_toolkit():
         "INFO llm_engine.py:322] # cuda blocks: 27000, # CPU blocks: 2048\n",
         "INFO kv_cache_utils.py:634] GPU KV cache size: 1,234,560 tokens\n"
         "INFO kv_cache_utils.py:637] Maximum concurrency for 32,768 tokens per request: 37.68x\n",
+        # 0.26.0's engine-core lines (coloured on a terminal), and an engine that stopped after sizing
+        "\x1b[36m(EngineCore pid=7)\x1b[0m INFO 12-03 16:40:00 [gpu_model_runner.py:5347] Model loading took 0.0 GiB "
+        "memory and 0.5 seconds\n(EngineCore pid=7) INFO 12-03 16:40:05 [gpu_model_runner.py:6737] Estimated CUDA graph "
+        "memory: 0.25 GiB total\n(EngineCore pid=7) INFO 12-03 16:40:05 [gpu_worker.py:560] Available KV cache memory: "
+        "127.8 GiB\n(EngineCore pid=7) INFO 12-03 16:40:05 [kv_cache_utils.py:2177] GPU KV cache size: 134,008,000 "
+        "tokens\n(EngineCore pid=7) INFO 12-03 16:40:05 [kv_cache_utils.py:2178] Maximum concurrency for 8,192 tokens "
+        "per request: 16358.40x\n",
+        "(EngineCore pid=7) INFO 12-03 16:40:05 [gpu_worker.py:560] Available KV cache memory: -0.25 GiB\n",
         "nothing here\n",
     ]
     for s in samples:
@@ -179,8 +187,10 @@ def test_generate_log_parser_matches_toolkit():
         if a is None:
             assert b is None
             continue
-        for k in ("format", "num_gpu_blocks", "num_cpu_blocks", "kv_cache_tokens", "max_concurrency"):
+        for k in ("format", "num_gpu_blocks", "num_cpu_blocks", "kv_cache_tokens", "max_concurrency", "line",
+                  "concurrency_tokens", "available_kv_cache_gib", "weights_gib", "cudagraph_gib"):
             assert a.get(k) == b.get(k), (k, s)
+    assert gen.parse_block_log(samples[3])["available_kv_cache_gib"] == 127.8
 
 
 def test_generate_stop_ids_never_empty_strings(tmp_path):
@@ -208,6 +218,165 @@ def test_generate_model_warnings_for_chatglm_32k():
                                "kv_channels": 128, "seq_length": 8192}) == []
     bad = gen.model_warnings({"hidden_size": 48, "num_attention_heads": 2})
     assert any("head size" in n and "24" in n for n in bad)
+
+
+def test_model_warnings_of_0_2_2_do_not_apply_to_the_v1_engine():
+    gen = _load("model_checks")
+    glm32k = {"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32, "kv_channels": 128,
+              "rope_ratio": 50, "seq_length": 32768}
+    assert gen.model_warnings(glm32k) and gen.model_warnings(glm32k, "v1") == []
+
+
+# --------------------------------------------------------------------------- the notes' calls on the V1 engine
+NOTES_SAMPLING = dict(n=1, best_of=6, top_p=0.9, top_k=3, repetition_penalty=1.2, temperature=0.7, max_tokens=500)
+# vLLM 0.26.0's SamplingParams is a msgspec struct: these are its public fields (vllm/sampling_params.py)
+SAMPLING_FIELDS_0_26_0 = (
+    "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
+    "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs",
+    "logprob_token_ids", "flat_logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+    "include_stop_str_in_output", "output_kind", "skip_clone", "output_text_buffer_length", "_eos_token_id",
+    "_all_stop_token_ids", "structured_outputs", "logit_bias", "allowed_token_ids", "extra_args",
+    "routed_experts_prompt_start", "bad_words", "_bad_words_token_ids", "skip_reading_prefix_cache",
+    "thinking_token_budget", "repetition_detection")
+
+
+class SamplingParams0260:
+    """Stands in for 0.26.0's msgspec struct: what the mapping reads of it is __struct_fields__."""
+    __struct_fields__ = SAMPLING_FIELDS_0_26_0
+
+
+class SamplingParams022:
+    """0.2.2's SamplingParams.__init__ signature (vllm/sampling_params.py of the 0.2.2 sdist)."""
+    def __init__(self, n=1, best_of=None, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0,
+                 temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0, use_beam_search=False, length_penalty=1.0,
+                 early_stopping=False, stop=None, stop_token_ids=None, ignore_eos=False, max_tokens=16,
+                 logprobs=None, prompt_logprobs=None, skip_special_tokens=True, spaces_between_special_tokens=True,
+                 logits_processors=None):
+        pass
+
+
+def test_notes_sampling_on_0_26_0_emulates_best_of_and_says_so():
+    compat = _load("engine_compat")
+    params, changes, keep = compat.map_sampling(NOTES_SAMPLING, compat.accepted_names(SamplingParams0260))
+    assert params == dict(n=6, logprobs=0, top_p=0.9, top_k=3, repetition_penalty=1.2, temperature=0.7, max_tokens=500)
+    assert keep == 1
+    assert changes == ["best_of=6: removed in the V1 engine; the smoke asks for n=6 with logprobs=0 and keeps the 1 "
+                       "with the highest cumulative logprob, as 0.2.2's best_of did (V1 ranks by the model's raw "
+                       "logprobs, 0.2.2 by the processed ones)"]
+    # the notes' other 0.2.2 arguments, each dropped with what replaces it
+    _, lines, _ = compat.map_sampling(dict(use_beam_search=False, length_penalty=1.0, early_stopping=False,
+                                           logits_processors=None, min_p=0.0),
+                                      compat.accepted_names(SamplingParams0260))
+    assert [line.split(":")[0] for line in lines] == ["use_beam_search=False", "length_penalty=1.0",
+                                                      "early_stopping=False", "logits_processors=None"]
+    assert "LLM.beam_search" in lines[0] and "LLM(logits_processors=[...])" in lines[3]
+
+
+def test_notes_sampling_on_0_2_2_is_passed_as_written():
+    compat = _load("engine_compat")
+    assert compat.map_sampling(NOTES_SAMPLING, compat.accepted_names(SamplingParams022)) == (NOTES_SAMPLING, [], None)
+
+
+def test_swap_space_is_dropped_where_engine_args_lack_it():
+    import dataclasses
+    compat = _load("engine_compat")
+
+    @dataclasses.dataclass
+    class EngineArgs0260:       # a few of 0.26.0's EngineArgs fields (vllm/engine/arg_utils.py): no swap_space
+        model: str = ""
+        trust_remote_code: bool = False
+        dtype: str = "auto"
+        seed: int = 0
+        max_model_len: int | None = None
+        tensor_parallel_size: int = 1
+        gpu_memory_utilization: float = 0.92
+
+    wanted = dict(model="/m", trust_remote_code=True, dtype="auto", max_model_len=None, gpu_memory_utilization=0.9,
+                  tensor_parallel_size=1, swap_space=4, seed=0)
+    kept, changes = compat.map_llm_args(wanted, compat.accepted_names(EngineArgs0260))
+    assert "swap_space" not in kept and kept["gpu_memory_utilization"] == 0.9
+    assert changes == ["swap_space=4: removed in the V1 engine with the CPU swap blocks (GPU↔CPU KV-cache swapping): "
+                       "a preempted request is recomputed; no '# CPU blocks' any more; dropped"]
+    assert compat.map_llm_args(wanted, None) == (wanted, [])
+
+    @dataclasses.dataclass
+    class EngineArgs022(EngineArgs0260):   # 0.2.2's EngineArgs has swap_space (4 GiB): passed as written
+        swap_space: int = 4
+
+    assert compat.map_llm_args(wanted, compat.accepted_names(EngineArgs022)) == (wanted, [])
+
+
+def test_best_completions_keep_the_highest_cumulative_logprob():
+    compat = _load("engine_compat")
+
+    class Out:
+        def __init__(self, text, score):
+            self.text, self.cumulative_logprob = text, score
+
+    outs = [Out("a", -9.5), Out("b", -2.0), Out("c", None), Out("d", -3.0)]
+    assert [o.text for o in compat.best_completions(outs, 1)] == ["b"]
+    assert [o.text for o in compat.best_completions(outs, 2)] == ["b", "d"]
+    assert compat.best_completions(outs, None) == outs
+
+
+def test_engine_detected_from_the_installed_vllm_without_importing_it(tmp_path):
+    for version, engine in (("0.26.0", "v1"), ("0.2.2", "v0"), ("0.10.2", "v0")):
+        site = tmp_path / version
+        dist = site / f"vllm-{version}.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+        r = subprocess.run([sys.executable, "-c", "import engine_compat; print(engine_compat.detect_engine('auto'))"],
+                           capture_output=True, text=True, cwd=str(SMOKE), timeout=60,
+                           env={**os.environ, "PYTHONPATH": f"{site}:{SMOKE}"})
+        assert r.stdout.strip() == repr((engine, f"vllm {version}")), r.stderr
+    compat = _load("engine_compat")
+    assert compat.detect_engine("v1") == ("v1", "given (--engine)")
+
+
+FD_CAPTURE_PROBE = """
+import json, multiprocessing, sys
+from logcapture import FdCapture
+
+def engine_core():      # what V1's engine-core process does: log through its own stdout
+    print("(EngineCore pid=7) INFO 12-03 16:40:05 [kv_cache_utils.py:2177] GPU KV cache size: 134,008,000 tokens",
+          flush=True)
+
+if __name__ == "__main__":
+    capture = FdCapture().start()
+    print("front-end line", flush=True)
+    child = multiprocessing.get_context("spawn").Process(target=engine_core)
+    child.start()
+    child.join()
+    text = capture.stop()
+    print(json.dumps(text))
+"""
+
+
+def test_fd_capture_sees_the_engine_core_child_process(tmp_path):
+    """V1 logs its KV-cache lines from a spawned child: the capture must see them (and pass them to stderr)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(FD_CAPTURE_PROBE)
+    r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(SMOKE)})
+    assert r.returncode == 0, r.stderr
+    captured = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "GPU KV cache size: 134,008,000 tokens" in captured and "front-end line" in captured
+    assert "GPU KV cache size: 134,008,000 tokens" in r.stderr
+    assert r.stdout.strip().splitlines() == [json.dumps(captured)]     # stdout carries only what came after
+
+
+def test_the_smoke_step_passes_the_catalogs_engine(isolated):
+    from vllm_provision.steps.smoke import generate_argv
+    from vllm_provision.cli import cli_settings
+    from vllm_provision.plan import build_plan
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.host import HostFacts
+    facts = HostFacts(gpus=[], driver_cuda="13.0", cpu_count=16, mem_available_bytes=64 << 30,
+                      mem_total_bytes=128 << 30, disk_free_bytes=100 << 30)
+    for release, engine in (("0.2.2", "v0"), ("0.26.0", "v1")):
+        plan = build_plan(cli_settings(release=release), facts=facts, need_lock=False)   # no lock needed to plan a smoke
+        argv = [str(a) for a in generate_argv(StepContext(plan, facts, "smoke"), "python", Path("/m"), "/o.json")]
+        assert argv[argv.index("--engine") + 1] == engine
 
 
 # --------------------------------------------------------------------------- teacher-forced compare
@@ -430,3 +599,65 @@ def test_tiny_maker_checkpoint_loads_in_the_reference(tmp_path):
     ref = mod.ChatGLMReference(cfg, w)
     logits = ref.forward([1, 2, 3, 4])
     assert logits.shape == (4, cfg["padded_vocab_size"]) and torch.isfinite(logits).all()
+
+
+def test_the_engine_cores_root_cause_is_found_in_its_output():
+    """0.26.0's LLM() says only 'Engine core initialization failed. See root cause above.' (v1/engine/utils.py);
+    the cause is the engine-core process's last exception, each line behind its prefix."""
+    compat = _load("engine_compat")
+    log = ("(EngineCore pid=7) ERROR 12-03 16:40:05 [core.py:1290] EngineCore failed to start.\n"
+           "(EngineCore pid=7) Traceback (most recent call last):\n"
+           "(EngineCore pid=7)   File \"/x/vllm/v1/core/kv_cache_utils.py\", line 775, in _check_enough_kv_cache_memory\n"
+           "(EngineCore pid=7) ValueError: To serve at least one request with the model's max seq len (32768), "
+           "(0.87 GiB KV cache is needed, which is larger than the available KV cache memory (0.5 GiB).\n"
+           "Traceback (most recent call last):\n"
+           "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}\n")
+    assert compat.engine_core_root_cause(log).startswith("ValueError: To serve at least one request")
+    assert compat.engine_core_root_cause("all fine\n") is None
+    gen = _load("generate")
+    assert "lower --max-model-len" in gen.error_hint(compat.engine_core_root_cause(log))
+
+
+TP_STAND_IN = """#!{python}
+# The target env's python on a host without GPUs, for the tensor-parallel smoke: Ray is not importable;
+# smoke/generate.py writes the JSON given below (what a 2-GPU V1 run writes) and keeps its argv.
+import json, shutil, sys
+args = sys.argv[1:]
+if args[:1] == ["-c"]:
+    sys.exit("ModuleNotFoundError: No module named 'ray'")
+with open({argv!r}, "w") as fh:
+    json.dump(args, fh)
+shutil.copy({smoke!r}, args[args.index("--out") + 1])
+"""
+
+
+def test_v1_tensor_parallel_smoke_needs_no_ray(isolated, tmp_path):
+    """The V1 engine starts its own worker processes: the tensor-parallel smoke runs where Ray is missing
+    (0.2.2's is skipped there), and one GPU's share is judged: 1 KV head a GPU, twice the blocks from the
+    same memory (log lines built from 0.26.0's format strings, as in test_kvcache)."""
+    from test_kvcache import TINY_V1_BLOCKS, tiny_v1_smoke, v1_log
+    from vllm_provision.cli import cli_settings
+    from vllm_provision.host import HostFacts
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.plan import build_plan
+    from vllm_provision.steps.smoke import tensor_parallel_smoke
+
+    smoke = tiny_v1_smoke(num_gpu_blocks=2 * TINY_V1_BLOCKS)
+    smoke["model"].update(num_kv_heads=1, parameter_bytes_source="safetensors headers x dtype bytes")
+    smoke["log_tail"] = v1_log(TINY_V1_BLOCKS * 16384 + 5000, 268_016_000, 8192, 32716.796875)
+    (tmp_path / "smoke-tp.json").write_text(json.dumps(smoke))
+    python = tmp_path / "python"
+    python.write_text(TP_STAND_IN.format(python=sys.executable, argv=str(tmp_path / "argv.json"),
+                                         smoke=str(tmp_path / "smoke-tp.json")))
+    python.chmod(0o755)
+    facts = HostFacts(gpus=[], driver_cuda="13.0", cpu_count=32, mem_available_bytes=200 << 30,
+                      mem_total_bytes=256 << 30, disk_free_bytes=100 << 30)
+    plan = build_plan(cli_settings(release="0.26.0"), facts=facts, need_lock=False)
+    plan.workspace.ensure()
+    folder = tmp_path / "gpus"
+    folder.mkdir()
+    tp = tensor_parallel_smoke(StepContext(plan, facts, "smoke"), str(python), tmp_path / "m", 2, folder)
+    assert tp["status"] == "pass" and tp["ray"] is None, tp
+    assert tp["num_gpu_blocks"] == 2 * TINY_V1_BLOCKS
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2" and argv[argv.index("--engine") + 1] == "v1"

@@ -130,3 +130,61 @@ def test_loads_offline_with_transformers(ckpt, monkeypatch):
     assert len(tok) == info["padded_vocab_size"]
     assert all(t for t in tok.convert_ids_to_tokens(
         list(range(info["padded_vocab_size"]))))
+
+
+# --------------------------------------------------------------------------- vLLM 0.26.0 reads it
+VLLM_0_26_0 = Path(__file__).parent / "fixtures" / "vllm-0.26.0"
+# The config fields vLLM 0.26.0's ChatGLM code reads (vllm/model_executor/models/chatglm.py: GLMAttention,
+# GLMMLP, GLMBlock, GLMTransformer, ChatGLMModel, ChatGLMBaseModel), read from its sdist.
+CHATGLM_0_26_0_READS = (
+    "hidden_size", "num_attention_heads", "multi_query_attention", "multi_query_group_num", "add_bias_linear",
+    "add_qkv_bias", "original_rope", "apply_residual_connection_post_layernorm", "fp32_residual_connection",
+    "rmsnorm", "layernorm_epsilon", "hidden_dropout", "ffn_hidden_size", "num_layers", "post_layer_norm",
+    "padded_vocab_size", "kv_channels", "tie_word_embeddings", "seq_length")
+
+
+def _vllm_0_26_0_chatglm_config():
+    """vLLM 0.26.0's own ChatGLMConfig (vllm/transformers_utils/configs/chatglm.py, copied verbatim from the
+    sdist: sha256 d0bc3fbc…58f9). vLLM registers it for model_type chatglm and reads every ChatGLM config.json
+    through it, whatever the checkpoint's auto_map names (transformers_utils/config.py HFConfigParser)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vllm_0_26_0_chatglm_config", VLLM_0_26_0 / "chatglm_config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ChatGLMConfig
+
+
+def test_vllm_0_26_0_config_class_reads_the_tiny_config(ckpt):
+    out, info = ckpt
+    assert hashlib.sha256((VLLM_0_26_0 / "chatglm_config.py").read_bytes()).hexdigest() == \
+        "d0bc3fbc26c1a5bb1639288b406eaaf4ba607969a06d3008249c251d86cc58f9"
+    cfg = _vllm_0_26_0_chatglm_config().from_pretrained(str(out))
+    assert [k for k in CHATGLM_0_26_0_READS if not hasattr(cfg, k)] == []
+    assert not hasattr(cfg, "vision_config")      # ChatGLMForCausalLM refuses a config with one
+    assert cfg.tie_word_embeddings is False and cfg.original_rope is True   # GPT-J rotary: is_neox_style False
+    # what the engine sizes the KV cache by (ModelConfig): layers through attribute_map, n_head_kv first for
+    # the KV heads, hidden_size // num_attention_heads for the head size (no head_dim), seq_length as the length
+    assert cfg.num_hidden_layers == info["num_layers"]
+    assert cfg.n_head_kv == info["multi_query_group_num"]
+    assert getattr(cfg, "head_dim", None) is None
+    assert cfg.hidden_size // cfg.num_attention_heads == cfg.kv_channels == info["head_dim"]
+    assert cfg.max_position_embeddings == cfg.seq_length == 8192
+    assert info["kv_bytes_per_token_fp16"] == info["num_layers"] * 2 * cfg.n_head_kv * cfg.kv_channels * 2 == 1024
+
+
+def test_vllm_0_26_0_loads_every_tiny_weight(ckpt):
+    """Every tensor lands on a parameter of 0.26.0's ChatGLM module tree and every parameter gets one:
+    ChatGLMModel's mapper drops '.word_embeddings', AutoWeightsLoader skips 'rotary_pos_emb.inv_freq', the QKV
+    projection has a bias (add_qkv_bias) and no other linear does (add_bias_linear false)."""
+    from safetensors import safe_open
+    out, info = ckpt
+    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
+        names = set(fh.keys())
+    loaded = {n.replace(".word_embeddings", "") for n in names if "rotary_pos_emb.inv_freq" not in n}
+    per_layer = ("input_layernorm.weight", "self_attention.query_key_value.weight",
+                 "self_attention.query_key_value.bias", "self_attention.dense.weight",
+                 "post_attention_layernorm.weight", "mlp.dense_h_to_4h.weight", "mlp.dense_4h_to_h.weight")
+    params = {"transformer.embedding.weight", "transformer.encoder.final_layernorm.weight",
+              "transformer.output_layer.weight"}
+    params |= {f"transformer.encoder.layers.{i}.{p}" for i in range(info["num_layers"]) for p in per_layer}
+    assert loaded == params

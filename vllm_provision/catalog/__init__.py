@@ -25,12 +25,15 @@ SOURCE_KINDS = ("pypi-sdist", "github-archive")
 BUILT_BY_TOOLKIT = ("setuptools-cpp-extension", "cmake")
 RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_cuda", "cuda_archs",
                   "arch_list_separator", "extensions", "slowest_units", "source", "torch", "gcc_min",
-                  "cmake_min", "nvcc_min", "job_peak_gib", "external"}
+                  "cmake_min", "nvcc_min", "job_peak_gib", "external", "llm_engine"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
 EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
                    "wheel_path", "submodule"}
 SUBMODULE_FIELDS = {"path", "repo", "commit", "include"}
 EXTERNAL_ROLES = ("compiled", "copied")
+# v0: the engine up to 0.10 (`# GPU blocks`, CPU swap blocks); v1: the only engine from 0.11 (the KV cache in
+# tokens and a maximum concurrency; no swap space, no best_of). The smoke judges the figures the engine prints.
+ENGINES = ("v0", "v1")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -116,6 +119,7 @@ class Release:
     nvcc_min: str = ""
     job_peak_gib: float = 0.0       # peak memory of one compile job on the release's heaviest units
     externals: tuple[External, ...] = ()
+    llm_engine: str = "v0"             # the engine whose figures the smoke reads (ENGINES)
     path: Path = field(default=Path(), compare=False)
 
     @property
@@ -187,6 +191,10 @@ def parse_release(path: Path) -> Release:
                                   tree_sha256=raw.get("tree_sha256", ""), url=raw.get("url", "")))
         version = data["version"]
         Version(version)
+        engine = data.get("llm_engine", "v0")
+        if engine not in ENGINES:
+            raise ConfigError(f"{path.name}: llm_engine {engine!r} is not one of {', '.join(ENGINES)}",
+                              hint='llm_engine = "v1" for releases from 0.11 on (the V1 engine), "v0" before')
         if path.stem != version:
             raise ConfigError(f"{path.name} declares version {version}", hint="name the file <version>.toml")
         return Release(
@@ -206,6 +214,7 @@ def parse_release(path: Path) -> Release:
             nvcc_min=data.get("nvcc_min", ""),
             job_peak_gib=float(data.get("job_peak_gib", 0.0)),
             externals=tuple(_parse_external(raw, path.name) for raw in data.get("external", ())),
+            llm_engine=engine,
             path=path,
         )
     except (KeyError, InvalidSpecifier, InvalidVersion) as exc:

@@ -8,12 +8,16 @@ from typing import Any, Iterable
 
 from ..checks import Check
 from .explain import explain
-from .model import PROFILE_MIN_BATCHED_TOKENS, cpu_blocks, estimate_activation_peak_bytes, predict_gpu_blocks
+from .model import (PROFILE_MAX_NUM_SEQS, PROFILE_MIN_BATCHED_TOKENS, cpu_blocks, estimate_activation_peak_bytes,
+                    predict_gpu_blocks, predict_v1, v1_blocks_from_logged_gib, v1_capacity,
+                    v1_default_max_num_batched_tokens, v1_page_bytes, v1_requested_bytes)
 from .parse import KVFacts, as_int, kv_facts
 from .units import gb, gib, group_digits
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 TOLERANCE_PREDICTION = 0.10
+# V1: the logged concurrency is printed with two decimals.
+TOLERANCE_CONCURRENCY = 0.005
 
 
 @dataclass
@@ -99,6 +103,8 @@ def judge(smoke: dict, expected: dict | None = None) -> Verdict:
     else:
         shown = (f"{group_digits(f.num_gpu_blocks)} KV-cache blocks" if f.num_gpu_blocks is not None
                  else f"{group_digits(f.kv_cache_tokens)} KV-cache tokens")
+        if f.engine == "v1" and f.kv_cache_tokens is not None and f.num_gpu_blocks is not None:
+            shown = f"{group_digits(f.kv_cache_tokens)} KV-cache tokens in {group_digits(f.num_gpu_blocks)} blocks"
         v.checks.append(Check("gpu-blocks", PASS, f"{shown} (source: {f.source or 'unknown'})"))
 
     # capacity >= max_model_len
@@ -114,8 +120,18 @@ def judge(smoke: dict, expected: dict | None = None) -> Verdict:
     else:
         v.checks.append(Check("kv-capacity", PASS,
                               f"{group_digits(cap)} tokens ≥ max_model_len {group_digits(f.max_model_len)} "
-                              f"({cap // f.max_model_len} full-length sequences at once)"))
+                              f"({cap // f.max_model_len} full-length sequences at once"
+                              + (f"; vLLM: maximum concurrency {f.max_concurrency:.2f}x)"
+                                 if f.engine == "v1" and f.max_concurrency is not None else ")")))
 
+    if f.engine == "v1":
+        v.checks.append(_v1_memory_check(f))
+        v.prediction = _prediction_v1(smoke, f, expected)
+        v.checks.append(_prediction_check_v1(f, v.prediction, expected))
+        v.checks.append(Check("cpu-blocks", SKIP, "the V1 engine has no CPU swap blocks (GPU↔CPU KV-cache "
+                                                  "swapping was removed; a preempted request is recomputed)"))
+        v.checks.append(_outputs_check(smoke, expected, bool(err)))
+        return v
     v.prediction = _prediction(smoke, f, expected, others_bytes)
     v.checks.append(_prediction_check(f, v.prediction, expected, others_bytes))
     v.checks.append(_cpu_check(f))
@@ -212,6 +228,115 @@ def _prediction_check(f: KVFacts, pred: dict | None, expected: dict, others_byte
                  ("off by more than 10 %: compare GPU size, utilization, max_model_len" if status == WARN else None))
 
 
+def _v1_memory_check(f: KVFacts) -> Check:
+    """The engine's own arithmetic redone: its logged available memory, the model's page size and the layer
+    count give the block count (up to the 0.01 GiB the log rounds to), the blocks give the logged tokens and
+    concurrency exactly. A miss means the engine's cache is not the plain full-attention one the model facts
+    describe."""
+    if f.available_kv_cache_gib is None:
+        return Check("kv-from-memory", SKIP, "no 'Available KV cache memory' line in the engine's log")
+    try:
+        page = v1_page_bytes(f.kv_heads, f.head_dim, f.dtype_bytes, f.block_size)
+        low, high = v1_blocks_from_logged_gib(f.available_kv_cache_gib, page, f.layers)
+    except (TypeError, ValueError):
+        return Check("kv-from-memory", SKIP, "the model facts (layers, KV heads, head dim, dtype) are incomplete")
+    length = f.concurrency_tokens or f.max_model_len
+    blocks = f.num_gpu_blocks
+    lines, misses = [], []
+    shown = f"{group_digits(low)}" + (f"–{group_digits(high)}" if high != low else "")
+    lines.append(f"{f.available_kv_cache_gib:g} GiB // ({group_digits(page)} B a page × {f.layers} layers) = "
+                 f"{shown} blocks")
+    if blocks is not None:
+        if not low <= blocks <= high:
+            misses.append(f"the engine has {group_digits(blocks)} blocks")
+        else:
+            lines.append(f"the engine's {group_digits(blocks)} blocks agree")
+    if length and f.kv_cache_tokens is not None:
+        if blocks is not None:
+            want, conc = v1_capacity(blocks, f.block_size, length)
+            ok_tokens = want == f.kv_cache_tokens
+            ok_conc = f.max_concurrency is None or abs(conc - f.max_concurrency) <= TOLERANCE_CONCURRENCY
+        else:
+            (lo_t, lo_c), (hi_t, hi_c) = v1_capacity(low, f.block_size, length), v1_capacity(high, f.block_size, length)
+            want, conc = lo_t, lo_c
+            ok_tokens = lo_t <= f.kv_cache_tokens <= hi_t
+            ok_conc = f.max_concurrency is None or lo_c - TOLERANCE_CONCURRENCY <= f.max_concurrency <= hi_c + TOLERANCE_CONCURRENCY
+        per_request = -(-length // f.block_size)
+        lines.append(f"{group_digits(f.kv_cache_tokens)} tokens = int(blocks / ceil({group_digits(length)} / "
+                     f"{f.block_size}) × {group_digits(length)}) = blocks / {per_request} × {group_digits(length)}")
+        if not ok_tokens:
+            misses.append(f"the log's {group_digits(f.kv_cache_tokens)} tokens are not {group_digits(want)}")
+        if not ok_conc:
+            misses.append(f"the log's concurrency {f.max_concurrency:.2f}x is not {conc:.2f}x")
+    if misses:
+        return Check("kv-from-memory", WARN, "; ".join(lines + misses),
+                     "the engine's KV cache is not the plain full-attention cache of the model facts: a KV-cache "
+                     "dtype (fp8), a block size the attention backend chose (its log says 'Setting kv cache block "
+                     "size'), sliding-window or hybrid layers, or a different layer count")
+    return Check("kv-from-memory", PASS, "; ".join(lines))
+
+
+def _prediction_v1(smoke: dict, f: KVFacts, expected: dict) -> dict | None:
+    model = smoke.get("model") or {}
+    gpu = smoke.get("gpu") or {}
+    total = as_int(gpu.get("total_bytes"))
+    weights = as_int(model.get("parameter_bytes"))
+    util = f.gpu_memory_utilization
+    length = f.max_model_len or f.concurrency_tokens
+    try:
+        page = v1_page_bytes(f.kv_heads, f.head_dim, f.dtype_bytes, f.block_size)
+    except (TypeError, ValueError):
+        return None
+    if not (total and weights and util and length and f.layers):
+        return None
+    act = expected.get("activation_peak_bytes")
+    act_source = "expected"
+    batched = as_int(model.get("max_num_batched_tokens")) or v1_default_max_num_batched_tokens(total, gpu.get("name") or "")
+    if act is None:
+        try:
+            act = estimate_activation_peak_bytes(
+                max_model_len=length, hidden_size=int(model.get("hidden_size")),
+                ffn_hidden_size=as_int(model.get("ffn_hidden_size")),
+                num_heads=int(model.get("num_attention_heads") or f.kv_heads), num_kv_heads=int(f.kv_heads),
+                head_dim=int(f.head_dim), vocab_size=int(model.get("vocab_size") or 0),
+                dtype_bytes=int(f.dtype_bytes), max_num_batched_tokens=batched,
+                max_num_seqs=as_int(model.get("max_num_seqs")) or PROFILE_MAX_NUM_SEQS)
+            act_source = "heuristic"
+        except (TypeError, ValueError):
+            act, act_source = 0, "unknown (0)"
+    cudagraph = int((f.cudagraph_gib or 0) * (1 << 30))
+    p = predict_v1(total, util, weights, int(act), cudagraph, page, f.layers, f.block_size, length)
+    d = p.to_dict()
+    d["activation_source"] = act_source
+    d["formula"] = p.formula()
+    if f.available_kv_cache_gib is not None:
+        # What the engine's non-KV memory must have been, backed out of its logged available memory.
+        d["implied_non_kv_bytes"] = int(v1_requested_bytes(total, util) - f.available_kv_cache_gib * (1 << 30))
+    return d
+
+
+def _prediction_check_v1(f: KVFacts, pred: dict | None, expected: dict) -> Check:
+    measured = f.capacity_tokens
+    if measured is None:
+        return Check("blocks-predicted", SKIP, "no measured KV-cache size to compare")
+    if pred is None:
+        return Check("blocks-predicted", SKIP, "not enough facts (GPU total, parameter bytes, model shape) to predict")
+    pv = pred["kv_cache_tokens"]
+    dev = abs(measured - pv) / max(pv, 1)
+    detail = (f"predicted {group_digits(pv)} tokens vs measured {group_digits(measured)} ({dev * 100:+.1f} % off; "
+              f"{pred['formula']}; activations {pred['activation_source']})")
+    if dev <= TOLERANCE_PREDICTION:
+        return Check("blocks-predicted", PASS, detail)
+    reasons = []
+    implied = pred.get("implied_non_kv_bytes")
+    assumed = pred["weights_bytes"] + pred["activation_peak_bytes"] + pred["cudagraph_bytes"]
+    if implied is not None:
+        reasons.append(f"the engine's non-KV memory was {gb(implied)} vs {gb(assumed)} assumed (the profiling "
+                       "pass's activations, CUDA graphs, non-torch memory such as cuBLAS workspaces)")
+    reasons.append("a different max_num_batched_tokens, KV-cache dtype or block size than the model facts say")
+    return Check("blocks-predicted", WARN, detail, "likely: " + "; ".join(reasons))
+
+
 def _cpu_check(f: KVFacts) -> Check:
     if f.num_cpu_blocks is None:
         return Check("cpu-blocks", SKIP, "no CPU block count (V1 engines do not log one)")
@@ -269,6 +394,14 @@ def _hint_for_error(msg: str) -> str:
         return ("raise --gpu-memory-utilization, lower --max-model-len, or free the GPU of other processes")
     if "larger than the maximum number of tokens that can be stored in kv cache" in m:
         return "lower --max-model-len or raise --gpu-memory-utilization"
+    if "which is larger than the available kv cache memory" in m:     # V1: not one max_model_len request fits
+        return "lower --max-model-len (the message gives the estimated maximum) or raise --gpu-memory-utilization"
+    if "engine core initialization failed" in m:                     # V1: the cause is in the child's output
+        return ("the V1 engine-core process failed while starting: its own exception is in the smoke log "
+                "(log_tail), above 'Engine core initialization failed'")
+    if "is less than desired gpu memory utilization" in m:           # V1: free < ceil(total x utilization)
+        return ("free the GPU of other processes (nvidia-smi shows them) or lower --gpu-memory-utilization: "
+                "the V1 engine needs that fraction of the GPU free when it starts")
     if "trust_remote_code" in m or "remote code" in m:
         return "pass --trust-remote-code (ChatGLM ships its own modelling and tokenizer code)"
     if "has no attribute 'tokenizer'" in m or "padding_side" in m:

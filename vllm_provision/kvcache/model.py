@@ -1,7 +1,9 @@
-"""The KV-cache arithmetic: bytes a token and a block, vLLM 0.2.x's block count, the swap blocks."""
+"""The KV-cache arithmetic: bytes a token and a block, vLLM 0.2.x's block count, the swap blocks, and the
+V1 engine's sizing (blocks from the available memory, the capacity in tokens, the maximum concurrency)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -123,3 +125,117 @@ def estimate_activation_peak_bytes(*, max_model_len: int, hidden_size: int, ffn_
     per_token = (3 * ffn + 4 * hidden_size + qkv) * dtype_bytes
     sampler = min(max_num_seqs, tokens) * vocab_size * 4 * 4
     return tokens * per_token + sampler
+
+
+# ------------------------------------------------------------------------------------------ V1 engine
+# vLLM's V1 engine (the only one from 0.11; 0.26.0 read here) sizes the cache per layer, not per block:
+#   FullAttentionSpec.real_page_size_bytes = 2 x block_size x kv_heads x head_dim x dtype bytes (one layer)
+#   get_num_blocks:  num_blocks = int(available // page_size // num_layers)
+#   get_kv_cache_capacity: blocks a request = ceil(max_model_len / block_size),
+#       max_concurrency = num_blocks / blocks a request, tokens = int(max_concurrency x max_model_len)
+#   gpu_worker.determine_available_memory / request_memory:
+#       available = ceil(total x gpu_memory_utilization) - (weights + activation peak + non-torch increase)
+#                   - CUDA graph estimate
+# Other processes' memory is not subtracted (the engine refuses to start when free < ceil(total x util)).
+V1_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92     # CacheConfig / LLM() default in 0.26.0 (0.9 in 0.2.2)
+V1_DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192     # LLM class default below 70 GiB or on an A100 ...
+V1_LARGE_GPU_MAX_NUM_BATCHED_TOKENS = 16384  # ... and on larger GPUs (H100, H200): EngineArgs defaults
+V1_LARGE_GPU_BYTES = 70 * (1 << 30)
+GIB_ROUNDING = 0.005                         # format_gib prints round(bytes / GiB, 2)
+
+
+def v1_page_bytes(kv_heads: int, head_dim: int, dtype_bytes: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """One layer's page: ``2 x block_size x kv_heads x head_dim x dtype bytes`` (FullAttentionSpec)."""
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    return kv_bytes_per_token(1, kv_heads, head_dim, dtype_bytes) * block_size
+
+
+def v1_num_blocks(available_bytes: int | float, page_bytes: int, layers: int) -> int:
+    """``get_num_blocks``: ``int(available // page_size // num_layers)``, never below 0."""
+    if page_bytes <= 0 or layers <= 0:
+        raise ValueError(f"page_bytes and layers must be > 0, got {page_bytes}, {layers}")
+    return max(int(available_bytes // page_bytes // layers), 0)
+
+
+def v1_capacity(num_blocks: int, block_size: int, max_model_len: int) -> tuple[int, float]:
+    """``get_kv_cache_capacity``: (tokens, max concurrency) for one full-attention group.
+
+    A request of ``max_model_len`` tokens needs ``ceil(max_model_len / block_size)`` blocks; the logged
+    token count is ``int(concurrency x max_model_len)``, so it equals blocks x block_size only when
+    ``max_model_len`` is a multiple of the block size."""
+    per_request = -(-max_model_len // block_size)
+    concurrency = num_blocks / per_request
+    return int(concurrency * max_model_len), concurrency
+
+
+def v1_requested_bytes(total_gpu_bytes: int, utilization: float) -> int:
+    """``request_memory``: ``ceil(total x gpu_memory_utilization)``."""
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
+    return math.ceil(total_gpu_bytes * utilization)
+
+
+def v1_default_max_num_batched_tokens(total_gpu_bytes: int, gpu_name: str = "") -> int:
+    """The LLM class's default ``max_num_batched_tokens`` (the size of the profiling pass)."""
+    large = total_gpu_bytes >= V1_LARGE_GPU_BYTES and "a100" not in gpu_name.lower()
+    return V1_LARGE_GPU_MAX_NUM_BATCHED_TOKENS if large else V1_DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+
+def v1_blocks_from_logged_gib(available_gib: float, page_bytes: int, layers: int) -> tuple[int, int]:
+    """The block counts the logged (rounded) ``Available KV cache memory: X GiB`` allows: (fewest, most)."""
+    gib = 1 << 30
+    low = max(available_gib - GIB_ROUNDING, 0) * gib
+    high = (available_gib + GIB_ROUNDING) * gib
+    return v1_num_blocks(low, page_bytes, layers), v1_num_blocks(high, page_bytes, layers)
+
+
+@dataclass(frozen=True)
+class V1Prediction:
+    """The V1 engine's cache size predicted from the GPU and the model's shape, with every input."""
+
+    num_gpu_blocks: int
+    kv_cache_tokens: int
+    max_concurrency: float
+    total_gpu_bytes: int
+    utilization: float
+    requested_bytes: int        # ceil(total x utilization)
+    weights_bytes: int
+    activation_peak_bytes: int
+    cudagraph_bytes: int
+    available_bytes: int        # requested - weights - activations - CUDA graphs
+    page_bytes: int             # one layer's page
+    layers: int
+    block_size: int
+    max_model_len: int
+    other_processes_counted: bool = False   # V1 never subtracts them (it refuses to start instead)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def formula(self) -> str:
+        parts = [f"{gb(self.weights_bytes)} weights", f"{gb(self.activation_peak_bytes)} activations"]
+        if self.cudagraph_bytes:
+            parts.append(f"{gb(self.cudagraph_bytes)} CUDA graphs")
+        return (f"(ceil({gb(self.total_gpu_bytes)} x {self.utilization:g}) - ({' + '.join(parts)})) "
+                f"// ({group_digits(self.page_bytes)} B a page x {self.layers} layers) = "
+                f"{group_digits(self.num_gpu_blocks)} blocks = {group_digits(self.kv_cache_tokens)} tokens")
+
+
+def predict_v1(total_gpu_bytes: int, utilization: float, weights_bytes: int, activation_peak_bytes: int,
+               cudagraph_bytes: int, page_bytes: int, layers: int, block_size: int, max_model_len: int
+               ) -> V1Prediction:
+    """Mirror of V1's ``determine_available_memory`` then ``get_num_blocks`` and ``get_kv_cache_capacity``.
+
+    The engine's non-torch increase (cuBLAS workspaces, the allocator's slack) is not known here: it is
+    the part of a miss the judge backs out of the logged available memory."""
+    requested = v1_requested_bytes(total_gpu_bytes, utilization)
+    available = requested - weights_bytes - activation_peak_bytes - cudagraph_bytes
+    blocks = v1_num_blocks(max(available, 0), page_bytes, layers)
+    tokens, concurrency = v1_capacity(blocks, block_size, max_model_len)
+    return V1Prediction(
+        num_gpu_blocks=blocks, kv_cache_tokens=tokens, max_concurrency=concurrency,
+        total_gpu_bytes=int(total_gpu_bytes), utilization=float(utilization), requested_bytes=requested,
+        weights_bytes=int(weights_bytes), activation_peak_bytes=int(activation_peak_bytes),
+        cudagraph_bytes=int(cudagraph_bytes), available_bytes=int(available), page_bytes=int(page_bytes),
+        layers=int(layers), block_size=int(block_size), max_model_len=int(max_model_len))

@@ -22,7 +22,8 @@ from .build import built_digest
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
 SCRIPTS = ("generate.py", "model_checks.py", "logcapture.py", "engine_facts.py", "kv_facts.py", "parity.py",
-           "chatglm_reference.py", "make_tiny_chatglm.py", "per_gpu.py", "nccl_check.py", "procgroup.py")
+           "chatglm_reference.py", "make_tiny_chatglm.py", "per_gpu.py", "nccl_check.py", "procgroup.py",
+           "engine_compat.py")
 GENERATE_TIMEOUT_S = 1800
 NCCL_TIMEOUT_S = 180
 RAY_PROBE_TIMEOUT_S = 120
@@ -70,7 +71,8 @@ def resolve_model(ctx: StepContext, python: str) -> Path:
 def generate_argv(ctx: StepContext, python: str, model: Path, out: Path | str) -> list:
     """smoke/generate.py's command line for the plan's smoke settings."""
     argv = [python, SMOKE_DIR / "generate.py", "--model", model, "--out", out,
-            "--gpu-memory-utilization", str(ctx.plan.smoke.get("gpu_memory_utilization") or 0.9)]
+            "--gpu-memory-utilization", str(ctx.plan.smoke.get("gpu_memory_utilization") or 0.9),
+            "--engine", ctx.plan.release.llm_engine]
     if ctx.plan.smoke.get("max_model_len"):
         argv += ["--max-model-len", str(ctx.plan.smoke["max_model_len"])]
     return argv
@@ -110,6 +112,8 @@ def run(ctx: StepContext) -> StepOutcome:
     result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
                         timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
+    for line in (smoke.get("sampling") or {}).get("changes") or []:
+        ctx.say(f"sampling: {line}")
     verdict = kvjudge.judge(smoke)
     for line in verdict.explanation:
         ctx.say(line)
@@ -118,6 +122,7 @@ def run(ctx: StepContext) -> StepOutcome:
     facts = {"verdict": verdict.to_dict(), "smoke_json": str(out), "model": str(model),
              "num_gpu_blocks": (smoke.get("cache") or {}).get("num_gpu_blocks"),
              "num_cpu_blocks": (smoke.get("cache") or {}).get("num_cpu_blocks"),
+             "kv_cache_tokens": kv_facts(smoke).capacity_tokens if smoke.get("engine") == "v1" else None,
              "timings": smoke.get("timings")}
     if ctx.plan.smoke.get("parity"):
         facts["parity"] = run_parity(ctx, env.python, model)
@@ -130,7 +135,9 @@ def run(ctx: StepContext) -> StepOutcome:
                          hint=f"see {ctx.workspace.root / 'parity.json'}; a wrong-arch or miscompiled kernel "
                               "shows here: rebuild with the GPU's arch (`inv build --force`)")
     blocks = facts["num_gpu_blocks"]
-    return StepOutcome(detail=f"{blocks} GPU blocks, all checks passed"
+    size = (f"{facts['kv_cache_tokens']} KV-cache tokens in {blocks} blocks" if facts["kv_cache_tokens"] is not None
+            else f"{blocks} GPU blocks")
+    return StepOutcome(detail=f"{size}, all checks passed"
                        + (", kernel parity ok" if facts.get("parity") else ""), facts=facts)
 
 
@@ -296,20 +303,25 @@ def _blocks(n: int | None) -> str:
 
 
 def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, folder: Path) -> dict:
-    """The smoke with --tensor-parallel-size n when Ray is importable in the target env (vLLM 0.2.2 runs its
-    workers on Ray for n > 1), judged for one GPU's share; skipped with the reason otherwise."""
-    probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
-    if probe is None or probe.returncode != 0:
-        why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
-        return {"status": "skipped", "tensor_parallel_size": n,
-                "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
-                          "tensor_parallel_size > 1"}
+    """The smoke with --tensor-parallel-size n, judged for one GPU's share. vLLM 0.2.2 runs its workers on Ray
+    for n > 1: without an importable Ray it is skipped, with the reason. The V1 engine starts its own worker
+    processes and needs no Ray."""
+    ray = None
+    if ctx.plan.release.llm_engine == "v0":
+        probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
+        if probe is None or probe.returncode != 0:
+            why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
+            return {"status": "skipped", "tensor_parallel_size": n,
+                    "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
+                              "tensor_parallel_size > 1"}
+        ray = probe.output.strip()
     out = folder / "smoke-tp.json"
-    ctx.say(f"tensor parallel: ray {probe.output.strip()}; generating with --tensor-parallel-size {n}")
+    workers = f"ray {ray}" if ray else "the V1 engine's own worker processes"
+    ctx.say(f"tensor parallel: {workers}; generating with --tensor-parallel-size {n}")
     result = runner.run(generate_argv(ctx, python, model, out) + ["--tensor-parallel-size", str(n)], log=ctx.log,
                         what=f"smoke/generate.py --tensor-parallel-size {n}", timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
-    return {"tensor_parallel_size": n, "ray": probe.output.strip(), "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))
+    return {"tensor_parallel_size": n, "ray": ray, "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))
 
 
 def one_gpu_share(smoke: dict, n: int) -> dict:
