@@ -342,6 +342,11 @@ def test_configure_uses_the_override_and_without_it_fails_with_no_network_attemp
     built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b1", **quiet)
     assert built.units_done == built.edges_total >= 3
 
+    # or through FetchContent's own variable, over the repository the project declares
+    by_cmake = driver.drive(plan, src, PYTHON, {"FETCHCONTENT_SOURCE_DIR_TINYDEP": dep}, ["_C"],
+                            build_dir=tmp_path / "b4", **quiet)
+    assert by_cmake.units_done == by_cmake.edges_total >= 3
+
     with pytest.raises(StepFailed) as err:
         driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b2", **quiet)
     assert err.value.message.startswith("cmake configure failed")
@@ -485,6 +490,8 @@ def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_i
     env, args = driver.external_settings({"VLLM_FLASH_ATTN_SRC_DIR": fa, "VLLM_CUTLASS_SRC_DIR": cutlass})
     assert env == {"VLLM_CUTLASS_SRC_DIR": str(cutlass)}
     assert args == [f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    # the catalog may name FetchContent's variable itself: the same argument
+    assert driver.external_settings({"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa}) == ({}, args)
     base = {"PATH": "/usr/bin", "VLLM_FLASH_ATTN_SRC_DIR": "/elsewhere"}      # one the user exported is not used
     env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {"VLLM_FLASH_ATTN_SRC_DIR": fa},
                                tmp_path / "b", base=base)

@@ -450,11 +450,13 @@ class CMakeBuildFacts:
                     dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
 
 
-# Externals handed over as FetchContent's own source-dir variable instead of the release's override variable:
-# with VLLM_FLASH_ATTN_SRC_DIR set, 0.26.0's vllm_flash_attn.cmake takes a "local development" branch that
-# installs FA4's flash_attn/cute as a symlink into that directory (a wheel would carry a link into the build
-# host) and skips its import rewrite; FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN gives the same sources with
-# the release's own install (the same 417-edge graph, measured on this kind of host).
+# An external whose override is FetchContent's own source-dir cache variable (FETCHCONTENT_SOURCE_DIR_<NAME>) is
+# a -D argument, every other override an environment variable. flash-attention goes that way even when named
+# by its environment variable: with VLLM_FLASH_ATTN_SRC_DIR set, 0.26.0's vllm_flash_attn.cmake takes a "local
+# development" branch that installs FA4's flash_attn/cute as a symlink into that directory (a wheel would carry
+# a link into the build host) and skips its import rewrite; the cache variable gives the same sources with the
+# release's own install (the same 417-edge graph, measured on this kind of host).
+FETCHCONTENT_SOURCE = "FETCHCONTENT_SOURCE_DIR_"
 AS_FETCHCONTENT_SOURCE = {"VLLM_FLASH_ATTN_SRC_DIR": "FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN"}
 
 
@@ -463,8 +465,9 @@ def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], li
     env, args = {}, []
     for name, directory in sorted(externals.items()):
         path = str(Path(directory).resolve())
-        if name in AS_FETCHCONTENT_SOURCE:
-            args.append(f"-D{AS_FETCHCONTENT_SOURCE[name]}={path}")
+        variable = AS_FETCHCONTENT_SOURCE.get(name, name)
+        if variable.startswith(FETCHCONTENT_SOURCE):
+            args.append(f"-D{variable}={path}")
         else:
             env[name] = path
     return env, args
