@@ -500,3 +500,14 @@ def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_i
                                          f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
     assert env["FETCHCONTENT_BASE_DIR"] == str(tmp_path / "b" / "_deps")
     assert env["MAX_JOBS"] == str(make_plan(tmp_path).build.max_jobs)
+
+
+def test_doctor_says_which_of_the_release_archs_this_nvcc_builds():
+    from vllm_provision.checks.toolchain import check_archs
+    release = catalog.get_release("0.26.0")
+    cuda13 = host.NvccInfo("/x/nvcc", "", "13.0", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "11.0", "12.0"))
+    ok = check_archs(("9.0",), "config", release, cuda13)
+    assert ok.status == "pass" and "this nvcc builds 7.5, 8.0, 8.6, 8.7, 8.9, 9.0, 10.0, 11.0, 12.0" in ok.detail
+    cuda126 = host.NvccInfo("/x/nvcc", "", "12.6", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0"))
+    old = check_archs(("12.0",), "config", release, cuda126)
+    assert old.status == "fail" and "of vLLM 0.26.0's: 7.5, 8.0, 8.6, 8.7, 8.9, 9.0" in old.detail
