@@ -677,9 +677,10 @@ def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path]
                         base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
-    runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,
-               cwd=src, env=pip_env, timeout=BUILD_TIMEOUT, what="pip install -e (vLLM)", tail_lines=60)
-    return _ninja_log_entries(ninja_log) - before
+    isolation, _note = network_isolation(plan.offline)       # --offline: setup.py's configure has no route either
+    runner.run([*isolation, python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)],
+               log=log, cwd=src, env=pip_env, timeout=BUILD_TIMEOUT, what="pip install -e (vLLM)", tail_lines=60)
+    return max(0, _ninja_log_entries(ninja_log) - before)     # ninja may compact its log: never below 0
 
 
 def _ninja_log_entries(path: Path) -> int:
