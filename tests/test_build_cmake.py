@@ -342,6 +342,11 @@ def test_configure_uses_the_override_and_without_it_fails_with_no_network_attemp
     built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b1", **quiet)
     assert built.units_done == built.edges_total >= 3
 
+    # or through FetchContent's own variable, over the repository the project declares
+    by_cmake = driver.drive(plan, src, PYTHON, {"FETCHCONTENT_SOURCE_DIR_TINYDEP": dep}, ["_C"],
+                            build_dir=tmp_path / "b4", **quiet)
+    assert by_cmake.units_done == by_cmake.edges_total >= 3
+
     with pytest.raises(StepFailed) as err:
         driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b2", **quiet)
     assert err.value.message.startswith("cmake configure failed")
@@ -488,6 +493,8 @@ def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_i
     env, args = driver.external_settings({"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa, "VLLM_CUTLASS_SRC_DIR": cutlass})
     assert env == {"VLLM_CUTLASS_SRC_DIR": str(cutlass)}
     assert args == [f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
+    # the catalog may name FetchContent's variable itself: the same argument
+    assert driver.external_settings({"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa}) == ({}, args)
     base = {"PATH": "/usr/bin", "VLLM_FLASH_ATTN_SRC_DIR": "/elsewhere"}      # one the user exported is not used
     env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {"FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN": fa},
                                tmp_path / "b", base=base)
@@ -496,3 +503,14 @@ def test_flash_attention_is_handed_over_as_fetchcontents_source_so_the_release_i
                                          f"-DFETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN={fa}"]
     assert env["FETCHCONTENT_BASE_DIR"] == str(tmp_path / "b" / "_deps")
     assert env["MAX_JOBS"] == str(make_plan(tmp_path).build.max_jobs)
+
+
+def test_doctor_says_which_of_the_release_archs_this_nvcc_builds():
+    from vllm_provision.checks.toolchain import check_archs
+    release = catalog.get_release("0.26.0")
+    cuda13 = host.NvccInfo("/x/nvcc", "", "13.0", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "11.0", "12.0"))
+    ok = check_archs(("9.0",), "config", release, cuda13)
+    assert ok.status == "pass" and "this nvcc builds 7.5, 8.0, 8.6, 8.7, 8.9, 9.0, 10.0, 11.0, 12.0" in ok.detail
+    cuda126 = host.NvccInfo("/x/nvcc", "", "12.6", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0"))
+    old = check_archs(("12.0",), "config", release, cuda126)
+    assert old.status == "fail" and "of vLLM 0.26.0's: 7.5, 8.0, 8.6, 8.7, 8.9, 9.0" in old.detail

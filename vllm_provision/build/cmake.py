@@ -450,12 +450,14 @@ class CMakeBuildFacts:
                     dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
 
 
-# CMake's own variable for a FetchContent dependency's local tree: a cache definition, not an environment
-# variable. The catalog names it where the release's override variable would change the install (0.26.0:
-# VLLM_FLASH_ATTN_SRC_DIR makes vllm_flash_attn.cmake install FA4's cute package as a symlink into that tree).
+# An external whose override is FetchContent's own source-dir cache variable (FETCHCONTENT_SOURCE_DIR_<NAME>) is
+# a -D argument, every other override an environment variable. flash-attention goes that way even when named
+# by its environment variable: with VLLM_FLASH_ATTN_SRC_DIR set, 0.26.0's vllm_flash_attn.cmake takes a "local
+# development" branch that installs FA4's flash_attn/cute as a symlink into that directory (a wheel would carry
+# a link into the build host) and skips its import rewrite; the cache variable gives the same sources with the
+# release's own install (the same 417-edge graph, measured on this kind of host).
 FETCHCONTENT_SOURCE = "FETCHCONTENT_SOURCE_DIR_"
-# the release's variables that such a definition replaces: never inherited from the caller's environment
-SHADOWED_BY_FETCHCONTENT_SOURCE = ("VLLM_FLASH_ATTN_SRC_DIR",)
+AS_FETCHCONTENT_SOURCE = {"VLLM_FLASH_ATTN_SRC_DIR": "FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN"}
 
 
 def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], list[str]]:
@@ -463,8 +465,9 @@ def external_settings(externals: Mapping[str, Path]) -> tuple[dict[str, str], li
     env, args = {}, []
     for name, directory in sorted(externals.items()):
         path = str(Path(directory).resolve())
-        if name.startswith(FETCHCONTENT_SOURCE):
-            args.append(f"-D{name}={path}")
+        variable = AS_FETCHCONTENT_SOURCE.get(name, name)
+        if variable.startswith(FETCHCONTENT_SOURCE):
+            args.append(f"-D{variable}={path}")
         else:
             env[name] = path
     return env, args
@@ -486,7 +489,7 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     includes = [d for d in include_dirs if d and Path(d).is_dir()]
     if includes:
         env["CPATH"] = os.pathsep.join(dict.fromkeys(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p]))
-    env = {k: v for k, v in env.items() if k not in SHADOWED_BY_FETCHCONTENT_SOURCE}
+    env = {k: v for k, v in env.items() if k not in AS_FETCHCONTENT_SOURCE}
     env.update(external_settings(externals)[0])
     env.update(setup_py_env(jobs, nvcc_threads))
     env.update(TORCH_CUDA_ARCH_LIST=arch_list, NINJA_STATUS=NINJA_STATUS, VLLM_DISABLE_SCCACHE="1")
@@ -674,9 +677,10 @@ def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path]
                         base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
-    runner.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)], log=log,
-               cwd=src, env=pip_env, timeout=BUILD_TIMEOUT, what="pip install -e (vLLM)", tail_lines=60)
-    return _ninja_log_entries(ninja_log) - before
+    isolation, _note = network_isolation(plan.offline)       # --offline: setup.py's configure has no route either
+    runner.run([*isolation, python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", str(src)],
+               log=log, cwd=src, env=pip_env, timeout=BUILD_TIMEOUT, what="pip install -e (vLLM)", tail_lines=60)
+    return max(0, _ninja_log_entries(ninja_log) - before)     # ninja may compact its log: never below 0
 
 
 def _ninja_log_entries(path: Path) -> int:
