@@ -1,4 +1,4 @@
-"""`inv doctor`: is this host ready to build the plan? Runs without the target env, never imports vllm.
+"""`./inv doctor`: is this host ready to build the plan? Runs without the target env, never imports vllm.
 
 Named checks (DeepOps doctor style), each pass/warn/fail/skip with one line of detail and a fix.
 Everything slow (subprocess probes, each mirror/channel look-up) runs in parallel with a short
@@ -172,7 +172,7 @@ def check_gpus(facts: HostFacts, plan: Plan, section: dict | None = None) -> Che
     archs = ";".join(plan.build.arch_list)
     if plan.build.arch_source == "config":
         return Check("gpus", "warn", f"{why}; building for the configured archs {archs} "
-                     "(CPU-only image build: nothing can run here)",
+                     f"({plan.build.expected_reason}; CPU-only image build: nothing can run here)",
                      "run verify's GPU checks and smoke on a GPU host")
     return Check("gpus", "warn", f"{why}; building for {archs} ({plan.build.expected_reason}); "
                  "the smoke is skipped here", NO_DRIVER_HINT)
@@ -205,7 +205,7 @@ def check_nvcc(nvccs: list[NvccInfo], torch_cuda: str | None, torch_version: str
     if not torch_cuda and not torch_version:          # torch not known yet: nothing to match against
         if nvcc:
             return Check("nvcc-vs-torch", "warn", f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
-                         f"({torch_from})", "install the profile's torch first (`inv env`) or set env.cuda"), nvcc
+                         f"({torch_from})", "install the profile's torch first (`./inv env`) or set env.cuda"), nvcc
         return Check("nvcc-vs-torch", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
                      "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
     check = check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
@@ -329,7 +329,7 @@ def check_source(plan: Plan, timeout: float) -> Check:
         return Check("source", "pass", f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")
     if plan.offline:
         return Check("source", "fail", f"--offline and {plan.release.sdist.file} is not in {plan.workspace.downloads}",
-                     f"run `inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
+                     f"run `./inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
     settings = _http(timeout, plan)
 
     def reach(source) -> tuple[str | None, str]:
