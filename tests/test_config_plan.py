@@ -278,3 +278,18 @@ def test_doctor_without_gpu_keeps_the_build_estimate_for_given_archs(isolated):
         plan = build_plan({"build": {"arch_list": arch_list}} if arch_list else {}, facts=facts)
         check = doctor.check_gpus(facts, plan)
         assert plan.build.expected_reason and plan.build.expected_reason in check.detail, check.detail
+
+
+def test_doctor_judges_the_compiler_the_env_locks_not_the_hosts(isolated):
+    """pypi-cu13 installs the CUDA 13 compiler from its lock into the env, and the build uses that one: doctor
+    judges it, whatever nvcc the host has (here /usr/local/cuda's, found even without PATH)."""
+    from conftest import without_host_cuda
+    from vllm_provision import doctor
+    facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
+    plan = build_plan({"offline": True, "build": {"arch_list": ["9.0"]}}, facts=facts)
+    assert plan.profile == "pypi-cu13" and plan.env.lock
+    pinned = __import__("vllm_provision.lock").lock.pinned(ROOT / plan.env.lock)["nvidia-cuda-nvcc"]
+    checks = {c.name: c for c in doctor.run_doctor(plan, facts, timeout=1, environ=without_host_cuda(dict(os.environ)))}
+    assert checks["nvcc-vs-torch"].status == "pass", checks["nvcc-vs-torch"]
+    assert f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}" in checks["nvcc-vs-torch"].detail
+    assert checks["arch-list"].status == "pass" and "nvcc 13.0" in checks["arch-list"].detail, checks["arch-list"]

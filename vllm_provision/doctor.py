@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 from packaging.utils import canonicalize_name
 
-from . import PROJECT_ROOT, envinfo, runner
+from . import PROJECT_ROOT, envinfo, lock, runner
 from .checks import Check, check_driver, parse_version
 from .checks.install import check_bytecode
 from .checks.resources import check_disk, check_ram, disk_needed
@@ -27,8 +27,8 @@ from .checks.toolchain import check_archs as toolchain_archs, check_gcc, check_n
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .envprobe import bytecode_of, torch_of
-from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates
-from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, unsupported_archs
+from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_nvcc
+from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -364,6 +364,33 @@ def host_python(plan: Plan) -> str:
     return plan.env.python_path or "python3"
 
 
+def env_nvcc(plan: Plan, root: Path = PROJECT_ROOT) -> NvccInfo | None:
+    """The compiler the build uses when the env brings its own: the existing env's (env.json), else the one
+    its lock pins (nvidia-cuda-nvcc wheels, CUDA >= 13); None when the build takes the host's nvcc."""
+    if plan.env.backend == "existing":
+        return None
+    try:
+        info = envinfo.load(plan.workspace)
+    except ProvisionError:
+        info = None
+    if info is not None and info.nvcc and os.path.exists(info.nvcc):
+        return probe_nvcc(info.nvcc, "env")
+    if not plan.env.lock:
+        return None
+    try:
+        pinned = lock.pinned(root / plan.env.lock).get("nvidia-cuda-nvcc")
+    except OSError:
+        return None
+    version = parse_version(pinned) if pinned else None
+    if version is None:
+        return None
+    cuda = f"{version.major}.{version.minor}"
+    # what it compiles for, of the release's archs: CUDA's own floor (the same table the plan uses)
+    archs, _ = compilable_archs(plan.release.cuda_archs, cuda)
+    return NvccInfo(f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}, installed by the env step", "lock", cuda,
+                    archs=archs)
+
+
 def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | None, str]:
     """(torch version, its CUDA, where that came from) for the plan's profile."""
     if plan.env.backend == "existing":
@@ -407,11 +434,13 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             if home not in homes:
                 homes.add(home)
                 nvccs.append(n)
-        nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_version, torch_from, plan)
+        # the env's own compiler (its lock's, or the existing env's) is the one the build uses, not the host's
+        own = env_nvcc(plan)
+        nvcc_check, nvcc = check_nvcc([own] if own else nvccs, torch_cuda, torch_version, torch_from, plan)
         cc_version = f_ccv.result() if f_ccv else None
         if toolchain is not None:
             toolchain.update({"nvcc": nvcc.path if nvcc else None, "nvcc_version": nvcc.version if nvcc else None,
-                              "cuda_home": nvcc.cuda_home if nvcc else None,
+                              "cuda_home": nvcc.cuda_home if nvcc and nvcc.source != "lock" else None,
                               "compiler": f"{Path(cc).name} {cc_version}" if cc else None,
                               "torch": torch_version, "torch_cuda": torch_cuda, "torch_from": torch_from,
                               "lock": plan.env.lock})
