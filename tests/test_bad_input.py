@@ -130,6 +130,10 @@ CASES = [
          ("--cache is 's3://bucket/vllm/'",), lambda d: (d / "hosts").write_text("127.0.0.1:9\n")),
     Case("fleet-cache-relative-dir", ["fleet", "--hosts", "{dir}/hosts", "--cache", "dir:wheels"], {},
          ("--cache is 'dir:wheels'",), lambda d: (d / "hosts").write_text("127.0.0.1:9\n")),
+    Case("fleet-without-cache", ["fleet", "--hosts", "{dir}/hosts"], {}, ("fleet needs a writable artifact cache",),
+         lambda d: (d / "hosts").write_text("127.0.0.1:9\n")),
+    Case("fleet-read-only-cache", ["fleet", "--hosts", "{dir}/hosts", "--cache", "static+https://127.0.0.1:9/v/"], {},
+         ("fleet needs a writable artifact cache",), lambda d: (d / "hosts").write_text("127.0.0.1:9\n")),
     # a command line Invoke cannot parse
     Case("unknown-flag", ["plan", "--bogus"], {}, ("--bogus", "./inv plan --help")),
     Case("flag-without-value", ["provision", "--max-jobs"], {}, ("--max-jobs", "./inv provision --help")),

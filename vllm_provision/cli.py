@@ -305,6 +305,11 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
             raise ConfigError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env CCACHE_DIR=/srv/ccache")
         extra[name] = value
     caches = caches or list((settings.get("artifacts") or {}).get("caches") or [])
+    if not facts_only and not inputs.writable_caches(caches):   # the builder's wheel reaches the others only so
+        raise ConfigError("fleet needs a writable artifact cache the hosts share: the builder pushes its wheel "
+                          "there and the other hosts install it from there",
+                          hint="--cache dir:/srv/vllm-wheels (a path every host mounts), pypi:https://host/ or "
+                               "static:PATH, or set artifacts.caches")
     fleet_run.remote_environment(settings, caches, extra)      # a credential is refused before any run dir exists
     options = fleet_run.FleetOptions(
         hosts=selected, settings=settings, run_dir=fleet_run.new_run_dir(root), facts_only=facts_only,
