@@ -293,3 +293,6 @@ def test_doctor_judges_the_compiler_the_env_locks_not_the_hosts(isolated):
     assert checks["nvcc-vs-torch"].status == "pass", checks["nvcc-vs-torch"]
     assert f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}" in checks["nvcc-vs-torch"].detail
     assert checks["arch-list"].status == "pass" and "nvcc 13.0" in checks["arch-list"].detail, checks["arch-list"]
+    # a host nvcc of the same CUDA release lends its gcc limit (the same compiler); without one it is read later
+    gcc = checks["gcc-vs-nvcc"].detail
+    assert "nvcc 13.0 accepts gcc <=" in gcc or "once the env step has installed it" in gcc, gcc

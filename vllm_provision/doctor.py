@@ -364,17 +364,23 @@ def host_python(plan: Plan) -> str:
     return plan.env.python_path or "python3"
 
 
-def env_nvcc(plan: Plan, root: Path = PROJECT_ROOT) -> NvccInfo | None:
-    """The compiler the build uses when the env brings its own: the existing env's (env.json), else the one
-    its lock pins (nvidia-cuda-nvcc wheels, CUDA >= 13); None when the build takes the host's nvcc."""
+def env_nvcc(plan: Plan, host_nvccs: list[NvccInfo] = (), root: Path = PROJECT_ROOT) -> NvccInfo | None:
+    """The compiler the build uses when the env brings its own; None when it takes the host's (`host_nvccs`).
+
+    Once the env exists, env.json says, as for the build's preflight. Before, the nvidia-cuda-nvcc its lock
+    pins (CUDA >= 13 wheels, pypi-cu13); its gcc limit and archs are those of a host nvcc of the same CUDA
+    release where there is one (the same compiler), else its archs are the release's it can build."""
     if plan.env.backend == "existing":
         return None
     try:
         info = envinfo.load(plan.workspace)
     except ProvisionError:
         info = None
-    if info is not None and info.nvcc and os.path.exists(info.nvcc):
-        return probe_nvcc(info.nvcc, "env")
+    if info is not None:
+        if not info.nvcc:
+            return None
+        return probe_nvcc(info.nvcc, "env") if os.path.exists(info.nvcc) else \
+            NvccInfo(info.nvcc, "env", info.nvcc_version)
     if not plan.env.lock:
         return None
     try:
@@ -385,10 +391,21 @@ def env_nvcc(plan: Plan, root: Path = PROJECT_ROOT) -> NvccInfo | None:
     if version is None:
         return None
     cuda = f"{version.major}.{version.minor}"
-    # what it compiles for, of the release's archs: CUDA's own floor (the same table the plan uses)
-    archs, _ = compilable_archs(plan.release.cuda_archs, cuda)
-    return NvccInfo(f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}, installed by the env step", "lock", cuda,
-                    archs=archs)
+    where = f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}, installed by the env step"
+    twin = next((n for n in host_nvccs if n.version == cuda), None)
+    if twin is not None:
+        return replace(twin, path=where, source="lock", top=None, include_dirs=())
+    archs, _ = compilable_archs(plan.release.cuda_archs, cuda)   # CUDA's own floor, the plan's table
+    return NvccInfo(where, "lock", cuda, archs=archs)
+
+
+def gcc_check(cc_version: str | None, cc: str | None, nvcc: NvccInfo | None) -> Check:
+    """The host compiler against nvcc's limit; a compiler the env step installs is read only once it is there."""
+    check = check_gcc(cc_version, cc, nvcc)
+    if nvcc is not None and nvcc.source == "lock" and check.status == "skip":
+        return replace(check, detail=f"gcc {cc_version} ({cc}); the limit of nvcc {nvcc.version} is read once the "
+                                     "env step has installed it (the build's preflight checks it)")
+    return check
 
 
 def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | None, str]:
@@ -435,7 +452,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
                 homes.add(home)
                 nvccs.append(n)
         # the env's own compiler (its lock's, or the existing env's) is the one the build uses, not the host's
-        own = env_nvcc(plan)
+        own = env_nvcc(plan, nvccs)
         nvcc_check, nvcc = check_nvcc([own] if own else nvccs, torch_cuda, torch_version, torch_from, plan)
         cc_version = f_ccv.result() if f_ccv else None
         if toolchain is not None:
@@ -451,7 +468,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_gpus(facts, plan, section),
             check_driver(facts, torch_cuda),
             nvcc_check,
-            check_gcc(cc_version, cc, nvcc),
+            gcc_check(cc_version, cc, nvcc),
             check_ram(facts.mem_available_bytes, plan.build.max_jobs, BUILD_JOB_PEAK_BYTES),
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),
                        str(plan.workspace.root.parent)),
