@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
-from invoke import task
+import invoke
 
-from vllm_provision import PROJECT_ROOT, cli
+from vllm_provision import PROJECT_ROOT, cli, config
 from vllm_provision.cli import handles_errors
+
+# Long flags only: Invoke's automatic short flags gave one letter different meanings in different tasks
+# (-u was --push in build and --out in wheel), so no task has any.
+task = functools.partial(invoke.task, auto_shortflags=False)
 
 COMMON = {
     "release": "vLLM release, e.g. 0.2.2 (default from vllm-provision.yaml / profile)",
-    "profile": "profile in envs/ (seed, host-torch)",
+    "profile": config.profile_help(),
     "offline": "use only the download cache; never touch the network for sources",
 }
 
@@ -60,7 +65,7 @@ def env(c, release=None, profile=None, offline=False, force=False, backend=None,
                      backend=backend, python=python)
 
 
-@task(help={"release": "vLLM release, e.g. 0.2.2", "profile": "profile in envs/ (e.g. seed)",
+@task(help={"release": "vLLM release, e.g. 0.2.2", "profile": COMMON["profile"],
             "python": "Python minor version to lock for, e.g. 3.11 (default: the profile's)"})
 @handles_errors
 def lock(c, release=None, profile=None, python=None):
@@ -106,8 +111,8 @@ def wheel(c, release=None, profile=None, offline=False, arch=None, max_jobs=None
                         "all-reduce check and tensor parallelism (when Ray is in the env)"})
 @handles_errors
 def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False, all_gpus=False):
-    """Generate with the blog's sampling parameters; check and explain the GPU/CPU KV-cache blocks."""
-    cli.require_gpu("inv smoke")
+    """Generate with the notes' sampling parameters; check and explain the GPU/CPU KV-cache blocks."""
+    cli.require_gpu("./inv smoke")
     cli.run_smoke(force, all_gpus=all_gpus, release=release, profile=profile, offline=offline, model=model, parity=parity)
 
 

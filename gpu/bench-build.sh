@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/build.py on the GPU host, in calls that each fit the device's 10-minute limit:
-#   OUT=... gpu/bench-build.sh plain            # the blog's serial pip install -e .
+#   OUT=... gpu/bench-build.sh plain            # the notes' serial pip install -e .
 #   OUT=... gpu/bench-build.sh cold,floor,floor-build,warm  # the toolkit's build cold, the slowest unit alone
 #                                                # (as the release / the toolkit compiles it), warm
 #   OUT=... gpu/bench-build.sh plain --plain-limit 560   # more options go to bench/build.py

@@ -41,9 +41,9 @@ from model_checks import check_architecture, check_gpu, check_weights, load_mode
 from procgroup import BadInput, fail_bad_input
 
 SCHEMA = "vllm-provision/smoke-generate/1"
-BLOG_PROMPTS = ["你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话"]
-# The blog's SamplingParams (chatglm3-6b-32k on vLLM 0.2.2).
-BLOG_SAMPLING = dict(top_p=0.9, top_k=3, best_of=6, repetition_penalty=1.2, temperature=0.7, max_tokens=500)
+NOTES_PROMPTS = ["你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话"]
+# The notes' SamplingParams (chatglm3-6b-32k on vLLM 0.2.2).
+NOTES_SAMPLING = dict(top_p=0.9, top_k=3, best_of=6, repetition_penalty=1.2, temperature=0.7, max_tokens=500)
 LOG_TAIL_CHARS = 20000
 
 
@@ -67,14 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the engine whose figures to read: v0 (up to 0.10: # GPU blocks), v1 (the KV cache in "
                         "tokens); auto: v1 for a vLLM from 0.11 on")
     p.add_argument("--prompt", action="append", dest="prompts", default=None,
-                   help="repeatable; default: the blog's three Chinese prompts")
-    p.add_argument("--top-p", type=float, default=BLOG_SAMPLING["top_p"])
-    p.add_argument("--top-k", type=int, default=BLOG_SAMPLING["top_k"])
-    p.add_argument("--best-of", type=int, default=BLOG_SAMPLING["best_of"])
+                   help="repeatable; default: the notes' three Chinese prompts")
+    p.add_argument("--top-p", type=float, default=NOTES_SAMPLING["top_p"])
+    p.add_argument("--top-k", type=int, default=NOTES_SAMPLING["top_k"])
+    p.add_argument("--best-of", type=int, default=NOTES_SAMPLING["best_of"])
     p.add_argument("--n", type=int, default=1, help="completions returned per prompt")
-    p.add_argument("--repetition-penalty", type=float, default=BLOG_SAMPLING["repetition_penalty"])
-    p.add_argument("--temperature", type=float, default=BLOG_SAMPLING["temperature"])
-    p.add_argument("--max-tokens", type=int, default=BLOG_SAMPLING["max_tokens"])
+    p.add_argument("--repetition-penalty", type=float, default=NOTES_SAMPLING["repetition_penalty"])
+    p.add_argument("--temperature", type=float, default=NOTES_SAMPLING["temperature"])
+    p.add_argument("--max-tokens", type=int, default=NOTES_SAMPLING["max_tokens"])
     p.add_argument("--no-stop-token-ids", action="store_true",
                    help="do not pass the model's eos ids as stop_token_ids")
     p.add_argument("--seed", type=int, default=0)
@@ -148,7 +148,7 @@ def run(args, cfg: dict, arch_info: dict, notes: list[str]) -> tuple[dict, int]:
                  "architecture_check": arch_info, "versions": versions(), "engine": args.engine,
                  "engine_source": args.engine_source}
     doc["gpu"] = gpu_facts()
-    prompts = args.prompts or list(BLOG_PROMPTS)
+    prompts = args.prompts or list(NOTES_PROMPTS)
     buf = io.StringIO()
     real_out, real_err = sys.stdout, sys.stderr
     handler = ListHandler()

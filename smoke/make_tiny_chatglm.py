@@ -38,7 +38,7 @@ import json
 import os
 import sys
 
-# Prompts used by the smoke test (the blog's three prompts).
+# Prompts used by the smoke test (the notes' three prompts).
 PROMPTS = ["你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话"]
 
 # ChatGLM3's special tokens (names as in THUDM's tokenizer).

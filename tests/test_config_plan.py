@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -206,3 +207,92 @@ def test_plan_says_when_the_driver_is_too_old_for_the_profile(isolated):
     note = build_plan({}, facts=old).env.note
     assert "supports CUDA 12.4; torch needs CUDA 13.0" in note and "(>= 580)" in note and "--profile seed" in note
     assert build_plan({}, facts=HostFacts(**{**H100.__dict__, "driver_cuda": "13.0"})).env.note == ""
+
+
+# ---- what a newcomer reads: hints, flags, help ------------------------------------------------------
+
+def package_sources():
+    return [ROOT / "tasks.py", *sorted((ROOT / "vllm_provision").rglob("*.py"))]
+
+
+def test_every_hint_names_the_wrapper_a_fresh_clone_has():
+    """On a fresh clone only ./inv exists: no message says `inv build` or `inv provision`."""
+    import re
+    bare = re.compile(r"(^|[^./\w-])inv [a-z]")
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in package_sources()
+             for n, line in enumerate(path.read_text().splitlines(), 1) if bare.search(line)]
+    assert found == []
+
+
+def test_one_name_for_the_notes():
+    """The README calls the November 2023 write-up "the notes"; the toolkit's own texts do too."""
+    texts = package_sources() + [ROOT / "vllm-provision.yaml", *sorted((ROOT / "envs").rglob("*.yaml")),
+                                 *sorted((ROOT / "envs").rglob("*.toml")), *sorted((ROOT / "smoke").glob("*.py"))]
+    assert [str(p.relative_to(ROOT)) for p in texts if "blog" in p.read_text().lower()] == []
+
+
+@functools.cache
+def task_contexts():
+    """Once: Invoke pops each flag's help from its task when it makes the parser contexts."""
+    import invoke
+    import tasks
+    return invoke.Collection.from_module(tasks).to_contexts()
+
+
+def test_no_task_has_short_flags():
+    """Invoke's automatic short flags gave one letter several meanings (-u: --push in build, --out in wheel);
+    every flag is long, except a flag whose own name is one letter (test -k, as pytest's)."""
+    meanings = {}
+    for context in task_contexts():
+        for arg in context.args.values():
+            assert len(arg.names) == 1, (context.name, arg.names)
+            if len(arg.name) == 1:
+                meanings.setdefault(arg.name, set()).add(arg.help)
+    assert all(len(helps) == 1 for helps in meanings.values()), meanings
+
+
+def test_profile_help_lists_the_profiles_of_envs_and_the_default(tmp_path):
+    default = config.defaults()["profile"]
+    helps = [arg.help for context in task_contexts() for arg in context.args.values() if arg.name == "profile"]
+    assert len(helps) >= 10
+    for help_text in helps:
+        assert all(name in help_text for name in config.profile_names()) and f"(default {default})" in help_text
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "site-cu12.yaml").write_text("env: {backend: venv}\n")
+    (tmp_path / "vllm-provision.yaml").write_text("profile: site-cu12\n")
+    assert config.profile_help(tmp_path) == "profile in envs/: site-cu12 (default site-cu12)"   # read, not written in
+
+
+def test_defaults_file_names_the_python_each_profile_picks():
+    line = next(l for l in (ROOT / "vllm-provision.yaml").read_text().splitlines() if l.strip().startswith("python:"))
+    for name in config.profile_names():
+        python = (config.load_profile(name).get("env") or {}).get("python")
+        if python:
+            assert f"{name} picks {python}" in line or f"{name} {python}" in line, (name, python, line)
+
+
+def test_doctor_without_gpu_keeps_the_build_estimate_for_given_archs(isolated):
+    from vllm_provision import doctor
+    facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
+    for arch_list in (None, ["9.0"], ["8.0", "9.0"]):
+        plan = build_plan({"build": {"arch_list": arch_list}} if arch_list else {}, facts=facts)
+        check = doctor.check_gpus(facts, plan)
+        assert plan.build.expected_reason and plan.build.expected_reason in check.detail, check.detail
+
+
+def test_doctor_judges_the_compiler_the_env_locks_not_the_hosts(isolated):
+    """pypi-cu13 installs the CUDA 13 compiler from its lock into the env, and the build uses that one: doctor
+    judges it, whatever nvcc the host has (here /usr/local/cuda's, found even without PATH)."""
+    from conftest import without_host_cuda
+    from vllm_provision import doctor
+    facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
+    plan = build_plan({"offline": True, "build": {"arch_list": ["9.0"]}}, facts=facts)
+    assert plan.profile == "pypi-cu13" and plan.env.lock
+    pinned = __import__("vllm_provision.lock").lock.pinned(ROOT / plan.env.lock)["nvidia-cuda-nvcc"]
+    checks = {c.name: c for c in doctor.run_doctor(plan, facts, timeout=1, environ=without_host_cuda(dict(os.environ)))}
+    assert checks["nvcc-vs-torch"].status == "pass", checks["nvcc-vs-torch"]
+    assert f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}" in checks["nvcc-vs-torch"].detail
+    assert checks["arch-list"].status == "pass" and "nvcc 13.0" in checks["arch-list"].detail, checks["arch-list"]
+    # a host nvcc of the same CUDA release lends its gcc limit (the same compiler); without one it is read later
+    gcc = checks["gcc-vs-nvcc"].detail
+    assert "nvcc 13.0 accepts gcc <=" in gcc or "once the env step has installed it" in gcc, gcc

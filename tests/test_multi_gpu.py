@@ -310,7 +310,7 @@ def test_inv_nccl_without_two_gpus_is_bad_input(isolated):
                           text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "error: the NCCL check needs at least 2 GPUs and 0 is visible" in done.stderr
-    assert "hint: run `inv nccl` on a multi-GPU host" in done.stderr
+    assert "hint: run `./inv nccl` on a multi-GPU host" in done.stderr
 
 
 # ------------------------------------------------------------------------------------------ doctor

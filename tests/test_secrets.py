@@ -38,28 +38,40 @@ USER, PASSWORD, TOKEN = "alice", "s3cr3t-P@ss:w0rd", "tok-abc123XYZ"
 LEAK_FORMS = ("s3cr3t", "w0rd", quote(PASSWORD, safe=""), TOKEN,
               base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 MARKER_VARIABLE = "PROCESS_UNDER_TEST_MARKER"
+# Tokens and passwords in every spelling a URL allows: each holds a character the first redaction pattern
+# ([A-Za-z0-9_.-] only) stopped at, so a part of it was printed in full.
+ODD_TOKENS = ["tok~en-9f3k2LQ", "tok+en-9f3k2LQ", "tok:en-9f3k2LQ", "tok%2Ben-9f3k2LQ", "tok!$'()*,;=-9f3k2LQ"]
+ODD_PASSWORDS = ["pw~and+more:9f3k2LQ", "pw!$&'()*,;=9f3k2LQ", "pw%21%40esc-9f3k2LQ", "pw#and?q-9f3k2LQ"]
 
 
-def leaks(text: str | bytes) -> list[str]:
+def forms_of(secret: str) -> tuple[str, ...]:
+    """A secret as written, percent-decoded, and its distinctive tail (a leak of a part of it)."""
+    from urllib.parse import unquote
+    return tuple(dict.fromkeys((secret, unquote(secret), secret[-7:])))
+
+
+def leaks(text: str | bytes, forms=None) -> list[str]:
     data = text.encode() if isinstance(text, str) else text
-    return [form for form in LEAK_FORMS if form.encode() in data]
+    return [form for form in (LEAK_FORMS if forms is None else forms) if form.encode() in data]
 
 
 class AuthChannel:
     """A conda channel on 127.0.0.1 answering only with Basic auth, or under the anaconda-style /t/<token>/ path."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tokens=(TOKEN,)):
         self.served, self.denied = 0, 0
         want = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         outer = self
+        from urllib.parse import unquote
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
             def do_GET(self):
-                if self.path.startswith(f"/t/{TOKEN}/"):
-                    self.path = self.path[len(f"/t/{TOKEN}"):]
+                token = next((t for t in tokens if unquote(self.path).startswith(f"/t/{unquote(t)}/")), None)
+                if token is not None:
+                    self.path = "/" + unquote(self.path)[len(f"/t/{unquote(token)}/"):]
                 elif self.headers.get("Authorization") != want:
                     outer.denied += 1
                     self.send_response(401)
@@ -79,9 +91,8 @@ class AuthChannel:
     def basic_url(self) -> str:
         return f"http://{USER}:{PASSWORD}@127.0.0.1:{self.port}/chan"
 
-    @property
-    def token_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/t/{TOKEN}/chan"
+    def token_url(self, token: str = TOKEN) -> str:
+        return f"http://127.0.0.1:{self.port}/t/{token}/chan"
 
 
 @pytest.fixture
@@ -127,8 +138,8 @@ class ArgvSampler:
     """Every ~20 ms, the argv of every process under `root_pid` (by parent chain) or carrying `marker` in its
     environment (which survives re-parenting), for as long as the `with` block runs."""
 
-    def __init__(self, root_pid: int, marker: str):
-        self.root_pid, self.marker = root_pid, marker.encode()
+    def __init__(self, root_pid: int, marker: str, forms=None):
+        self.root_pid, self.marker, self.forms = root_pid, marker.encode(), forms
         self.argvs: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -170,18 +181,18 @@ class ArgvSampler:
                     self.argvs[pid] = argv
 
     def leaks(self) -> dict[str, list[str]]:
-        return {argv: found for argv in self.argvs.values() if (found := leaks(argv))}
+        return {argv: found for argv in self.argvs.values() if (found := leaks(argv, self.forms))}
 
 
-def leaks_on_disk(*roots: Path) -> dict[str, list[str]]:
+def leaks_on_disk(*roots: Path, forms=None) -> dict[str, list[str]]:
     out = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             for name in dirnames + filenames:
                 path = Path(dirpath) / name
-                found = set(leaks(str(path)))
+                found = set(leaks(str(path), forms))
                 if path.is_file() and not path.is_symlink():
-                    found |= set(leaks(path.read_bytes()))
+                    found |= set(leaks(path.read_bytes(), forms))
                 if found:
                     out[str(path)] = sorted(found)
     return out
@@ -194,7 +205,7 @@ def places(tmp_path):
     return out
 
 
-def run_cli(args: list[str], places: dict, settings: dict[str, str], timeout: float = 600):
+def run_cli(args: list[str], places: dict, settings: dict[str, str], timeout: float = 600, forms=None):
     """`python -m invoke ARGS` as a user runs it, with its argv and every descendant's sampled meanwhile."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLMP_", "PIP_", "UV_"))}
     marker = uuid.uuid4().hex
@@ -203,21 +214,21 @@ def run_cli(args: list[str], places: dict, settings: dict[str, str], timeout: fl
                 "VLLMP_PYPI__TIMEOUT": "10", "VLLMP_PYPI__RETRIES": "0", **settings})
     proc = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with ArgvSampler(proc.pid, marker) as sampler:
+    with ArgvSampler(proc.pid, marker, forms) as sampler:
         out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err, sampler
 
 
-def assert_no_leak(output: str, sampler: ArgvSampler, places: dict, *, saw: str) -> None:
-    assert leaks(output) == [], output
+def assert_no_leak(output: str, sampler: ArgvSampler, places: dict, *, saw: str, forms=None) -> None:
+    assert leaks(output, forms) == [], output
     assert any(saw in argv for argv in sampler.argvs.values()), sampler.argvs   # the sampler did see the work
     assert sampler.leaks() == {}
-    assert leaks_on_disk(*places.values()) == {}
+    assert leaks_on_disk(*places.values(), forms=forms) == {}
 
 
 def credentialed(index, channel) -> dict[str, str]:
     return {"VLLMP_PYPI__INDEX_URL": index.credentialed,
-            "VLLMP_CONDA__CHANNELS": f'["{channel.basic_url}", "{channel.token_url}"]'}
+            "VLLMP_CONDA__CHANNELS": f'["{channel.basic_url}", "{channel.token_url()}"]'}
 
 
 def test_plan_shows_no_secret(index, channel, places):
@@ -251,6 +262,51 @@ def test_env_failure_on_the_channel_shows_no_secret(index, channel, places):
     assert code == 2 and "have no python" in output and "Traceback" not in output, output
     assert channel.served and channel.denied == 0
     assert_no_leak(output, sampler, places, saw="rattler_child")
+
+
+@pytest.fixture
+def odd_channels(tmp_path):
+    """The channel of `channel`, answering under /t/<token>/ for every one of ODD_TOKENS."""
+    root = tmp_path / "channel-root"
+    for name, depends in (("tinydep", ()), ("tinyconda", ("tinydep",))):
+        build_conda_package(root / "chan", name, "1.0", depends=depends)
+    index_channel(root / "chan")
+    server = AuthChannel(root, tokens=ODD_TOKENS)
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def test_tokens_in_any_spelling_are_masked_in_plan_doctor_and_env(odd_channels, places):
+    """plan --json, doctor, and a conda env that fails after reading the channels (error line, logs/env.log,
+    rattler's caches): no token shows, whatever URL-legal characters it holds."""
+    forms = [f for token in ODD_TOKENS for f in forms_of(token)]
+    urls = [odd_channels.token_url(token) for token in ODD_TOKENS]
+    settings = {"VLLMP_CONDA__CHANNELS": json.dumps(urls), "VLLMP_ENV__BACKEND": "conda",
+                "VLLMP_PYPI__INDEX_URL": "http://127.0.0.1:9/simple/", "VLLMP_FETCH__GITHUB": "false"}
+    code, output, sampler = run_cli(["plan", "--json"], places, settings, forms=forms)
+    assert code == 0 and output.count("/t/***/chan") == len(ODD_TOKENS), output
+    assert_no_leak(output, sampler, places, saw="invoke", forms=forms)
+    code, output, sampler = run_cli(["doctor", "--timeout", "2"], places, settings, forms=forms)
+    assert "Traceback" not in output and odd_channels.served >= len(ODD_TOKENS), output   # read through each token
+    assert_no_leak(output, sampler, places, saw="invoke", forms=forms)
+    code, output, sampler = run_cli(["env"], places, settings, forms=forms)
+    assert code == 2 and "have no python" in output and "/t/***/chan" in output, output
+    assert (places["ws"] / "0.2.2-pypi-cu13" / "logs" / "env.log").is_file()        # read by leaks_on_disk
+    assert_no_leak(output, sampler, places, saw="rattler_child", forms=forms)
+
+
+def test_passwords_in_any_spelling_are_masked(places):
+    """Passwords in index and channel URLs, holding any character a URL's userinfo may (and '#'/'?' pasted
+    unescaped): `plan --json` and `doctor` show `alice:***@`, and no part of any password anywhere."""
+    forms = [f for password in ODD_PASSWORDS for f in forms_of(password)]
+    urls = [f"http://{USER}:{password}@127.0.0.1:9/{n}/" for n, password in enumerate(ODD_PASSWORDS)]
+    settings = {"VLLMP_PYPI__INDEX_URL": urls[0], "VLLMP_PYPI__EXTRA_INDEX_URLS": json.dumps(urls[1:]),
+                "VLLMP_CONDA__CHANNELS": json.dumps(urls)}
+    for args in (["plan", "--json"], ["doctor", "--timeout", "1"]):
+        code, output, sampler = run_cli(args, places, settings, forms=forms)
+        assert "Traceback" not in output and f"{USER}:***@127.0.0.1:9/3/" in output, output
+        assert_no_leak(output, sampler, places, saw="invoke", forms=forms)
 
 
 def in_process_plan(tmp_path, places, *, index_url, channels, backend="venv", lock=None):
@@ -289,7 +345,7 @@ def test_env_success_from_the_credentialed_index_leaves_no_secret(tmp_path, tiny
 
 @pytest.mark.parametrize("auth", ["basic", "token"])
 def test_rattler_authenticates_without_a_file_or_argv(tmp_path, index, channel, places, in_process, capfd, auth):
-    url = channel.basic_url if auth == "basic" else channel.token_url
+    url = channel.basic_url if auth == "basic" else channel.token_url()
     plan = in_process_plan(tmp_path, places, index_url=index.credentialed, channels=[url], backend="conda")
     plan.workspace.ensure()
     ctx = StepContext(plan, HostFacts(), "env")

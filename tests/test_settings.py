@@ -169,11 +169,11 @@ def test_cli_bare_force_names_the_steps(isolated):
 
 def test_force_all_is_every_step():
     assert cli.forced_steps(["all"], ["--force", "all"]) == list(STEPS)
-    assert cli.forced_steps(["build", "env"], ["--force", "build", "-f", "env"]) == ["env", "build"]   # pipeline order
+    assert cli.forced_steps(["build", "env"], ["--force", "build", "--force", "env"]) == ["env", "build"]   # pipeline order
     assert cli.forced_steps([], []) == []
     assert cli.task_args("provision", ["inv", "provision", "--force"]) == ["--force"]
     with pytest.raises(ConfigError):
-        cli.forced_steps([], ["--offline", "-f"])
+        cli.forced_steps([], ["--offline", "--force"])
 
 
 def test_unsupported_gpu_plans_and_doctor_says_it(isolated, monkeypatch):

@@ -267,7 +267,7 @@ def test_verify_before_a_build_says_run_inv_build(isolated):
     plan = build_plan({}, facts=HostFacts())
     with pytest.raises(NotBuiltYet) as err:
         verify.ensure_built(StepContext(plan, HostFacts(), "verify"))
-    assert err.value.message == f"nothing built for 0.2.2/{plan.profile} yet; run `inv build`"
+    assert err.value.message == f"nothing built for 0.2.2/{plan.profile} yet; run `./inv build`"
     assert err.value.exit_code == 2
 
 
@@ -276,7 +276,7 @@ def test_cli_verify_before_a_build_exits_2(isolated):
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert done.returncode == 2, done.stderr
     profile = build_plan({}, facts=HostFacts()).profile   # the checkout's default profile
-    assert f"nothing built for 0.2.2/{profile} yet; run `inv build`" in done.stderr
+    assert f"nothing built for 0.2.2/{profile} yet; run `./inv build`" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, lock, minor_version, mirrors, report, runner, ui
+from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, inputs, lock, minor_version, mirrors, report, runner, ui
 from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
@@ -93,7 +93,7 @@ def forced_steps(force: Iterable[str], argv: Sequence[str] = ()) -> list[str]:
     """`--force STEP` (repeatable) or `--force all`. Invoke takes a bare `--force` on a repeatable option
     as no value at all, so argv (the task's own arguments) is read to refuse it."""
     argv = list(argv)
-    bare = any(arg in ("--force", "-f") and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+    bare = any(arg == "--force" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
                for i, arg in enumerate(argv))
     force = list(force)
     if bare or "" in force:
@@ -118,6 +118,7 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
         refusal = host_torch_refusal(plan)      # the host's torch, where env and build would take it as it is
     if refusal:     # before any download: the build would refuse these GPUs (or that torch) anyway
         raise refusal
+    inputs.check(plan, steps)          # bad input (unusable directories, cache flags, --model) before any download
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
     print_summary(results)
@@ -133,7 +134,7 @@ def require_gpu(what: str) -> None:
     facts = host.probe()
     if not facts.gpus:
         raise ConfigError(f"{what} needs a GPU and none is visible ({facts.gpu_error or 'nvidia-smi lists none'})",
-                          hint="run it on the GPU host (`inv provision` skips the smoke on GPU-less hosts)")
+                          hint="run it on the GPU host (`./inv provision` skips the smoke on GPU-less hosts)")
 
 
 def make_tiny_model(out: str | None, **flags: Any) -> None:
@@ -146,12 +147,12 @@ def make_tiny_model(out: str | None, **flags: Any) -> None:
 
 
 def run_smoke(force: bool = False, **flags: Any) -> list[StepResult]:
-    """`inv smoke` (`--all-gpus`: every GPU, the NCCL check and tensor parallelism where it can run)."""
+    """`./inv smoke` (`--all-gpus`: every GPU, the NCCL check and tensor parallelism where it can run)."""
     return run_pipeline(["smoke"], ["smoke"] if force else [], **flags)
 
 
 def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = False, **flags: Any) -> int:
-    """`inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
+    """`./inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
     section, the bandwidth table (or the JSON); the exit code."""
     from .settings import Seconds
     from .steps import smoke
@@ -162,7 +163,7 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
     if len(facts.gpus) < 2:
         raise ConfigError(f"the NCCL check needs at least 2 GPUs and {len(facts.gpus)} is visible"
                           + (f" ({facts.gpu_error})" if facts.gpu_error else ""),
-                          hint="run `inv nccl` on a multi-GPU host; one GPU has no link to check")
+                          hint="run `./inv nccl` on a multi-GPU host; one GPU has no link to check")
     ws = plan.workspace
     env = envinfo.load(ws)
     ws.ensure()
@@ -182,7 +183,7 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
 
 
 def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
-    """`inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
+    """`./inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
     from .settings import Seconds
     started = time.monotonic()
     timeout = doctor.DEFAULT_TIMEOUT if timeout is None else config.flag_value("timeout", timeout, Seconds)
@@ -209,7 +210,7 @@ def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: flo
 
 
 def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> int:
-    """`inv verify`: run the verify step (always, under the workspace lock) and print its checks."""
+    """`./inv verify`: run the verify step (always, under the workspace lock) and print its checks."""
     plan = make_plan(**flags)
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, ["verify"], force=["verify"])
@@ -226,12 +227,14 @@ def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> 
 
 
 def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any) -> None:
-    """`inv wheel`: the pipeline through build (what is out of date), then the wheel of the compiled tree
+    """`./inv wheel`: the pipeline through build (what is out of date), then the wheel of the compiled tree
     (seconds), published to every writable cache with `push`; prints path, sha256, key, version, archs
     (`as_json`: one JSON object on the last line, for fleet runs and scripts)."""
     from .pipeline import StepContext
     from .steps import build as build_step
     from .workspace import RunLock
+    if push:          # before the build: a wheel with nowhere to go is bad input
+        inputs.check_push(make_plan(**flags))
     results = run_pipeline(["fetch", "env", "patch", "build"], **flags)
     built = next(r for r in results if r.step == "build").facts
     if built.get("source") == "cache":
@@ -297,13 +300,14 @@ def catalog_hashes_task(*, release: str | None, mirror: str | None) -> None:
 
 
 def lock_task(*, release: str | None, profile: str | None, python: str | None) -> Path:
-    """`inv lock`: fetch the release if needed, then compile its lock."""
+    """`./inv lock`: fetch the release if needed, then compile its lock."""
     plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
                       need_lock=False)
     if plan.env.backend == "existing" or not plan.settings["env"].get("lock"):
         raise ConfigError(f"profile {plan.profile} installs no lock (env.backend {plan.env.backend}, "
                           f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
     minor = minor_version(python or plan.settings["env"]["python"])
+    inputs.check(plan, ["fetch"])
     src = plan.workspace.src
     recipe = lock.load_recipe(plan.release, plan.profile)
     if not all((src / name).is_file() for name in recipe.requirements):
@@ -326,11 +330,12 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
 def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str | None, rerun_failed: bool,
                facts_only: bool, report_dir: str | None, caches: Sequence[str], env: Sequence[str],
                fleet: dict, **flags: Any) -> int:
-    """`inv fleet`: provision many hosts over SSH (one build per kind); the report; the exit code."""
+    """`./inv fleet`: provision many hosts over SSH (one build per kind); the report; the exit code."""
     from .fleet import run as fleet_run
-    from .settings import Forks, HostKeyPolicy, Percent
+    from .settings import CacheEntry, Forks, HostKeyPolicy, Percent
     kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
+    caches = [config.flag_value("cache", c, CacheEntry) for c in caches]   # before any host is read or reached
     settings = config.resolve(cli_settings(**flags) | ({"fleet": fleet} if fleet else {}))
     root = fleet_run.report_root(settings, report_dir)
     selected = fleet_run.select_hosts(hosts_file=hosts, ansible_inventory=ansible_inventory, limit=limit,
@@ -344,7 +349,12 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
         if not eq or not name:
             raise ConfigError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env CCACHE_DIR=/srv/ccache")
         extra[name] = value
-    caches = list(caches) or list((settings.get("artifacts") or {}).get("caches") or [])
+    caches = caches or list((settings.get("artifacts") or {}).get("caches") or [])
+    if not facts_only and not inputs.writable_caches(caches):   # the builder's wheel reaches the others only so
+        raise ConfigError("fleet needs a writable artifact cache the hosts share: the builder pushes its wheel "
+                          "there and the other hosts install it from there",
+                          hint="--cache dir:/srv/vllm-wheels (a path every host mounts), pypi:https://host/ or "
+                               "static:PATH, or set artifacts.caches")
     fleet_run.remote_environment(settings, caches, extra)      # a credential is refused before any run dir exists
     options = fleet_run.FleetOptions(
         hosts=selected, settings=settings, run_dir=fleet_run.new_run_dir(root), facts_only=facts_only,

@@ -40,6 +40,10 @@ def _read_yaml(path: Path, root: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=f"restore {_shown(path, root)}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{_shown(path, root)} is not valid UTF-8 at line {line} (byte 0x{exc.object[exc.start]:02x})",
+                          hint=f"save {path} as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -59,12 +63,24 @@ def profile_names(root: Path = PROJECT_ROOT) -> list[str]:
     return sorted(p.stem for p in (root / "envs").glob("*.yaml"))
 
 
-def load_profile(name: str, root: Path = PROJECT_ROOT) -> dict:
-    path = root / "envs" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown profile {name!r}; profiles: {', '.join(profile_names(root))}",
-                          hint=f"pick one with --profile, or create envs/{name}.yaml")
-    return {k: v for k, v in _read_yaml(path, root).items() if k not in PROFILE_META}
+def profile_help(root: Path = PROJECT_ROOT) -> str:
+    """--profile's help: the profiles in envs/ and the default (read when the tasks load: never an error)."""
+    try:
+        default = defaults(root).get("profile")
+    except ConfigError:     # a broken defaults file is reported by the command, not by --help
+        default = None
+    return f"profile in envs/: {', '.join(profile_names(root))}" + (f" (default {default})" if default else "")
+
+
+def load_profile(name: str, root: Path = PROJECT_ROOT, where: str = "") -> dict:
+    """A profile is a name of envs/, never a path: `../envs/host-torch` would name a workspace after it."""
+    known = profile_names(root)
+    if name not in known:
+        pathlike = any(c in name for c in "/\\") or name.startswith(".") or name.endswith(".yaml")
+        raise ConfigError(f"unknown profile {name!r}{f' (from {where})' if where else ''}; profiles: {', '.join(known)}",
+                          hint=f"a profile is the name of a file in envs/ without .yaml, e.g. --profile {known[0]}"
+                          if pathlike else f"pick one with --profile, or create envs/{name}.yaml")
+    return {k: v for k, v in _read_yaml(root / "envs" / f"{name}.yaml", root).items() if k not in PROFILE_META}
 
 
 def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
@@ -150,6 +166,34 @@ def _unknown_variables(environ: Mapping[str, str]) -> None:
                               hint=f"unset {name}; top-level settings: {', '.join(Settings.model_fields)}")
 
 
+def undecodable(text: str) -> bool:
+    """Bytes that were not UTF-8 reach Python as lone surrogates (os.environ's and argv's surrogateescape);
+    printed or written, they raise UnicodeEncodeError, so they are refused as input."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _not_utf8_variables(environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if name.upper().startswith(ENV_PREFIX) and (undecodable(name) or undecodable(value)):
+            shown = name.encode("utf-8", "backslashreplace").decode()
+            raise ConfigError(f"environment variable {shown} holds bytes that are not valid UTF-8",
+                              hint=f"set {shown} to UTF-8 text, or unset it")
+
+
+def _not_utf8(data: Any, path: tuple[str, ...] = ()) -> None:
+    """The flags' settings (argv): the first value holding bytes that are not UTF-8 is refused."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            _not_utf8(value, path + (str(key),))
+    elif isinstance(data, (list, tuple)):
+        for item in data:
+            _not_utf8(item, path)
+    elif isinstance(data, str) and undecodable(data):
+        flag = next((f for f, key in FLAGS.items() if key == ".".join(path)), ".".join(path))
+        raise ConfigError(f"flag --{flag.replace('_', '-')} holds bytes that are not valid UTF-8",
+                          hint=f"give --{flag.replace('_', '-')} as UTF-8 text")
+
+
 def _setting(loc: tuple) -> tuple[str, ...]:
     """The setting an error is in: (verify, allowed_pip_check, 0, reason) -> (verify, allowed_pip_check)."""
     return tuple(itertools.takewhile(lambda p: isinstance(p, str), loc))
@@ -202,11 +246,15 @@ def resolve(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | N
     """The effective settings, checked against the schema, as a plain dict."""
     environ = os.environ if environ is None else environ
     cli = copy.deepcopy({k: v for k, v in (cli or {}).items() if v is not None})
+    _not_utf8_variables(environ)
     _unknown_variables(environ)
     base = defaults(root)
     from_env = from_environment(environ)
     profile = cli.get("profile") or from_env.get("profile") or base.get("profile")
-    profile_data = load_profile(profile, root) if isinstance(profile, str) else {}   # else: the schema says why
+    where = ("flag --profile" if cli.get("profile") else f"environment variable {ENV_PREFIX}PROFILE"
+             if from_env.get("profile") else DEFAULTS_FILE)
+    _not_utf8(cli)
+    profile_data = load_profile(profile, root, where) if isinstance(profile, str) else {}   # else: the schema says why
     layers = _Layers(cli, environ, from_env, root / "envs" / f"{profile}.yaml", profile_data, base, root)
     scalar = layers.scalar_section()
     if scalar:

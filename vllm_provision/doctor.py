@@ -1,4 +1,4 @@
-"""`inv doctor`: is this host ready to build the plan? Runs without the target env, never imports vllm.
+"""`./inv doctor`: is this host ready to build the plan? Runs without the target env, never imports vllm.
 
 Named checks (DeepOps doctor style), each pass/warn/fail/skip with one line of detail and a fix.
 Everything slow (subprocess probes, each mirror/channel look-up) runs in parallel with a short
@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 from packaging.utils import canonicalize_name
 
-from . import PROJECT_ROOT, envinfo, runner
+from . import PROJECT_ROOT, envinfo, lock, runner
 from .checks import Check, check_driver, parse_version
 from .checks.install import check_bytecode
 from .checks.resources import check_disk, check_ram, disk_needed
@@ -28,8 +28,8 @@ from .checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_
 from .download import HttpSettings, NotFound, fetch_text, open_url
 from .errors import ProvisionError
 from .envprobe import bytecode_of, torch_of
-from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake
-from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, unsupported_archs
+from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake, probe_nvcc
+from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
 from .redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
@@ -173,7 +173,7 @@ def check_gpus(facts: HostFacts, plan: Plan, section: dict | None = None) -> Che
     archs = ";".join(plan.build.arch_list)
     if plan.build.arch_source == "config":
         return Check("gpus", "warn", f"{why}; building for the configured archs {archs} "
-                     "(CPU-only image build: nothing can run here)",
+                     f"({plan.build.expected_reason}; CPU-only image build: nothing can run here)",
                      "run verify's GPU checks and smoke on a GPU host")
     return Check("gpus", "warn", f"{why}; building for {archs} ({plan.build.expected_reason}); "
                  "the smoke is skipped here", NO_DRIVER_HINT)
@@ -206,7 +206,7 @@ def check_nvcc(nvccs: list[NvccInfo], torch_cuda: str | None, torch_version: str
     if not torch_cuda and not torch_version:          # torch not known yet: nothing to match against
         if nvcc:
             return Check("nvcc-vs-torch", "warn", f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
-                         f"({torch_from})", "install the profile's torch first (`inv env`) or set env.cuda"), nvcc
+                         f"({torch_from})", "install the profile's torch first (`./inv env`) or set env.cuda"), nvcc
         return Check("nvcc-vs-torch", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
                      "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
     check = check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
@@ -330,7 +330,7 @@ def check_source(plan: Plan, timeout: float) -> Check:
         return Check("source", "pass", f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")
     if plan.offline:
         return Check("source", "fail", f"--offline and {plan.release.sdist.file} is not in {plan.workspace.downloads}",
-                     f"run `inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
+                     f"run `./inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
     settings = _http(timeout, plan)
 
     def reach(source) -> tuple[str | None, str]:
@@ -363,6 +363,50 @@ def check_source(plan: Plan, timeout: float) -> Check:
 def host_python(plan: Plan) -> str:
     """The interpreter the existing backend (host-torch) builds over, as configured (not resolved)."""
     return plan.env.python_path or "python3"
+
+
+def env_nvcc(plan: Plan, host_nvccs: list[NvccInfo] = (), root: Path = PROJECT_ROOT) -> NvccInfo | None:
+    """The compiler the build uses when the env brings its own; None when it takes the host's (`host_nvccs`).
+
+    Once the env exists, env.json says, as for the build's preflight. Before, the nvidia-cuda-nvcc its lock
+    pins (CUDA >= 13 wheels, pypi-cu13); its gcc limit and archs are those of a host nvcc of the same CUDA
+    release where there is one (the same compiler), else its archs are the release's it can build."""
+    if plan.env.backend == "existing":
+        return None
+    try:
+        info = envinfo.load(plan.workspace)
+    except ProvisionError:
+        info = None
+    if info is not None:
+        if not info.nvcc:
+            return None
+        return probe_nvcc(info.nvcc, "env") if os.path.exists(info.nvcc) else \
+            NvccInfo(info.nvcc, "env", info.nvcc_version)
+    if not plan.env.lock:
+        return None
+    try:
+        pinned = lock.pinned(root / plan.env.lock).get("nvidia-cuda-nvcc")
+    except OSError:
+        return None
+    version = parse_version(pinned) if pinned else None
+    if version is None:
+        return None
+    cuda = f"{version.major}.{version.minor}"
+    where = f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}, installed by the env step"
+    twin = next((n for n in host_nvccs if n.version == cuda), None)
+    if twin is not None:
+        return replace(twin, path=where, source="lock", top=None, include_dirs=())
+    archs, _ = compilable_archs(plan.release.cuda_archs, cuda)   # CUDA's own floor, the plan's table
+    return NvccInfo(where, "lock", cuda, archs=archs)
+
+
+def gcc_check(cc_version: str | None, cc: str | None, nvcc: NvccInfo | None) -> Check:
+    """The host compiler against nvcc's limit; a compiler the env step installs is read only once it is there."""
+    check = check_gcc(cc_version, cc, nvcc)
+    if nvcc is not None and nvcc.source == "lock" and check.status == "skip":
+        return replace(check, detail=f"gcc {cc_version} ({cc}); the limit of nvcc {nvcc.version} is read once the "
+                                     "env step has installed it (the build's preflight checks it)")
+    return check
 
 
 def torch_cuda_of_plan(plan: Plan, timeout: float) -> tuple[str | None, str | None, str]:
@@ -412,11 +456,13 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             if home not in homes:
                 homes.add(home)
                 nvccs.append(n)
-        nvcc_check, nvcc = check_nvcc(nvccs, torch_cuda, torch_version, torch_from, plan)
+        # the env's own compiler (its lock's, or the existing env's) is the one the build uses, not the host's
+        own = env_nvcc(plan, nvccs)
+        nvcc_check, nvcc = check_nvcc([own] if own else nvccs, torch_cuda, torch_version, torch_from, plan)
         cc_version = f_ccv.result() if f_ccv else None
         if toolchain is not None:
             toolchain.update({"nvcc": nvcc.path if nvcc else None, "nvcc_version": nvcc.version if nvcc else None,
-                              "cuda_home": nvcc.cuda_home if nvcc else None,
+                              "cuda_home": nvcc.cuda_home if nvcc and nvcc.source != "lock" else None,
                               "compiler": f"{Path(cc).name} {cc_version}" if cc else None,
                               "torch": torch_version, "torch_cuda": torch_cuda, "torch_from": torch_from,
                               "lock": plan.env.lock})
@@ -427,7 +473,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             check_gpus(facts, plan, section),
             check_driver(facts, torch_cuda),
             nvcc_check,
-            check_gcc(cc_version, cc, nvcc),
+            gcc_check(cc_version, cc, nvcc),
             check_ram(facts.mem_available_bytes, plan.build.max_jobs,
                       plan.build.job_peak_bytes * max(1, plan.build.nvcc_threads) or BUILD_JOB_PEAK_BYTES),
             check_disk(facts.disk_free_bytes, disk_needed(plan.env.backend, envinfo.path(plan.workspace).is_file()),

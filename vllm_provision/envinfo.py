@@ -55,6 +55,6 @@ def load(ws: Workspace) -> EnvInfo:
     try:
         data = json.loads(path(ws).read_text())
     except (OSError, ValueError):
-        raise NotBuiltYet(f"no environment for {ws.root.name} yet", hint="run `inv env` (or `inv provision`)") from None
+        raise NotBuiltYet(f"no environment for {ws.root.name} yet", hint="run `./inv env` (or `./inv provision`)") from None
     data["include_dirs"] = tuple(data.get("include_dirs") or ())
     return EnvInfo(**data)

@@ -154,7 +154,7 @@ def env_facts(python: Path, timeout: float = 300) -> dict:
         if line.startswith("VLLMP-PROBE "):
             return json.loads(line[len("VLLMP-PROBE "):])
     raise StepFailed(f"the env's interpreter {python} does not run: {result.output.strip()[-300:]}",
-                     hint="recreate it with `inv env --force`")
+                     hint="recreate it with `./inv env --force`")
 
 
 _SITE_LISTING = r"""

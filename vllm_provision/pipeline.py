@@ -122,7 +122,7 @@ def _guarded(name: str, log: Path, call: Callable[..., T], *args: Any) -> T:
     except Exception as exc:  # noqa: BLE001 - any failure of a step must end as a failed step
         tail = _log_tail(log)
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a", encoding="utf-8") as fh:
+        with open(log, "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(redact_text(f"--- step {name} stopped on an unexpected error:\n{traceback.format_exc()}"))
         raise StepFailed(redact_text(f"{type(exc).__name__}: {exc}"),
                          hint=f"the traceback is in {log}: fix what it names, or report it with that log",

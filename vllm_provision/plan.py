@@ -394,7 +394,7 @@ def driver_note(cuda: str | None, facts: host.HostFacts) -> str:
 
 def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
                root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None, need_lock: bool = True) -> Plan:
-    """`need_lock=False` for `inv lock`, which writes the lock a complete recipe needs."""
+    """`need_lock=False` for `./inv lock`, which writes the lock a complete recipe needs."""
     settings = config.resolve(cli, environ, root)
     release = catalog.get_release(settings["release"])
     profile = settings["profile"]

@@ -15,11 +15,14 @@ MASK = "***"
 # a secret shorter than this is not replaced by value: "p" would rewrite every "p" in the text
 MIN_VALUE_LENGTH = 6
 
-# a URL ends at whitespace, quotes, brackets and backslashes: in JSON or shell text `\"` closes it, and a
-# redacted value must never swallow the backslash of an escaped quote
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`\\]+")
+# a URL ends at whitespace, double quotes, angle brackets, backticks and backslashes: in JSON or shell text `\"`
+# closes it, and a redacted value must never swallow the backslash of an escaped quote. A single quote is a
+# sub-delimiter a password may hold, so it stays inside; one that ends the match is the shell's (kept as is).
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"<>`\\]+")
 _SCHEME_AND_REST = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>.*)", re.S)
-_ANACONDA_TOKEN = re.compile(r"(?<=/t/)[A-Za-z0-9_.-]+(?=/|$)")
+# the whole /t/<token>/ segment, whatever it holds (~ + : ! $ ' ( ) * , ; = @ and percent-escapes are all
+# legal in a path segment)
+_ANACONDA_TOKEN = re.compile(r"(?<=/t/)[^/]+(?=/|$)")
 # words that make a query parameter sensitive: token, access_token, api_key, apikey, X-Amz-Signature ...
 _SENSITIVE_WORDS = {"token", "key", "apikey", "secret", "password", "passwd", "pwd", "pass", "sig", "signature",
                     "credential", "credentials", "auth", "authorization", "session"}
@@ -38,6 +41,13 @@ def _split(url: str) -> tuple[str, str, str, str, str] | None:
         return None
     rest = m.group("rest")
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    head = rest.partition("/")[0]
+    if "@" in head[end:]:
+        # an '@' after a '?' or '#' but before the first '/': a password holding '?' or '#' unescaped (not
+        # legal, but pasted so); the userinfo still ends at that '@', so it is masked rather than shown
+        at = head.rindex("@")
+        end = at + 1 + min((i for i in (rest[at + 1:].find(c) for c in "/?#") if i >= 0),
+                           default=len(rest) - at - 1)
     authority, tail = rest[:end], rest[end:]
     userinfo, at, hostport = authority.rpartition("@")
     cut = min((i for i in (tail.find(c) for c in "?#") if i >= 0), default=len(tail))
@@ -90,11 +100,19 @@ def url_secrets(url: str) -> list[str]:
 def redact_text(text: str, urls: Iterable[str] = ()) -> str:
     """Redact every URL inside free text (argv, log lines, tracebacks) by its structure, then the secret
     values of the configured `urls` wherever they still appear (long ones only: see MIN_VALUE_LENGTH)."""
-    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL.sub(lambda m: _redact_match(m.group(0)), text)
     secrets = {s for url in urls if url for s in url_secrets(str(url)) if len(s) >= MIN_VALUE_LENGTH}
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    return text
+    # bytes that were not UTF-8 (lone surrogates from argv, the environment or a tool) become visible escapes:
+    # what is redacted is printed or written next, and must never fail to encode
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _redact_match(url: str) -> str:
+    """A URL found in text; quotes that end it are the text's (`'https://...'`), kept outside the redaction."""
+    body = url.rstrip("'")
+    return redact_url(body) + url[len(body):]
 
 
 def has_secret(url: str) -> bool:

@@ -121,7 +121,7 @@ def render_markdown(data: dict) -> str:
         else:
             lines.append(f"none ({host.get('gpu_error') or 'no GPU listed'})")
     else:
-        lines.append("not probed yet (run `inv doctor` or `inv verify`)")
+        lines.append("not probed yet (run `./inv doctor` or `./inv verify`)")
     lines.append("")
     env = data.get("env") or {}
     tool = data.get("toolchain") or {}
@@ -189,7 +189,7 @@ def render_markdown(data: dict) -> str:
 
 
 def _gpus_section(gpus: Any) -> list[str]:
-    """`inv smoke --all-gpus`: one row a GPU, each judged against its own prediction; tensor parallelism."""
+    """`./inv smoke --all-gpus`: one row a GPU, each judged against its own prediction; tensor parallelism."""
     if not isinstance(gpus, dict) or not gpus.get("per_gpu"):
         return []
     lines = ["", f"## Smoke on every GPU ({gpus.get('count')} GPUs, {gpus.get('when', '')})", ""]
@@ -208,7 +208,7 @@ def _gpus_section(gpus: Any) -> list[str]:
 
 
 def _nccl_section(nccl: Any) -> list[str]:
-    """`inv nccl` / the all-GPU smoke: the all-reduce table, nccl-tests' columns."""
+    """`./inv nccl` / the all-GPU smoke: the all-reduce table, nccl-tests' columns."""
     if not isinstance(nccl, dict) or "world_size" not in nccl:
         return []
     versions = nccl.get("versions") or {}
@@ -250,7 +250,8 @@ def render(report: Path) -> Path:
     """Write report.md next to report.json from its current content; returns its path."""
     md = report.with_suffix(".md")
     tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(render_markdown(read(report)))
+    # a report.json holding lone surrogates (bytes that were not UTF-8) must still render, now and later
+    tmp.write_text(render_markdown(read(report)), encoding="utf-8", errors="backslashreplace")
     tmp.replace(md)
     return md
 
@@ -300,6 +301,6 @@ def write_junit(path: str | Path, suite: str, checks: Iterable[Check]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(junit_xml(suite, [c.to_dict() for c in checks]))
+    tmp.write_text(junit_xml(suite, [c.to_dict() for c in checks]), encoding="utf-8", errors="backslashreplace")
     tmp.replace(path)
     return path

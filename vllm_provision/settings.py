@@ -43,14 +43,20 @@ def url(value: str) -> str:
 
 
 def _template(value: str, allowed: tuple[str, ...]) -> str:
+    """Bare fields only: a conversion or format spec ({file!r}, {file:>30}) would change the URL (or, with a
+    huge width, allocate gigabytes), so it is refused here rather than formatted."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                  if name is not None]
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a URL template ({exc}; write a literal brace as {{{{ or }}}})") from None
-    unknown = [f for f in fields if f not in allowed]
-    if unknown:
-        names = ", ".join(f"{{{f}}}" for f in allowed)
-        raise ValueError(f"{value!r} uses {{{unknown[0]}}}; a template may use only {names}")
+    names = ", ".join(f"{{{f}}}" for f in allowed)
+    for name, spec, conversion in fields:
+        if name not in allowed:
+            raise ValueError(f"{value!r} uses {{{name}}}; a template may use only {names}")
+        if spec or conversion:
+            raise ValueError(f"{value!r} formats {{{name}}} ({'!' + conversion if conversion else ':' + spec}); "
+                             f"a template may use only bare {names}")
     return url(value)
 
 
@@ -91,7 +97,7 @@ def arch(value: str) -> str:
     return value
 
 
-CACHE_KINDS = ("dir:PATH", "static:PATH", "static+https://HOST/PATH/", "pypi:https://USER@HOST/")
+CACHE_KINDS = ("dir:PATH", "static:PATH", "static+https://HOST/PATH/", "pypi:https://HOST/")
 
 
 def cache_entry(value: str) -> str:
@@ -117,8 +123,12 @@ Urls = Annotated[list[Annotated[str, AfterValidator(url)]], BeforeValidator(one_
                  Field(description="a list of URLs such as [https://host/simple], or one URL")]
 Count = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(not_bool)]
 AutoCount = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(auto_is_none)]
-Seconds = Annotated[float, Field(gt=0, description="seconds, a number > 0")]
-Tries = Annotated[int, BeforeValidator(not_bool), Field(ge=0, description="a whole number >= 0")]
+# A timeout or delay is finite and at most a week: inf, nan and 1e300 would overflow the sockets and
+# subprocesses they reach (OverflowError inside a download), so the schema refuses them up front.
+MAX_SECONDS = 7 * 24 * 3600
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False,
+                                 description=f"seconds, a number > 0 and <= {MAX_SECONDS} (a week)")]
+Tries = Annotated[int, BeforeValidator(not_bool), Field(ge=0, le=100, description="a whole number from 0 to 100")]
 Flag = Annotated[bool, Field(description="true or false")]
 Text = Annotated[str, Field(description='a string (quote numbers: "3.10")')]
 OptionalText = Annotated[Optional[str], Field(description='null or a string (quote numbers: "12.1")')]
@@ -143,7 +153,8 @@ class Fetch(Section):
                                                        "`./inv bundle`, imported into the cache before fetching")]
     timeout: Seconds
     retries: Tries
-    backoff: Annotated[float, Field(ge=0, description="seconds, a number >= 0")]
+    backoff: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                                    description=f"seconds, a number >= 0 and <= {MAX_SECONDS}")]
 
 
 class Pypi(Section):
@@ -187,7 +198,8 @@ class Build(Section):
 class Smoke(Section):
     model: Annotated[Optional[str], Field(description="null or a local model directory")]
     max_model_len: Annotated[Count, Field(description="null or a whole number >= 1")]
-    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, description="a number > 0 and <= 1")]
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False,
+                                                   description="a number > 0 and <= 1")]
     parity: Flag
     all_gpus: Flag
 
@@ -206,8 +218,12 @@ class Verify(Section):
     import_timeout: Seconds
 
 
+CacheEntry = Annotated[str, AfterValidator(cache_entry),
+                      Field(description=f"a cache: {', '.join(CACHE_KINDS)} (paths absolute or ~)")]
+
+
 class Artifacts(Section):
-    caches: Annotated[list[Annotated[str, AfterValidator(cache_entry)]], BeforeValidator(one_or_many),
+    caches: Annotated[list[CacheEntry], BeforeValidator(one_or_many),
                       Field(description="a list of caches such as [dir:/srv/vllm-wheels, static:/srv/www/vllm, "
                                         "static+https://host/vllm/, pypi:https://user@host/], or one")]
     push: Flag
@@ -217,7 +233,7 @@ class Artifacts(Section):
 
 
 Forks = Annotated[int, BeforeValidator(not_bool), Field(ge=1, description="a whole number >= 1")]
-Percent = Annotated[float, Field(ge=0, le=100, description="a percentage from 0 to 100")]
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, description="a percentage from 0 to 100")]
 HostKeyPolicy = Annotated[Literal["strict", "accept-new"], Field(description="strict or accept-new")]
 
 

@@ -156,7 +156,7 @@ def obtain(plan: Plan) -> tuple[Path, SourcePlan]:
                                                           f"or copy a verified copy into {downloads}/")
     if plan.offline:
         raise ConfigError(f"--offline: {plan.release.sdist.file} is not in the cache {downloads}",
-                          hint=f"run `inv fetch` once with network, or copy {plan.release.sdist.file} "
+                          hint=f"run `./inv fetch` once with network, or copy {plan.release.sdist.file} "
                                f"(sha256 {plan.release.sdist.sha256}) into {downloads}/")
     settings = http_settings(plan)
     failures: list[str] = []

@@ -85,7 +85,7 @@ def read_from_wheel(path: Path) -> dict:
         with zipfile.ZipFile(path) as whl:
             return json.loads(whl.read(IN_WHEEL))
     except KeyError:
-        raise StepFailed(f"{path.name} holds no {IN_WHEEL}: it was not made by `inv wheel`",
+        raise StepFailed(f"{path.name} holds no {IN_WHEEL}: it was not made by `./inv wheel`",
                          hint=REBUILD_HINT) from None
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise StepFailed(f"{path.name} is not a readable wheel ({exc})",

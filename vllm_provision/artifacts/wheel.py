@@ -1,4 +1,4 @@
-"""`inv wheel`: a binary wheel of the built workspace, without compiling again.
+"""`./inv wheel`: a binary wheel of the built workspace, without compiling again.
 
 The release's prebuilt patch (patches/<release>/*reuse-prebuilt*) makes setup.py package the in-place
 vllm/*.so and vllm/_build_manifest.json as a platform wheel when VLLM_PROVISION_PREBUILT=1, versioned

@@ -81,11 +81,11 @@ def diagnose(output: str, returncode: int, *, max_jobs: int = 1, cuda: str | Non
         return f"{header} is missing: install the package that provides it or add its directory to CPATH"
     if "C++20 or later compatible compiler is required" in output:
         return ("this torch needs C++20 and the sources ask for C++17: apply the C++20 patch "
-                "(`inv patch`; patches/<release>/series.toml, when torch >= 2.13)")
+                "(`./inv patch`; patches/<release>/series.toml, when torch >= 2.13)")
     m = re.search(r"cannot find -l(\w+)", output)
     if m:
         return (f"the linker cannot find lib{m.group(1)}.so: the CUDA/torch library dirs lack it "
-                f"(pip wheels ship only lib{m.group(1)}.so.N; rerun `inv build`, which links against a symlink)")
+                f"(pip wheels ship only lib{m.group(1)}.so.N; rerun `./inv build`, which links against a symlink)")
     if "No space left on device" in output:
         return "the disk is full: free space (the build needs a few GiB) and rerun"
     return None

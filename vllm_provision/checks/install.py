@@ -28,7 +28,7 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
     installed a cached artifact (its facts: cache, file, wheel_sha256), installed from that wheel."""
     entry = inspected.get(canonicalize_name(dist))
     if entry is None:
-        hint = "run `inv build` (pip install -e src/ into the env)"
+        hint = "run `./inv build` (pip install -e src/ into the env)"
         return [Check(f"{dist}-version", "fail", f"{dist} is not installed in the env", hint),
                 Check(f"{dist}-editable", "fail", f"{dist} is not installed in the env", hint)]
     version = entry.get("metadata", {}).get("version", "")
@@ -38,7 +38,7 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
         ok = False
     checks = [Check(f"{dist}-version", "pass", f"{dist} {version} installed (release {release})") if ok else
               Check(f"{dist}-version", "fail", f"{dist} {version} installed, release is {release}",
-                    f"rebuild: `inv build --force` installs {dist} {release} from {src}")]
+                    f"rebuild: `./inv build --force` installs {dist} {release} from {src}")]
     direct = entry.get("direct_url") or {}
     editable = bool((direct.get("dir_info") or {}).get("editable"))
     if artifact:
@@ -56,10 +56,10 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
     if not editable:
         how = f"from {direct.get('url')}" if direct.get("url") else "from a wheel/index"
         checks.append(Check(f"{dist}-editable", "fail", f"{dist} is installed non-editable ({how})",
-                            f"reinstall editable from the workspace: `inv build --force` (pip install -e {src})"))
+                            f"reinstall editable from the workspace: `./inv build --force` (pip install -e {src})"))
     elif where is None or where.resolve() != src.resolve():
         checks.append(Check(f"{dist}-editable", "fail", f"{dist} is editable from {where}, not from {src}",
-                            "reinstall from the workspace: `inv build --force`"))
+                            "reinstall from the workspace: `./inv build --force`"))
     else:
         checks.append(Check(f"{dist}-editable", "pass", f"editable from {src}"))
     return checks
@@ -83,7 +83,7 @@ def check_pip(pip: PipCheck, python: str, allowed: Iterable[Mapping[str, str]],
             bad.append(line)
     if bad:
         return Check("pip-check", "fail", "; ".join(bad),
-                     "restore the locked versions (`inv env --force`), or, when the profile drops it on "
+                     "restore the locked versions (`./inv env --force`), or, when the profile drops it on "
                      "purpose, add it to verify.allowed_pip_check with the reason")
     if pip.returncode != 0 and not (accepted or foreign):
         return Check("pip-check", "fail", f"pip check exit {pip.returncode}: {pip.output.strip()[-200:]}",
@@ -129,7 +129,7 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
     if problems:
         return Check("locked", "fail", "changed after the build: " + "; ".join(problems),
                      "something replaced locked packages (a pip install without constraints?): "
-                     "`inv env --force` restores the lock, then `inv build --force`")
+                     "`./inv env --force` restores the lock, then `./inv build --force`")
     if lock:
         return Check("locked", "pass", f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
     return Check("locked", "pass", f"no lock for this profile; {torch_now} unchanged since the env step")
@@ -170,7 +170,7 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
             out.append(Check(f"sass {name}", "fail",
                              f"{so.name} has SASS {', '.join(have) or 'none'}; missing {want} for {why} "
                              "(`no kernel image is available for execution on the device`)",
-                             f"rebuild for these archs: `inv build --force --arch '{';'.join(required)}'`"))
+                             f"rebuild for these archs: `./inv build --force --arch '{';'.join(required)}'`"))
         else:
             out.append(Check(f"sass {name}", "pass", f"{', '.join(have)} covers {', '.join(required)} ({why})"))
     return out
@@ -197,14 +197,14 @@ def check_extension_imports(so_files: Mapping[str, Path], imported: ImportResult
             why = f"; torch itself failed: {imported.torch_error}" if imported.torch_error else ""
             out.append(Check(f"import {name}", "fail", f"{err}{why}",
                              "an undefined symbol means it was built against another torch: "
-                             "`inv build --force`"))
+                             "`./inv build --force`"))
     return out
 
 
 IMPORT_VLLM_IN_SMOKE = Check("import-vllm", "skip", "left to this run's smoke, which imports vLLM "
-                             "(`from vllm import LLM, SamplingParams`) and generates with it", "`inv verify` alone imports it")
+                             "(`from vllm import LLM, SamplingParams`) and generates with it", "`./inv verify` alone imports it")
 NO_GPU_IMPORT_VLLM = Check("import-vllm", "skip", "no GPU on this host: `from vllm import LLM, SamplingParams` "
-                           "is checked on GPU hosts only", "run `inv verify` on the GPU host")
+                           "is checked on GPU hosts only", "run `./inv verify` on the GPU host")
 
 
 def check_import_vllm(result: ImportVllm, log: Path | None = None) -> Check:

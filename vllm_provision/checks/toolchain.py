@@ -19,10 +19,10 @@ def matching_compiler_hint(cuda: str) -> str:
     """Where a compiler for torch's CUDA comes from: PyPI wheels exist for CUDA >= 13 only."""
     v = parse_version(cuda)
     if v is not None and v.major >= 13:
-        return (f"let `inv env --force` provision it (pip wheels nvidia-cuda-nvcc/nvvm/crt=={v.major}.{v.minor}.*), "
+        return (f"let `./inv env --force` provision it (pip wheels nvidia-cuda-nvcc/nvvm/crt=={v.major}.{v.minor}.*), "
                 f"or set CUDA_HOME to a CUDA {v.major}.{v.minor} toolkit")
     return (f"no PyPI wheel carries nvcc for CUDA {cuda}: set conda.channels to a channel with cuda-nvcc={cuda} "
-            f"and run `inv env --force`, install the CUDA {cuda} toolkit and set CUDA_HOME, or use the PyPI-only "
+            f"and run `./inv env --force`, install the CUDA {cuda} toolkit and set CUDA_HOME, or use the PyPI-only "
             f"profile (`--profile pypi-cu13`: torch for CUDA 13, nvcc from PyPI wheels)")
 
 
@@ -30,7 +30,7 @@ def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path
     name = "nvcc-vs-torch"
     if not torch_cuda:
         return Check(name, "fail", "the env's torch has no CUDA (a CPU build): nothing to compile against",
-                     "install a CUDA build of torch (envs/locks pin one; `inv env --force`)")
+                     "install a CUDA build of torch (envs/locks pin one; `./inv env --force`)")
     if not nvcc_path or not nvcc_version:
         return Check(name, "fail", f"no nvcc found; torch needs CUDA {torch_cuda}", matching_compiler_hint(torch_cuda))
     have, want = parse_version(nvcc_version), parse_version(torch_cuda)
@@ -145,7 +145,7 @@ def check_build_requirements(requires: Sequence[str], packages: Mapping[str, str
     fix = " ".join(f"'{r}'" for r in missing + [r for r, _ in wrong])
     hint = (f"install them into the host's Python (python -m pip install {fix}), or use --profile pypi-cu13 "
             "(its lock holds them)" if backend == "existing" else
-            "recreate the env from its lock, which holds them: `inv env --force`")
+            "recreate the env from its lock, which holds them: `./inv env --force`")
     return Check(name, "fail", f"the env {'; '.join(parts)}: vLLM {release} builds without isolation, "
                  "from the env's packages", hint)
 

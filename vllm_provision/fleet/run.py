@@ -106,7 +106,7 @@ def _error_lines(text: str) -> tuple[str | None, str | None]:
 
 
 def build_key(output: str) -> tuple[str | None, str | None, str | None]:
-    """(key, sha256, wheel path) from `inv wheel --push` output: lines `key: HEX`, `sha256: HEX`, `wheel: PATH`."""
+    """(key, sha256, wheel path) from `./inv wheel --push` output: lines `key: HEX`, `sha256: HEX`, `wheel: PATH`."""
     def last(pattern: str) -> str | None:
         found = re.findall(pattern, output, re.M | re.I)
         return found[-1] if found else None
@@ -317,7 +317,7 @@ class FleetRun:
                 key, sha256, wheel = build_key(output)
                 if not key:
                     self.fail(result, Outcome("failed", "the wheel build printed no key",
-                                              f"read {result.log}/wheel.log; `inv wheel --push` prints "
+                                              f"read {result.log}/wheel.log; `./inv wheel --push` prints "
                                               "`key: <hex>`"), "wheel", time.monotonic())
                     return
                 entry = {"key": key, "sha256": sha256, "wheel": wheel, "built_on": host.name}

@@ -66,7 +66,7 @@ def judge(smoke: dict, expected: dict | None = None) -> Verdict:
     """Named checks over a ``smoke/generate.py`` JSON (pass/fail/warn/skip + detail + hint).
 
     ``expected`` (optional) may carry ``max_model_len`` (override), ``num_gpu_blocks`` (a
-    reference count, e.g. the blog's 132349, shown side by side), ``activation_peak_bytes``
+    reference count, e.g. the notes' 132349, shown side by side), ``activation_peak_bytes``
     (override the heuristic), ``count_other_processes`` (release line 0.4+), ``min_outputs``.
     """
     expected = dict(expected or {})

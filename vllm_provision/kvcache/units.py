@@ -11,7 +11,7 @@ def group_digits(n: int | float, sep: str = " ") -> str:
 
 
 def gb(n: float) -> str:
-    """Bytes in decimal GB with one decimal (as ``nvidia-smi``/the blog speak of '80 GB')."""
+    """Bytes in decimal GB with one decimal (as ``nvidia-smi``/the notes speak of '80 GB')."""
     return f"{n / 1e9:.1f} GB"
 
 

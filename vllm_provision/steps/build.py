@@ -71,7 +71,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
             # as it is now: the libraries are built against it
             "outside_env": site_state(info.python, outside=info.prefix),
             # the artifact this step stands for: a new key reruns it; whether a miss may compile
-            # (--require-cache) does not, so a later `inv verify` without that flag is not refused
+            # (--require-cache) does not, so a later `./inv verify` without that flag is not refused
             "artifact_key": stamped_key(ctx, info)}
 
 
@@ -103,7 +103,7 @@ def run(ctx: StepContext) -> StepOutcome:
     info = envinfo.load(ws)
     src = ws.src
     if not (src / "setup.py").is_file():
-        raise StepFailed(f"no setup.py in {src}", hint="run `inv fetch` first")
+        raise StepFailed(f"no setup.py in {src}", hint="run `./inv fetch` first")
     ws.logs.mkdir(parents=True, exist_ok=True)
     ctx.log.write_text("")  # the build log of this run only
     if artifact_mode(ctx) != "build":
@@ -214,7 +214,7 @@ def run(ctx: StepContext) -> StepOutcome:
     exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
     if info.torch and torch_before[0] != info.torch:
         raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
-                         hint="rerun `inv env --force` so env.json describes the env")
+                         hint="rerun `./inv env --force` so env.json describes the env")
 
     # 5. what came out: editable install, every extension library, torch unchanged
     libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
@@ -228,7 +228,7 @@ def run(ctx: StepContext) -> StepOutcome:
         raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
                          f"after {torch_after[0]} (CUDA {torch_after[1]})",
                          hint="something installed torch during the build: use --no-build-isolation --no-deps "
-                              "(the toolkit does) and rerun `inv env --force`")
+                              "(the toolkit does) and rerun `./inv env --force`")
     after = _ccache_stats(benv)
     cache = None
     if before is not None and after is not None:
@@ -300,7 +300,7 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     editable, torch_after = _installed(info.python, src, BuildEnv(env=dict(os.environ), ccache=None), ctx.log)
     if info.torch and torch_after[0] != info.torch:
         raise StepFailed(f"the build changed torch: before {info.torch}, after {torch_after[0]}",
-                         hint="something installed torch during the build: rerun `inv env --force`")
+                         hint="something installed torch during the build: rerun `./inv env --force`")
     facts["libraries"] = sorted(str(p.relative_to(src)) for p in (src / "vllm").rglob("*.so"))
     facts["version"] = editable
     (src / MARKER).write_text(json.dumps(facts, indent=2))
@@ -525,7 +525,7 @@ def _installed(python: str, src: Path, benv: BuildEnv, log: Path) -> tuple[str, 
         raise StepFailed("pip does not list vllm as installed after the build", hint=f"read {log}")
     where = data.get("editable_dir")
     if not where:
-        raise StepFailed("vllm is installed, but not editable", hint="pip uninstall vllm, then rerun `inv build --force`")
+        raise StepFailed("vllm is installed, but not editable", hint="pip uninstall vllm, then rerun `./inv build --force`")
     if Path(where).resolve() != src.resolve():
         raise StepFailed(f"vllm is installed editable from {where}, not {src}",
                          hint="uninstall the other checkout (pip uninstall vllm) and rerun")

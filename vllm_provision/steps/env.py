@@ -136,7 +136,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     wrong = {n: (v, facts["packages"].get(n)) for n, v in want.items() if facts["packages"].get(n) != v}
     if wrong:
         first = ", ".join(f"{n} {got} (lock {v})" for n, (v, got) in list(wrong.items())[:5])
-        raise StepFailed(f"the env does not match the lock: {first}", hint="rerun `inv env --force`; report if it persists")
+        raise StepFailed(f"the env does not match the lock: {first}", hint="rerun `./inv env --force`; report if it persists")
     compiler = common.resolve_compiler(ctx, plan, installer, python, facts, prefix,
                                        channel_compiler=conda.conda_compiler)
     if compiler.source == "pip":

@@ -78,12 +78,12 @@ def apply_one(p: patches.Patch, src: Path, log: Path | None) -> str:
         done = _patch(["--forward"], p.path, src, log)
         if done.returncode != 0:
             raise StepFailed(f"patch {p.file} failed while applying: {failing_hunk(done.output)}",
-                             hint=f"the source tree may be half-patched: `inv fetch --force` re-extracts it; log: {log}")
+                             hint=f"the source tree may be half-patched: `./inv fetch --force` re-extracts it; log: {log}")
         return "applied"
     if is_applied(p.path, src, log):
         return "already applied"
     raise StepFailed(f"patch {p.file} does not apply to {src}: {failing_hunk(forward.output)}",
-                     hint=f"the sources differ from what the patch expects: re-extract with `inv fetch --force`, "
+                     hint=f"the sources differ from what the patch expects: re-extract with `./inv fetch --force`, "
                           f"or update {p.path} (why: {p.why})")
 
 
@@ -101,7 +101,7 @@ def no_longer_wanted(src: Path, chosen) -> list[str]:
 def run(ctx: StepContext) -> StepOutcome:
     src = ctx.workspace.src
     if not src.is_dir():
-        raise StepFailed(f"no sources in {src}", hint="run `inv fetch` first")
+        raise StepFailed(f"no sources in {src}", hint="run `./inv fetch` first")
     series = patches.load_series(ctx.plan.release.version)
     versions = _versions(ctx)
     chosen = selected(series, versions)

@@ -1,4 +1,4 @@
-"""smoke: generate with the blog's sampling parameters in the target env, then judge and explain
+"""smoke: generate with the notes' sampling parameters in the target env, then judge and explain
 the KV-cache block allocation (and, with smoke.parity, prove the compiled kernels right)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import PROJECT_ROOT, envinfo, report, runner
+from .. import PROJECT_ROOT, envinfo, inputs, report, runner
 from ..errors import ConfigError, StepFailed
 from ..host import Gpu
 from ..kvcache import judge as kvjudge
@@ -57,13 +57,10 @@ def make_tiny_model(python: str, out: Path, log: Path | None = None) -> Path:
 def resolve_model(ctx: StepContext, python: str) -> Path:
     model = ctx.plan.smoke.get("model")
     if model:
-        path = Path(str(model)).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"model directory {path} does not exist",
-                              hint="pass --model /path/to/checkpoint (a dir with config.json), or omit it to use a tiny ChatGLM")
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{path} has no config.json", hint="point --model at a Hugging Face checkpoint directory")
-        return path
+        refusal = inputs.model_refusal(model)   # checked before the first step too; the directory may have changed
+        if refusal:
+            raise refusal
+        return Path(str(model)).expanduser()
     ctx.say("no --model given: making the tiny ChatGLM checkpoint")
     return make_tiny_model(python, ctx.workspace.root / "models" / "tiny-chatglm", ctx.log)
 
@@ -99,7 +96,7 @@ def read_result(script: str, result: runner.Completed, out: Path, log: Path) -> 
 def run(ctx: StepContext) -> StepOutcome:
     if not ctx.facts.gpus:
         return StepOutcome(status="skipped", detail=f"no GPU on this host ({ctx.facts.gpu_error or 'none visible'}); "
-                                                   "the smoke needs one: run `inv smoke` on the GPU host")
+                                                   "the smoke needs one: run `./inv smoke` on the GPU host")
     env = envinfo.load(ctx.workspace)
     model = resolve_model(ctx, env.python)
     if ctx.plan.smoke.get("all_gpus"):
@@ -108,7 +105,7 @@ def run(ctx: StepContext) -> StepOutcome:
         return run_all_gpus(ctx, env.python, model)
     out = ctx.workspace.root / "smoke.json"
     out.unlink(missing_ok=True)
-    ctx.say(f"generating with the blog's sampling parameters on {model.name}")
+    ctx.say(f"generating with the notes' sampling parameters on {model.name}")
     result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
                         timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
@@ -133,7 +130,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if facts.get("parity") and not facts["parity"].get("ok"):
         raise StepFailed("kernel parity failed: " + "; ".join(facts["parity"].get("failures", [])[:3]),
                          hint=f"see {ctx.workspace.root / 'parity.json'}; a wrong-arch or miscompiled kernel "
-                              "shows here: rebuild with the GPU's arch (`inv build --force`)")
+                              "shows here: rebuild with the GPU's arch (`./inv build --force`)")
     blocks = facts["num_gpu_blocks"]
     size = (f"{facts['kv_cache_tokens']} KV-cache tokens in {blocks} blocks" if facts["kv_cache_tokens"] is not None
             else f"{blocks} GPU blocks")

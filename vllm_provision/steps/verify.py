@@ -73,8 +73,8 @@ def ensure_built(ctx: StepContext) -> envinfo.EnvInfo:
     except NotBuiltYet:
         info = None
     if info is None or read_stamp(ctx.workspace, "build") is None:
-        raise NotBuiltYet(f"nothing built for {where} yet; run `inv build`",
-                          hint="run `inv build` (or `inv provision`) first, then `inv verify`")
+        raise NotBuiltYet(f"nothing built for {where} yet; run `./inv build`",
+                          hint="run `./inv build` (or `./inv provision`) first, then `./inv verify`")
     return info
 
 
@@ -104,7 +104,7 @@ def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
         inspected = inspecting.result()
     if torch.error:
         raise StepFailed(f"could not probe the env's python {info.python}: {torch.error}",
-                         hint="rebuild the env with `inv env --force`")
+                         hint="rebuild the env with `./inv env --force`")
     dirs = tuple(dict.fromkeys([*torch.vllm_dirs, str(ctx.workspace.src / "vllm")]))
     so_files, missing = envprobe.extension_files(dirs, ctx.plan.release.extensions)
     lock_file = _lock_file(ctx, info)
@@ -129,7 +129,7 @@ def pip_clean(v: Verifying) -> list[Check]:
 
 def locked(v: Verifying) -> list[Check]:
     if v.lock_file and v.lock is None:
-        return [Check("locked", "fail", f"lock {v.lock_file} is missing", "restore it from git or `inv lock`")]
+        return [Check("locked", "fail", f"lock {v.lock_file} is missing", "restore it from git or `./inv lock`")]
     before = {canonicalize_name(name): version for name, version in (v.info.packages or {}).items()}
     if v.info.torch and "torch" not in before:
         before["torch"] = v.info.torch
@@ -139,7 +139,7 @@ def locked(v: Verifying) -> list[Check]:
 
 def extension_imports(v: Verifying) -> list[Check]:
     checks = [Check(f"import {name}", "fail", f"{name}*.so not found in {', '.join(v.dirs)}",
-                    "the build did not produce it: `inv build --force`") for name in v.missing]
+                    "the build did not produce it: `./inv build --force`") for name in v.missing]
     if v.so_files:
         imported = envprobe.import_extensions(v.info.python, v.so_files, v.ctx.log)
         checks += check_extension_imports(v.so_files, imported, v.has_gpu, v.info.python)
