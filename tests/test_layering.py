@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("plan", ("plan",)),
     ("checks", ("checks", "kvcache")),
     ("probe", ("host", "envprobe")),
-    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors",
+    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors", "progress",
               "redact", "ui", "download", "extract", "mirrors")),
 ]
 

@@ -64,7 +64,9 @@ def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isola
     assert f"# vLLM 0.2.2 / profile {plan.profile}" in md
     assert "NVIDIA H100 80GB HBM3" in md and "| driver CUDA | 13.0 |" in md
     assert "`0001-build-with-cxx20.patch`: torch >= 2.13 needs C++20" in md
-    assert "| build | failed | 3.0 s | nvcc failed |" in md
+    build_row = next(line for line in md.splitlines() if line.startswith("| build |")).split(" | ")
+    assert build_row[1:3] == ["failed", "3.0 s"] and build_row[3].startswith("at ") and build_row[4] == "nvcc failed |"
+    assert "| smoke | not run |  |  | never run in this workspace |" in md
     assert "## Build: the 2 slowest of 2 compile units" in md
     assert "| `csrc/attention/attention_kernels.cu` | 112.2 s | vllm.attention_ops | 15 |" in md
     assert "| `csrc/cache_kernels.cu` | 70.8 s | vllm.cache_ops | 0-13 |" in md
@@ -93,12 +95,13 @@ def test_recorded_h100_report_renders_for_onboarding_docs():
         pytest.skip("no recorded H100 report")
     data = json.loads((RECORDED / "report.json").read_text())
     md = report.render_markdown(data)
-    assert "| 0 | NVIDIA H100 80GB HBM3 | 9.0 | 81559 MiB |" in md
+    assert "| GPU 0 | NVIDIA H100 80GB HBM3, compute capability 9.0, 81559 MiB |" in md
     assert "| torch | 2.11.0+cu130 |" in md and "| host compiler | g++ 13.3.0 |" in md
     assert "`0002-no-xformers-sdpa-prompt-attention.patch` (sha256 d8bbea52e7ca…): xformers is imported" in md
     section = md.split("## Steps")[1].split("\n## ")[0]
     steps = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
-    assert steps == ["fetch", "env", "patch", "build", "verify"]
+    assert steps == ["fetch", "env", "patch", "build", "verify", "smoke"]
+    assert "| smoke | not run |" in section
     assert "## Verify: ok (19 pass, 0 warn, 0 fail, 0 skip" in md
     verify_json = json.loads((RECORDED / "verify-host-torch.json").read_text())
     checks = [Check(**c) for c in verify_json["checks"]]
