@@ -52,7 +52,7 @@ def heartbeat_seconds() -> float:
 
 
 def _size(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):     # as uv prints them
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
