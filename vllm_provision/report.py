@@ -69,6 +69,7 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------ runs
 _run: dict | None = None            # the command this process runs (begin_run), while it runs
 _touched: list[Path] = []           # the reports it wrote
+_ids: list[str] = []                # the runs this process began
 
 
 def toolkit_version() -> dict:
@@ -83,7 +84,9 @@ def begin_run(task: str, argv: list[str], flags: dict | None = None) -> dict:
     global _run
     _touched.clear()
     started = time.time()
-    _run = {"id": time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{os.getpid()}",
+    _ids.append(time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{os.getpid()}")
+    same = _ids.count(_ids[-1])     # a second run in this process within the same second
+    _run = {"id": _ids[-1] + (f"-{same}" if same > 1 else ""),
             "command": redact_text(shlex.join(["./inv", task, *argv])), "task": task,
             "flags": {k: v for k, v in (flags or {}).items() if v not in (None, False, [], (), "")},
             "toolkit": toolkit_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
