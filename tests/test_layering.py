@@ -27,8 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("plan", ("plan",)),
     ("checks", ("checks", "kvcache")),
     ("probe", ("host", "envprobe")),
-    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors", "progress",
-              "redact", "ui", "download", "extract", "mirrors")),
+    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors",
+              "redact", "ui", "download", "extract", "mirrors", "progress", "timings")),
 ]
 
 

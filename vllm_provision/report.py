@@ -313,8 +313,8 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
         lines += ["", f"Build for arch {build_facts['arch_list']}"
                       + (f", {build_facts.get('max_jobs')} jobs" if build_facts.get("max_jobs") else "") + "."]
     lines += _build_units(build_facts)
-    if data.get("timings"):
-        lines += ["", f"Timeline of every compile unit: [{data['timings']}]({data['timings']})"]
+    if build_facts.get("timings"):
+        lines += ["", f"Every compile unit on a timeline: [{build_facts['timings']}]({build_facts['timings']})"]
     for section, title in (("doctor", "Doctor"), ("verify", "Verify")):
         sec = data.get(section) or {}
         if sec.get("checks"):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import envinfo, host, preflight, runner
+from .. import envinfo, host, preflight, runner, timings
 from ..artifacts import cache as artifact_cache
 from ..artifacts import install as artifact_install
 from ..artifacts import manifest as artifact_manifest
@@ -250,6 +250,11 @@ def run(ctx: StepContext) -> StepOutcome:
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
+    if facts["units"]:
+        units, _ = timings.units_from_facts(facts["units"])
+        facts["timings"] = timings.write_page(ws.root / timings.PAGE, units, jobs=jobs,
+                                              title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
+                                              estimate_s=plan.build.expected_seconds)
     (src / MARKER).write_text(json.dumps(facts, indent=2))
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
