@@ -155,3 +155,10 @@ def test_verbose_streams_the_tools_own_output_and_only_then(monkeypatch, capsys,
 def test_the_long_tasks_take_verbose(task):
     done = subprocess.run([sys.executable, "-m", "invoke", task, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert "-v, --verbose" in done.stdout
+
+
+def test_the_progress_variables_are_not_taken_for_unknown_settings(isolated):
+    env = dict(os.environ, VLLMP_HEARTBEAT_S="5", VLLMP_VERBOSE="1")
+    done = subprocess.run([sys.executable, "-m", "invoke", "plan", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
