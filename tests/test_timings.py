@@ -70,3 +70,29 @@ def test_report_md_links_the_page_of_the_latest_build():
     md = report.render_markdown(data)
     assert "Every compile unit on a timeline: [timings.html](timings.html)" in md
     assert "Build for arch 9.0, 16 jobs." in md
+
+
+def test_the_build_step_counts_and_places_the_units_of_its_ninja_dirs(tmp_path):
+    import time
+
+    from vllm_provision.steps.build import _unit_times, tmp_root, units_done
+    src = tmp_path / "src"
+    (src / "csrc").mkdir(parents=True)
+    for name in ("slow.cu", "fast.cpp"):
+        (src / "csrc" / name).write_text("x\n")
+    temp = tmp_root(src) / "temp-vllm.ext"
+    (temp / "csrc").mkdir(parents=True)
+    # the shape torch's cpp_extension writes: absolute outputs and inputs
+    (temp / "build.ninja").write_text(
+        "rule slow\n  command = sleep 0.6 && cp $in $out\nrule fast\n  command = cp $in $out\n"
+        f"build {temp}/csrc/slow.o: slow {src}/csrc/slow.cu\nbuild {temp}/csrc/fast.o: fast {src}/csrc/fast.cpp\n")
+    assert units_done(tmp_root(src)) == 0
+    started_at = time.time()
+    time.sleep(0.3)
+    subprocess.run([NINJA, "-j", "2"], cwd=temp, check=True, capture_output=True)
+    assert units_done(tmp_root(src)) == 2
+    units = _unit_times(src, [{"name": "vllm.ext"}], started_at)
+    slow = next(u for u in units if u["unit"] == "csrc/slow.cu")
+    assert 0.2 < slow["start"] < 1.5 and 0.5 < slow["end"] - slow["start"] < 1.5    # on the compile's clock
+    placed, recorded = timings.units_from_facts(units)
+    assert recorded and {u.group for u in placed} == {"vllm.ext"}

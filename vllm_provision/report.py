@@ -89,7 +89,7 @@ def begin_run(task: str, argv: list[str], flags: dict | None = None) -> dict:
     _run = {"id": _ids[-1] + (f"-{same}" if same > 1 else ""),
             "command": redact_text(shlex.join(["./inv", task, *argv])), "task": task,
             "flags": {k: v for k, v in (flags or {}).items() if v not in (None, False, [], (), "")},
-            "toolkit": toolkit_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "_t0": started}
     return _run
 
@@ -116,8 +116,10 @@ def finish_run(exit_code: int, steps: list[dict] | None = None) -> list[Path]:
         return []
     run, _run = _run, None
     ended = time.time()
+    if not _touched:
+        return []
     record = {k: v for k, v in run.items() if not k.startswith("_")} | {
-        "ended": _now(), "seconds": round(ended - run["_t0"], 1), "exit_code": exit_code,
+        "toolkit": toolkit_version(), "ended": _now(), "seconds": round(ended - run["_t0"], 1), "exit_code": exit_code,
         "result": result_of(exit_code)}
     written = []
     for report in list(_touched):

@@ -167,15 +167,20 @@ def run(ctx: StepContext) -> StepOutcome:
     pip_log.write_text("")
     pip_timing: dict = {}
     installed: dict = {}
+    listing_units: dict = {}        # how many units pip compiles when it compiles them all
 
     def pip_install() -> None:
         ctx.say("pip install --no-build-isolation --no-deps -e src"
                 + (" (packaging the pre-built extensions, alongside the compile)" if env.get(PREBUILT_FLAG) else ""))
         t0 = time.monotonic()
         try:
-            runner.run(argv, log=pip_log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
-                       diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
-                       tail_lines=60)
+            # without the pre-built extensions pip compiles them all (alongside the compile this is quiet)
+            with progress("pip install -e", unit="units", step=ctx.name,
+                          watch=lambda: (units_done(tmp_root(src)), listing_units.get("total"))):
+                runner.run(argv, log=pip_log, cwd=src, env=env, timeout=PIP_TIMEOUT,
+                           what="pip install -e (vLLM build)",
+                           diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
+                           tail_lines=60)
         finally:
             pip_timing["seconds"] = time.monotonic() - t0
             with open(ctx.log, "a", encoding="utf-8") as fh:
@@ -217,6 +222,7 @@ def run(ctx: StepContext) -> StepOutcome:
     else:
         listing, built = _compile(ctx, benv, jobs, info, list_only=not parallel, on_listing=driver_listed)
         compile_s = time.monotonic() - started
+        listing_units["total"] = sum(len(e["sources"]) for e in listing["extensions"])
         pip_install()
     pip_s = pip_timing.get("seconds", 0.0)
     exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
