@@ -31,7 +31,7 @@ def test_the_page_of_a_recorded_h200_build(tmp_path):
     assert "<tr><th>most jobs at once</th><td>15 of 16</td></tr>" in page    # every unit at once on 16 jobs
     assert "<tr><th>wall time</th><td>1 min 20 s</td></tr>" in page
     assert "<tr><th>plan&#x27;s estimate</th><td>10 min 00 s</td></tr>" in page
-    assert "<tr><th>peak memory</th><td>not recorded</td></tr>" in page
+    assert "<tr><th>peak memory (the largest process)</th><td>not recorded</td></tr>" in page
     path = page.split("<h2>Critical path</h2>")[1].split("</p>")[0]
     assert "csrc/attention/attention_kernels.cu</code> (80.1 s)" in path
     assert not re.search(r"(src|href)=\"?https?:", page)                 # nothing fetched to view it
@@ -58,10 +58,11 @@ def test_the_page_of_a_real_ninja_build_and_its_progress_lines(tmp_path):
     assert sorted(u.target for u in units) == ["a.o", "b.o", "c.o", "lib.so"]
     assert max(n for _, n in timings.concurrency(units)) == 2
     assert [u.target for u in timings.critical_path(units)] == ["a.o", "lib.so"]
-    name = timings.write_page(tmp_path / timings.PAGE, units, title="a CMake-era build")
+    name = timings.write_page(tmp_path / timings.PAGE, units, title="a CMake-era build", peak_memory_bytes=3 << 30)
     page = (tmp_path / name).read_text()
     assert page.count('class="critical"') == 2 and "<code>a.o</code>" in page and "4 unit" not in page
     assert "<tr><th>compile units</th><td>4</td></tr>" in page
+    assert "<tr><th>peak memory (the largest process)</th><td>3.0 GiB</td></tr>" in page
 
 
 def test_report_md_links_the_page_of_the_latest_build():

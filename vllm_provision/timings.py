@@ -118,7 +118,8 @@ def render_html(units: Sequence[Unit], *, title: str, estimate_s: float | None =
              ("most jobs at once", f"{peak_jobs}" + (f" of {jobs}" if jobs else "")),
              ("critical path", f"{len(path)} unit(s), {duration(sum(u.seconds for u in path))}"),
              ("plan's estimate", f"{duration(estimate_s)}" if estimate_s else "none"),
-             ("peak memory", f"{peak_memory_bytes / 2 ** 30:.1f} GiB" if peak_memory_bytes else "not recorded")]
+             ("peak memory (the largest process)",
+              f"{peak_memory_bytes / 2 ** 30:.1f} GiB" if peak_memory_bytes else "not recorded")]
     step_s = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1200, 3600, 10 ** 9) if span / s <= 12)
     axis = "".join(f'<line x1="{x(begin + t):.1f}" y1="0" x2="{x(begin + t):.1f}" y2="{{h}}" class="grid"/>'
                    f'<text x="{x(begin + t):.1f}" y="{{h2}}" class="tick">{duration(t)}</text>'

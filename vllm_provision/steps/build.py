@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import sysconfig
 import threading
@@ -256,11 +257,14 @@ def run(ctx: StepContext) -> StepOutcome:
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
+    # the largest single process this run has waited for (Linux: RUSAGE_CHILDREN's ru_maxrss, KiB): a compile job
+    facts["peak_process_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     if facts["units"]:
         units, _ = timings.units_from_facts(facts["units"])
         facts["timings"] = timings.write_page(ws.root / timings.PAGE, units, jobs=jobs,
                                               title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
-                                              estimate_s=plan.build.expected_seconds)
+                                              estimate_s=plan.build.expected_seconds,
+                                              peak_memory_bytes=facts["peak_process_rss_bytes"])
     (src / MARKER).write_text(json.dumps(facts, indent=2))
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
