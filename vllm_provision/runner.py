@@ -6,8 +6,9 @@ timeout, and turns failure into a StepFailed with the log tail and a diagnosis h
 Each command runs in its own process group (Ctrl-C in a terminal reaches only the toolkit). On
 Ctrl-C, SIGTERM or a timeout the whole group gets SIGTERM, then SIGKILL after STOP_GRACE_S, and the
 runner waits until none of it runs before the exception goes on: the workspace lock is released
-only when nothing the run started can still write into the workspace. SIGTERM is handled exactly
-like Ctrl-C (same message, exit 130).
+only when nothing the run started can still write into the workspace. SIGTERM is handled like Ctrl-C
+(the CLI exits 143 for it, 130 for Ctrl-C). Under -v/--verbose (ui.verbose) every command's own output
+is shown on the console as it comes.
 """
 
 from __future__ import annotations
