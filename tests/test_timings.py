@@ -97,3 +97,14 @@ def test_the_build_step_counts_and_places_the_units_of_its_ninja_dirs(tmp_path):
     assert 0.2 < slow["start"] < 1.5 and 0.5 < slow["end"] - slow["start"] < 1.5    # on the compile's clock
     placed, recorded = timings.units_from_facts(units)
     assert recorded and {u.group for u in placed} == {"vllm.ext"}
+
+
+def test_the_docs_example_is_the_page_of_the_recorded_h200_build(tmp_path):
+    """docs/timings-h200.html is what `python -m vllm_provision.timings` makes of the H200 build's report."""
+    out = tmp_path / "page.html"
+    done = subprocess.run([sys.executable, "-m", "vllm_provision.timings", str(H200), str(out)],
+                          cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = out.read_text()
+    assert "<title>vLLM 0.2.2 for 9.0: build timings</title>" in page and "every bar is drawn from 0" in page
+    assert page == (Path(__file__).parent.parent / "docs" / "timings-h200.html").read_text()

@@ -8,12 +8,19 @@ extension's ninja log, placed on one clock) or from any `.ninja_log` (`read_ninj
     from vllm_provision import timings
     units = timings.read_ninja_log(Path("build/.ninja_log").read_text())
     timings.write_page(workspace / "timings.html", units, title="vLLM 0.6 / 9.0", estimate_s=500)
+
+From the command line, for a recorded build or any ninja build directory's log:
+
+    python -m vllm_provision.timings .provision/0.2.2-pypi-cu13/report.json timings.html
+    python -m vllm_provision.timings build/.ninja_log timings.html
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -189,3 +196,30 @@ def write_page(path: Path, units: Sequence[Unit], **kwargs) -> str:
     tmp.write_text(render_html(units, **kwargs), encoding="utf-8")
     tmp.replace(path)
     return path.name
+
+
+def page_of(source: Path) -> tuple[list[Unit], dict]:
+    """The units and page settings of a report.json (its build's facts) or of a .ninja_log."""
+    text = source.read_text(errors="replace")
+    if not text.lstrip().startswith("{"):
+        return read_ninja_log(text), {"title": source.parent.name or source.name}
+    data = json.loads(text)
+    facts = ((data.get("steps") or {}).get("build") or {}).get("facts") or {}
+    units, placed = units_from_facts(facts.get("units") or ())
+    title = f"vLLM {data.get('release', '?')} for {facts.get('arch_list', '?')}"
+    return units, {"title": title, "jobs": facts.get("max_jobs"), "peak_memory_bytes": facts.get("peak_process_rss_bytes"),
+                   "note": "" if placed else "This build recorded each unit's duration, not its start: every bar is "
+                                             "drawn from 0, as the driver starts every unit at once when the jobs allow."}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m vllm_provision.timings REPORT.json|.ninja_log OUT.html", file=sys.stderr)
+        return 2
+    units, settings = page_of(Path(argv[0]))
+    write_page(Path(argv[1]), units, **settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
