@@ -11,8 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import ROOT
 from vllm_provision import runner, ui
 from vllm_provision.envs.common import install_progress
@@ -151,9 +149,9 @@ def test_verbose_streams_the_tools_own_output_and_only_then(monkeypatch, capsys,
     assert "from the tool itself" in (tmp_path / "loud.log").read_text()
 
 
-@pytest.mark.parametrize("task", ["provision", "verify"])
-def test_the_long_tasks_take_verbose(task):
-    done = subprocess.run([sys.executable, "-m", "invoke", task, "--help"], cwd=ROOT, capture_output=True, text=True)
+def test_the_long_tasks_take_verbose():
+    done = subprocess.run([sys.executable, "-m", "invoke", "provision", "--help"], cwd=ROOT, capture_output=True,
+                          text=True)
     assert "-v, --verbose" in done.stdout
 
 
