@@ -108,7 +108,7 @@ def result_of(exit_code: int) -> str:
     return {0: "ok", 2: "bad input", 130: "interrupted", 143: "interrupted"}.get(exit_code, "failed")
 
 
-def finish_run(exit_code: int, steps: list[dict] | None = None) -> list[Path]:
+def finish_run(exit_code: int) -> list[Path]:
     """The run ended with `exit_code`: its record into runs/<id>/run.json of every workspace it wrote,
     report.json's `run` set to it, report.md rendered again. Returns the records written."""
     global _run
