@@ -20,6 +20,7 @@ COMMON = {
     "profile": config.profile_help(),
     "offline": "use only the download cache; never touch the network for sources",
 }
+VERBOSE = {"verbose": "stream the underlying tools' own output (uv, pip, the compiler) as they run"}
 
 
 @task(help={**COMMON, "json": "print JSON instead of a table", "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'"})
@@ -29,10 +30,10 @@ def plan(c, release=None, profile=None, offline=False, arch=None, json=False):
     cli.print_plan(cli.make_plan(release=release, profile=profile, offline=offline, arch=arch), json)
 
 
-@task(help={**COMMON, "force": "download and extract again even if up to date",
+@task(help={**COMMON, **VERBOSE, "force": "download and extract again even if up to date",
             "bundle": "a source bundle (directory or .tar from `./inv bundle`) to import into the cache first"})
 @handles_errors
-def fetch(c, release=None, profile=None, offline=False, force=False, bundle=None):
+def fetch(c, release=None, profile=None, offline=False, force=False, bundle=None, verbose=False):
     """Download the release and, for CMake-era releases, every external source its build reads (checksummed,
     cached, resumable), and extract the release into the workspace."""
     cli.run_pipeline(["fetch"], ["fetch"] if force else [], release=release, profile=profile, offline=offline,
@@ -55,11 +56,11 @@ def bundle(c, out=None, release=None, profile=None, offline=False, externals_onl
     cli.bundle_task(out, externals_only, release=release, profile=profile, offline=offline)
 
 
-@task(help={**COMMON, "force": "recreate the env even if up to date",
+@task(help={**COMMON, **VERBOSE, "force": "recreate the env even if up to date",
             "backend": "conda | venv | existing (default: from the profile)",
             "python": "Python for the env, e.g. 3.10"})
 @handles_errors
-def env(c, release=None, profile=None, offline=False, force=False, backend=None, python=None):
+def env(c, release=None, profile=None, offline=False, force=False, backend=None, python=None, verbose=False):
     """Create the target environment from the lock (new prefix, switched atomically) and write env.json."""
     cli.run_pipeline(["env"], ["env"] if force else [], release=release, profile=profile, offline=offline,
                      backend=backend, python=python)
@@ -78,14 +79,14 @@ ARTIFACTS = {"push": "after a compile, make the wheel and publish it to every wr
              "artifact_key": "install exactly this artifact key (the builder's, printed by `./inv wheel`)"}
 
 
-@task(iterable=["force"], help={**COMMON, **ARTIFACTS,
+@task(iterable=["force"], help={**COMMON, **VERBOSE, **ARTIFACTS,
                                 "force": "rerun STEP even if up to date (repeatable); --force all: every step",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
                                 "model": "local model dir for the smoke step (default: a tiny ChatGLM)"})
 @handles_errors
 def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None,
-              push=False, require_cache=False, artifact_key=None):
+              push=False, require_cache=False, artifact_key=None, verbose=False):
     """Run everything: fetch -> env -> patch -> build -> verify -> smoke (unchanged steps are skipped)."""
     from vllm_provision.pipeline import STEPS
     cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), release=release, profile=profile,
@@ -93,24 +94,26 @@ def provision(c, release=None, profile=None, offline=False, force=None, arch=Non
                      require_cache=require_cache, artifact_key=artifact_key)
 
 
-@task(help={**COMMON, "arch": "CUDA archs to compile for (default: this host's GPUs)",
+@task(help={**COMMON, **VERBOSE, "arch": "CUDA archs to compile for (default: this host's GPUs)",
             "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
             "out": "directory for the wheel and its .manifest.json (default: <workspace>/wheels)",
             "push": "also publish it to every writable artifacts.caches entry",
             "json": "print {wheel, sha256, key, version, archs, published} as JSON"})
 @handles_errors
-def wheel(c, release=None, profile=None, offline=False, arch=None, max_jobs=None, out=None, push=False, json=False):
+def wheel(c, release=None, profile=None, offline=False, arch=None, max_jobs=None, out=None, push=False, json=False,
+          verbose=False):
     """Build once, install many: a binary wheel of the built vLLM with its manifest and key (builds first if needed)."""
     cli.wheel_task(out, push, json, release=release, profile=profile, offline=offline, arch=arch, max_jobs=max_jobs)
 
 
-@task(help={**COMMON, "model": "local model dir (default: make and use a tiny ChatGLM)",
+@task(help={**COMMON, **VERBOSE, "model": "local model dir (default: make and use a tiny ChatGLM)",
             "parity": "also check vLLM's compiled kernels and greedy tokens against PyTorch references",
             "force": "run again even if up to date",
             "all_gpus": "the smoke on every GPU at once, each judged on its own; with 2+ GPUs also the NCCL "
                         "all-reduce check and tensor parallelism (when Ray is in the env)"})
 @handles_errors
-def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False, all_gpus=False):
+def smoke(c, release=None, profile=None, offline=False, model=None, parity=False, force=False, all_gpus=False,
+          verbose=False):
     """Generate with the notes' sampling parameters; check and explain the GPU/CPU KV-cache blocks."""
     cli.require_gpu("./inv smoke")
     cli.run_smoke(force, all_gpus=all_gpus, release=release, profile=profile, offline=offline, model=model, parity=parity)
@@ -169,11 +172,11 @@ def doctor(c, release=None, profile=None, offline=False, arch=None, json=False, 
         raise Exit(code=code)
 
 
-@task(help={**COMMON, "json": "print {ok, checks:[{name, status, detail, hint}]} instead of a table",
+@task(help={**COMMON, **VERBOSE, "json": "print {ok, checks:[{name, status, detail, hint}]} instead of a table",
             "junit": "also write JUnit XML to this path (one testcase per check)",
             "arch": "CUDA archs the build used when this host has no GPU"})
 @handles_errors
-def verify(c, release=None, profile=None, offline=False, arch=None, json=False, junit=None):
+def verify(c, release=None, profile=None, offline=False, arch=None, json=False, junit=None, verbose=False):
     """Prove the install: vllm at the release (editable or a cached artifact), pip check, lock, imports, SASS vs GPUs."""
     from invoke.exceptions import Exit
 
@@ -234,14 +237,14 @@ def test(c, k=None, quick=False):
     os.execv(sys.executable, args)
 
 
-@task(help={**COMMON, "force": "check and apply the patches again even if up to date"})
+@task(help={**COMMON, **VERBOSE, "force": "check and apply the patches again even if up to date"})
 @handles_errors
-def patch(c, release=None, profile=None, offline=False, force=False):
+def patch(c, release=None, profile=None, offline=False, force=False, verbose=False):
     """Apply the release's patch series whose conditions hold for the env (idempotent)."""
     cli.run_pipeline(["patch"], ["patch"] if force else [], release=release, profile=profile, offline=offline)
 
 
-@task(help={**COMMON, **ARTIFACTS, "force": "rebuild even if up to date",
+@task(help={**COMMON, **VERBOSE, **ARTIFACTS, "force": "rebuild even if up to date",
             "arch": "CUDA archs, e.g. 9.0 or '8.0;9.0'",
             "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
             "time_limit": "CMake-era releases: stop the compile cleanly after SECONDS; report the rate and the "
@@ -249,7 +252,7 @@ def patch(c, release=None, profile=None, offline=False, force=False):
             "targets": "CMake-era releases: build only these CMake targets, comma-separated (e.g. _C,_moe_C)"})
 @handles_errors
 def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
-          require_cache=False, artifact_key=None, time_limit=None, targets=None):
+          require_cache=False, artifact_key=None, time_limit=None, targets=None, verbose=False):
     """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache), install editable."""
     cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
                      arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key,

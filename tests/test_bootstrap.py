@@ -60,3 +60,40 @@ def test_bootstrap_names_a_missing_wheelhouse(tmp_path):
     repo = copy_checkout(tmp_path / "repo")
     proc = subprocess.run(["./inv", "--list"], cwd=repo, env=offline_env(tmp_path / "nope"), capture_output=True, text=True)
     assert proc.returncode == 2 and "is not a directory" in proc.stderr
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_lean_first_run_then_test_adds_its_extra_in_place_with_a_heartbeat(tmp_path):
+    """About 1-2 min here (two real pip installs from the index). The `test` extra of the copy is one small
+    wheel instead of the suite's (torch...): what is checked is how ./inv picks and adds extras."""
+    repo = copy_checkout(tmp_path / "repo")
+    pyproject = repo / "pyproject.toml"
+    text = pyproject.read_text()
+    start = text.index("test = [")
+    pyproject.write_text(text[:start] + 'test = ["iniconfig"]\n' + text[text.index("]\n", start) + 2:])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")}
+    env.update({"VLLMP_BOOTSTRAP_PYTHON": sys.executable, "VLLMP_HEARTBEAT_S": "1"})
+    venv = repo / ".venv"
+    has_extra = [str(venv / "bin" / "python"), "-c", "import iniconfig"]
+
+    first = subprocess.run(["./inv", "--list"], cwd=repo, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "bootstrap: creating" in first.stderr and "(no extras; from the package index)" in first.stderr
+    assert "bootstrap: installing the toolkit: " in first.stderr and "packages in .venv so far" in first.stderr
+    assert subprocess.run(has_extra, capture_output=True).returncode == 1       # the pipeline needs no test extra
+
+    inode = venv.stat().st_ino
+    holder = subprocess.Popen([str(venv / "bin" / "python"), "-c", "import time; time.sleep(120)"])
+    try:
+        second = subprocess.run(["./inv", "test", "--help"], cwd=repo, env=env, capture_output=True, text=True)
+        assert second.returncode == 0, second.stderr
+        assert "Run the test suite" in second.stdout
+        assert "bootstrap: adding to" in second.stderr and "(test extras;" in second.stderr
+        assert subprocess.run(has_extra).returncode == 0
+        assert venv.stat().st_ino == inode and holder.poll() is None      # the venv in use was not recreated
+    finally:
+        holder.kill()
+        holder.wait()
+    third = subprocess.run(["./inv", "--list"], cwd=repo, env=env, capture_output=True, text=True)
+    assert third.returncode == 0 and "bootstrap:" not in third.stderr     # the extra stays; nothing to install

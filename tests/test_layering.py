@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checks", ("checks", "kvcache")),
     ("probe", ("host", "envprobe")),
     ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors",
-              "redact", "ui", "download", "extract", "mirrors", "externals")),
+              "redact", "ui", "download", "extract", "mirrors", "externals", "progress", "timings")),
 ]
 
 

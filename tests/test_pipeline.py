@@ -161,7 +161,10 @@ except Exit as exc:
 """
 
 
-def test_sigterm_during_a_step_stops_it_and_the_report_says_where(isolated, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_a_step_stops_it_and_the_report_records_the_real_exit_code(isolated, tmp_path, sig, code,
+                                                                                  said):
     (tmp_path / "driver.py").write_text(DRIVER)
     plan = build_plan({}, facts=HostFacts())
     driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py")], cwd=ROOT, stderr=subprocess.PIPE,
@@ -174,7 +177,7 @@ def test_sigterm_during_a_step_stops_it_and_the_report_says_where(isolated, tmp_
             assert driver.poll() is None
             compile_pids = children_of(driver.pid)
             time.sleep(0.05)
-        driver.send_signal(signal.SIGTERM)
+        driver.send_signal(sig)
         err = driver.communicate(timeout=60)[1]
     finally:
         if driver.poll() is None:
@@ -183,8 +186,18 @@ def test_sigterm_during_a_step_stops_it_and_the_report_says_where(isolated, tmp_
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert not alive(compile_pids[0])
-    assert driver.returncode == 130 and "error: interrupted" in err and "Traceback" not in err
-    steps = json.loads(plan.workspace.report.read_text())["steps"]
+    assert driver.returncode == code and f"error: {said}" in err and "Traceback" not in err
+    data = json.loads(plan.workspace.report.read_text())
+    steps = data["steps"]
     assert [steps[s]["status"] for s in ("fetch", "env", "patch")] == ["ok"] * 3
-    assert steps["build"]["status"] == "failed" and steps["build"]["detail"] == "interrupted"
-    assert "compile interrupted (Terminated): stopped with SIGTERM" in plan.workspace.log("build").read_text()
+    assert steps["build"]["status"] == "interrupted" and steps["build"]["exit_code"] == code
+    assert steps["build"]["run"]["command"] == "./inv run-pipeline"
+    run = data["run"]
+    assert (run["exit_code"], run["result"], run["command"]) == (code, "interrupted", "./inv run-pipeline")
+    assert [(s["step"], s["status"]) for s in run["steps"]] == [
+        ("fetch", "ok"), ("env", "ok"), ("patch", "ok"), ("build", "interrupted")]
+    assert json.loads((plan.workspace.root / "runs" / run["id"] / "run.json").read_text())["exit_code"] == code
+    md = plan.workspace.report.with_suffix(".md").read_text()
+    assert f"| result | interrupted (exit code {code}) |" in md
+    stopped = "Terminated" if sig == signal.SIGTERM else "KeyboardInterrupt"
+    assert f"compile interrupted ({stopped}): stopped with SIGTERM" in plan.workspace.log("build").read_text()

@@ -64,7 +64,9 @@ def test_pipeline_run_renders_report_md_with_host_steps_patches_and_checks(isola
     assert f"# vLLM 0.2.2 / profile {plan.profile}" in md
     assert "NVIDIA H100 80GB HBM3" in md and "| driver CUDA | 13.0 |" in md
     assert "`0001-build-with-cxx20.patch`: torch >= 2.13 needs C++20" in md
-    assert "| build | failed | 3.0 s | nvcc failed |" in md
+    build_row = next(line for line in md.splitlines() if line.startswith("| build |")).split(" | ")
+    assert build_row[1:3] == ["failed", "3.0 s"] and build_row[3].startswith("at ") and build_row[4] == "nvcc failed |"
+    assert "| smoke | not run |  |  | never run in this workspace |" in md
     assert "## Build: the 2 slowest of 2 compile units" in md
     assert "| `csrc/attention/attention_kernels.cu` | 112.2 s | vllm.attention_ops | 15 |" in md
     assert "| `csrc/cache_kernels.cu` | 70.8 s | vllm.cache_ops | 0-13 |" in md
@@ -93,14 +95,133 @@ def test_recorded_h100_report_renders_for_onboarding_docs():
         pytest.skip("no recorded H100 report")
     data = json.loads((RECORDED / "report.json").read_text())
     md = report.render_markdown(data)
-    assert "| 0 | NVIDIA H100 80GB HBM3 | 9.0 | 81559 MiB |" in md
+    assert "| GPU 0 | NVIDIA H100 80GB HBM3, compute capability 9.0, 81559 MiB |" in md
     assert "| torch | 2.11.0+cu130 |" in md and "| host compiler | g++ 13.3.0 |" in md
     assert "`0002-no-xformers-sdpa-prompt-attention.patch` (sha256 d8bbea52e7ca…): xformers is imported" in md
     section = md.split("## Steps")[1].split("\n## ")[0]
     steps = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
-    assert steps == ["fetch", "env", "patch", "build", "verify"]
+    assert steps == ["fetch", "env", "patch", "build", "verify", "smoke"]
+    assert "| smoke | not run |" in section
     assert "## Verify: ok (19 pass, 0 warn, 0 fail, 0 skip" in md
     verify_json = json.loads((RECORDED / "verify-host-torch.json").read_text())
     checks = [Check(**c) for c in verify_json["checks"]]
     suite = ET.fromstring(report.junit_xml("v", [c.to_dict() for c in checks])).find("testsuite")
     assert (suite.get("tests"), suite.get("failures")) == ("19", "0")
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _fake_steps(monkeypatch, outcomes: dict):
+    """Step modules whose run() gives outcomes[name](ctx) (the real steps have their own tests)."""
+    import types
+
+    from vllm_provision.pipeline import StepOutcome
+
+    def module(name):
+        def run(ctx):
+            return outcomes.get(name, lambda ctx: StepOutcome(detail=f"{name} done"))(ctx)
+        return types.SimpleNamespace(run=run, stamp_inputs=lambda ctx: {"step": name, "inputs": outcomes.get(f"_{name}")})
+    monkeypatch.setattr(pipeline, "step_module", module)
+
+
+def _task(monkeypatch, argv: list[str]) -> int:
+    """Run `./inv ARGV` in this process (tasks.py's task, its real CLI glue); its exit code."""
+    import sys
+
+    import invoke
+    from invoke.exceptions import Exit
+
+    import tasks
+    monkeypatch.setattr(sys, "argv", ["inv", *argv])
+    task = getattr(tasks, argv[0].replace("-", "_"))
+    flags = {}
+    for i, arg in enumerate(argv[1:]):
+        if arg.startswith("--"):
+            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("--") else True
+            flags[arg[2:].replace("-", "_")] = value
+    try:
+        task(invoke.Context(), **flags)
+    except Exit as exc:
+        return exc.code
+    return 0
+
+
+def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code(isolated, monkeypatch):
+    import os
+
+    import jsonschema
+
+    from vllm_provision.errors import StepFailed
+    from vllm_provision.pipeline import StepOutcome
+    plan = build_plan({"build": {"arch_list": "9.0"}}, facts=HostFacts())
+    ws = plan.workspace
+    home_log = os.path.expanduser("~/.cache/vllm-provision/env.log")
+
+    def env_ok(ctx):
+        return StepOutcome(detail=f"venv env at {ctx.workspace.root}/envs/1; log {home_log}")
+
+    def no_cached_build(ctx):
+        raise StepFailed("no cached build for key abc", hint="build it on a builder")
+
+    _fake_steps(monkeypatch, {"env": env_ok, "smoke": lambda ctx: StepOutcome(detail="no GPU", status="skipped")})
+    assert _task(monkeypatch, ["provision", "--arch", "9.0"]) == 0
+    _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts={"checks": []})})
+    assert _task(monkeypatch, ["verify", "--arch", "9.0"]) == 0
+    _fake_steps(monkeypatch, {"build": no_cached_build, "_build": "--require-cache"})
+    assert _task(monkeypatch, ["build", "--arch", "9.0", "--require-cache"]) == 1
+
+    data = json.loads(ws.report.read_text())
+    schema = json.loads(report.SCHEMA.read_text())
+    jsonschema.validate(data, schema)
+    steps = data["steps"]
+    ran_by = {name: row["run"]["command"] for name, row in steps.items()}
+    assert ran_by == {"fetch": "./inv provision --arch 9.0", "env": "./inv provision --arch 9.0",
+                      "patch": "./inv provision --arch 9.0", "build": "./inv build --arch 9.0 --require-cache",
+                      "verify": "./inv verify --arch 9.0", "smoke": "./inv provision --arch 9.0"}
+    assert (steps["verify"]["status"], steps["build"]["status"]) == ("ok", "failed")
+    assert data["run"]["command"] == "./inv build --arch 9.0 --require-cache" and data["run"]["exit_code"] == 1
+    assert data["run"]["flags"] == {"arch": "9.0", "require_cache": True}
+    records = sorted((ws.root / "runs").glob("*/run.json"))
+    runs = [json.loads(r.read_text()) for r in records]
+    for run in runs:
+        jsonschema.validate(run, {"$ref": "#/$defs/run_record", "$defs": schema["$defs"]})
+    assert [(r["command"].split()[1], r["exit_code"], r["result"]) for r in runs] == [
+        ("provision", 0, "ok"), ("verify", 0, "ok"), ("build", 1, "failed")]
+    assert [s["step"] for s in runs[0]["steps"]] == list(pipeline.STEPS)
+    assert [(s["step"], s["status"]) for s in runs[2]["steps"]] == [("build", "failed")]
+    assert runs[0]["toolkit"]["version"] and runs[0]["started"] <= runs[0]["ended"]
+    md = ws.report.with_suffix(".md").read_text()
+    assert "| command | `./inv build --arch 9.0 --require-cache` |" in md
+    assert "| result | failed (exit code 1) |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| fetch |"))
+    assert "by `./inv provision --arch 9.0` at " in row
+    row = next(line for line in md.splitlines() if line.startswith("| env |"))
+    assert "venv env at envs/1; log ~/.cache/vllm-provision/env.log" in row
+    assert str(ws.root) not in md and os.path.expanduser("~") + "/" not in md
+
+
+def test_a_run_that_stops_early_lists_the_steps_it_did_not_run(isolated, monkeypatch):
+    from vllm_provision.errors import StepFailed
+    plan = build_plan({}, facts=HostFacts())
+
+    def env_fails(ctx):
+        raise StepFailed("the package index cannot be used", hint="check the mirror")
+    _fake_steps(monkeypatch, {"env": env_fails})
+    assert _task(monkeypatch, ["provision"]) == 1
+    run = json.loads(plan.workspace.report.read_text())["run"]
+    assert [(s["step"], s["status"]) for s in run["steps"]] == [
+        ("fetch", "ok"), ("env", "failed"), ("patch", "not run"), ("build", "not run"), ("verify", "not run"),
+        ("smoke", "not run")]
+    md = plan.workspace.report.with_suffix(".md").read_text()
+    assert "| build | not run |  |  | never run in this workspace |" in md
+
+
+def test_a_section_names_the_command_that_wrote_it(tmp_path):
+    rep = tmp_path / "ws" / "report.json"
+    report.begin_run("doctor", ["--arch", "9.0"])
+    report.merge_section(rep, "doctor", {"ok": True, "checks": [Check("disk", "pass", "ok").to_dict()],
+                                         "when": "2026-12-03T16:00:00"})
+    [record] = report.finish_run(0)
+    assert record.parent.parent == tmp_path / "ws" / "runs"
+    md = rep.with_suffix(".md").read_text()
+    assert "Checked by `./inv doctor --arch 9.0` at 2026-12-03T16:00:00." in md
+    assert report.finish_run(0) == []           # nothing runs any more: nothing is recorded twice

@@ -15,24 +15,42 @@ from rich.table import Table
 from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, inputs, lock, minor_version, mirrors, report, runner, ui
 from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
-from .pipeline import STEPS, StepResult, run_steps, steps_to_force
+from .pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
 from .plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 
 
 def handles_errors(func: Callable) -> Callable:
-    """Turn ProvisionError into `error:`/`hint:` lines and exit 1 (failed) or 2 (bad input)."""
+    """Turn ProvisionError into `error:`/`hint:` lines and exit 1 (failed) or 2 (bad input); Ctrl-C exits
+    130, SIGTERM 143. The command is a run: what it writes into a workspace report names it, and its
+    record (with this exit code) goes to <workspace>/runs/ (report.begin_run/finish_run).
+    `verbose` (-v/--verbose) streams every tool's own output."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        if kwargs.get("verbose"):
+            ui.set_verbose(True)
+        name = func.__name__.replace("_", "-")
+        report.begin_run(name, task_args(name), {k: v for k, v in kwargs.items() if k != "verbose"})
+        code = 1        # an unexpected exception: Python's own exit code
         try:
             with runner.sigterm_as_interrupt():   # SIGTERM stops what runs, like Ctrl-C
-                return func(*args, **kwargs)
+                result = func(*args, **kwargs)
+            code = 0
+            return result
+        except Exit as exc:
+            code = exc.code
+            raise
         except ProvisionError as exc:
+            code = exc.exit_code
             ui.error(exc.message, exc.hint, exc.log_tail)
             raise Exit(code=exc.exit_code)
-        except KeyboardInterrupt:
-            ui.error("interrupted", "rerun the same command: finished steps are skipped, the interrupted one resumes")
-            raise Exit(code=130)
+        except KeyboardInterrupt as exc:
+            code = interrupted_exit_code(exc)
+            ui.error("interrupted" if code == 130 else "terminated (SIGTERM)",
+                     "rerun the same command: finished steps are skipped, the interrupted one resumes")
+            raise Exit(code=code)
+        finally:
+            report.finish_run(code)
 
     return wrapper
 
@@ -83,7 +101,8 @@ def print_summary(results: list[StepResult]) -> None:
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("detail", overflow="fold")
-    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red", "not run": "dim"}
+    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red", "interrupted": "red",
+              "not run": "dim"}
     for r in results:
         table.add_row(r.step, f"[{colors.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.1f} s", r.detail)
     ui.console.print(table)

@@ -22,7 +22,7 @@ from .settings import ENV_PREFIX, Settings, field_of, from_environment
 
 DEFAULTS_FILE = "vllm-provision.yaml"
 # Read by the ./inv wrapper, not by the toolkit.
-WRAPPER_ONLY = {"WHEELHOUSE", "EXTRAS", "BOOTSTRAP_PYTHON"}
+WRAPPER_ONLY = {"WHEELHOUSE", "EXTRAS", "BOOTSTRAP_PYTHON", "HEARTBEAT_S", "VERBOSE"}   # read by ./inv or the console
 PROFILE_META = {"description"}
 # Task flag -> the setting it sets.
 FLAGS = {"release": "release", "profile": "profile", "offline": "offline", "arch": "build.arch_list",

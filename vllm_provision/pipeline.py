@@ -62,12 +62,12 @@ class StepOutcome:
 @dataclass
 class StepResult:
     step: str
-    status: str             # ok | up-to-date | skipped | failed | not run
+    status: str             # ok | up-to-date | skipped | failed | interrupted | not run
     detail: str = ""
     seconds: float = 0.0
     facts: dict = field(default_factory=dict)
     hint: str | None = None
-    exit_code: int = 0      # of the error that failed the step: 1 failed check, 2 bad input
+    exit_code: int = 0      # of the error that failed the step: 1 failed check, 2 bad input; 130/143 interrupted
 
 
 def step_module(name: str):
@@ -155,9 +155,14 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
                 started = time.monotonic()
                 try:
                     result, upstream = _run_step(module, ctx, upstream, name in force)
-                except KeyboardInterrupt:       # Ctrl-C or SIGTERM: the report shows where it stopped
-                    results.append(StepResult(name, "failed", "interrupted", time.monotonic() - started,
-                                              hint="rerun the same command"))
+                except KeyboardInterrupt as exc:    # Ctrl-C or SIGTERM: the report shows where it stopped
+                    code = interrupted_exit_code(exc)
+                    results.append(StepResult(name, "interrupted",
+                                              f"interrupted by {'SIGTERM' if code == 143 else 'Ctrl-C'}",
+                                              time.monotonic() - started, hint="rerun the same command",
+                                              exit_code=code))
+                    interrupted = [s for s in wanted if STEPS.index(s) > STEPS.index(name)]
+                    results += [StepResult(s, "not run", "the run was interrupted before it") for s in interrupted]
                     raise
                 stopped = result.status == "failed"
                 results.append(result)
@@ -167,6 +172,11 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
             if results:     # whatever ended the run (a failure, Ctrl-C), the report says what ran
                 _record(ws, results, plan)
     return results
+
+
+def interrupted_exit_code(exc: BaseException) -> int:
+    """The exit code of a run stopped by `exc`: 143 for SIGTERM (runner.Terminated), 130 for Ctrl-C."""
+    return 143 if isinstance(exc, runner.Terminated) else 130
 
 
 def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[StepResult, str]:
@@ -217,4 +227,5 @@ def _record(ws: Workspace, results: list[StepResult], plan: Plan) -> None:
     """Merge this run's step results into report.json and render report.md (see report.py)."""
     from .report import record_run
     record_run(ws.report, {r.step: asdict(r) for r in results if r.status != "not run"},
+               {r.step: r.detail for r in results if r.status == "not run"},
                release=plan.release.version, profile=plan.profile)

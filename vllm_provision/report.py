@@ -1,15 +1,23 @@
-"""The workspace report: report.json (machines), report.md (onboarding docs), JUnit XML (CI).
+"""The workspace report: report.json (machines), report.md (onboarding docs), JUnit XML (CI), run history.
 
 `merge_section` updates one top-level section of report.json atomically (tmp file + rename, under a
 small flock so doctor/verify/pipeline writers do not lose each other's sections); `render` writes
 report.md from whatever report.json holds.
+
+Every command is a run (`begin_run` ... `finish_run(exit_code)`, called by the CLI): each section and step
+row it writes names it (command and start), so report.json/report.md show the latest run of each step
+and nothing stale passes as current; at its end the run's own record goes to
+<workspace>/runs/<timestamp>/run.json (kept as history) and report.json's `run` is that latest run.
+report.json follows vllm_provision/schemas/report.schema.json (`schema_version`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import platform
+import shlex
 import socket
 import time
 import xml.etree.ElementTree as ET
@@ -17,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import GIB
+from . import GIB, PROJECT_ROOT, __version__, runner
 from .checks import Check, counts, from_dicts
 from .host import HostFacts
 from .redact import redact_text
@@ -48,26 +56,135 @@ def _write(report: Path, data: dict) -> None:
     tmp.replace(report)
 
 
+SCHEMA_VERSION = 2
+SCHEMA = Path(__file__).with_name("schemas") / "report.schema.json"
+STEP_ORDER = ("fetch", "env", "patch", "build", "verify", "smoke")
+TIMINGS = "timings.html"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# ------------------------------------------------------------------------------------------ runs
+_run: dict | None = None            # the command this process runs (begin_run), while it runs
+_touched: list[Path] = []           # the reports it wrote
+_ids: list[str] = []                # the runs this process began
+
+
+def toolkit_version() -> dict:
+    """The toolkit's version and, in a git checkout, its commit (`-dirty` with local changes)."""
+    done = runner.capture(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+                          timeout=10) if (PROJECT_ROOT / ".git").exists() else None
+    return {"version": __version__, "commit": done.output.strip() if done and done.returncode == 0 else None}
+
+
+def begin_run(task: str, argv: list[str], flags: dict | None = None) -> dict:
+    """This process runs `./inv <task> <argv>`: what it writes into a workspace report names it."""
+    global _run
+    _touched.clear()
+    started = time.time()
+    _ids.append(time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{os.getpid()}")
+    same = _ids.count(_ids[-1])     # a second run in this process within the same second
+    _run = {"id": _ids[-1] + (f"-{same}" if same > 1 else ""),
+            "command": redact_text(shlex.join(["./inv", task, *argv])), "task": task,
+            "flags": {k: v for k, v in (flags or {}).items() if v not in (None, False, [], (), "")},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "_t0": started}
+    return _run
+
+
+def run_ref() -> dict | None:
+    """The current run as a section or step row names it: {id, command, started}."""
+    return {k: _run[k] for k in ("id", "command", "started")} if _run else None
+
+
+def _note(report: Path) -> None:
+    if _run is not None and report not in _touched:
+        _touched.append(report)
+
+
+def result_of(exit_code: int) -> str:
+    return {0: "ok", 2: "bad input", 130: "interrupted", 143: "interrupted"}.get(exit_code, "failed")
+
+
+def finish_run(exit_code: int) -> list[Path]:
+    """The run ended with `exit_code`: its record into runs/<id>/run.json of every workspace it wrote,
+    report.json's `run` set to it, report.md rendered again. Returns the records written."""
+    global _run
+    if _run is None:
+        return []
+    run, _run = _run, None
+    ended = time.time()
+    if not _touched:
+        return []
+    record = {k: v for k, v in run.items() if not k.startswith("_")} | {
+        "toolkit": toolkit_version(), "ended": _now(), "seconds": round(ended - run["_t0"], 1), "exit_code": exit_code,
+        "result": result_of(exit_code)}
+    written = []
+    for report in list(_touched):
+        try:
+            with _locked(report):
+                data = read(report)
+                mine = [dict(s, step=name) for name, s in (data.get("steps") or {}).items()
+                        if (s.get("run") or {}).get("id") == record["id"]]
+                ran = {s["step"] for s in mine}
+                wanted = (data.get("run_steps") or {}).get(record["id"]) or []
+                rows = sorted(mine + [{"step": n, "status": "not run", "detail": why}
+                                      for n, why in wanted if n not in ran],
+                              key=lambda s: STEP_ORDER.index(s["step"]) if s["step"] in STEP_ORDER else 99)
+                run_record = record | {"steps": [{k: s.get(k) for k in ("step", "status", "detail", "seconds")}
+                                                 for s in rows]}
+                folder = report.parent / "runs" / record["id"]
+                folder.mkdir(parents=True, exist_ok=True)
+                _write(folder / "run.json", run_record | {"schema_version": SCHEMA_VERSION})
+                data.pop("run_steps", None)
+                data["run"] = run_record
+                data["schema_version"] = SCHEMA_VERSION
+                data["updated"] = _now()
+                _write(report, data)
+            render(report)
+            written.append(folder / "run.json")
+        except OSError:
+            continue        # a read-only or vanished workspace: the command's own exit code stands
+    _touched.clear()
+    return written
+
+
 def merge_section(report: Path, name: str, section: Any, **top: Any) -> dict:
-    """Replace section `name` of report.json (and set top-level keys in `top`), atomically."""
+    """Replace section `name` of report.json (and set top-level keys in `top`), atomically; a dict section
+    names the run that wrote it."""
+    _note(report)
+    if isinstance(section, dict) and _run is not None:
+        section = dict(section, run=run_ref())
     with _locked(report):
         data = read(report)
         data[name] = section
         data.update({k: v for k, v in top.items() if v is not None})
-        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        data["schema_version"] = SCHEMA_VERSION
+        data["updated"] = _now()
         _write(report, data)
     return data
 
 
-def merge_steps(report: Path, steps: dict[str, dict], **top: Any) -> dict:
-    """Merge step results (name -> StepResult dict) into report.json's `steps`, atomically."""
+def merge_steps(report: Path, steps: dict[str, dict], not_run: dict[str, str] | None = None, **top: Any) -> dict:
+    """Merge step results (name -> StepResult dict) into report.json's `steps`, atomically: each row is the
+    latest run of its step, with the run (command, start) and when it ended. `not_run` (name -> why):
+    steps this run was asked for and did not run; they keep their earlier row (its own command and time)
+    and the run's record lists them as not run."""
+    _note(report)
+    ended = _now()
     with _locked(report):
         data = read(report)
         merged = data.get("steps") or {}
-        merged.update(steps)
+        merged.update({name: dict(row, ended=ended, **({"run": run_ref()} if _run else {}))
+                       for name, row in steps.items()})
         data["steps"] = merged
+        if _run is not None and not_run:
+            data.setdefault("run_steps", {})[_run["id"]] = sorted(not_run.items())
         data.update({k: v for k, v in top.items() if v is not None})
-        data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        data["schema_version"] = SCHEMA_VERSION
+        data["updated"] = ended
         _write(report, data)
     return data
 
@@ -95,33 +212,59 @@ def _checks_table(checks: list[Check]) -> list[str]:
     return _table(["check", "status", "detail", "fix"], [[c.name, c.status, c.detail, c.hint or ""] for c in checks])
 
 
-def render_markdown(data: dict) -> str:
-    release, profile = data.get("release", "?"), data.get("profile", "?")
-    lines = [f"# vLLM {release} / profile {profile}", "",
-             f"Updated {data.get('updated', '?')} by vllm-provision.", ""]
-    host = data.get("host") or {}
-    lines += ["## Host", ""]
-    if host:
-        lines += _table(["fact", "value"], [
-            ["hostname", host.get("hostname", "")],
-            ["kernel", host.get("kernel", "")],
+def _ran_by(section: dict) -> str:
+    """"by `./inv doctor` at 2026-12-03T16:40:00" for a section or row that names its run."""
+    run = section.get("run") if isinstance(section, dict) else None
+    when = section.get("ended") or section.get("when") or (run or {}).get("started") or ""
+    return " ".join(x for x in (f"by `{run['command']}`" if run else "", f"at {when}" if when else "") if x)
+
+
+def relative_paths(text: str, root: Path | None) -> str:
+    """Paths as a wiki reader can use them: the workspace's relative to it, the home's as ~."""
+    if root is not None:
+        for where in {str(root), str(root.resolve())}:
+            text = text.replace(where + "/", "").replace(where, ".")
+    home = os.path.expanduser("~")
+    return text.replace(home + "/", "~/") if home not in ("", "/") else text
+
+
+def _host_rows(host: dict) -> list[list[Any]]:
+    gpus = host.get("gpus") or []
+    rows = [["hostname", host.get("hostname", "")], ["kernel", host.get("kernel", "")],
             ["CPUs", host.get("cpu_count", "")],
             ["RAM", f"{host.get('mem_available_bytes', 0) / GIB:.1f} GiB available of "
                     f"{host.get('mem_total_bytes', 0) / GIB:.1f} GiB"],
             ["disk free", f"{host.get('disk_free_bytes', 0) / GIB:.1f} GiB"],
-            ["driver", (host.get("gpus") or [{}])[0].get("driver_version", "—") if host.get("gpus") else "—"],
-            ["driver CUDA", host.get("driver_cuda") or "—"],
-        ])
-        lines += ["", "### GPUs", ""]
-        gpus = host.get("gpus") or []
-        if gpus:
-            lines += _table(["#", "name", "compute capability", "memory"],
-                            [[g.get("index"), g.get("name"), g.get("compute_cap"),
-                              f"{g.get('memory_total_mib', 0)} MiB"] for g in gpus])
-        else:
-            lines.append(f"none ({host.get('gpu_error') or 'no GPU listed'})")
-    else:
-        lines.append("not probed yet (run `./inv doctor` or `./inv verify`)")
+            ["driver", gpus[0].get("driver_version", "—") if gpus else "—"],
+            ["driver CUDA", host.get("driver_cuda") or "—"]]
+    rows += [[f"GPU {g.get('index')}", f"{g.get('name')}, compute capability {g.get('compute_cap')}, "
+                                      f"{g.get('memory_total_mib', 0)} MiB"] for g in gpus]
+    if not gpus:
+        rows.append(["GPUs", f"none ({host.get('gpu_error') or 'no GPU listed'})"])
+    rows.append(["probed", host.get("probed", "")])
+    return rows
+
+
+def render_markdown(data: dict, root: Path | None = None) -> str:
+    """report.md: the latest run, the host in one table, then each step's latest run (which command, when)."""
+    release, profile = data.get("release", "?"), data.get("profile", "?")
+    lines = [f"# vLLM {release} / profile {profile}", "",
+             f"Updated {data.get('updated', '?')} by vllm-provision.", ""]
+    run = data.get("run") or {}
+    if run:
+        toolkit = run.get("toolkit") or {}
+        lines += ["## Latest run", ""]
+        lines += _table(["fact", "value"], [
+            ["command", f"`{run.get('command')}`"], ["result", f"{run.get('result')} (exit code {run.get('exit_code')})"],
+            ["started", run.get("started")], ["ended", run.get("ended")], ["time", f"{run.get('seconds')} s"],
+            ["toolkit", f"vllm-provision {toolkit.get('version')}"
+                        + (f" ({toolkit['commit']})" if toolkit.get("commit") else "")],
+            ["record", f"runs/{run.get('id')}/run.json"]])
+        lines.append("")
+    host = data.get("host") or {}
+    lines += ["## Host", ""]
+    lines += _table(["fact", "value"], _host_rows(host)) if host else \
+        ["not probed yet (run `./inv doctor` or `./inv verify`)"]
     lines.append("")
     env = data.get("env") or {}
     tool = data.get("toolchain") or {}
@@ -161,15 +304,19 @@ def render_markdown(data: dict) -> str:
     for p in patch_facts.get("skipped") or ():
         if isinstance(p, dict):
             lines.append(f"- not needed: `{p.get('file', '?')}` ({p.get('reason', '')})")
-    lines += ["", "## Steps", ""]
-    if steps:
-        order = {name: i for i, name in enumerate(("fetch", "env", "patch", "build", "verify", "smoke"))}
-        lines += _table(["step", "status", "time", "detail"],
-                        [[name, s.get("status"), f"{float(s.get('seconds') or 0):.1f} s", s.get("detail", "")]
-                         for name, s in sorted(steps.items(), key=lambda kv: order.get(kv[0], 99))])
-    else:
-        lines.append("no step has run yet")
-    lines += _build_units(((steps.get("build") or {}).get("facts")) or {})
+    lines += ["", "## Steps (the latest run of each)", ""]
+    names = list(STEP_ORDER) + sorted(set(steps) - set(STEP_ORDER))
+    lines += _table(["step", "status", "time", "ran", "detail"],
+                    [[name, s.get("status"), f"{float(s.get('seconds') or 0):.1f} s", _ran_by(s), s.get("detail", "")]
+                     if (s := steps.get(name)) else [name, "not run", "", "", "never run in this workspace"]
+                     for name in names])
+    build_facts = ((steps.get("build") or {}).get("facts")) or {}
+    if build_facts.get("arch_list"):
+        lines += ["", f"Build for arch {build_facts['arch_list']}"
+                      + (f", {build_facts.get('max_jobs')} jobs" if build_facts.get("max_jobs") else "") + "."]
+    lines += _build_units(build_facts)
+    if build_facts.get("timings"):
+        lines += ["", f"Every compile unit on a timeline: [{build_facts['timings']}]({build_facts['timings']})"]
     for section, title in (("doctor", "Doctor"), ("verify", "Verify")):
         sec = data.get(section) or {}
         if sec.get("checks"):
@@ -178,6 +325,8 @@ def render_markdown(data: dict) -> str:
             lines += ["", f"## {title}: {'ok' if sec.get('ok') else 'FAILED'} "
                           f"({n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip; "
                           f"{sec.get('when', '')})", ""]
+            if sec.get("run"):
+                lines += [f"Checked {_ran_by(sec)}.", ""]
             lines += _checks_table(checks)
     smoke = data.get("smoke")
     if isinstance(smoke, dict) and smoke:
@@ -185,7 +334,7 @@ def render_markdown(data: dict) -> str:
         lines += _table(["fact", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
                                             for k, v in smoke.items()])
     lines += _gpus_section(data.get("gpus")) + _nccl_section(data.get("nccl"))
-    return "\n".join(lines) + "\n"
+    return relative_paths("\n".join(lines) + "\n", root)
 
 
 def _gpus_section(gpus: Any) -> list[str]:
@@ -251,14 +400,14 @@ def render(report: Path) -> Path:
     md = report.with_suffix(".md")
     tmp = md.with_name(md.name + ".tmp")
     # a report.json holding lone surrogates (bytes that were not UTF-8) must still render, now and later
-    tmp.write_text(render_markdown(read(report)), encoding="utf-8", errors="backslashreplace")
+    tmp.write_text(render_markdown(read(report), report.parent), encoding="utf-8", errors="backslashreplace")
     tmp.replace(md)
     return md
 
 
-def record_run(report: Path, steps: dict[str, dict], **top: Any) -> None:
+def record_run(report: Path, steps: dict[str, dict], not_run: dict[str, str] | None = None, **top: Any) -> None:
     """The pipeline's end-of-run hook: merge step results, then render report.md."""
-    merge_steps(report, steps, **top)
+    merge_steps(report, steps, not_run, **top)
     env_json = report.with_name("env.json")
     if env_json.is_file():
         try:

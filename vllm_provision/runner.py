@@ -6,8 +6,9 @@ timeout, and turns failure into a StepFailed with the log tail and a diagnosis h
 Each command runs in its own process group (Ctrl-C in a terminal reaches only the toolkit). On
 Ctrl-C, SIGTERM or a timeout the whole group gets SIGTERM, then SIGKILL after STOP_GRACE_S, and the
 runner waits until none of it runs before the exception goes on: the workspace lock is released
-only when nothing the run started can still write into the workspace. SIGTERM is handled exactly
-like Ctrl-C (same message, exit 130).
+only when nothing the run started can still write into the workspace. SIGTERM is handled like Ctrl-C
+(the CLI exits 143 for it, 130 for Ctrl-C). Under -v/--verbose (ui.verbose) every command's own output
+is shown on the console as it comes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from .errors import StepFailed
+from . import ui
 from .redact import redact_text
 
 
@@ -146,12 +148,15 @@ def run(
     diagnose: Diagnose | None = None,
     echo: Callable[[str], None] | None = None,
     tail_lines: int = 40,
+    stream: bool = True,
 ) -> Completed:
     """Run argv (never through a shell), tee output to `log`, and return its result.
 
     `diagnose(output, returncode)` may return a hint for a failure; `echo` receives each
-    output line (redacted) for progress display.
+    output line (redacted) for progress display. Under -v/--verbose (ui.verbose) each line is also
+    shown on the console, unless `stream` is False (quick probes).
     """
+    stream = stream and ui.verbose()
     argv = [str(a) for a in argv]
     run_env = dict(os.environ if env is None else env)
     if extra_env:
@@ -190,6 +195,8 @@ def run(
                     lines.append(line)
                     if log_fh:
                         log_fh.write(line)
+                    if stream:
+                        ui.tool_output(line.rstrip("\n"))
                     if echo:
                         echo(line.rstrip("\n"))
                 returncode = proc.wait()
@@ -227,6 +234,6 @@ def capture(argv: Sequence[str | os.PathLike], *, timeout: float = 20, env: Mapp
             cwd: Path | None = None) -> Completed | None:
     """Run a quick probe command; None when it is not installed. Never raises on failure."""
     try:
-        return run(argv, timeout=timeout, env=env, cwd=cwd, check=False)
+        return run(argv, timeout=timeout, env=env, cwd=cwd, check=False, stream=False)
     except StepFailed:
         return None

@@ -9,7 +9,7 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 from urllib.parse import urldefrag, urljoin
 
 from . import ui
@@ -17,6 +17,7 @@ from .download import HttpSettings, NotFound, cache_lock, download, fetch_text, 
 from .errors import ConfigError, StepFailed
 from .extract import safe_extract, tree_sha256
 from .plan import Plan, SourcePlan
+from .progress import progress
 from .redact import redact_url
 
 
@@ -64,27 +65,9 @@ def http_settings(plan: Plan) -> HttpSettings:
     return http_settings_of(plan.settings)
 
 
-def _progress_printer(name: str) -> Callable[[int, int | None], None]:
-    """Plain lines at every 25 % (CI logs); the TTY bar is set up by the caller."""
-    shown = {"next": 25}
-
-    def show(done: int, total: int | None) -> None:
-        if total and done * 100 >= shown["next"] * total:
-            ui.info(f"  {name}: {done * 100 // total}% of {total / 1e6:.1f} MB")
-            while shown["next"] * total <= done * 100:
-                shown["next"] += 25
-    return show
-
-
 def _download_with_progress(url: str, dest: Path, settings: HttpSettings, sha256: str | None) -> Path:
-    if ui.interactive():
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=ui.console, transient=True) as bar:
-            task = bar.add_task(dest.name, total=None)
-            return download(url, dest, settings, sha256=sha256,
-                            progress=lambda d, t: bar.update(task, completed=d, total=t), log=ui.info)
-    return download(url, dest, settings, sha256=sha256, progress=_progress_printer(dest.name), log=ui.info)
+    with progress(f"downloading {dest.name}", unit="bytes", step="fetch") as p:
+        return download(url, dest, settings, sha256=sha256, progress=p.update, log=ui.info)
 
 
 def _mismatch(path: Path, source: SourcePlan) -> str | None:

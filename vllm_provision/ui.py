@@ -12,6 +12,34 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+_verbose = os.environ.get("VLLMP_VERBOSE", "").lower() in ("1", "true", "yes")
+
+
+def set_verbose(on: bool) -> None:
+    """-v/--verbose: every external command's own output streams to the console (runner.run)."""
+    global _verbose
+    _verbose = on or _verbose
+
+
+def verbose() -> bool:
+    return _verbose
+
+
+def tool_output(line: str) -> None:
+    """One line of a tool's own output, under --verbose: indented, dim, never taken for the toolkit's."""
+    console.print(f"  | {redact_text(line)}", markup=False, style="dim")
+
+
+def duration(seconds: float) -> str:
+    """45 s, 8 min 20 s, 1 h 02 min."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def interactive() -> bool:
     return console.is_terminal and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
 

@@ -302,7 +302,7 @@ def _ninja_unescape(path: str) -> str:
 
 def ninja_unit_times(temp_dir: Path, src: Path) -> list[dict]:
     """Each compiled source's wall time in one ninja build dir, from its .ninja_log and build.ninja:
-    [{"unit": path relative to src, "seconds"}] (empty when ninja did not run there)."""
+    [{"unit": path relative to src, "seconds", "start", "end"}] (empty when ninja did not run there)."""
     try:
         log = (temp_dir / ".ninja_log").read_text(errors="replace").splitlines()
         rules = (temp_dir / "build.ninja").read_text(errors="replace").splitlines()
@@ -313,18 +313,19 @@ def ninja_unit_times(temp_dir: Path, src: Path) -> list[dict]:
         m = re.match(r"build (.+?(?<!\$)): \S+ (.+)$", line)
         if m:
             source_of[_ninja_unescape(m.group(1))] = _ninja_unescape(m.group(2).split(" ")[0])
-    last: dict[str, float] = {}
+    last: dict[str, tuple[float, float]] = {}
     for line in log:
         parts = line.split("\t")
         if len(parts) >= 4 and parts[0].isdigit() and parts[1].isdigit():
-            last[parts[3]] = (int(parts[1]) - int(parts[0])) / 1000.0   # later entries win (rebuilds)
+            last[parts[3]] = (int(parts[0]) / 1000.0, int(parts[1]) / 1000.0)   # later entries win (rebuilds)
     out = []
-    for output, seconds in last.items():
+    for output, (start, end) in last.items():
         source = source_of.get(output)
         if source:
             try:
                 unit = str(Path(source).resolve().relative_to(src.resolve()))
             except ValueError:
                 unit = source
-            out.append({"unit": unit, "seconds": round(seconds, 1)})
+            # start/end: seconds since this ninja started (the timings page places them)
+            out.append({"unit": unit, "seconds": round(end - start, 1), "start": start, "end": end})
     return sorted(out, key=lambda u: -u["seconds"])

@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 from packaging.version import InvalidVersion, Version
 
-from .. import host, minor_version, mirrors, runner
+from .. import host, lock as locks, minor_version, mirrors, runner
+from ..progress import Progress, progress
 from ..host import NvccInfo
 from ..redact import redact_url
 from ..errors import StepFailed
@@ -113,12 +114,46 @@ def _index_urls(index: Any) -> list[str]:
     return [u for u in [getattr(index, "index_url", None), *(getattr(index, "extra_index_urls", ()) or ())] if u]
 
 
-def install(ctx, installer: Installer, python: Path, args: Sequence[str], *, what: str, index: Any) -> None:
-    """Run one install; a failure becomes one line naming the (redacted) mirror and, unless the mirror
-    itself fails, the failing package."""
+_UV_SIZE = re.compile(r"^Downloading (\S+) \(([\d.]+)([KMG]i?B)\)")
+_UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1000, "MB": 10 ** 6, "GB": 10 ** 9}
+
+
+def install_progress(kind: str, p: Progress) -> Callable[[str], None]:
+    """A reader of the installer's output lines that keeps `p` current: pip names each package it collects
+    (counted against the lock's pins); uv names only its large downloads, with their sizes (bytes done of
+    those announced so far)."""
+    sizes: dict[str, int] = {}
+
+    def read(line: str) -> None:
+        text = line.strip()
+        if kind == "pip":
+            if text.startswith("Collecting "):
+                p.advance()
+                p.note(text.split()[1])
+            elif text.startswith("Installing collected packages"):
+                p.note("installing")
+            return
+        m = _UV_SIZE.match(text)
+        if m:
+            sizes[m.group(1)] = int(float(m.group(2)) * _UNITS[m.group(3)])
+            p.update(total=sum(sizes.values()))
+            p.note(f"downloading {m.group(1)}")
+        elif text.startswith("Downloaded ") and text.split()[1] in sizes:
+            p.advance(sizes[text.split()[1]])
+        elif text.startswith("Prepared "):
+            p.note("installing")
+    return read
+
+
+def install(ctx, installer: Installer, python: Path, args: Sequence[str], *, what: str, index: Any,
+            packages: int | None = None) -> None:
+    """Run one install (showing its progress: `packages` is how many it installs, when known); a failure
+    becomes one line naming the (redacted) mirror and, unless the mirror itself fails, the failing package."""
     argv = installer.argv(python, *args)
-    result = runner.run(argv, log=ctx.log, extra_env=installer.env, timeout=INSTALL_TIMEOUT, check=False,
-                        what=f"{installer.kind} install")
+    unit, total = ("packages", packages) if installer.kind == "pip" else ("bytes", None)
+    with progress(f"installing {what} with {installer.kind}", total, unit=unit, step=ctx.name) as p:
+        result = runner.run(argv, log=ctx.log, extra_env=installer.env, timeout=INSTALL_TIMEOUT, check=False,
+                            what=f"{installer.kind} install", echo=install_progress(installer.kind, p))
     if result.returncode == 0:
         return
     failure = diagnose_install(result.output)
@@ -148,7 +183,7 @@ def install(ctx, installer: Installer, python: Path, args: Sequence[str], *, wha
 def install_lock(ctx, installer: Installer, python: Path, lock: Path, index: Any) -> None:
     """Exactly the lock: every pin, hash-checked, nothing resolved beyond it."""
     install(ctx, installer, python, ["--require-hashes", "--no-deps", "-r", str(lock)], what=f"the lock {lock.name}",
-            index=index)
+            index=index, packages=len(locks.pinned(lock)))
 
 
 def host_toolkits(environ=None) -> list[NvccInfo]:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import sysconfig
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from .. import envinfo, host, preflight, runner
+from .. import envinfo, host, preflight, runner, timings
 from ..artifacts import cache as artifact_cache
 from ..artifacts import install as artifact_install
 from ..artifacts import manifest as artifact_manifest
@@ -40,6 +41,8 @@ from ..envprobe import site_state
 from ..envs.common import choose_installer
 from ..errors import StepFailed
 from ..pipeline import StepContext, StepOutcome, read_stamp
+from ..progress import progress
+from ..ui import duration
 
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
@@ -159,15 +162,20 @@ def run(ctx: StepContext) -> StepOutcome:
     pip_log.write_text("")
     pip_timing: dict = {}
     installed: dict = {}
+    listing_units: dict = {}        # how many units pip compiles when it compiles them all
 
     def pip_install() -> None:
         ctx.say("pip install --no-build-isolation --no-deps -e src"
                 + (" (packaging the pre-built extensions, alongside the compile)" if env.get(PREBUILT_FLAG) else ""))
         t0 = time.monotonic()
         try:
-            runner.run(argv, log=pip_log, cwd=src, env=env, timeout=PIP_TIMEOUT, what="pip install -e (vLLM build)",
-                       diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
-                       tail_lines=60)
+            # without the pre-built extensions pip compiles them all (alongside the compile this is quiet)
+            with progress("pip install -e", unit="units", step=ctx.name,
+                          watch=lambda: (units_done(tmp_root(src)), listing_units.get("total"))):
+                runner.run(argv, log=pip_log, cwd=src, env=env, timeout=PIP_TIMEOUT,
+                           what="pip install -e (vLLM build)",
+                           diagnose=lambda out, rc: diagnose(out, rc, max_jobs=jobs, cuda=info.torch_cuda),
+                           tail_lines=60)
         finally:
             pip_timing["seconds"] = time.monotonic() - t0
             with open(ctx.log, "a", encoding="utf-8") as fh:
@@ -209,6 +217,7 @@ def run(ctx: StepContext) -> StepOutcome:
     else:
         listing, built = _compile(ctx, benv, jobs, info, list_only=not parallel, on_listing=driver_listed)
         compile_s = time.monotonic() - started
+        listing_units["total"] = sum(len(e["sources"]) for e in listing["extensions"])
         pip_install()
     pip_s = pip_timing.get("seconds", 0.0)
     exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
@@ -238,10 +247,18 @@ def run(ctx: StepContext) -> StepOutcome:
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
              "startup_seconds": round(startup.get("seconds", 0.0), 1),
-             "per_extension": built, "units": _unit_times(src, exts) if parallel else [],
+             "per_extension": built, "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
+    # the largest single process this run has waited for (Linux: RUSAGE_CHILDREN's ru_maxrss, KiB): a compile job
+    facts["peak_process_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if facts["units"]:
+        units, _ = timings.units_from_facts(facts["units"])
+        facts["timings"] = timings.write_page(ws.root / timings.PAGE, units, jobs=jobs,
+                                              title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
+                                              estimate_s=plan.build.expected_seconds,
+                                              peak_memory_bytes=facts["peak_process_rss_bytes"])
     (src / MARKER).write_text(json.dumps(facts, indent=2))
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
@@ -464,12 +481,13 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
     listing: dict = {}
     results: list[dict] = []
 
-    def progress(line: str) -> None:
+    def read(line: str) -> None:
         if line.startswith("DRIVER-JSON "):
             listing.update(json.loads(line[len("DRIVER-JSON "):]))
             on_listing()
             if not list_only:
                 exts = listing["extensions"]
+                bar.update(total=sum(len(e["sources"]) for e in exts))
                 # the driver decides each extension's jobs (driver.jobs_for); this only reports it
                 all_at_once = all(e["jobs"] == len(e["sources"]) for e in exts)
                 ctx.say(f"compiling {len(exts)} extensions ({sum(len(e['sources']) for e in exts)} units), "
@@ -485,8 +503,17 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
                 fh.write(Path(done["log"]).read_text(errors="replace") if Path(done["log"]).is_file() else "")
 
     what = "setup.py (reading the extension list)" if list_only else "compiling the extensions"
-    done = runner.run([info.python, str(DRIVER), "build", str(spec)], log=ctx.log, cwd=src, env=benv.env,
-                      timeout=EXT_TIMEOUT, what=what, echo=progress, check=False)
+    estimate = ctx.plan.build.expected_seconds
+    with progress("compiling" if not list_only else "reading setup.py", unit="units" if not list_only else "",
+                  estimate_s=estimate if not list_only else None, step=ctx.name,
+                  watch=None if list_only else lambda: (units_done(tmp_root(src)), None)) as bar:
+        done = runner.run([info.python, str(DRIVER), "build", str(spec)], log=ctx.log, cwd=src, env=benv.env,
+                          timeout=EXT_TIMEOUT, what=what, echo=read, check=False)
+        if not list_only:
+            bar.update(done=units_done(tmp_root(src)))
+            bar.finish(f"compiled {bar.counts()} in {duration(bar.elapsed)}"
+                       + (f"; the plan estimated {duration(estimate)} ({_versus(bar.elapsed, estimate)})"
+                          if estimate else ""))
     failures = [r for r in results if r["rc"] != 0]
     if failures:
         first = failures[0]
@@ -502,10 +529,37 @@ def _compile(ctx: StepContext, benv: BuildEnv, jobs: int, info, list_only: bool 
     return listing, sorted(({"name": r["name"], "seconds": r["seconds"]} for r in results), key=lambda r: -r["seconds"])
 
 
-def _unit_times(src: Path, exts: list[dict]) -> list[dict]:
-    """Every compiled source's wall time in this build, slowest first (from ninja's logs)."""
-    units = [dict(u, extension=e["name"]) for e in exts
-             for u in ninja_unit_times(tmp_root(src) / f"temp-{e['name']}", src)]
+def _versus(took: float, planned: float) -> str:
+    """How the time taken compares with the plan's: "12 % faster", "30 % slower"."""
+    off = round((took - planned) * 100 / planned)
+    return "as planned" if off == 0 else f"{abs(off)} % {'slower' if off > 0 else 'faster'}"
+
+
+def units_done(temp_root: Path) -> int:
+    """Compile units finished so far under temp_root: one .ninja_log line each (every build dir starts empty)."""
+    count = 0
+    for log in temp_root.glob("*/.ninja_log"):
+        try:
+            count += sum(1 for line in log.read_text(errors="replace").splitlines() if line and line[0] != "#")
+        except OSError:
+            pass
+    return count
+
+
+def _unit_times(src: Path, exts: list[dict], started_at: float) -> list[dict]:
+    """Every compiled source's wall time in this build, slowest first (from ninja's logs), with its start
+    and end in seconds since the compile started (`started_at`, epoch seconds): each ninja counts from its
+    own start, and its .ninja_log was last written when its last unit ended."""
+    units = []
+    for e in exts:
+        temp = tmp_root(src) / f"temp-{e['name']}"
+        found = ninja_unit_times(temp, src)
+        try:
+            shift = (temp / ".ninja_log").stat().st_mtime - max(u["end"] for u in found) - started_at
+        except (OSError, ValueError):
+            shift = 0.0
+        units += [dict(u, extension=e["name"], start=round(u["start"] + shift, 2), end=round(u["end"] + shift, 2))
+                  for u in found]
     return sorted(units, key=lambda u: -u["seconds"])
 
 
