@@ -58,13 +58,14 @@ ARTIFACTS = {"push": "after a compile, make the wheel and publish it to every wr
                                 "force": "rerun STEP even if up to date (repeatable); --force all: every step",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
-                                "model": "local model dir for the smoke step (default: a tiny ChatGLM)"})
+                                "model": "local model dir for the smoke step (default: a tiny ChatGLM)",
+                                "json": "end with one JSON line: {ok, workspace, report, steps, error, hint}"})
 @handles_errors
 def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None,
-              push=False, require_cache=False, artifact_key=None):
+              push=False, require_cache=False, artifact_key=None, json=False):
     """Run everything: fetch -> env -> patch -> build -> verify -> smoke (unchanged steps are skipped)."""
     from vllm_provision.pipeline import STEPS
-    cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), release=release, profile=profile,
+    cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), as_json=json, release=release, profile=profile,
                      offline=offline, arch=arch, max_jobs=max_jobs, model=model, push=push,
                      require_cache=require_cache, artifact_key=artifact_key)
 
