@@ -1,5 +1,6 @@
-"""Fleet runs against real OpenSSH sshd daemons on 127.0.0.11, .12, ... (tests/sshd.py): facts, kinds, host keys,
-timeouts, the fork cap, batches and the failure budget, ProxyJump, --rerun-failed and the report.
+"""Fleet runs against real OpenSSH sshd daemons on 127.0.0.11, .12, ... (tests/sshd.py), through the real
+ansible-playbook and the toolkit's playbook: facts, kinds, host keys, timeouts, the fork cap, batches and the
+failure budget, ProxyJump, --rerun-failed and the report.
 
 The GPU queries are the only fake (an nvidia-smi stand-in replaying H200 / A100 recordings). The install
 phase runs tests/fixtures/fleet/inv-standin as the toolkit command: it speaks the `./inv wheel` /
@@ -17,9 +18,11 @@ import pytest
 
 from sshd import SshFarm, sshd_usable
 from vllm_provision import config
+from vllm_provision.fleet import engine
 from vllm_provision.fleet import report as fleet_report
+from vllm_provision.fleet.engine import FleetOptions, select_hosts
 from vllm_provision.fleet.inventory import read_hosts_file
-from vllm_provision.fleet.run import FleetOptions, FleetRun, new_run_dir, select_hosts
+from vllm_provision.fleet.plays import new_run_dir
 
 pytestmark = pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")
 STANDIN = "tests/fixtures/fleet/inv-standin"
@@ -46,11 +49,11 @@ def fresh(farm):
         (host.home / ".toolkit-behaviour").unlink(missing_ok=True)
 
 
-def resolve(farm: SshFarm, reports: Path, **fleet) -> dict:
+def layer(farm: SshFarm, reports: Path, **fleet) -> dict:
     values = {"ssh_config": str(farm.ssh_config), "known_hosts": str(farm.known_hosts), "connect_timeout": 5,
               "facts_timeout": 60, "report_dir": str(reports), "remote_dir": "vllm-provision",
               "toolkit_command": STANDIN} | fleet
-    return config.resolve({"fleet": values}, environ={})
+    return {"fleet": values}
 
 
 def fleet_run(farm: SshFarm, tmp_path: Path, names: list[str], *, facts_only: bool = True, rerun_failed=False,
@@ -58,14 +61,16 @@ def fleet_run(farm: SshFarm, tmp_path: Path, names: list[str], *, facts_only: bo
     tmp_path.mkdir(parents=True, exist_ok=True)
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text("# simulated fleet\n" + "\n".join(names) + "\n")
-    settings = resolve(farm, tmp_path / "reports", **fleet)
     root = tmp_path / "reports"
+    settings_layer = layer(farm, root, **fleet)
+    settings = config.resolve(settings_layer, environ={})
     hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=rerun_failed,
                          root=root)
-    events: list[tuple] = []
-    options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(root), facts_only=facts_only,
-                           caches=[f"dir:{cache}"] if cache else [], on_event=lambda *e: events.append(e))
-    data = FleetRun(options).run()
+    events: list[str] = []
+    options = FleetOptions(hosts=hosts, overrides=settings_layer | {"caches": [f"dir:{cache}"] if cache else []},
+                           run_dir=new_run_dir(root), fleet=settings["fleet"], facts_only=facts_only,
+                           echo=events.append)
+    data = engine.run(options)
     data["events"] = events
     data["run_dir"] = options.run_dir
     return data
@@ -200,7 +205,9 @@ def test_one_build_per_kind_canary_batches_and_the_failure_budget(fresh, tmp_pat
     cache.mkdir(mode=0o777, exist_ok=True)
     cache.chmod(0o1777)
     (farm.hosts[1].home / ".toolkit-behaviour").write_text("exit 3\n")     # sim2: the install fails
-    data = fleet_run(farm, tmp_path, ["sim1", "sim2", "sim5", "sim3", "sim4"], facts_only=False, cache=cache,
+    # canaries sim1 (H200) and sim3 (A100); then batches of one: sim4 passes, sim2 fails, and with a budget
+    # of 0 % Ansible ends the play there: sim5 is skipped
+    data = fleet_run(farm, tmp_path, ["sim1", "sim3", "sim4", "sim2", "sim5"], facts_only=False, cache=cache,
                      forks=1, max_fail_percent=0)
     hosts = by_name(data)
     builds = (cache / "builds.log").read_text().splitlines()
@@ -211,8 +218,9 @@ def test_one_build_per_kind_canary_batches_and_the_failure_budget(fresh, tmp_pat
     assert hosts["sim1"]["steps"][:4] == ["facts", "upload", "wheel", "install"]
     assert hosts["sim2"]["status"] == "failed" and hosts["sim2"]["exit_code"] == 3
     assert "illegal memory access" in hosts["sim2"]["detail"] and "smoke.log" in hosts["sim2"]["hint"]
-    assert hosts["sim5"]["status"] == "skipped" and "failure budget" in hosts["sim5"]["detail"]
-    # the other kind goes on: its second host installs the canary's wheel (same key, same sha256), builds nothing
+    assert hosts["sim5"]["status"] == "skipped" and "failure budget spent: 1 of 2" in hosts["sim5"]["detail"]
+    assert hosts["sim4"]["role"] == "batch 1" and hosts["sim2"]["role"] == "batch 2"
+    # the other kind's second host installs its canary's wheel (same key, same sha256), builds nothing
     assert hosts["sim4"]["status"] == "ok" and "wheel" not in hosts["sim4"]["steps"]
     assert hosts["sim4"]["key"] == hosts["sim3"]["key"] == a100["key"]
     assert hosts["sim4"]["sha256"] == hosts["sim3"]["sha256"] and len(a100["sha256"]) == 64
@@ -250,6 +258,8 @@ def check_report_files(data: dict) -> None:
     suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert set(cases) == {"sim1", "sim2", "sim5", "sim3", "sim4"}
+    # the host's own report.json came back as JSON, from where the host's toolkit said its workspace is
+    assert json.loads((run_dir / row["log"] / "remote" / "report.json").read_text())["artifact_key"] == row["key"]
     assert suite.get("failures") == "1" and suite.get("skipped") == "1"
     assert cases["sim2"].find("failure") is not None and cases["sim5"].find("skipped") is not None
     assert cases["sim4"].find("failure") is None
