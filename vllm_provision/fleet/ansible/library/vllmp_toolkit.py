@@ -54,7 +54,8 @@ def main():
     chdir = os.path.join(home, os.path.expanduser(p["chdir"]))
     phase = p["phase"]
     tarball = os.path.join(home, os.path.expanduser(p["unpack"])) if p["unpack"] else None
-    if tarball and os.path.exists(tarball):     # the first call after `copy` unpacks; later ones find it gone
+    unpacked = bool(tarball and os.path.exists(tarball))
+    if unpacked:            # the first call after `copy` unpacks; later ones find it gone
         try:
             os.makedirs(chdir, exist_ok=True)
             with tarfile.open(tarball) as tar:
@@ -68,6 +69,9 @@ def main():
                 os.unlink(tarball)
     logs = os.path.join(chdir, ".fleet")
     os.makedirs(logs, exist_ok=True)
+    if unpacked:            # this run's first call: an earlier run's outputs are not this run's
+        for name in os.listdir(logs):
+            os.unlink(os.path.join(logs, name))
     log_path = os.path.join(logs, phase + ".log")
     line = "%s %s" % (p["command"], " ".join(shlex.quote(a) for a in p["args"]))
     env = dict(os.environ, **{k: str(v) for k, v in p["environment"].items()})
@@ -104,7 +108,9 @@ def bundle(data, chdir, logs, log_path, phase):
     path = os.path.join(logs, phase + ".tar.gz")
     report = None
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(log_path, arcname=phase + ".log")
+        for name in sorted(os.listdir(logs)):       # this call's output and the earlier calls' (wheel.log)
+            if name.endswith(".log"):
+                tar.add(os.path.join(logs, name), arcname=name)
         workspace = data.get("workspace")
         if workspace:
             workspace = os.path.join(chdir, os.path.expanduser(workspace))
