@@ -334,3 +334,94 @@ def test_the_fleet_task_exit_codes_progress_and_refusals(fresh, tmp_path):
     assert done.returncode == 2 and "s3cretvalue" not in done.stderr + done.stdout
     assert done.stderr.count("error:") == 1 and "hint:" in done.stderr
     assert sorted(p.name for p in reports.iterdir()) == runs          # nothing half-made
+
+
+def test_a_hung_install_times_out_and_leaves_no_toolkit_process(fresh, tmp_path):
+    host = fresh.hosts[2]                                   # sim3: its kind's canary
+    cache = fresh.base / "cache-hung"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    (host.home / ".toolkit-behaviour").write_text("hang\n")
+    result = by_name(fleet_run(fresh, tmp_path, ["sim3"], facts_only=False, cache=cache, install_timeout=3))["sim3"]
+    assert result["status"] == "timed out" and result["phase"] == "install", result
+    assert "stopped" in result["detail"] and "install_timeout" in result["hint"]
+    assert host.processes() == []                           # the module ended the toolkit's process group
+
+
+def test_ctrl_c_at_the_controller_ends_the_toolkit_on_the_host(fresh, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    host = fresh.hosts[2]
+    cache = fresh.base / "cache-interrupted"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    (host.home / ".toolkit-behaviour").write_text("hang\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("sim3\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")} | {
+        "VLLMP_FLEET__SSH_CONFIG": str(fresh.ssh_config), "VLLMP_FLEET__KNOWN_HOSTS": str(fresh.known_hosts),
+        "VLLMP_FLEET__REPORT_DIR": str(tmp_path / "reports"), "VLLMP_FLEET__TOOLKIT_COMMAND": STANDIN, "CI": "1"}
+    root = Path(__file__).resolve().parent.parent
+    fleet = subprocess.Popen([sys.executable, "-m", "invoke", "fleet", "--hosts", str(hosts), "--cache", f"dir:{cache}"],
+                             cwd=root, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any("provision" in line for line in host.processes()):
+            assert time.monotonic() < deadline and fleet.poll() is None, "the install never started"
+            time.sleep(0.2)
+        os.killpg(fleet.pid, signal.SIGINT)                 # Ctrl-C in the terminal: the foreground group
+        _, stderr = fleet.communicate(timeout=60)
+    finally:
+        if fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGKILL)
+    assert fleet.returncode == 130 and "interrupted" in stderr
+    stopped = time.monotonic()
+    while host.processes() and time.monotonic() - stopped < 30:
+        time.sleep(0.1)
+    assert host.processes() == []
+
+
+def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_path):
+    """An operator's own inventory (groups, ansible_user, a key), their ssh options, no ./inv: the same per-host
+    results and report files as ./inv fleet over the same hosts."""
+    import os
+    import subprocess
+    import sys
+
+    from vllm_provision.fleet.ansible import PLAYBOOK
+
+    farm = fresh
+    cache = farm.base / "cache-plain"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    names = ["sim1", "sim2", "sim3"]
+    by_inv = fleet_run(farm, tmp_path / "inv", names, facts_only=False, cache=cache)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[h200]\n" + "".join(f"{h.alias} ansible_host={h.address} ansible_user={h.user}\n"
+                                              for h in farm.hosts[:2])
+                         + f"[a100]\n{farm.hosts[2].alias} ansible_host={farm.hosts[2].address} "
+                           f"ansible_user={farm.hosts[2].user}\n"
+                         + f"[all:vars]\nansible_ssh_private_key_file={farm.client_key}\n")
+    reports = tmp_path / "plain" / "reports"
+    overrides = layer(farm, reports) | {"caches": [f"dir:{cache}"]}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VLLMP_", "ANSIBLE_"))} | {
+        "ANSIBLE_PIPELINING": "True", "ANSIBLE_PYTHON_INTERPRETER": "python3",
+        "ANSIBLE_SSH_ARGS": f"-o UserKnownHostsFile={farm.known_hosts} -o StrictHostKeyChecking=yes"}
+    done = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
+                           "-e", json.dumps({"vllmp_overrides": overrides}), str(PLAYBOOK)],
+                          env=environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    plain = json.loads((reports / "latest" / "fleet-report.json").read_text())
+
+    def rows(data):
+        return {h["name"]: (h["status"], h["kind"], h["key"], h["sha256"], h["gpu_blocks"], h["smoke"])
+                for h in data["hosts"]}
+    assert rows(plain) == rows(by_inv) and all(r[0] == "ok" for r in rows(plain).values())
+    assert [k["id"] for k in plain["kinds"]] == [k["id"] for k in by_inv["kinds"]]
+    for name in ("fleet-report.md", "junit.xml"):
+        assert (reports / "latest" / name).is_file()
+    assert (reports / "latest" / "hosts" / "sim2" / "remote" / "report.json").is_file()
