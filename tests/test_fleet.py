@@ -3,7 +3,7 @@ ansible-playbook and the toolkit's playbook: facts, kinds, host keys, timeouts, 
 failure budget, ProxyJump, --rerun-failed and the report.
 
 The GPU queries are the only fake (an nvidia-smi stand-in replaying H200 / A100 recordings). The install
-phase runs tests/fixtures/fleet/inv-standin as the toolkit command: it speaks the `./inv wheel` /
+phase runs tests/fixtures/fleet/inv-standin (SshFarm.standin) as the toolkit command: it speaks the `./inv wheel` /
 `./inv provision --require-cache` contract without compiling; tests/test_fleet_slow.py runs the real one.
 """
 
@@ -25,7 +25,6 @@ from vllm_provision.fleet.inventory import read_hosts_file
 from vllm_provision.fleet.plays import new_run_dir
 
 pytestmark = pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")
-STANDIN = "tests/fixtures/fleet/inv-standin"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def fresh(farm):
 def layer(farm: SshFarm, reports: Path, **fleet) -> dict:
     values = {"ssh_config": str(farm.ssh_config), "known_hosts": str(farm.known_hosts), "connect_timeout": 5,
               "facts_timeout": 60, "report_dir": str(reports), "remote_dir": "vllm-provision",
-              "toolkit_command": STANDIN} | fleet
+              "toolkit_command": str(farm.standin)} | fleet
     return {"fleet": values}
 
 
@@ -363,7 +362,7 @@ def test_ctrl_c_at_the_controller_ends_the_toolkit_on_the_host(fresh, tmp_path):
     hosts.write_text("sim3\n")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")} | {
         "VLLMP_FLEET__SSH_CONFIG": str(fresh.ssh_config), "VLLMP_FLEET__KNOWN_HOSTS": str(fresh.known_hosts),
-        "VLLMP_FLEET__REPORT_DIR": str(tmp_path / "reports"), "VLLMP_FLEET__TOOLKIT_COMMAND": STANDIN, "CI": "1"}
+        "VLLMP_FLEET__REPORT_DIR": str(tmp_path / "reports"), "VLLMP_FLEET__TOOLKIT_COMMAND": str(fresh.standin), "CI": "1"}
     root = Path(__file__).resolve().parent.parent
     fleet = subprocess.Popen([sys.executable, "-m", "invoke", "fleet", "--hosts", str(hosts), "--cache", f"dir:{cache}"],
                              cwd=root, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -5,6 +5,8 @@ report.json (returned as JSON by the vllmp_toolkit module) and their fetched log
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import tarfile
 import time
@@ -61,7 +63,7 @@ class Collector:
         self.kinds: dict | None = None             # plays.kinds
         self.facts_only = False
         self.forks: int | None = None
-        self.bundles: dict[str, list[Path]] = {}
+        self.bundles: dict[str, str] = {}           # inventory name -> the host's bundle (tar.gz, base64)
         self.install_play = False
         self.batch = 0
         self.installed: list[str] = []             # hosts the install play started on
@@ -106,6 +108,10 @@ class Collector:
         if self.install_play and phase == "install" and host not in self.installed:
             self.installed.append(host)
             row.role = f"batch {self.batch}"
+        if phase in ("wheel", "install") and data.get("unpacked"):     # the upload came with this call
+            self.step(row, "upload", 0.0)
+        if phase in ("wheel", "install") and isinstance(data.get("seconds"), (int, float)):
+            row.toolkit_seconds += data["seconds"]
         if status == "failed":
             self.end(row, phase, data.get("vllmp") or _module_failure(data))
             return
@@ -132,10 +138,8 @@ class Collector:
             self.step(row, "install", seconds)
             self.remote_report(row, data.get("report"))
             row.status = "ok"
-        elif phase == "report":
-            for item in data.get("results") or [data]:
-                if item.get("dest"):
-                    self.bundles.setdefault(host, []).append(Path(item["dest"]))
+        elif phase == "report" and data.get("encoding") == "base64":
+            self.bundles[host] = data["content"]
 
     def step(self, row: report.HostResult, phase: str, seconds: float) -> None:
         row.steps.append(phase)
@@ -228,11 +232,11 @@ class Collector:
 
     def unpack_bundles(self) -> None:
         """Each host's fetched tarballs (the toolkit's output, the workspace report and logs) into hosts/<host>/."""
-        for host, paths in self.bundles.items():
-            for path in paths:
-                try:
-                    with tarfile.open(path) as tar:
-                        tar.extractall(path.parent, filter="data")
-                    path.unlink()
-                except (OSError, tarfile.TarError):
-                    continue
+        for host, content in self.bundles.items():
+            target = self.run_dir / "hosts" / host
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(base64.b64decode(content))) as tar:
+                    tar.extractall(target, filter="data")
+            except (OSError, ValueError, tarfile.TarError) as exc:
+                (target / "bundle-error.txt").write_text(f"the host's report bundle could not be unpacked: {exc}\n")

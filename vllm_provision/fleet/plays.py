@@ -8,6 +8,8 @@ Ansible's own; see docs/fleet.md.
 
 from __future__ import annotations
 
+import base64
+import functools
 import io
 import json
 import os
@@ -27,6 +29,7 @@ from .facts import RemoteFacts
 # not shipped to hosts: envs, workspaces, caches, VCS data
 TOOLKIT_EXCLUDES = {".venv", ".provision", ".git", ".carry", "__pycache__", ".pytest_cache", ".mypy_cache",
                     ".ruff_cache", "wheelhouse", "node_modules", ".cache"}
+TOP_LEVEL_EXCLUDES = {"tests", "docs", "bench"}      # the toolkit's own development: no host runs them
 TOOLKIT_TARBALL = "toolkit.tar.gz"
 KINDS_INDEX = "kinds.json"          # kind id -> the key its wheel was built under, across runs
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -75,10 +78,15 @@ def remote_dir(path: str) -> str:
 
 
 def settings(overrides: Mapping[str, Any] | None = None, key: str | None = None) -> Any:
+    return _settings(json.dumps(overrides or {}, sort_keys=True), key)
+
+
+@functools.lru_cache(maxsize=16)
+def _settings(overrides_json: str, key: str | None) -> Any:
     """What the plays need from the toolkit's settings. `overrides`: a settings layer (what `./inv fleet`'s
     flags set: release, profile, build.arch_list, fleet.*) plus `caches`, `env` (NAME: VALUE for the hosts),
     `report_dir` and `run_dir`. `key`: one dotted value of the result (for play keywords such as serial)."""
-    resolved, caches, extra, report_dir, run_dir = _resolve(overrides)
+    resolved, caches, extra, report_dir, run_dir = _resolve(json.loads(overrides_json))
     fleet = resolved["fleet"]
     view = {"release": resolved["release"], "profile": resolved["profile"], "fleet": fleet, "caches": caches,
             "env": remote_environment(resolved, caches, extra), "gpu_query": host_probe.GPU_QUERY,
@@ -153,6 +161,12 @@ def run_dir(view: Mapping[str, Any]) -> str:
     return str(view.get("run_dir") or new_run_dir(Path(view["report_root"])))
 
 
+@functools.lru_cache(maxsize=4)
+def base64_file(path: str) -> str:
+    """A file's bytes as base64 (the toolkit's tarball, sent in the vllmp_toolkit module's arguments)."""
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
 def toolkit_tarball(directory: str, root: Path = PROJECT_ROOT) -> str:
     """Write the toolkit's own files (what `./inv` needs on a host), without envs, workspaces and caches, to
     DIRECTORY/toolkit.tar.gz; returns its path."""
@@ -166,7 +180,8 @@ def toolkit_tarball(directory: str, root: Path = PROJECT_ROOT) -> str:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for entry in sorted(root.iterdir()):
-            tar.add(entry, arcname=entry.name, filter=keep)
+            if entry.name not in TOP_LEVEL_EXCLUDES:
+                tar.add(entry, arcname=entry.name, filter=keep)
     path = Path(directory) / TOOLKIT_TARBALL
     path.write_bytes(buf.getvalue())
     return str(path)

@@ -5,9 +5,12 @@ when the controller goes away. The toolkit's last stdout line is its JSON result
 workspace report (report.json, report.md, logs/, found where the toolkit's JSON says) and the call's output
 are packed into one tarball for `fetch`.
 
-`unpack`: a tarball of the toolkit put there by `copy`, unpacked into `chdir` first (then removed).
+`toolkit`: the toolkit's tarball (base64), unpacked into `chdir` first: the upload travels with the first call
+on a host, in the module's own arguments, rather than as a `copy` task (three more round trips per host).
 """
 
+import base64
+import io
 import json
 import os
 import shlex
@@ -27,7 +30,7 @@ options:
   environment: {type: dict, default: {}, description: VLLMP_* settings for the toolkit}
   timeout: {type: float, required: true}
   phase: {type: str, required: true, description: wheel or install (names the log and the messages)}
-  unpack: {type: str, description: a toolkit tarball to unpack into chdir first}
+  toolkit: {type: str, description: the toolkit's tarball (base64) to unpack into chdir first}
   bundle: {type: bool, default: false}
 """
 
@@ -48,25 +51,21 @@ def main():
         "command": {"type": "str", "required": True}, "args": {"type": "list", "elements": "str", "required": True},
         "chdir": {"type": "str", "required": True}, "environment": {"type": "dict", "default": {}},
         "timeout": {"type": "float", "required": True}, "phase": {"type": "str", "required": True},
-        "unpack": {"type": "str"}, "bundle": {"type": "bool", "default": False}})
+        "toolkit": {"type": "str", "no_log": True}, "bundle": {"type": "bool", "default": False}})
     p = module.params
     home = os.path.expanduser("~")
     chdir = os.path.join(home, os.path.expanduser(p["chdir"]))
     phase = p["phase"]
-    tarball = os.path.join(home, os.path.expanduser(p["unpack"])) if p["unpack"] else None
-    unpacked = bool(tarball and os.path.exists(tarball))
-    if unpacked:            # the first call after `copy` unpacks; later ones find it gone
+    unpacked = bool(p["toolkit"])
+    if unpacked:
         try:
             os.makedirs(chdir, exist_ok=True)
-            with tarfile.open(tarball) as tar:
+            with tarfile.open(fileobj=io.BytesIO(base64.b64decode(p["toolkit"]))) as tar:
                 tar.extractall(chdir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        except (OSError, tarfile.TarError) as exc:
+        except (OSError, ValueError, tarfile.TarError) as exc:
             detail = "could not unpack the toolkit into %s: %s" % (chdir, exc)
             module.fail_json(msg=detail, vllmp={"status": "failed", "phase": "upload", "detail": detail,
                                                 "hint": "check the disk space and permissions in the remote user's home"})
-        finally:
-            if os.path.exists(tarball):
-                os.unlink(tarball)
     logs = os.path.join(chdir, ".fleet")
     os.makedirs(logs, exist_ok=True)
     if unpacked:            # this run's first call: an earlier run's outputs are not this run's
@@ -87,7 +86,7 @@ def main():
         out.seek(0)
         output = out.read()
     data = last_json(output) or {}
-    result = {"changed": True, "rc": rc, "seconds": round(time.monotonic() - started, 2), "result": data,
+    result = {"changed": True, "unpacked": unpacked, "rc": rc, "seconds": round(time.monotonic() - started, 2), "result": data,
               "output_tail": output.splitlines()[-20:]}
     if p["bundle"]:
         result["report"], result["bundle"] = bundle(data, chdir, logs, log_path, phase)
