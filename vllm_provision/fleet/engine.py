@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import runner
-from ..errors import ConfigError
+from ..errors import ConfigError, StepFailed
 from . import plays, report
 from .ansible import PLAYBOOK
 from .inventory import Host
@@ -120,7 +120,7 @@ def run(options: FleetOptions) -> dict:
         return json.loads((run_dir / report.JSON_NAME).read_text())
     except (OSError, ValueError):
         tail = "".join(done.output.splitlines(keepends=True)[-5:]).strip()
-        raise ConfigError(f"ansible-playbook ended with exit code {done.returncode} before the report was written: "
+        raise StepFailed(f"ansible-playbook ended with exit code {done.returncode} before the report was written: "
                           f"{tail.splitlines()[-1] if tail else 'no output'}",
                           hint=f"read {run_dir / 'ansible.log'}") from None
 
