@@ -95,7 +95,8 @@ class Collector:
     def result(self, host: str, phase: str | None, status: str, data: dict, seconds: float) -> None:
         """One task's result on one host: status ok | failed | skipped | unreachable."""
         row = self.host(host)
-        row.seconds += seconds
+        if phase or status == "unreachable":        # the run's own set-up tasks are nobody's time
+            row.seconds += seconds
         if "ansible_facts" in data:
             self.set_facts(data["ansible_facts"])
         if status == "unreachable":

@@ -113,7 +113,8 @@ def run(options: FleetOptions) -> dict:
     try:
         done = runner.run(argv, log=run_dir / "ansible.log", extra_env=environment(options, control_dir), check=False,
                           what="ansible-playbook",
-                          echo=lambda line: echo(line[len("[fleet] "):]) if line.startswith("[fleet] ") else None)
+                          echo=lambda line: echo(line[len("[fleet] "):])
+                          if line.startswith("[fleet] ") and not line.startswith("[fleet] report:") else None)
     finally:
         shutil.rmtree(control_dir, ignore_errors=True)
     try:
