@@ -56,19 +56,20 @@ def layer(farm: SshFarm, reports: Path, **fleet) -> dict:
 
 
 def fleet_run(farm: SshFarm, tmp_path: Path, names: list[str], *, facts_only: bool = True, rerun_failed=False,
-              cache: Path | None = None, **fleet) -> dict:
+              cache: Path | None = None, ansible_inventory: Path | None = None, **fleet) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text("# simulated fleet\n" + "\n".join(names) + "\n")
     root = tmp_path / "reports"
     settings_layer = layer(farm, root, **fleet)
     settings = config.resolve(settings_layer, environ={})
-    hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=rerun_failed,
-                         root=root)
+    hosts = select_hosts(hosts_file=None if ansible_inventory else str(hosts_file),
+                         ansible_inventory=str(ansible_inventory) if ansible_inventory else None, limit=None,
+                         rerun_failed=rerun_failed, root=root)
     events: list[str] = []
     options = FleetOptions(hosts=hosts, overrides=settings_layer | {"caches": [f"dir:{cache}"] if cache else []},
                            run_dir=new_run_dir(root), fleet=settings["fleet"], facts_only=facts_only,
-                           echo=events.append)
+                           ansible_inventory=ansible_inventory, echo=events.append)
     data = engine.run(options)
     data["events"] = events
     data["run_dir"] = options.run_dir
@@ -385,8 +386,8 @@ def test_ctrl_c_at_the_controller_ends_the_toolkit_on_the_host(fresh, tmp_path):
 
 
 def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_path):
-    """An operator's own inventory (groups, ansible_user, a key), their ssh options, no ./inv: the same per-host
-    results and report files as ./inv fleet over the same hosts."""
+    """An operator's own inventory (groups, ansible_user, a key): `./inv fleet --ansible-inventory` and plain
+    ansible-playbook with the operator's ssh options (no ./inv) give the same per-host results and reports."""
     import os
     import subprocess
     import sys
@@ -397,14 +398,12 @@ def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_pat
     cache = farm.base / "cache-plain"
     cache.mkdir(mode=0o777)
     cache.chmod(0o1777)
-    names = ["sim1", "sim2", "sim3"]
-    by_inv = fleet_run(farm, tmp_path / "inv", names, facts_only=False, cache=cache)
+    h200, a100 = farm.hosts[1], farm.hosts[2]
     inventory = tmp_path / "inventory.ini"
-    inventory.write_text("[h200]\n" + "".join(f"{h.alias} ansible_host={h.address} ansible_user={h.user}\n"
-                                              for h in farm.hosts[:2])
-                         + f"[a100]\n{farm.hosts[2].alias} ansible_host={farm.hosts[2].address} "
-                           f"ansible_user={farm.hosts[2].user}\n"
-                         + f"[all:vars]\nansible_ssh_private_key_file={farm.client_key}\n")
+    inventory.write_text(f"[h200]\n{h200.alias} ansible_host={h200.address} ansible_user={h200.user}\n"
+                         f"[a100]\n{a100.alias} ansible_host={a100.address} ansible_user={a100.user}\n"
+                         f"[all:vars]\nansible_ssh_private_key_file={farm.client_key}\n")
+    by_inv = fleet_run(farm, tmp_path / "inv", [], facts_only=False, cache=cache, ansible_inventory=inventory)
     reports = tmp_path / "plain" / "reports"
     overrides = layer(farm, reports) | {"caches": [f"dir:{cache}"]}
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("VLLMP_", "ANSIBLE_"))} | {
@@ -424,3 +423,4 @@ def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_pat
     for name in ("fleet-report.md", "junit.xml"):
         assert (reports / "latest" / name).is_file()
     assert (reports / "latest" / "hosts" / "sim2" / "remote" / "report.json").is_file()
+    assert sorted(rows(plain)) == ["sim2", "sim3"] and len(plain["kinds"]) == 2
