@@ -7,7 +7,8 @@ split into the toolkit's share (its calls on the hosts, as the vllmp_toolkit mod
 critical path: the slowest canary, then the slowest host of each later batch) and the engine's (everything
 else: ansible-playbook's start, connections, facts, kinds, the upload, the report). The default toolkit
 command is the quick tests' stand-in (no compile, tests/fixtures/fleet/inv-standin), so the toolkit's share is
-small and the engine's is what is measured. `--forks 1` runs one host after another; each run counts the
+small and the engine's is what is measured. On a loaded machine the wall time says little; the controller's CPU
+seconds (ansible-playbook, its workers, its ssh clients) depend little on the load. `--forks 1` runs one host after another; each run counts the
 wheel builds (the fleet must build exactly 2, one per kind).
 
 Usage (as root, with OpenSSH's sshd installed): .venv/bin/python bench/fleet.py [--forks N] [--runs N]
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -47,10 +49,13 @@ def one_run(farm: SshFarm, work: Path, forks: int, toolkit_command: str, n: int)
     settings = config.resolve(layer, environ={})
     hosts = engine.select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=False,
                                 root=reports)
+    controller_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     data = engine.run(engine.FleetOptions(hosts=hosts, overrides=layer | {"caches": [f"dir:{cache}"]},
                                           run_dir=new_run_dir(reports), fleet=settings["fleet"]))
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    controller_cpu_s = after.ru_utime + after.ru_stime - controller_cpu.ru_utime - controller_cpu.ru_stime
     builds = (cache / "builds.log").read_text().splitlines() if (cache / "builds.log").exists() else []
     rows = {h["name"]: h for h in data["hosts"]}
     canaries = [h for h in data["hosts"] if h["role"] == "canary"]
@@ -64,7 +69,9 @@ def one_run(farm: SshFarm, work: Path, forks: int, toolkit_command: str, n: int)
             "kinds": len(data["kinds"]), "builds": len(builds),
             "toolkit_s_critical_path": round(critical, 2), "engine_s": round(wall - critical, 2),
             "engine_s_per_host": round((wall - critical) / len(rows), 2),
-            "toolkit_s_all_hosts": round(sum(h["toolkit_seconds"] for h in data["hosts"]), 2)}
+            "toolkit_s_all_hosts": round(sum(h["toolkit_seconds"] for h in data["hosts"]), 2),
+            # CPU time, which the machine's load changes little: ansible-playbook with its workers and ssh clients
+            "cpu_s_controller": round(controller_cpu_s, 2)}
 
 
 def main() -> None:

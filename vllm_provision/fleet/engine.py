@@ -116,6 +116,7 @@ def run(options: FleetOptions) -> dict:
                           echo=lambda line: echo(line[len("[fleet] "):])
                           if line.startswith("[fleet] ") and not line.startswith("[fleet] report:") else None)
     finally:
+        close_masters(Path(control_dir))
         shutil.rmtree(control_dir, ignore_errors=True)
     try:
         return json.loads((run_dir / report.JSON_NAME).read_text())
@@ -124,6 +125,13 @@ def run(options: FleetOptions) -> dict:
         raise StepFailed(f"ansible-playbook ended with exit code {done.returncode} before the report was written: "
                           f"{tail.splitlines()[-1] if tail else 'no output'}",
                           hint=f"read {run_dir / 'ansible.log'}") from None
+
+
+def close_masters(control_dir: Path) -> None:
+    """End the run's SSH master connections (ControlPersist would keep them, and a session on each host, for
+    another minute)."""
+    for socket in sorted(control_dir.glob("*")):
+        runner.capture(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "fleet-host"], timeout=10)
 
 
 def select_hosts(*, hosts_file: str | None, ansible_inventory: str | None, limit: str | None,
