@@ -196,7 +196,7 @@ class Collector:
                 row.status, row.detail = "failed", "the run was interrupted"
             elif kind is None:
                 row.status, row.detail = "failed", "the host did not finish (see ansible.log)"
-            elif self.facts_only_run():
+            elif self.facts_only:
                 row.status = "ok"
             elif self.results[kind["canary"]].status != "ok":
                 row.status, row.detail = "skipped", f"the canary {self.names[kind['canary']]} of kind {kind['id']} did not pass"
@@ -218,18 +218,15 @@ class Collector:
                               "hosts": [self.names.get(h, h) for h in kind["hosts"]], "key": entry.get("key"),
                               "sha256": entry.get("sha256"), "built_on": entry.get("built_on")})
         data = {"started": self.started_at, "seconds": round(time.monotonic() - self.started, 2),
-                "release": self.view["release"], "profile": self.view["profile"], "facts_only": self.facts_only_run(),
+                "release": self.view["release"], "profile": self.view["profile"], "facts_only": self.facts_only,
                 "policy": {"forks": self.forks or fleet["forks"], "max_fail_percent": budget},
                 "host_key_policy": fleet["host_key_policy"], "caches": self.view["caches"], "kinds": kind_rows}
         written = report.write(self.run_dir, data, [self.results[n] for n in self.order])
-        if any(k.get("built") for k in kinds.values()):
-            plays.remember(Path(self.view["report_root"]), [dict(r, wheel=(kinds[r["id"]].get("built") or {}).get("wheel"))
-                                                              for r in kind_rows if (kinds[r["id"]].get("built"))],
-                           self.view["caches"])
+        built = [row | {"wheel": kinds[row["id"]]["built"].get("wheel")} for row in kind_rows
+                 if kinds[row["id"]].get("built")]
+        if built:
+            plays.remember(Path(self.view["report_root"]), built, self.view["caches"])
         return written
-
-    def facts_only_run(self) -> bool:
-        return self.facts_only
 
     def unpack_bundles(self) -> None:
         """Each host's fetched tarballs (the toolkit's output, the workspace report and logs) into hosts/<host>/."""

@@ -13,7 +13,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -46,7 +46,6 @@ class FleetOptions:
     facts_only: bool = False
     ansible_inventory: Path | None = None  # the site's inventory, given to Ansible as it is
     echo: Callable[[str], None] | None = None
-    extra_args: list[str] = field(default_factory=list)
 
 
 def write_inventory(hosts: list[Host], path: Path) -> None:
@@ -108,7 +107,7 @@ def run(options: FleetOptions) -> dict:
     # ssh's control sockets must stay under 108 bytes: a short directory of their own, for this run only
     control_dir = tempfile.mkdtemp(prefix="vllmp-cp-")
     argv = [playbook, "-i", str(inventory), "--limit", f"@{run_dir / 'limit'}", "-f", str(options.fleet["forks"]),
-            "-e", f"@{run_dir / 'vars.json'}", str(PLAYBOOK), *options.extra_args]
+            "-e", f"@{run_dir / 'vars.json'}", str(PLAYBOOK)]
     echo = options.echo or (lambda line: None)
     try:
         done = runner.run(argv, log=run_dir / "ansible.log", extra_env=environment(options, control_dir), check=False,
