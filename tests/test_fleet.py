@@ -424,3 +424,13 @@ def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_pat
         assert (reports / "latest" / name).is_file()
     assert (reports / "latest" / "hosts" / "sim2" / "remote" / "report.json").is_file()
     assert sorted(rows(plain)) == ["sim2", "sim3"] and len(plain["kinds"]) == 2
+
+
+def test_without_the_fleet_extra_the_error_names_it():
+    from vllm_provision.errors import ConfigError
+    from vllm_provision.fleet.inventory import ansible_tool
+
+    assert Path(ansible_tool("ansible-playbook")).name == "ansible-playbook"     # the test extra carries it
+    with pytest.raises(ConfigError, match="need Ansible") as err:
+        ansible_tool("ansible-playbook-not-installed")
+    assert "VLLMP_EXTRAS=fleet" in err.value.hint and err.value.exit_code == 2

@@ -306,7 +306,7 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
     layer = cli_settings(**flags) | ({"fleet": fleet} if fleet else {})
     settings = config.resolve(layer)
-    engine.tool("ansible-playbook")                 # the fleet extra is there, before anything is made
+    engine.ansible_tool("ansible-playbook")         # the fleet extra is there, before anything is made
     root = plays.report_root(settings, report_dir)
     selected = engine.select_hosts(hosts_file=hosts, ansible_inventory=ansible_inventory, limit=limit,
                                    rerun_failed=rerun_failed, root=root)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +19,9 @@ from .. import runner
 from ..errors import ConfigError, StepFailed
 from . import plays, report
 from .ansible import PLAYBOOK
-from .inventory import Host
+from .inventory import Host, ansible_tool
 
 SSH_CONFIG = "ssh_config"
-
-
-def tool(name: str) -> str:
-    """An Ansible command beside the toolkit's Python (the `fleet` extra installs it there), else on PATH."""
-    found = shutil.which(name, path=os.pathsep.join([sysconfig.get_path("scripts"), os.path.dirname(sys.executable),
-                                                     os.environ.get("PATH", "")]))
-    if not found:
-        raise ConfigError(f"fleet runs need Ansible ({name}), which is neither beside the toolkit's Python nor on PATH",
-                          hint="install the toolkit's fleet extra: VLLMP_EXTRAS=fleet ./inv fleet ... "
-                               "(or pip install 'vllm-provision[fleet]')")
-    return found
 
 
 @dataclass
@@ -91,7 +78,7 @@ def environment(options: FleetOptions, control_dir: str) -> dict[str, str]:
 
 def run(options: FleetOptions) -> dict:
     """One ansible-playbook run; returns the report it wrote (fleet-report.json)."""
-    playbook = tool("ansible-playbook")
+    playbook = ansible_tool("ansible-playbook")
     run_dir = options.run_dir
     write_ssh_config(options.fleet, run_dir / SSH_CONFIG)
     if options.ansible_inventory:
