@@ -43,6 +43,9 @@ def unreachable(host: str, message: str, known_hosts: str) -> dict:
 
 def _module_failure(result: dict) -> dict:
     text = " ".join(str(result.get(k) or "") for k in ("msg", "module_stderr", "module_stdout"))
+    if "in the expected time frame" in text:        # Ansible's task timeout: the backstop after the module's own
+        return {"status": "timed out", "detail": str(result.get("msg")).strip(),
+                "hint": "the host or its link stopped answering; check it with `ssh HOST true`"}
     if result.get("rc") == 127 and "python3" in text:
         return {"status": "failed", "detail": "python3 is not installed on the host",
                 "hint": "install python3 (3.10+ for the toolkit)", "exit_code": 127}
@@ -101,7 +104,7 @@ class Collector:
             self.set_facts(data["ansible_facts"])
         if status == "unreachable":
             known = (self.view or {}).get("fleet", {}).get("known_hosts", "known_hosts")
-            self.end(row, phase or "connect", unreachable(self.names[host], str(data.get("msg") or ""), known))
+            self.end(row, "connect", unreachable(self.names[host], str(data.get("msg") or ""), known))
             return
         if not phase:
             return
