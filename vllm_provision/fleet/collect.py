@@ -214,6 +214,7 @@ class Collector:
                 row.detail = "every host of the batch before failed, and Ansible ends a play then"
                 row.hint = "fix the failed hosts, then rerun with --rerun-failed"
         self.unpack_bundles()
+        (self.run_dir / plays.TOOLKIT_TARBALL).unlink(missing_ok=True)     # sent; a copy per run is no record
         kind_rows = []
         for kind in kinds.values():
             entry = kind.get("built") or kind.get("known") or {}

@@ -73,7 +73,7 @@ def environment(options: FleetOptions, control_dir: str) -> dict[str, str]:
             "ANSIBLE_PYTHON_INTERPRETER": "python3", "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "True", "ANSIBLE_FORCE_COLOR": "False", "ANSIBLE_DEPRECATION_WARNINGS": "False",
             "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-            "ANSIBLE_LOCAL_TEMP": str(options.run_dir / ".ansible-tmp")}
+            "ANSIBLE_LOCAL_TEMP": str(Path(control_dir) / "tmp")}
 
 
 def run(options: FleetOptions) -> dict:
