@@ -87,11 +87,7 @@ class Collector:
     def set_facts(self, facts: dict) -> None:
         if "vllmp" in facts and self.view is None:
             self.view = facts["vllmp"]
-        if "vllmp_run_dir" in facts and self.run_dir is None:
-            self.run_dir = Path(facts["vllmp_run_dir"])
-        if "vllmp_play_hosts" in facts and not self.order:
-            for name in facts["vllmp_play_hosts"]:
-                self.host(name)
+            self.run_dir = Path(self.view["run_dir"])
         if "vllmp_kinds" in facts and self.kinds is None:
             self.kinds = facts["vllmp_kinds"]
 
@@ -109,7 +105,7 @@ class Collector:
         if not phase:
             return
         row.phase = phase if phase != "report" else row.phase
-        if self.install_play and phase == "install" and host not in self.installed:
+        if self.install_play and phase == "install" and status != "skipped" and host not in self.installed:
             self.installed.append(host)
             row.role = f"batch {self.batch}"
         if phase in ("wheel", "install") and data.get("unpacked"):     # the upload came with this call

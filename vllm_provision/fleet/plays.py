@@ -1,6 +1,6 @@
 """The toolkit's side of the fleet playbook (ansible/provision.yml), run on the controller inside
-ansible-playbook through the playbook's filters: the settings the plays use, the hosts' kinds (from their
-vllmp_facts), a new report directory, and the tarball of the toolkit that each host receives.
+ansible-playbook through the playbook's filters: the settings the plays use, a new report directory, the
+tarball of the toolkit that each host receives, and the hosts' kinds (from their vllmp_facts).
 
 Everything else (connections, host keys, forks, batches, the failure budget, timeouts of connections) is
 Ansible's own; see docs/fleet.md.
@@ -156,9 +156,13 @@ def kinds(hosts: list[str], hostvars: Mapping[str, Any], overrides: Mapping[str,
             "of": {name: k.id for k in grouped for name in k.hosts}, "errors": errors}
 
 
-def run_dir(view: Mapping[str, Any]) -> str:
-    """The run's report directory: the one `./inv fleet` made, or a new one under the report root."""
-    return str(view.get("run_dir") or new_run_dir(Path(view["report_root"])))
+def prepare(overrides: Mapping[str, Any] | None, facts_only: bool = False) -> dict:
+    """The settings the plays use (settings()), with the run's report directory (the one `./inv fleet` made, or
+    a new one under the report root) and, unless facts_only, the toolkit's tarball in it."""
+    view = dict(settings(overrides))
+    view["run_dir"] = str(view.get("run_dir") or new_run_dir(Path(view["report_root"])))
+    view["tarball"] = None if facts_only else toolkit_tarball(view["run_dir"])
+    return view
 
 
 @functools.lru_cache(maxsize=4)

@@ -6,5 +6,5 @@ from vllm_provision.fleet import plays
 
 class FilterModule:
     def filters(self):
-        return {"vllmp_settings": plays.settings, "vllmp_kinds": plays.kinds, "vllmp_run_dir": plays.run_dir,
-                "vllmp_toolkit_tarball": plays.toolkit_tarball, "vllmp_base64": plays.base64_file}
+        return {"vllmp_prepare": plays.prepare, "vllmp_settings": plays.settings, "vllmp_kinds": plays.kinds,
+                "vllmp_base64": plays.base64_file}
