@@ -17,6 +17,7 @@ from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, run_steps, steps_to_force
 from .plan import Plan, build_plan, gpu_refusal, lock_path
+from .redact import redact_text
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -108,8 +109,9 @@ def task_args(task: str, argv: Sequence[str] | None = None) -> list[str]:
 
 
 def print_json(data: dict) -> None:
-    """One JSON object on one stdout line: a task's result under --json (the fleet's modules read the last one)."""
-    sys.stdout.write(json.dumps(data) + "\n")
+    """One JSON object on one stdout line: a task's result under --json (the fleet's modules read the last one).
+    Redacted like every other line the toolkit prints (an error may quote a URL with its credentials)."""
+    sys.stdout.write(redact_text(json.dumps(data)) + "\n")
     sys.stdout.flush()
 
 
