@@ -177,7 +177,7 @@ def verify(c, release=None, profile=None, offline=False, arch=None, json=False, 
 def fleet(c, hosts=None, ansible_inventory=None, limit=None, rerun_failed=False, forks=None, max_fail_percent=None,
           host_key_policy=None, facts_only=False, arch=None, cache=None, env=None, report_dir=None, release=None,
           profile=None):
-    """Provision many hosts over SSH: facts -> kinds -> one wheel build per kind -> installs in batches -> report."""
+    """Provision many hosts with Ansible: facts -> kinds -> one wheel build per kind -> installs in batches -> report."""
     from invoke.exceptions import Exit
 
     overrides = {k: v for k, v in {"forks": forks, "max_fail_percent": max_fail_percent,
