@@ -83,13 +83,14 @@ ARTIFACTS = {"push": "after a compile, make the wheel and publish it to every wr
                                 "force": "rerun STEP even if up to date (repeatable); --force all: every step",
                                 "arch": "CUDA archs to compile for (default: this host's GPUs)",
                                 "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
-                                "model": "local model dir for the smoke step (default: a tiny ChatGLM)"})
+                                "model": "local model dir for the smoke step (default: a tiny ChatGLM)",
+                                "json": "end with one JSON line: {ok, workspace, report, steps, error, hint}"})
 @handles_errors
 def provision(c, release=None, profile=None, offline=False, force=None, arch=None, max_jobs=None, model=None,
-              push=False, require_cache=False, artifact_key=None, verbose=False):
+              push=False, require_cache=False, artifact_key=None, verbose=False, json=False):
     """Run everything: fetch -> env -> patch -> build -> verify -> smoke (unchanged steps are skipped)."""
     from vllm_provision.pipeline import STEPS
-    cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), release=release, profile=profile,
+    cli.run_pipeline(STEPS, force or [], cli.task_args("provision"), as_json=json, release=release, profile=profile,
                      offline=offline, arch=arch, max_jobs=max_jobs, model=model, push=push,
                      require_cache=require_cache, artifact_key=artifact_key)
 
@@ -203,7 +204,7 @@ def verify(c, release=None, profile=None, offline=False, arch=None, json=False, 
 def fleet(c, hosts=None, ansible_inventory=None, limit=None, rerun_failed=False, forks=None, max_fail_percent=None,
           host_key_policy=None, facts_only=False, arch=None, cache=None, env=None, report_dir=None, release=None,
           profile=None):
-    """Provision many hosts over SSH: facts -> kinds -> one wheel build per kind -> installs in batches -> report."""
+    """Provision many hosts with Ansible: facts -> kinds -> one wheel build per kind -> installs in batches -> report."""
     from invoke.exceptions import Exit
 
     overrides = {k: v for k, v in {"forks": forks, "max_fail_percent": max_fail_percent,

@@ -138,6 +138,10 @@ class SshFarm:
         self.shared_cache = self.base / "shared-cache"
         self.shared_cache.mkdir(mode=0o777)
         os.chmod(self.shared_cache, 0o1777)
+        # the quick tests' toolkit command (tests/fixtures/fleet/inv-standin), where every sim user can run it
+        self.standin = self.base / "inv-standin"
+        shutil.copy(FIXTURES / "fleet" / "inv-standin", self.standin)
+        os.chmod(self.standin, 0o755)
 
     # ----------------------------------------------------------------------------------------- hosts
     def add(self, gpu: str | None, *, start_index: int = 1, known: bool = True) -> SimHost:

@@ -1,8 +1,9 @@
-"""Fleet runs against real OpenSSH sshd daemons on 127.0.0.11, .12, ... (tests/sshd.py): facts, kinds, host keys,
-timeouts, the fork cap, batches and the failure budget, ProxyJump, --rerun-failed and the report.
+"""Fleet runs against real OpenSSH sshd daemons on 127.0.0.11, .12, ... (tests/sshd.py), through the real
+ansible-playbook and the toolkit's playbook: facts, kinds, host keys, timeouts, the fork cap, batches and the
+failure budget, ProxyJump, --rerun-failed and the report.
 
 The GPU queries are the only fake (an nvidia-smi stand-in replaying H200 / A100 recordings). The install
-phase runs tests/fixtures/fleet/inv-standin as the toolkit command: it speaks the `./inv wheel` /
+phase runs tests/fixtures/fleet/inv-standin (SshFarm.standin) as the toolkit command: it speaks the `./inv wheel` /
 `./inv provision --require-cache` contract without compiling; tests/test_fleet_slow.py runs the real one.
 """
 
@@ -17,12 +18,13 @@ import pytest
 
 from sshd import SshFarm, sshd_usable
 from vllm_provision import config
+from vllm_provision.fleet import engine
 from vllm_provision.fleet import report as fleet_report
+from vllm_provision.fleet.engine import FleetOptions, select_hosts
 from vllm_provision.fleet.inventory import read_hosts_file
-from vllm_provision.fleet.run import FleetOptions, FleetRun, new_run_dir, select_hosts
+from vllm_provision.fleet.plays import new_run_dir
 
 pytestmark = pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")
-STANDIN = "tests/fixtures/fleet/inv-standin"
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +48,29 @@ def fresh(farm):
         (host.home / ".toolkit-behaviour").unlink(missing_ok=True)
 
 
-def resolve(farm: SshFarm, reports: Path, **fleet) -> dict:
+def layer(farm: SshFarm, reports: Path, **fleet) -> dict:
     values = {"ssh_config": str(farm.ssh_config), "known_hosts": str(farm.known_hosts), "connect_timeout": 5,
               "facts_timeout": 60, "report_dir": str(reports), "remote_dir": "vllm-provision",
-              "toolkit_command": STANDIN} | fleet
-    return config.resolve({"fleet": values}, environ={})
+              "toolkit_command": str(farm.standin)} | fleet
+    return {"fleet": values}
 
 
 def fleet_run(farm: SshFarm, tmp_path: Path, names: list[str], *, facts_only: bool = True, rerun_failed=False,
-              cache: Path | None = None, **fleet) -> dict:
+              cache: Path | None = None, ansible_inventory: Path | None = None, **fleet) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     hosts_file = tmp_path / "hosts"
     hosts_file.write_text("# simulated fleet\n" + "\n".join(names) + "\n")
-    settings = resolve(farm, tmp_path / "reports", **fleet)
     root = tmp_path / "reports"
-    hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=rerun_failed,
-                         root=root)
-    events: list[tuple] = []
-    options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(root), facts_only=facts_only,
-                           caches=[f"dir:{cache}"] if cache else [], on_event=lambda *e: events.append(e))
-    data = FleetRun(options).run()
+    settings_layer = layer(farm, root, **fleet)
+    settings = config.resolve(settings_layer, environ={})
+    hosts = select_hosts(hosts_file=None if ansible_inventory else str(hosts_file),
+                         ansible_inventory=str(ansible_inventory) if ansible_inventory else None, limit=None,
+                         rerun_failed=rerun_failed, root=root)
+    events: list[str] = []
+    options = FleetOptions(hosts=hosts, overrides=settings_layer | {"caches": [f"dir:{cache}"] if cache else []},
+                           run_dir=new_run_dir(root), fleet=settings["fleet"], facts_only=facts_only,
+                           ansible_inventory=ansible_inventory, echo=events.append)
+    data = engine.run(options)
     data["events"] = events
     data["run_dir"] = options.run_dir
     return data
@@ -200,7 +205,9 @@ def test_one_build_per_kind_canary_batches_and_the_failure_budget(fresh, tmp_pat
     cache.mkdir(mode=0o777, exist_ok=True)
     cache.chmod(0o1777)
     (farm.hosts[1].home / ".toolkit-behaviour").write_text("exit 3\n")     # sim2: the install fails
-    data = fleet_run(farm, tmp_path, ["sim1", "sim2", "sim5", "sim3", "sim4"], facts_only=False, cache=cache,
+    # canaries sim1 (H200) and sim3 (A100); then batches of one: sim4 passes, sim2 fails, and with a budget
+    # of 0 % Ansible ends the play there: sim5 is skipped
+    data = fleet_run(farm, tmp_path, ["sim1", "sim3", "sim4", "sim2", "sim5"], facts_only=False, cache=cache,
                      forks=1, max_fail_percent=0)
     hosts = by_name(data)
     builds = (cache / "builds.log").read_text().splitlines()
@@ -211,8 +218,9 @@ def test_one_build_per_kind_canary_batches_and_the_failure_budget(fresh, tmp_pat
     assert hosts["sim1"]["steps"][:4] == ["facts", "upload", "wheel", "install"]
     assert hosts["sim2"]["status"] == "failed" and hosts["sim2"]["exit_code"] == 3
     assert "illegal memory access" in hosts["sim2"]["detail"] and "smoke.log" in hosts["sim2"]["hint"]
-    assert hosts["sim5"]["status"] == "skipped" and "failure budget" in hosts["sim5"]["detail"]
-    # the other kind goes on: its second host installs the canary's wheel (same key, same sha256), builds nothing
+    assert hosts["sim5"]["status"] == "skipped" and "failure budget spent: 1 of 2" in hosts["sim5"]["detail"]
+    assert hosts["sim4"]["role"] == "batch 1" and hosts["sim2"]["role"] == "batch 2"
+    # the other kind's second host installs its canary's wheel (same key, same sha256), builds nothing
     assert hosts["sim4"]["status"] == "ok" and "wheel" not in hosts["sim4"]["steps"]
     assert hosts["sim4"]["key"] == hosts["sim3"]["key"] == a100["key"]
     assert hosts["sim4"]["sha256"] == hosts["sim3"]["sha256"] and len(a100["sha256"]) == 64
@@ -250,6 +258,8 @@ def check_report_files(data: dict) -> None:
     suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert set(cases) == {"sim1", "sim2", "sim5", "sim3", "sim4"}
+    # the host's own report.json came back as JSON, from where the host's toolkit said its workspace is
+    assert json.loads((run_dir / row["log"] / "remote" / "report.json").read_text())["artifact_key"] == row["key"]
     assert suite.get("failures") == "1" and suite.get("skipped") == "1"
     assert cases["sim2"].find("failure") is not None and cases["sim5"].find("skipped") is not None
     assert cases["sim4"].find("failure") is None
@@ -324,3 +334,103 @@ def test_the_fleet_task_exit_codes_progress_and_refusals(fresh, tmp_path):
     assert done.returncode == 2 and "s3cretvalue" not in done.stderr + done.stdout
     assert done.stderr.count("error:") == 1 and "hint:" in done.stderr
     assert sorted(p.name for p in reports.iterdir()) == runs          # nothing half-made
+
+
+def test_a_hung_install_times_out_and_leaves_no_toolkit_process(fresh, tmp_path):
+    host = fresh.hosts[2]                                   # sim3: its kind's canary
+    cache = fresh.base / "cache-hung"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    (host.home / ".toolkit-behaviour").write_text("hang\n")
+    result = by_name(fleet_run(fresh, tmp_path, ["sim3"], facts_only=False, cache=cache, install_timeout=3))["sim3"]
+    assert result["status"] == "timed out" and result["phase"] == "install", result
+    assert "stopped" in result["detail"] and "install_timeout" in result["hint"]
+    assert host.processes() == []                           # the module ended the toolkit's process group
+
+
+def test_ctrl_c_at_the_controller_ends_the_toolkit_on_the_host(fresh, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    host = fresh.hosts[2]
+    cache = fresh.base / "cache-interrupted"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    (host.home / ".toolkit-behaviour").write_text("hang\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("sim3\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")} | {
+        "VLLMP_FLEET__SSH_CONFIG": str(fresh.ssh_config), "VLLMP_FLEET__KNOWN_HOSTS": str(fresh.known_hosts),
+        "VLLMP_FLEET__REPORT_DIR": str(tmp_path / "reports"), "VLLMP_FLEET__TOOLKIT_COMMAND": str(fresh.standin), "CI": "1"}
+    root = Path(__file__).resolve().parent.parent
+    fleet = subprocess.Popen([sys.executable, "-m", "invoke", "fleet", "--hosts", str(hosts), "--cache", f"dir:{cache}"],
+                             cwd=root, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any("provision" in line for line in host.processes()):
+            assert time.monotonic() < deadline and fleet.poll() is None, "the install never started"
+            time.sleep(0.2)
+        os.killpg(fleet.pid, signal.SIGINT)                 # Ctrl-C in the terminal: the foreground group
+        _, stderr = fleet.communicate(timeout=60)
+    finally:
+        if fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGKILL)
+    assert fleet.returncode == 130 and "interrupted" in stderr
+    stopped = time.monotonic()
+    while host.processes() and time.monotonic() - stopped < 30:
+        time.sleep(0.1)
+    assert host.processes() == []
+
+
+def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_path):
+    """An operator's own inventory (groups, ansible_user, a key): `./inv fleet --ansible-inventory` and plain
+    ansible-playbook with the operator's ssh options (no ./inv) give the same per-host results and reports."""
+    import os
+    import subprocess
+    import sys
+
+    from vllm_provision.fleet.ansible import PLAYBOOK
+
+    farm = fresh
+    cache = farm.base / "cache-plain"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o1777)
+    h200, a100 = farm.hosts[1], farm.hosts[2]
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"[h200]\n{h200.alias} ansible_host={h200.address} ansible_user={h200.user}\n"
+                         f"[a100]\n{a100.alias} ansible_host={a100.address} ansible_user={a100.user}\n"
+                         f"[all:vars]\nansible_ssh_private_key_file={farm.client_key}\n")
+    by_inv = fleet_run(farm, tmp_path / "inv", [], facts_only=False, cache=cache, ansible_inventory=inventory)
+    reports = tmp_path / "plain" / "reports"
+    overrides = layer(farm, reports) | {"caches": [f"dir:{cache}"]}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VLLMP_", "ANSIBLE_"))} | {
+        "ANSIBLE_PIPELINING": "True", "ANSIBLE_PYTHON_INTERPRETER": "python3",
+        "ANSIBLE_SSH_ARGS": f"-o UserKnownHostsFile={farm.known_hosts} -o StrictHostKeyChecking=yes"}
+    done = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
+                           "-e", json.dumps({"vllmp_overrides": overrides}), str(PLAYBOOK)],
+                          env=environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    plain = json.loads((reports / "latest" / "fleet-report.json").read_text())
+
+    def rows(data):
+        return {h["name"]: (h["status"], h["kind"], h["key"], h["sha256"], h["gpu_blocks"], h["smoke"])
+                for h in data["hosts"]}
+    assert rows(plain) == rows(by_inv) and all(r[0] == "ok" for r in rows(plain).values())
+    assert [k["id"] for k in plain["kinds"]] == [k["id"] for k in by_inv["kinds"]]
+    for name in ("fleet-report.md", "junit.xml"):
+        assert (reports / "latest" / name).is_file()
+    assert (reports / "latest" / "hosts" / "sim2" / "remote" / "report.json").is_file()
+    assert sorted(rows(plain)) == ["sim2", "sim3"] and len(plain["kinds"]) == 2
+
+
+def test_without_the_fleet_extra_the_error_names_it():
+    from vllm_provision.errors import ConfigError
+    from vllm_provision.fleet.inventory import ansible_tool
+
+    assert Path(ansible_tool("ansible-playbook")).name == "ansible-playbook"     # the test extra carries it
+    with pytest.raises(ConfigError, match="need Ansible") as err:
+        ansible_tool("ansible-playbook-not-installed")
+    assert "VLLMP_EXTRAS=fleet" in err.value.hint and err.value.exit_code == 2

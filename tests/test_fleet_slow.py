@@ -19,7 +19,9 @@ import pytest
 
 from sshd import SshFarm, sshd_usable
 from vllm_provision import config
-from vllm_provision.fleet.run import FleetOptions, FleetRun, new_run_dir, select_hosts
+from vllm_provision.fleet import engine
+from vllm_provision.fleet.engine import FleetOptions, select_hosts
+from vllm_provision.fleet.plays import new_run_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.network,
               pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")]
@@ -44,15 +46,16 @@ def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_pat
             subprocess.run(["chmod", "-R", "a+rwX", str(shared)], check=True)
         hosts_file = tmp_path / "hosts"
         hosts_file.write_text(f"{builder.alias}\n{installer.alias}\n")
-        settings = config.resolve({"build": {"arch_list": ["9.0"]}, "profile": "pypi-cu13", "fleet": {
+        settings_layer = {"build": {"arch_list": ["9.0"]}, "profile": "pypi-cu13", "fleet": {
             "ssh_config": str(farm.ssh_config), "known_hosts": str(farm.known_hosts),
-            "report_dir": str(tmp_path / "reports")}}, environ={})
+            "report_dir": str(tmp_path / "reports")}}
+        settings = config.resolve(settings_layer, environ={})
         hosts = select_hosts(hosts_file=str(hosts_file), ansible_inventory=None, limit=None, rerun_failed=False,
                              root=tmp_path / "reports")
-        options = FleetOptions(hosts=hosts, settings=settings, run_dir=new_run_dir(tmp_path / "reports"),
-                               caches=[f"dir:{cache}"], extra_env={"CCACHE_DIR": str(ccache), "VLLMP_ENV__PYTHON": "3.11",
-                                                                    **site_tls()})
-        data = FleetRun(options).run()
+        options = FleetOptions(hosts=hosts, overrides=settings_layer | {
+            "caches": [f"dir:{cache}"], "env": {"CCACHE_DIR": str(ccache), "VLLMP_ENV__PYTHON": "3.11", **site_tls()}},
+            run_dir=new_run_dir(tmp_path / "reports"), fleet=settings["fleet"])
+        data = engine.run(options)
         first, second = data["hosts"]
         assert data["ok"] is True, [(h["name"], h["status"], h["detail"]) for h in data["hosts"]]
         assert len(data["kinds"]) == 1 and data["kinds"][0]["built_on"] == builder.alias

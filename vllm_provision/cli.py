@@ -17,6 +17,7 @@ from .checks import from_dicts, print_checks, summarize, to_json
 from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from .pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
 from .plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
+from .redact import redact_text
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -43,6 +44,8 @@ def handles_errors(func: Callable) -> Callable:
         except ProvisionError as exc:
             code = exc.exit_code
             ui.error(exc.message, exc.hint, exc.log_tail)
+            if kwargs.get("json"):      # --json: the failure as the last stdout line too (fleet runs read it)
+                print_json({"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
             raise Exit(code=exc.exit_code)
         except KeyboardInterrupt as exc:
             code = interrupted_exit_code(exc)
@@ -127,8 +130,17 @@ def task_args(task: str, argv: Sequence[str] | None = None) -> list[str]:
     return argv[argv.index(task) + 1:] if task in argv else []
 
 
+def print_json(data: dict) -> None:
+    """One JSON object on one stdout line: a task's result under --json (the fleet's modules read the last one).
+    Redacted like every other line the toolkit prints (an error may quote a URL with its credentials)."""
+    sys.stdout.write(redact_text(json.dumps(data)) + "\n")
+    sys.stdout.flush()
+
+
 def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence[str] = (),
-                 **flags: Any) -> list[StepResult]:
+                 as_json: bool = False, **flags: Any) -> list[StepResult]:
+    """The steps, a summary table, and with `as_json` one JSON line last: {ok, workspace, report, steps
+    (name -> status), and when a step failed: error, hint, exit_code}."""
     steps = list(steps)
     force = forced_steps(force, argv)
     plan = make_plan(**flags)
@@ -142,10 +154,17 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
     print_summary(results)
     bad = [r for r in results if r.status == "failed"]
+    summary = {"ok": not bad, "workspace": str(plan.workspace.root), "report": str(plan.workspace.report),
+               "steps": {r.step: r.status for r in results}}
     if bad:
         first = bad[0]
         ui.error(f"step {first.step} {first.status}: {first.detail}", first.hint, first.facts.get("log_tail"))
+        if as_json:
+            print_json(summary | {"error": f"step {first.step} {first.status}: {first.detail}", "hint": first.hint,
+                                  "exit_code": first.exit_code or 1})
         raise Exit(code=first.exit_code or 1)
+    if as_json:
+        print_json(summary)
     return results
 
 
@@ -254,7 +273,7 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     from .workspace import RunLock
     if push:          # before the build: a wheel with nowhere to go is bad input
         inputs.check_push(make_plan(**flags))
-    results = run_pipeline(["fetch", "env", "patch", "build"], **flags)
+    results = run_pipeline(["fetch", "env", "patch", "build"], as_json=as_json, **flags)
     built = next(r for r in results if r.step == "build").facts
     if built.get("source") == "cache":
         # nothing to make: the build is already in a cache; the same lines name it
@@ -273,7 +292,7 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
         if push and not published:
             ui.warn("--push: no writable cache in artifacts.caches; the wheel stays where it is")
     if as_json:
-        sys.stdout.write(json.dumps(summary | {"published": published}) + "\n")
+        print_json({"ok": True} | summary | {"published": published})
         return
     for name, value in summary.items():
         ui.info(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
@@ -349,16 +368,19 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
 def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str | None, rerun_failed: bool,
                facts_only: bool, report_dir: str | None, caches: Sequence[str], env: Sequence[str],
                fleet: dict, **flags: Any) -> int:
-    """`./inv fleet`: provision many hosts over SSH (one build per kind); the report; the exit code."""
-    from .fleet import run as fleet_run
+    """`./inv fleet`: provision many hosts with Ansible (ansible-playbook and the toolkit's playbook); the
+    report; the exit code."""
+    from .fleet import engine, plays
     from .settings import CacheEntry, Forks, HostKeyPolicy, Percent
     kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
     caches = [config.flag_value("cache", c, CacheEntry) for c in caches]   # before any host is read or reached
-    settings = config.resolve(cli_settings(**flags) | ({"fleet": fleet} if fleet else {}))
-    root = fleet_run.report_root(settings, report_dir)
-    selected = fleet_run.select_hosts(hosts_file=hosts, ansible_inventory=ansible_inventory, limit=limit,
-                                      rerun_failed=rerun_failed, root=root)
+    layer = cli_settings(**flags) | ({"fleet": fleet} if fleet else {})
+    settings = config.resolve(layer)
+    engine.ansible_tool("ansible-playbook")         # the fleet extra is there, before anything is made
+    root = plays.report_root(settings, report_dir)
+    selected = engine.select_hosts(hosts_file=hosts, ansible_inventory=ansible_inventory, limit=limit,
+                                   rerun_failed=rerun_failed, root=root)
     if not selected:
         ui.info(f"fleet: no host to run (every host of {root / 'latest'} was ok)")
         return 0
@@ -374,19 +396,20 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
                           "there and the other hosts install it from there",
                           hint="--cache dir:/srv/vllm-wheels (a path every host mounts), pypi:https://host/ or "
                                "static:PATH, or set artifacts.caches")
-    fleet_run.remote_environment(settings, caches, extra)      # a credential is refused before any run dir exists
-    options = fleet_run.FleetOptions(
-        hosts=selected, settings=settings, run_dir=fleet_run.new_run_dir(root), facts_only=facts_only,
-        caches=caches, extra_env=extra,
-        on_event=lambda host, phase, status, seconds: ui.step("fleet", f"{host} {phase} {status} ({seconds:.1f} s)"))
-    data = fleet_run.FleetRun(options).run()
+    overrides = layer | {"caches": list(caches), "env": extra, "report_dir": str(root)}
+    plays.settings(overrides)                       # a credential is refused before any run dir exists
+    options = engine.FleetOptions(
+        hosts=selected, overrides=overrides, run_dir=plays.new_run_dir(root), fleet=settings["fleet"],
+        facts_only=facts_only, ansible_inventory=Path(ansible_inventory) if ansible_inventory else None,
+        echo=lambda line: ui.step("fleet", line))
+    data = engine.run(options)
     table = Table(title=f"fleet: vLLM {data['release']} / {data['profile']} ({data['seconds']:.1f} s)")
     for column in ("host", "kind", "status", "time", "detail"):
         table.add_column(column, overflow="fold")
     for h in data["hosts"]:
         table.add_row(h["name"], h["kind"] or "", h["status"], f"{h['seconds']:.1f} s", h["detail"])
     ui.console.print(table)
-    ui.info(f"report: {options.run_dir / 'fleet-report.md'} (and .json, junit.xml)")
+    ui.info(f"report: {options.run_dir / 'fleet-report.md'} (and .json, junit.xml; Ansible's output: ansible.log)")
     if not data["ok"]:
         bad = [h for h in data["hosts"] if h["status"] != "ok"]
         ui.error(f"{len(bad)} of {len(data['hosts'])} hosts did not pass: "

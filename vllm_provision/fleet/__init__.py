@@ -1,6 +1,5 @@
-"""Fleet runs: inventory -> facts per host -> kinds -> one build per kind -> installs in batches -> one report.
-
-SSH goes through Fabric 3 (a `fabric.Connection` per host, an Invoke Context): it reads ssh_config (User, Port,
-IdentityFile, ProxyJump) and copies files over SFTP; the toolkit only adds strict host keys, a capped pool,
-remote timeouts that end the remote process group, and the policy (canary, batches, failure budget).
-"""
+"""Fleet runs on Ansible: ansible/provision.yml (facts -> kinds -> per kind a canary that builds the wheel once
+-> the other hosts install it in batches) with the toolkit's modules, filters and report callback beside it.
+This package holds the toolkit's side: plays.py (settings, kinds, the toolkit's tarball, used by the filters),
+collect.py (the report from Ansible's events), engine.py (`./inv fleet` runs ansible-playbook), inventory.py
+(hosts files, --limit)."""

@@ -8,6 +8,7 @@ import json
 import re
 import os
 import shutil
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,16 +79,20 @@ def read_hosts_file(path: Path) -> list[Host]:
     return _check(hosts, str(path))
 
 
+def ansible_tool(name: str) -> str:
+    """An Ansible command beside the toolkit's Python (the `fleet` extra installs it there), else on PATH."""
+    found = shutil.which(name, path=os.pathsep.join([sysconfig.get_path("scripts"), os.path.dirname(sys.executable),
+                                                     os.environ.get("PATH", "")]))
+    if not found:
+        raise ConfigError(f"fleet runs need Ansible ({name}), which is neither beside the toolkit's Python nor on PATH",
+                          hint="install the toolkit's fleet extra: VLLMP_EXTRAS=fleet ./inv fleet ... "
+                               "(or pip install 'vllm-provision[fleet]')")
+    return found
+
+
 def read_ansible_inventory(path: Path) -> list[Host]:
     """Hosts of an Ansible inventory (any format Ansible reads) through `ansible-inventory -i FILE --list`."""
-    # beside the toolkit's Python first (ansible-core installed into its venv), then PATH
-    tool = shutil.which("ansible-inventory", path=os.pathsep.join([sysconfig.get_path("scripts"),
-                                                                    os.environ.get("PATH", "")]))
-    if not tool:
-        raise ConfigError("--ansible-inventory needs the ansible-inventory command, which is neither beside the "
-                          "toolkit's Python nor on PATH",
-                          hint="install Ansible (pip install ansible-core), or list the hosts in a hosts file "
-                               "for --hosts")
+    tool = ansible_tool("ansible-inventory")
     done = runner.run([tool, "-i", str(path), "--list"], check=False, timeout=120, what="ansible-inventory")
     try:
         data = json.loads(done.output[done.output.index("{"):]) if done.returncode == 0 else None

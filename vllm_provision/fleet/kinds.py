@@ -13,9 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .. import catalog, plan
-from .connect import Outcome
 from .facts import RemoteFacts
-from .inventory import Host
+
+
+@dataclass
+class Outcome:
+    """How a host ended, when it did not end well."""
+    status: str                    # failed | unreachable | timed out | refused | skipped
+    detail: str
+    hint: str | None = None
+    exit_code: int | None = None
 
 
 @dataclass
@@ -23,7 +30,7 @@ class Kind:
     id: str                            # sha256 prefix of `fields`
     label: str                         # readable: "2x NVIDIA H200 | arch 9.0 | py3.11 | glibc 2.36 | gcc 12.2.0"
     fields: dict[str, Any]
-    hosts: list[Host] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)    # inventory names; the first is the canary
 
     @property
     def archs(self) -> list[str]:
@@ -74,13 +81,13 @@ def label(fields: Mapping[str, Any], facts: RemoteFacts) -> str:
     return " | ".join(parts)
 
 
-def group(hosts: list[Host], facts: Mapping[str, RemoteFacts], fields: Mapping[str, dict]) -> list[Kind]:
+def group(hosts: list[str], facts: Mapping[str, RemoteFacts], fields: Mapping[str, dict]) -> list[Kind]:
     """Kinds in inventory order (a kind's first host is its canary)."""
     kinds: dict[str, Kind] = {}
-    for h in hosts:
-        if h.name not in fields:
+    for name in hosts:
+        if name not in fields:
             continue
-        kid = kind_id(fields[h.name])
-        kind = kinds.setdefault(kid, Kind(kid, label(fields[h.name], facts[h.name]), dict(fields[h.name])))
-        kind.hosts.append(h)
+        kid = kind_id(fields[name])
+        kind = kinds.setdefault(kid, Kind(kid, label(fields[name], facts[name]), dict(fields[name])))
+        kind.hosts.append(name)
     return list(kinds.values())

@@ -32,6 +32,7 @@ class HostResult:
     detail: str = ""
     hint: str | None = None
     seconds: float = 0.0
+    toolkit_seconds: float = 0.0     # of `seconds`, the toolkit's own calls on the host (the rest is Ansible's)
     gpu_blocks: int | None = None
     smoke: str | None = None         # pass | fail | skipped
     log: str | None = None           # hosts/<host>/, relative to the report
@@ -40,6 +41,7 @@ class HostResult:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 2)
+        data["toolkit_seconds"] = round(self.toolkit_seconds, 2)
         return json.loads(redact_text(json.dumps(data)))
 
 
