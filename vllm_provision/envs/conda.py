@@ -19,6 +19,7 @@ from packaging.version import Version
 from .. import host, minor_version, mirrors, runner
 from ..errors import ConfigError, ProvisionError, StepFailed
 from ..redact import has_secret, redact_url
+from ..progress import progress
 from . import rattler_child
 from .common import CompilerChoice, bin_python, cuda_matches
 
@@ -67,8 +68,9 @@ def solve_install(ctx, chs: Sequence[str], specs: Sequence[str], prefix: Path, *
             argv.append("--override-channels")
         for c in chs:
             argv += ["-c", c]
-        result = runner.run(argv + list(specs), log=ctx.log, timeout=3600, check=False,
-                            what=f"{Path(tool).name} create")
+        with progress(f"{Path(tool).name} create", step=ctx.name):     # a heartbeat: conda prints no counts
+            result = runner.run(argv + list(specs), log=ctx.log, timeout=3600, check=False,
+                                what=f"{Path(tool).name} create")
         if result.returncode != 0:
             _fail(result.output, chs, specs, what, plan)
         return {"tool": Path(tool).name}
@@ -91,9 +93,10 @@ def solve_install(ctx, chs: Sequence[str], specs: Sequence[str], prefix: Path, *
             "cache_dir": str(cache_dir)}
     ctx.say(f"solving {' '.join(specs)} from {_shown(chs)} (rattler)")
     try:
-        result = runner.run([sys.executable, "-m", "vllm_provision.envs.rattler_child"], log=ctx.log,
-                            extra_env={rattler_child.SPEC_VARIABLE: json.dumps(spec)},
-                            timeout=max(600, plan.env.timeout * 10), check=False, what="rattler")
+        with progress("solving and installing (rattler)", step=ctx.name):
+            result = runner.run([sys.executable, "-m", "vllm_provision.envs.rattler_child"], log=ctx.log,
+                                extra_env={rattler_child.SPEC_VARIABLE: json.dumps(spec)},
+                                timeout=max(600, plan.env.timeout * 10), check=False, what="rattler")
     finally:
         if throwaway:
             shutil.rmtree(throwaway, ignore_errors=True)

@@ -18,6 +18,7 @@ from ..kvcache.parse import kv_facts
 from ..kvcache.units import group_digits
 from ..pipeline import StepContext, StepOutcome
 from ..workspace import Workspace
+from ..progress import progress
 from .build import built_digest
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
@@ -106,8 +107,9 @@ def run(ctx: StepContext) -> StepOutcome:
     out = ctx.workspace.root / "smoke.json"
     out.unlink(missing_ok=True)
     ctx.say(f"generating with the notes' sampling parameters on {model.name}")
-    result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
-                        timeout=GENERATE_TIMEOUT_S, check=False)
+    with progress("loading the model and generating", step=ctx.name):     # a heartbeat while vLLM starts
+        result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
+                            timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
     for line in (smoke.get("sampling") or {}).get("changes") or []:
         ctx.say(f"sampling: {line}")
