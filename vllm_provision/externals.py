@@ -104,22 +104,27 @@ def cached_archive(cache: Path, external: External) -> Path | None:
     return None
 
 
+def _add_tree(tar: tarfile.TarFile, tree: Path, top: str) -> None:
+    """`tree` under `top/`, reproducibly: sorted, no owners, fixed times, only the executable bit kept."""
+    for path in tree_files(tree):
+        info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(tree).as_posix()}")
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o755 if info.mode & 0o111 else 0o644
+        if info.isfile():
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+        else:
+            tar.addfile(info)
+
+
 def _normalised_tar(tree: Path, top: str, dest: Path) -> None:
-    """A byte-reproducible .tar.gz of `tree` under `top/`: sorted, no owners, fixed times, modes kept."""
+    """A byte-reproducible .tar.gz of `tree` under `top/`."""
     part = dest.with_name(dest.name + ".part")
     with open(part, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in tree_files(tree):
-            info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(tree).as_posix()}")
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            info.mode = 0o755 if info.mode & 0o111 else 0o644
-            if info.isfile():
-                with open(path, "rb") as fh:
-                    tar.addfile(info, fh)
-            else:
-                tar.addfile(info)
+        _add_tree(tar, tree, top)
     os.replace(part, dest)
 
 
@@ -352,16 +357,7 @@ def write_bundle(release: Release, sdist: Path | None, cache: Path, out: Path) -
         mode = {".tar": "w", ".tar.gz": "w:gz", ".tar.xz": "w:xz"}[suffix]
         options = {"preset": 9} if suffix == ".tar.xz" else {}
         with tarfile.open(part, mode, format=tarfile.PAX_FORMAT, **options) as tar:
-            for path in tree_files(directory):
-                info = tar.gettarinfo(str(path), arcname=f"{release.version}-bundle/{path.relative_to(directory).as_posix()}")
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                if info.isfile():
-                    with open(path, "rb") as fh:
-                        tar.addfile(info, fh)
-                else:
-                    tar.addfile(info)
+            _add_tree(tar, directory, f"{release.version}-bundle")
         os.replace(part, out)
         return out
     finally:
