@@ -300,6 +300,13 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
                                build_dir=src / "build" / "cmake", log=ctx.log, **kw)
     facts = built.to_dict() | {"source": "compiled", "arch_list": plan.build.torch_cuda_arch_list,
                                "torch": info.torch, "log": str(ctx.log)}
+    ninja_log = src / "build" / "cmake" / ".ninja_log"
+    if ninja_log.is_file():     # the compile on a timeline, as for the setuptools-era build (a time-boxed one too)
+        facts["timings"] = timings.write_page(ctx.workspace.root / timings.PAGE,
+                                              timings.read_ninja_log(ninja_log.read_text(errors="replace")),
+                                              jobs=plan.build.max_jobs, estimate_s=plan.build.expected_seconds,
+                                              title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
+                                              peak_memory_bytes=built.job_peak_memory_bytes or None)
     rate = (f"{built.units_done}/{built.edges_total} units in {built.seconds:.0f} s "
             f"({built.units_per_minute:.1f}/min; configure {built.configure_seconds:.0f} s)")
     peak = f", a job peaked at {built.job_peak_memory_bytes / 2**30:.1f} GiB" if built.job_peak_memory_bytes else ""
