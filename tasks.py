@@ -11,9 +11,20 @@ import invoke
 from vllm_provision import PROJECT_ROOT, cli, config
 from vllm_provision.cli import handles_errors
 
-# Long flags only: Invoke's automatic short flags gave one letter different meanings in different tasks
-# (-u was --push in build and --out in wheel), so no task has any.
-task = functools.partial(invoke.task, auto_shortflags=False)
+# Invoke's automatic short flags gave one letter different meanings in different tasks (-u was --push in build
+# and --out in wheel), so they are off; the one short flag is -v, --verbose, in every task that has it.
+SHORT_FLAGS = {"verbose": "v"}
+
+
+class Task(invoke.Task):
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS and SHORT_FLAGS[name] not in taken_names:
+            opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
+        return opts
+
+
+task = functools.partial(invoke.task, klass=Task, auto_shortflags=False)
 
 COMMON = {
     "release": "vLLM release, e.g. 0.2.2 (default from vllm-provision.yaml / profile)",

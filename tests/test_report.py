@@ -167,6 +167,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
     _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts={"checks": []})})
     assert _task(monkeypatch, ["verify", "--arch", "9.0"]) == 0
     _fake_steps(monkeypatch, {"build": no_cached_build, "_build": "--require-cache"})
+    monkeypatch.setenv("VLLMP_ARTIFACTS__CACHES", f"dir:{ws.root.parent / 'wheels'}")   # set, and without the build
     assert _task(monkeypatch, ["build", "--arch", "9.0", "--require-cache"]) == 1
 
     data = json.loads(ws.report.read_text())
