@@ -115,8 +115,8 @@ class ContainerHost:
 def make_base_tarball(out: Path, mirror: str | None = None) -> float:
     """bookworm minbase with the base packages, from Debian's registry; returns the seconds it took."""
     started = time.monotonic()
-    part = out.with_name(out.name + ".part")
-    done = subprocess.run(["mmdebstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES), SUITE,
+    part = out.with_name("part-" + out.name)
+    done = subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", "--include=" + ",".join(BASE_PACKAGES), SUITE,
                            str(part), mirror or apt_mirror()], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     os.replace(part, out)
