@@ -6,8 +6,8 @@
 #
 # Stage `wheel` puts one wheel, its <wheel>.manifest.json and its key (/wheels/KEY) in /wheels:
 #   WHEEL_FROM=build (default): `./inv wheel`; a hit in CACHES is copied (checked), a miss compiles once,
-#                               GPU-less, for ARCH (needs a C++ compiler and Python headers; installed by apt
-#                               when the base lacks them)
+#                               GPU-less, for ARCH (the base must have Python's headers; g++ and patch are
+#                               installed with apt when it lacks them)
 #   WHEEL_FROM=context:         the wheel and manifest in the build context's wheels/ (`./inv wheel --out wheels`),
 #                               or the one named by KEY when it holds several
 # The runtime stage installs exactly that key with --require-cache (no compiler: nothing is compiled) and runs
