@@ -34,6 +34,10 @@ def test_diagnose_hints():
     assert "nvidia-cusparse" in h and "-cu" not in h.split("nvidia-cusparse")[1][:3]
     assert "nvidia-cusparse-cu12" in diagnose("fatal error: cusparse.h: No such file or directory", 1, cuda="12.1")
     assert "nvidia-cublas" in diagnose("fatal error: cublas_v2.h: No such file or directory", 1, cuda="13.0")
+    # the interpreter's headers are no wheel: the hint names the OS package or a base image that has them
+    h = diagnose("/x/csrc/ops.h:3:10: fatal error: Python.h: No such file or directory", 1, cuda="13.0")
+    assert "apt install python3-dev" in h and "python:3.12-slim-bookworm" in h and "pip install" not in h
+    assert wheel_for_header("Python.h", "13.0") is None
     assert diagnose("some other failure", 1) is None
 
 

@@ -144,10 +144,10 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     steps = list(steps)
     force = forced_steps(force, argv)
     plan = make_plan(**flags)
-    refusal = gpu_refusal(plan) if "build" in steps else None
+    refusal = (gpu_refusal(plan) or pinned_artifact_refusal(plan)) if "build" in steps else None
     if refusal is None and set(steps) - {"fetch", "patch"}:
         refusal = host_torch_refusal(plan)      # the host's torch, where env and build would take it as it is
-    if refusal:     # before any download: the build would refuse these GPUs (or that torch) anyway
+    if refusal:     # before any download: the build would refuse these GPUs, this pinned wheel or that torch
         raise refusal
     inputs.check(plan, steps)          # bad input (unusable directories, cache flags, --model) before any download
     facts = host.probe(str(plan.workspace.root.parent))
@@ -166,6 +166,17 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     if as_json:
         print_json(summary)
     return results
+
+
+def pinned_artifact_refusal(plan: Plan) -> ProvisionError | None:
+    """A pinned key (--artifact-key) whose cached wheel is for another Python than the env's: refused now,
+    not after the env's minutes of downloads."""
+    from .artifacts import install as artifact_install
+    from .steps import build as build_step
+    key = (plan.settings.get("artifacts") or {}).get("key")
+    if not key or plan.env.backend == "existing":
+        return None
+    return artifact_install.python_refusal(build_step.cache_entries_of(plan), key, plan.env.python)
 
 
 def require_gpu(what: str) -> None:
@@ -268,6 +279,7 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     """`./inv wheel`: the pipeline through build (what is out of date), then the wheel of the compiled tree
     (seconds), published to every writable cache with `push`; prints path, sha256, key, version, archs
     (`as_json`: one JSON object on the last line, for fleet runs and scripts)."""
+    from .artifacts import install as artifact_install
     from .pipeline import StepContext
     from .steps import build as build_step
     from .workspace import RunLock
@@ -276,11 +288,19 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     results = run_pipeline(["fetch", "env", "patch", "build"], as_json=as_json, **flags)
     built = next(r for r in results if r.step == "build").facts
     if built.get("source") == "cache":
-        # nothing to make: the build is already in a cache; the same lines name it
-        ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: nothing to make")
-        summary = {"wheel": f"{built['file']} in {built['cache']}", "sha256": built["wheel_sha256"],
-                   "key": built["key"], "version": built["version"], "archs": built["archs"]}
+        # nothing to make: the build is already in a cache; --out gets a checked copy of it (an image's
+        # producer stage hands it on), else the same lines name it
         published = [f"already in {built['cache']}"]
+        if out:
+            plan = make_plan(**flags)
+            wheel = artifact_install.copy_out(build_step.cache_entries_of(plan), built["key"], built["wheel_sha256"],
+                                              Path(out).resolve())
+            ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: copied to {wheel.path}")
+            summary = wheel.summary()
+        else:
+            ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: nothing to make")
+            summary = {"wheel": f"{built['file']} in {built['cache']}", "sha256": built["wheel_sha256"],
+                       "key": built["key"], "version": built["version"], "archs": built["archs"]}
     else:
         plan = make_plan(**flags)
         ws = plan.workspace

@@ -6,18 +6,23 @@ no index (`uv pip install --no-index --require-hashes --no-deps`). Any refusal l
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from packaging.utils import parse_wheel_filename
+
 from .. import runner
 from ..download import sha256_file
 from ..envs.common import Installer
-from ..errors import StepFailed
+from ..errors import ConfigError, StepFailed
 from . import cache
 from . import manifest as mf
+from .wheel import Wheel, sidecar_of
 
 INSTALL_TIMEOUT = 1800
 
@@ -75,3 +80,45 @@ def missing_error(key: str, entries: list[cache.Entry]) -> StepFailed:
     return StepFailed(f"no cached build for key {key} (searched: {searched}) and the cache is required "
                       "(--require-cache / artifacts.require_cache): nothing is compiled",
                       hint="build one with `./inv wheel --push` on a host of this kind, or drop --require-cache")
+
+
+def copy_out(entries: Iterable[cache.Entry], key: str, sha256: str, out_dir: Path) -> Wheel:
+    """The cached wheel of `key` (the one this workspace installed, `sha256`) copied into out_dir with its
+    sidecar manifest, checked as for an install: the sha256 and the manifest's full key."""
+    entries = list(entries)
+    found = look_up(entries, key)
+    if not found:
+        raise missing_error(key, entries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wheel = cache.fetch(found, out_dir)
+    digest = sha256_file(wheel)
+    if digest != sha256:
+        wheel.unlink()
+        raise StepFailed(f"{found.shown} has sha256 {digest}, not {sha256} as installed here (replaced in the cache)",
+                         hint="install again from the cache (`./inv build --force`), then rerun `./inv wheel`")
+    manifest = mf.read_from_wheel(wheel)
+    mf.check_key(manifest, key, found.shown)
+    # the cache's own sidecar keeps auditwheel's result; a cache that serves no sidecar gets the manifest's
+    side = {**manifest, "sha256": digest, "file": wheel.name}
+    if found.entry.kind in ("dir", "static") and sidecar_of(Path(found.where)).is_file():
+        side = json.loads(sidecar_of(Path(found.where)).read_text()) | side
+    part = sidecar_of(wheel).with_name(sidecar_of(wheel).name + ".part")
+    part.write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
+    os.replace(part, sidecar_of(wheel))
+    return Wheel(wheel, digest, manifest)
+
+
+def python_refusal(entries: Iterable[cache.Entry], key: str, python: str) -> ConfigError | None:
+    """Before any download: the refusal of a pinned artifact (`--artifact-key`) made for another Python than
+    the env's (`python`, e.g. "3.11"); its wheel's tag says so. None when it fits or is not found yet."""
+    found = look_up(entries, key)
+    if not found:
+        return None
+    wanted = mf.python_tag(python)
+    tags = {t.interpreter for t in parse_wheel_filename(found.filename)[3]}
+    if wanted in tags:
+        return None
+    return ConfigError(f"{found.shown} is for {', '.join(sorted(tags))}, but this env's Python is {python} ({wanted}): "
+                       "it cannot be installed here",
+                       hint=f"build the wheel with Python {python} (`./inv wheel` there), or install on a host or base "
+                            f"image whose Python matches the wheel's")

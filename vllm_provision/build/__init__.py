@@ -45,8 +45,6 @@ def wheel_for_header(header: str, cuda: str | None) -> str | None:
                             re.sub(r"(Dn|Sp|Mg|Rf|Xt|_api|_common|_kernel|_v2)$", "", base))
                 if k in HEADER_WHEELS), None)
     if key is None:
-        if base == "Python":
-            return "python3-dev (the interpreter's headers)"
         return None
     wheel = HEADER_WHEELS[key]
     major = (cuda or "13").split(".")[0]
@@ -72,6 +70,11 @@ def diagnose(output: str, returncode: int, *, max_jobs: int = 1, cuda: str | Non
         return (f"a compiler was killed, most likely out of memory (each nvcc job peaks near "
                 f"{BUILD_JOB_PEAK_BYTES / GIB:.1f} GiB): lower MAX_JOBS from {max_jobs} to {lower} (--max-jobs {lower})")
     m = re.search(r"fatal error: ([\w./+-]+\.(?:h|hpp|cuh)): No such file", output)
+    if m and m.group(1) == "Python.h":
+        # the interpreter's C headers are no wheel: they come with the OS package or the Python build
+        return ("Python.h is missing: the env's Python has no C headers; install them into the system "
+                "(Debian/Ubuntu: apt install python3-dev, or python3.X-dev for the env's Python) or, in an image, "
+                "start from a base that has them (python:3.12-slim-bookworm does), then rerun `inv build`")
     if m:
         header = m.group(1)
         wheel = wheel_for_header(header, cuda)

@@ -365,7 +365,11 @@ def stamped_key(ctx: StepContext, info: envinfo.EnvInfo) -> str | None:
 
 
 def cache_entries(ctx: StepContext) -> list[artifact_cache.Entry]:
-    return [artifact_cache.Entry.parse(e) for e in artifact_settings(ctx).get("caches") or ()]
+    return cache_entries_of(ctx.plan)
+
+
+def cache_entries_of(plan) -> list[artifact_cache.Entry]:
+    return [artifact_cache.Entry.parse(e) for e in (plan.settings.get("artifacts") or {}).get("caches") or ()]
 
 
 def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
