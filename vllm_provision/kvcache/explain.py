@@ -46,12 +46,7 @@ def explain(smoke: dict) -> list[str]:
             line += (f" ({gib(f.swap_space_bytes)} // {group_digits(bpb)} B; "
                      f"{group_digits(rest)} B left over)")
         lines.append(line)
-    lines.append("GPU blocks are KV-cache blocks, not compute units.")
-    if cap is not None and f.max_model_len:
-        verdict = "fits" if cap >= f.max_model_len else "does NOT fit"
-        lines.append(f"capacity {group_digits(cap)} tokens vs max_model_len "
-                     f"{group_digits(f.max_model_len)}: one full-length sequence {verdict}")
-    return lines
+    return lines + _capacity_lines(f, cap)
 
 
 def explain_v1(f: KVFacts, smoke: dict) -> list[str]:
@@ -79,12 +74,7 @@ def explain_v1(f: KVFacts, smoke: dict) -> list[str]:
         lines.append(memory)
     lines.append("no CPU blocks: the V1 engine has no swap space (GPU↔CPU KV-cache swapping was removed, "
                  "a preempted request is recomputed), so swap_space is gone")
-    lines.append("GPU blocks are KV-cache blocks, not compute units.")
-    if cap is not None and f.max_model_len:
-        verdict = "fits" if cap >= f.max_model_len else "does NOT fit"
-        lines.append(f"capacity {group_digits(cap)} tokens vs max_model_len "
-                     f"{group_digits(f.max_model_len)}: one full-length sequence {verdict}")
-    return lines
+    return lines + _capacity_lines(f, cap)
 
 
 def _memory_line(f: KVFacts, smoke: dict) -> str | None:
@@ -112,3 +102,13 @@ def _memory_line(f: KVFacts, smoke: dict) -> str | None:
     if f.num_gpu_blocks is not None:
         line += f" = {group_digits(f.num_gpu_blocks)} blocks"
     return line
+
+
+def _capacity_lines(f: KVFacts, cap: int | None) -> list[str]:
+    """What the blocks are, and whether one full-length sequence fits (both engines)."""
+    lines = ["GPU blocks are KV-cache blocks, not compute units."]
+    if cap is not None and f.max_model_len:
+        verdict = "fits" if cap >= f.max_model_len else "does NOT fit"
+        lines.append(f"capacity {group_digits(cap)} tokens vs max_model_len "
+                     f"{group_digits(f.max_model_len)}: one full-length sequence {verdict}")
+    return lines
