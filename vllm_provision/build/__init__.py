@@ -74,7 +74,7 @@ def diagnose(output: str, returncode: int, *, max_jobs: int = 1, cuda: str | Non
         # the interpreter's C headers are no wheel: they come with the OS package or the Python build
         return ("Python.h is missing: the env's Python has no C headers; install them into the system "
                 "(Debian/Ubuntu: apt install python3-dev, or python3.X-dev for the env's Python) or, in an image, "
-                "start from a base that has them (python:3.12-slim-bookworm does), then rerun `inv build`")
+                "start from a base that has them (python:3.12-slim-bookworm does), then rerun `./inv build`")
     if m:
         header = m.group(1)
         wheel = wheel_for_header(header, cuda)
