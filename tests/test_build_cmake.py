@@ -514,3 +514,12 @@ def test_doctor_says_which_of_the_release_archs_this_nvcc_builds():
     cuda126 = host.NvccInfo("/x/nvcc", "", "12.6", archs=("7.5", "8.0", "8.6", "8.7", "8.9", "9.0"))
     old = check_archs(("12.0",), "config", release, cuda126)
     assert old.status == "fail" and "of vLLM 0.26.0's: 7.5, 8.0, 8.6, 8.7, 8.9, 9.0" in old.detail
+
+
+def test_the_plans_estimate_is_the_releases_measured_work():
+    """0.26.0's compile work for one arch is catalog data (measured on an H200: 16 jobs, projected 33-35 min)."""
+    from vllm_provision.catalog import get_release
+    from vllm_provision.plan import expected_cmake_seconds
+    release = get_release("0.26.0")
+    assert release.compile_cpu_seconds_per_arch == 33000
+    assert 33 * 60 <= expected_cmake_seconds(release, 1, 16, 1) <= 35 * 60

@@ -177,9 +177,8 @@ MEMORY_HEADROOM = 0.10
 # worth it only where the host has more slots than a build keeps busy to its end, where the slowest units
 # (one arch after another in one job) set the build's length. Below this many slots, one thread a job.
 SLOTS_PER_NVCC_THREAD = 32
-# CMake-era compile work for one arch, from the H200 run of 0.26.0 for sm_90 (16 jobs x 1 thread): 88 units took
-# 5 260 s (59.8 s each) of its 417 edges -> about 25 000 CPU-seconds. A floor: the FA3 units had not started.
-CMAKE_COMPILE_CPU_SECONDS_PER_ARCH = 25_000
+# CMake-era compile work for one arch where the release's recipe names none (compile_cpu_seconds_per_arch).
+CMAKE_COMPILE_CPU_SECONDS_PER_ARCH = 33_000
 
 
 @dataclass(frozen=True)
@@ -214,10 +213,14 @@ def choose_parallelism(*, cpus: int, mem_available_bytes: int, job_peak_bytes: i
     return Parallelism(jobs, threads, why, budget, job_peak_bytes)
 
 
+def compile_work_per_arch(release: Release) -> int:
+    return int(release.compile_cpu_seconds_per_arch or CMAKE_COMPILE_CPU_SECONDS_PER_ARCH)
+
+
 def expected_cmake_seconds(release: Release, archs: int, jobs: int, threads: int) -> int:
     """About how long a CMake-era compile takes: its work over jobs x threads, never below the slowest unit."""
     slowest = max(release.slowest_units.values(), default=0.0)
-    work = CMAKE_COMPILE_CPU_SECONDS_PER_ARCH * archs
+    work = compile_work_per_arch(release) * archs
     return int(max(work / max(1, jobs * min(threads, archs)), slowest * archs / max(1, threads)))
 
 
@@ -289,7 +292,7 @@ def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.Ho
                      max_jobs=par.jobs, max_jobs_reason=par.why, nvcc_threads=par.nvcc_threads,
                      memory_budget_bytes=par.memory_budget_bytes, job_peak_bytes=par.job_peak_bytes,
                      expected_seconds=expected,
-                     expected_reason=(f"about {_minutes(expected)}: {CMAKE_COMPILE_CPU_SECONDS_PER_ARCH} CPU-s of "
+                     expected_reason=(f"about {_minutes(expected)}: {compile_work_per_arch(release)} CPU-s of "
                                       f"compile per arch x {n_archs} over {par.jobs} jobs x {par.nvcc_threads} "
                                       f"nvcc thread(s); the progress line refines it"),
                      parallel_extensions=False, ccache=bool(build.get("ccache", True)), cpu_placement="off",

@@ -25,7 +25,7 @@ SOURCE_KINDS = ("pypi-sdist", "github-archive")
 BUILT_BY_TOOLKIT = ("setuptools-cpp-extension", "cmake")
 RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_cuda", "cuda_archs",
                   "arch_list_separator", "extensions", "slowest_units", "source", "torch", "gcc_min",
-                  "cmake_min", "nvcc_min", "job_peak_gib", "external", "llm_engine"}
+                  "cmake_min", "nvcc_min", "job_peak_gib", "compile_cpu_seconds_per_arch", "external", "llm_engine"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
 EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
                    "wheel_path", "submodule"}
@@ -118,6 +118,7 @@ class Release:
     cmake_min: str = ""
     nvcc_min: str = ""
     job_peak_gib: float = 0.0       # peak memory of one compile job on the release's heaviest units
+    compile_cpu_seconds_per_arch: float = 0.0   # the CMake-era compile's work for one arch (plan's estimate)
     externals: tuple[External, ...] = ()
     llm_engine: str = "v0"             # the engine whose figures the smoke reads (ENGINES)
     path: Path = field(default=Path(), compare=False)
@@ -213,6 +214,7 @@ def parse_release(path: Path) -> Release:
             cmake_min=data.get("cmake_min", ""),
             nvcc_min=data.get("nvcc_min", ""),
             job_peak_gib=float(data.get("job_peak_gib", 0.0)),
+            compile_cpu_seconds_per_arch=float(data.get("compile_cpu_seconds_per_arch", 0.0)),
             externals=tuple(_parse_external(raw, path.name) for raw in data.get("external", ())),
             llm_engine=engine,
             path=path,
