@@ -146,10 +146,16 @@ def build_context(dest: Path, wheel: Path | None = None) -> Path:
     return dest
 
 
-def json_object(done: subprocess.CompletedProcess, first_key: str) -> dict:
-    """The JSON object a `./inv ... --json` printed on stdout (the one that starts with `first_key`)."""
-    start = done.stdout.find("{" + json.dumps(first_key))
-    if start < 0:
-        start = done.stdout.find('{\n  ' + json.dumps(first_key))
-    assert start >= 0, f"no JSON (exit {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return json.JSONDecoder().raw_decode(done.stdout[start:])[0]
+def json_object(done: subprocess.CompletedProcess, *keys: str) -> dict:
+    """The first JSON object printed on stdout (pretty or on one line) that has all of `keys` (a command line
+    may run several `./inv ... --json`: verify's checks, then wheel's summary)."""
+    decoder, text, at = json.JSONDecoder(), done.stdout, 0
+    while (at := text.find("{", at)) >= 0:
+        try:
+            found = decoder.raw_decode(text[at:])[0]
+        except ValueError:
+            found = None
+        if isinstance(found, dict) and all(k in found for k in keys):
+            return found
+        at += 1
+    raise AssertionError(f"no JSON with {keys} (exit {done.returncode}):\n{text[-4000:]}\n{done.stderr[-4000:]}")

@@ -85,7 +85,7 @@ def test_the_image_installs_the_real_wheel_and_verifies_in_a_container(real_vllm
     assert "verify-exit=0" in ran.stdout, ran.stdout[-4000:] + ran.stderr[-4000:]
     # .dockerignore kept the working tree's .venv and .provision out; the toolkit's venv has no test extra
     assert "HOST-ONLY" not in ran.stdout and "test-extra-installed" not in ran.stdout
-    report = images.json_object(ran, "ok")
+    report = images.json_object(ran, "ok", "checks")
     checks = {c["name"]: c for c in report["checks"]}
     assert report["ok"] and not [c for c in report["checks"] if c["status"] == "fail"]
     # an installed artifact: its key against the installed version, its archs read back, each of vLLM's seven
