@@ -21,6 +21,7 @@ closing line (the error says what happened).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -197,21 +198,16 @@ def _shown(p: Progress, watch, live: bool, heartbeat_s: float | None) -> Iterato
         task = bar.add_task(what, total=None)
         # the bar's own fraction follows p
         thread = _poller(p, watch, stop, None, tick=lambda: bar.update(task, total=p.total, completed=p.done))
-        with bar:
-            thread.start()
-            try:
-                yield p
-            finally:
-                stop.set()
-                thread.join()
-        _say(p, p.final_line())
-        return
-    _say(p, p.line())
-    thread = _poller(p, watch, stop, heartbeat_s or heartbeat_seconds())
-    thread.start()
-    try:
-        yield p
-    finally:
-        stop.set()
-        thread.join()
+        display = bar
+    else:
+        _say(p, p.line())
+        thread = _poller(p, watch, stop, heartbeat_s or heartbeat_seconds())
+        display = contextlib.nullcontext()
+    with display:
+        thread.start()
+        try:
+            yield p
+        finally:
+            stop.set()
+            thread.join()
     _say(p, p.final_line())
