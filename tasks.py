@@ -8,7 +8,8 @@ import sys
 
 import invoke
 
-from vllm_provision import PROJECT_ROOT, cli, config
+from vllm_provision import PROJECT_ROOT, cli
+from vllm_provision.core import config
 from vllm_provision.cli import handles_errors
 
 # Invoke's automatic short flags gave one letter different meanings in different tasks (-u was --push in build
@@ -159,11 +160,11 @@ def wheelhouse(c, python_version=None, out="wheelhouse", extras=""):
     """Download the toolkit's wheels for an offline host; bootstrap there with VLLMP_WHEELHOUSE=DIR ./inv ..."""
     from pathlib import Path
 
-    from vllm_provision import ui
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core import ui
+    from vllm_provision.core.errors import ConfigError
     if not python_version:   # an option, not a positional: `./inv wheelhouse --help` must show the help
         raise ConfigError("--python-version is needed: the offline host's Python", hint="e.g. --python-version 3.12")
-    from vllm_provision import wheelhouse as wh
+    from vllm_provision.envs import wheelhouse as wh
     wheels = wh.build(Path(out).resolve(), python_version, [e for e in extras.split(",") if e])
     ui.info(f"{len(wheels)} wheels in {Path(out).resolve()} ({sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB); "
             f"on the offline host: VLLMP_WHEELHOUSE={out} VLLMP_EXTRAS= ./inv provision")
@@ -231,7 +232,7 @@ def fleet(c, hosts=None, ansible_inventory=None, limit=None, rerun_failed=False,
 @handles_errors
 def settings_doc(c):
     """Regenerate the settings table in docs/configuration.md from the schema and vllm-provision.yaml."""
-    from vllm_provision import settings_reference, ui
+    from vllm_provision.core import settings_reference, ui
     changed = settings_reference.write()
     ui.info(f"{settings_reference.DOC.relative_to(PROJECT_ROOT)}: {'updated' if changed else 'up to date'}")
 

@@ -49,7 +49,8 @@ def main() -> None:
                 "VLLMP_PYPI__EXTRA_INDEX_URLS": json.dumps([slow_url + "/simple", down_url + "/simple"]),
                 "VLLMP_CONDA__CHANNELS": json.dumps([up_url + "/chan"]), "VLLMP_FETCH__GITHUB": "false"})
     os.environ.update(env)
-    from vllm_provision import doctor, host
+    from vllm_provision.diagnostics import doctor
+    from vllm_provision.probes import host
     from vllm_provision.plan import build_plan
     started = time.monotonic()
     facts = host.probe(env["VLLMP_WORKSPACE_ROOT"])

@@ -40,9 +40,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: E40
 from packaging.version import Version  # noqa: E402
 
 import mirrors as fx  # noqa: E402
-from vllm_provision import runner  # noqa: E402
-from vllm_provision.errors import ConfigError  # noqa: E402
-from vllm_provision.lock import read_header, render_header  # noqa: E402
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError  # noqa: E402
+from vllm_provision.envs.lock import read_header, render_header  # noqa: E402
 
 DEFAULT_LOCK = ROOT / "envs" / "locks" / "0.2.2" / "seed-py3.11.txt"
 DEFAULT_EXCLUDE = "torch,triton,xformers,nvidia-*"

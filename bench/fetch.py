@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vllm_provision import host, pipeline  # noqa: E402
+from vllm_provision import pipeline
+from vllm_provision.probes import host
 from vllm_provision.plan import build_plan  # noqa: E402
 
 

@@ -24,7 +24,7 @@ ls -la "$art/cache"
 # bytecode of the host's packages that `import vllm` loads, before anything here imported them (a package
 # without it is compiled on its first import: verify's first `import vllm` on a fresh host pays for that)
 bytecode() {   # doctor's probe (envprobe.bytecode_of), for each package
-  .venv/bin/python -c 'import dataclasses, json; from vllm_provision.envprobe import bytecode_of
+  .venv/bin/python -c 'import dataclasses, json; from vllm_provision.probes.envprobe import bytecode_of
 print(json.dumps({p: dataclasses.asdict(bytecode_of("python3", p)) for p in ("torch", "transformers", "sympy", "sklearn")}))'
 }
 echo "host bytecode before: $(bytecode)" | tee "$OUT/bytecode.txt"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_provision.lock import render_header
+from vllm_provision.envs.lock import render_header
 
 TINY = {  # name -> (version, install_requires)
     "tinya": ("1.0", ["tinyb>=1.0"]),

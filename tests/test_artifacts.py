@@ -25,7 +25,7 @@ from mirrors import free_port, wait_for
 from vllm_provision.artifacts import cache, install, installed, manifest as mf
 from vllm_provision.artifacts.wheel import make_wheel, sidecar_of
 from vllm_provision.envs.common import Installer
-from vllm_provision.errors import StepFailed
+from vllm_provision.core.errors import StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 NVCC = Path("/usr/local/cuda/bin/nvcc")
@@ -382,7 +382,7 @@ def test_every_inv_command_line_of_the_dockerfile_parses():
 
 def test_flags_reach_the_artifacts_settings_and_a_bad_key_is_bad_input(isolated):
     from vllm_provision import cli
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core.errors import ConfigError
     key = "ab" * 32
     assert cli.cli_settings(push=True, require_cache=True, artifact_key=key, arch="9.0")["artifacts"] == \
         {"push": True, "require_cache": True, "key": key}
@@ -398,7 +398,7 @@ def test_the_build_steps_mode_follows_the_settings(isolated, monkeypatch):
     from vllm_provision import cli
     from vllm_provision.pipeline import StepContext
     from vllm_provision.steps import build
-    facts = __import__("vllm_provision.host", fromlist=["facts_from"]).facts_from()
+    facts = __import__("vllm_provision.probes.host", fromlist=["facts_from"]).facts_from()
     modes = {}
     for name, flags, caches in (("build", {}, None), ("cache-or-build", {}, "[dir:/srv/w]"),
                                 ("cache-only", {"require_cache": True}, "[dir:/srv/w]")):

@@ -21,8 +21,8 @@ from typing import Callable
 import pytest
 
 from conftest import ROOT
-from vllm_provision import inputs
-from vllm_provision.settings import MAX_SECONDS
+from vllm_provision.diagnostics import inputs
+from vllm_provision.core.settings import MAX_SECONDS
 
 KEY = "0" * 64
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from vllm_provision import envinfo, envprobe, host
+from vllm_provision.core import envinfo
+from vllm_provision.probes import envprobe, host
 from vllm_provision.checks.install import check_sass
-from vllm_provision.envinfo import EnvInfo
+from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import verify
@@ -73,7 +74,7 @@ def _plan(tmp_path, **build):
 
 
 def _elf_archs(so: Path, info: EnvInfo) -> set[str]:
-    from vllm_provision.envprobe import find_cuobjdump
+    from vllm_provision.probes.envprobe import find_cuobjdump
     tool = find_cuobjdump(info) or shutil.which("cuobjdump")
     assert tool, "no cuobjdump (the test extra installs nvidia-cuda-cuobjdump)"
     out = subprocess.run([tool, "--list-elf", str(so)], capture_output=True, text=True).stdout

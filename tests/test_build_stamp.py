@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vllm_provision import envinfo
-from vllm_provision.host import Gpu, HostFacts
-from vllm_provision.patches import load_series
+from vllm_provision.core import envinfo
+from vllm_provision.probes.host import Gpu, HostFacts
+from vllm_provision.catalog.patches import load_series
 from vllm_provision.pipeline import StepContext
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import build

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, Route, make_tarball, sha256, with_sources
 from vllm_provision import pipeline
-from vllm_provision.host import HostFacts
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import SourcePlan, build_plan
 
 TARBALL = make_tarball({"setup.py": b"print('hi')\n", "vllm/blob.bin": bytes(range(256)) * 400})
@@ -94,7 +94,7 @@ class HeldRoute(Route):
 FETCH_ONE = """
 import dataclasses, sys
 from vllm_provision import pipeline
-from vllm_provision.host import HostFacts
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import SourcePlan, build_plan
 url, file, sha, profile = sys.argv[1:]
 plan = build_plan({"profile": profile}, facts=HostFacts())

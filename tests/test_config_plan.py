@@ -12,13 +12,14 @@ import types
 import pytest
 
 from conftest import ROOT
-from vllm_provision import config, pipeline
-from vllm_provision.errors import ConfigError, ProvisionError, StepFailed
-from vllm_provision.host import Gpu, HostFacts
+from vllm_provision import pipeline
+from vllm_provision.core import config
+from vllm_provision.core.errors import ConfigError, ProvisionError, StepFailed
+from vllm_provision.probes.host import Gpu, HostFacts
 from vllm_provision.pipeline import StepOutcome
 from vllm_provision.plan import build_plan, plan_env
 from vllm_provision.catalog import get_release, known_versions
-from vllm_provision.workspace import RunLock
+from vllm_provision.core.workspace import RunLock
 
 H100 = HostFacts(gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159.04"),), cpu_count=16,
                  mem_available_bytes=120 << 30)
@@ -276,7 +277,7 @@ def test_defaults_file_names_the_python_each_profile_picks():
 
 
 def test_doctor_without_gpu_keeps_the_build_estimate_for_given_archs(isolated):
-    from vllm_provision import doctor
+    from vllm_provision.diagnostics import doctor
     facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
     for arch_list in (None, ["9.0"], ["8.0", "9.0"]):
         plan = build_plan({"build": {"arch_list": arch_list}} if arch_list else {}, facts=facts)
@@ -288,11 +289,11 @@ def test_doctor_judges_the_compiler_the_env_locks_not_the_hosts(isolated):
     """pypi-cu13 installs the CUDA 13 compiler from its lock into the env, and the build uses that one: doctor
     judges it, whatever nvcc the host has (here /usr/local/cuda's, found even without PATH)."""
     from conftest import without_host_cuda
-    from vllm_provision import doctor
+    from vllm_provision.diagnostics import doctor
     facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
     plan = build_plan({"offline": True, "build": {"arch_list": ["9.0"]}}, facts=facts)
     assert plan.profile == "pypi-cu13" and plan.env.lock
-    pinned = __import__("vllm_provision.lock").lock.pinned(ROOT / plan.env.lock)["nvidia-cuda-nvcc"]
+    pinned = __import__("vllm_provision.envs.lock", fromlist=["pinned"]).pinned(ROOT / plan.env.lock)["nvidia-cuda-nvcc"]
     checks = {c.name: c for c in doctor.run_doctor(plan, facts, timeout=1, environ=without_host_cuda(dict(os.environ)))}
     assert checks["nvcc-vs-torch"].status == "pass", checks["nvcc-vs-torch"]
     assert f"nvidia-cuda-nvcc {pinned} of {plan.env.lock}" in checks["nvcc-vs-torch"].detail

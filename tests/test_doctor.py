@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Route
-from vllm_provision import doctor, envinfo, host, preflight
-from vllm_provision.envprobe import torch_of
+from vllm_provision.core import envinfo
+from vllm_provision.diagnostics import doctor, preflight
+from vllm_provision.probes import host
+from vllm_provision.probes.envprobe import torch_of
 from vllm_provision.checks import summarize
-from vllm_provision.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
+from vllm_provision.probes.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
 from vllm_provision import GIB
 from vllm_provision.plan import build_plan
 
@@ -320,7 +322,7 @@ def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(is
 
 
 def test_other_processes_on_the_gpu_are_a_warning(isolated, http_server):
-    from vllm_provision.host import parse_compute_apps
+    from vllm_provision.probes.host import parse_compute_apps
     busy = HostFacts(**{**h100_facts().__dict__,
                         "gpu_processes": parse_compute_apps("4242, python3, 30000\n")})
     plan = make_plan(serve_index(http_server), busy, env={"cuda": "13.0"})
@@ -334,7 +336,7 @@ def test_host_torch_without_bytecode_it_may_not_write_is_a_warning_with_the_comp
     import subprocess
     import sys
     from vllm_provision.checks.install import check_bytecode
-    from vllm_provision.envprobe import bytecode_of
+    from vllm_provision.probes.envprobe import bytecode_of
     venv = tmp_path / "host"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")

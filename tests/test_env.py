@@ -13,9 +13,10 @@ import pytest
 
 from mirrors import (Proxy, conda_channels, free_port, proxy_factory, pypi_mirror,  # noqa: F401 (fixtures)
                      wheelhouse, write_lock)
-from vllm_provision import envinfo, mirrors
-from vllm_provision.errors import ConfigError, StepFailed
-from vllm_provision.host import HostFacts
+from vllm_provision.core import envinfo
+from vllm_provision.envs import mirrors
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
 

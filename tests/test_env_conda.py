@@ -9,8 +9,8 @@ import pytest
 
 from mirrors import conda_channels  # noqa: F401 (fixture)
 from vllm_provision.envs import conda
-from vllm_provision.errors import ConfigError
-from vllm_provision.host import HostFacts
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
 

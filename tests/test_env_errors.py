@@ -13,7 +13,8 @@ from conftest import Route
 from mirrors import free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
 from test_env import isolated_pip, make_plan, run_env  # noqa: F401 (fixture)
 from test_preflight import fake_nvcc
-from vllm_provision import PROJECT_ROOT, ui
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core import ui
 
 SEED_LOCK = PROJECT_ROOT / "envs" / "locks" / "0.2.2" / "seed-py3.11.txt"
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from mirrors import Pypiserver
-from vllm_provision import PROJECT_ROOT, envinfo, envprobe, host
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core import envinfo
+from vllm_provision.probes import envprobe, host
 from vllm_provision.envs import common
-from vllm_provision.host import HostFacts
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Route, make_tarball
-from vllm_provision import externals
+from vllm_provision.sources import externals
 from vllm_provision.catalog import External, Submodule, get_release
-from vllm_provision.download import HttpSettings
-from vllm_provision.errors import ConfigError, StepFailed
-from vllm_provision.extract import tree_sha256
+from vllm_provision.sources.download import HttpSettings
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.sources.extract import tree_sha256
 
 PARENT = "1" * 40
 CHILD = "2" * 40
@@ -212,7 +212,7 @@ def test_the_artifact_key_covers_each_external_and_leaves_releases_without_any_u
 
 
 def test_verify_finds_an_extension_below_the_package_by_its_dotted_name(tmp_path):
-    from vllm_provision.envprobe import extension_files
+    from vllm_provision.probes.envprobe import extension_files
     (tmp_path / "vllm_flash_attn").mkdir()
     so = tmp_path / "vllm_flash_attn" / "_vllm_fa2_C.abi3.so"
     so.write_bytes(b"")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sshd import SshFarm, sshd_usable
-from vllm_provision import config
+from vllm_provision.core import config
 from vllm_provision.fleet import engine
 from vllm_provision.fleet import report as fleet_report
 from vllm_provision.fleet.engine import FleetOptions, select_hosts
@@ -266,7 +266,7 @@ def check_report_files(data: dict) -> None:
 
 
 def test_inventory_file_groups_comments_and_bad_input(tmp_path):
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core.errors import ConfigError
     from vllm_provision.fleet.inventory import limit
 
     path = tmp_path / "hosts"
@@ -288,7 +288,7 @@ def test_inventory_file_groups_comments_and_bad_input(tmp_path):
 
 
 def test_an_ansible_inventory_is_read_through_the_real_ansible_inventory(tmp_path):
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core.errors import ConfigError
     from vllm_provision.fleet.inventory import read_ansible_inventory
 
     path = tmp_path / "inventory.ini"
@@ -427,7 +427,7 @@ def test_plain_ansible_playbook_gives_the_same_results_and_report(fresh, tmp_pat
 
 
 def test_without_the_fleet_extra_the_error_names_it():
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core.errors import ConfigError
     from vllm_provision.fleet.inventory import ansible_tool
 
     assert Path(ansible_tool("ansible-playbook")).name == "ansible-playbook"     # the test extra carries it

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from sshd import SshFarm, sshd_usable
-from vllm_provision import config
+from vllm_provision.core import config
 from vllm_provision.fleet import engine
 from vllm_provision.fleet.engine import FleetOptions, select_hosts
 from vllm_provision.fleet.plays import new_run_dir

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vllm_provision import host
+from vllm_provision.probes import host
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
 from vllm_provision.catalog import get_release
 

@@ -13,8 +13,8 @@ import pytest
 
 from test_artifacts import tiny_tree, tiny_wheel  # noqa: F401 - the fixtures are used by name
 from vllm_provision.artifacts import cache, install, manifest as mf
-from vllm_provision.download import sha256_file
-from vllm_provision.errors import StepFailed
+from vllm_provision.sources.download import sha256_file
+from vllm_provision.core.errors import StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ import pytest
 
 import images
 from vllm_provision.artifacts import manifest as mf
-from vllm_provision.download import sha256_file
+from vllm_provision.sources.download import sha256_file
 
 BASE_TAG = "localhost/vllmp-test-bookworm-minbase:12"
 IMAGE = "localhost/vllmp-test-vllm:0.2.2"

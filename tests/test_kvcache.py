@@ -405,7 +405,7 @@ def test_v1_engine_refusals_get_their_fix(message, needle):
 
 def test_release_says_which_engine_the_smoke_reads(tmp_path):
     from vllm_provision.catalog import get_release, parse_release
-    from vllm_provision.errors import ConfigError
+    from vllm_provision.core.errors import ConfigError
     assert (get_release("0.2.2").llm_engine, get_release("0.26.0").llm_engine) == ("v0", "v1")
     recipe = tmp_path / "0.26.0.toml"
     recipe.write_text(get_release("0.26.0").path.read_text().replace('llm_engine = "v1"', 'llm_engine = "v2"'))

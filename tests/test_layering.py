@@ -22,13 +22,12 @@ KNOWN_CYCLES: dict[tuple[str, str], str] = {}   # (a, b) -> why it is tolerated;
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tasks", ("tasks", "__main__")),
     ("cli", ("cli",)),
-    ("steps", ("steps", "fleet", "artifacts", "pipeline", "doctor", "preflight", "build", "envs", "lock",
-               "sources", "report", "wheelhouse", "settings_reference", "inputs")),
+    ("steps", ("steps", "fleet", "artifacts", "pipeline", "diagnostics", "build", "envs", "sources.release",
+               "report")),
     ("plan", ("plan",)),
     ("checks", ("checks", "kvcache")),
-    ("probe", ("host", "envprobe")),
-    ("base", ("", "settings", "config", "catalog", "patches", "envinfo", "workspace", "runner", "errors",
-              "redact", "ui", "download", "extract", "mirrors", "externals", "progress", "timings")),
+    ("probe", ("probes",)),
+    ("base", ("", "core", "catalog", "sources")),
 ]
 
 
@@ -160,10 +159,11 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
     cli = f"{PACKAGE}.cli"
     problems += [f"{m} imports {cli} (only tasks.py may)" for m in sorted(graph)
                  if m != "tasks" and cli in graph[m]]
-    problems += [f"{m} imports {PACKAGE}.doctor (a step must not import the diagnostic tool)"
-                 for m in sorted(graph) if m.startswith(f"{PACKAGE}.steps.") and f"{PACKAGE}.doctor" in graph[m]]
+    problems += [f"{m} imports {PACKAGE}.diagnostics.doctor (a step must not import the diagnostic tool)"
+                 for m in sorted(graph) if m.startswith(f"{PACKAGE}.steps.") and f"{PACKAGE}.diagnostics.doctor" in graph[m]]
     problems += [f"{a} imports {b} (doctor and preflight share the checks layer, not each other)"
-                 for a, b in ((f"{PACKAGE}.doctor", f"{PACKAGE}.preflight"), (f"{PACKAGE}.preflight", f"{PACKAGE}.doctor"))
+                 for a, b in ((f"{PACKAGE}.diagnostics.doctor", f"{PACKAGE}.diagnostics.preflight"),
+                                 (f"{PACKAGE}.diagnostics.preflight", f"{PACKAGE}.diagnostics.doctor"))
                  if b in graph.get(a, ())]
     return problems + upward_imports(graph)
 
@@ -192,16 +192,16 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
 
 def test_an_upward_import_and_a_module_without_a_layer_are_named():
     p = PACKAGE
-    graph = {f"{p}.host": {f"{p}.checks"}, f"{p}.checks": {f"{p}.host"}, f"{p}.checks.toolchain": {f"{p}.steps.env"},
+    graph = {f"{p}.probes.host": {f"{p}.checks"}, f"{p}.checks": {f"{p}.probes.host"}, f"{p}.checks.toolchain": {f"{p}.steps.env"},
              f"{p}.steps.env": {f"{p}.cli"}, f"{p}.novel": set(), "tasks": {f"{p}.cli"}, f"{p}.cli": set()}
     problems = violations(graph)
-    assert f"{p}.host (probe) imports {p}.checks (checks): an upward import" in problems
+    assert f"{p}.probes.host (probe) imports {p}.checks (checks): an upward import" in problems
     assert f"{p}.checks.toolchain (checks) imports {p}.steps.env (steps): an upward import" in problems
     assert f"{p}.steps.env imports {p}.cli (only tasks.py may)" in problems
     assert f"{p}.novel has no layer: add it to LAYERS in tests/test_layering.py" in problems
-    assert f"import cycle: {p}.checks <-> {p}.host" in problems
+    assert f"import cycle: {p}.checks <-> {p}.probes.host" in problems
     assert not [x for x in problems if x.startswith(("tasks", f"{p}.cli "))]
-    assert layer_of(PACKAGE) == layer_of(f"{p}.runner") and layer_of(f"{p}.kvcache.judge") == layer_of(f"{p}.checks")
+    assert layer_of(PACKAGE) == layer_of(f"{p}.core.runner") and layer_of(f"{p}.kvcache.judge") == layer_of(f"{p}.checks")
 
 
 if __name__ == "__main__":

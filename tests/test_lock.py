@@ -12,10 +12,10 @@ import pytest
 
 from packaging.specifiers import SpecifierSet
 
-from vllm_provision import lock
+from vllm_provision.envs import lock
 
 from mirrors import pypi_mirror, wheelhouse  # noqa: F401 (fixtures)
-from vllm_provision.errors import ConfigError, NotBuiltYet, StepFailed
+from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 # The release's build requirements are not on the tiny mirror: the test recipes drop them.

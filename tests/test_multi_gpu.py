@@ -21,11 +21,13 @@ import pytest
 
 from conftest import ROOT
 from processes import group_gone
-from vllm_provision import GIB, config, doctor, envinfo
+from vllm_provision import GIB
+from vllm_provision.core import config, envinfo
+from vllm_provision.diagnostics import doctor
 from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.cli import cli_settings
-from vllm_provision.errors import ConfigError
-from vllm_provision.host import GPU_QUERY, HostFacts, parse_gpu_csv
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.probes.host import GPU_QUERY, HostFacts, parse_gpu_csv
 from vllm_provision.pipeline import StepContext
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import smoke

@@ -18,11 +18,11 @@ from invoke.exceptions import Exit
 from conftest import ROOT
 from processes import alive, children_of
 from vllm_provision import cli, pipeline
-from vllm_provision.errors import ConfigError, NotBuiltYet
-from vllm_provision.host import HostFacts
+from vllm_provision.core.errors import ConfigError, NotBuiltYet
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import STEPS, StepOutcome
 from vllm_provision.plan import build_plan
-from vllm_provision.workspace import RunLock
+from vllm_provision.core.workspace import RunLock
 
 
 def _steps(monkeypatch, runs: dict, inputs: dict | None = None) -> list[str]:
@@ -142,7 +142,8 @@ def test_busy_workspace_exits_1_naming_the_lock_and_its_holder(isolated):
 DRIVER = r"""
 import sys, types
 from invoke.exceptions import Exit
-from vllm_provision import cli, pipeline, runner
+from vllm_provision import cli, pipeline
+from vllm_provision.core import runner
 from vllm_provision.pipeline import StepOutcome
 
 def module(name):

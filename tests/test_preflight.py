@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from vllm_provision import checks, envinfo, host
+from vllm_provision import checks
+from vllm_provision.core import envinfo
+from vllm_provision.probes import host
 from vllm_provision.checks import resources, toolchain
-from vllm_provision.envinfo import EnvInfo
-from vllm_provision.host import HostFacts, NvccInfo
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.probes.host import HostFacts, NvccInfo
 from vllm_provision.pipeline import run_steps
 from vllm_provision import GIB
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, build_plan
@@ -67,7 +69,7 @@ def test_archs_release_and_nvcc():
 
 def test_driver_disk_ram():
     assert checks.check_driver(HostFacts(), "13.0").status == "skip"
-    from vllm_provision.host import Gpu
+    from vllm_provision.probes.host import Gpu
     old = HostFacts(gpus=(Gpu(0, "H100", 81559, 0, "9.0", "535.1"),), driver_cuda="12.2", driver_version="535.1")
     c = checks.check_driver(old, "13.0")
     assert c.status == "fail" and "driver" in c.hint

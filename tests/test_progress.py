@@ -12,15 +12,15 @@ import sys
 import time
 
 from conftest import ROOT
-from vllm_provision import runner, ui
+from vllm_provision.core import runner, ui
 from vllm_provision.envs.common import install_progress
-from vllm_provision.progress import Progress, ninja_status
+from vllm_provision.core.progress import Progress, ninja_status
 
 # A "build" through the one command runner: a real child prints ninja's status lines, one unit every 0.6 s.
 BUILD = r"""
 import sys
-from vllm_provision import runner
-from vllm_provision.progress import progress
+from vllm_provision.core import runner
+from vllm_provision.core.progress import progress
 
 child = ("import time\n"
          "for i in range(1, 6):\n"

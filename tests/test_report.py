@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 from vllm_provision import pipeline, report
 from vllm_provision.checks import Check
-from vllm_provision.host import HostFacts, parse_gpu_csv
+from vllm_provision.probes.host import HostFacts, parse_gpu_csv
 from vllm_provision.pipeline import StepResult
 from vllm_provision.plan import build_plan
 
@@ -150,7 +150,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
 
     import jsonschema
 
-    from vllm_provision.errors import StepFailed
+    from vllm_provision.core.errors import StepFailed
     from vllm_provision.pipeline import StepOutcome
     plan = build_plan({"build": {"arch_list": "9.0"}}, facts=HostFacts())
     ws = plan.workspace
@@ -201,7 +201,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
 
 
 def test_a_run_that_stops_early_lists_the_steps_it_did_not_run(isolated, monkeypatch):
-    from vllm_provision.errors import StepFailed
+    from vllm_provision.core.errors import StepFailed
     plan = build_plan({}, facts=HostFacts())
 
     def env_fails(ctx):

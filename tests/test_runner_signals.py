@@ -19,8 +19,8 @@ import pytest
 
 from conftest import ROOT
 from processes import alive
-from vllm_provision import runner
-from vllm_provision.errors import StepFailed
+from vllm_provision.core import runner
+from vllm_provision.core.errors import StepFailed
 
 # The child: starts a grandchild (`sleep`, in the child's process group), writes both pids, then waits.
 # On SIGTERM it records whether the workspace lock was still held at that moment; a "stubborn" child
@@ -57,9 +57,9 @@ DRIVER = r"""
 import signal, sys
 from pathlib import Path
 from invoke.exceptions import Exit
-from vllm_provision import runner
+from vllm_provision.core import runner
 from vllm_provision.cli import handles_errors
-from vllm_provision.workspace import RunLock
+from vllm_provision.core.workspace import RunLock
 
 signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even if started with SIGINT ignored
 lock, log, grace, argv = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]

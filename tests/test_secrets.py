@@ -25,11 +25,11 @@ from conftest import ROOT
 from mirrors import (Proxy, StaticServer, build_conda_package, index_channel, pypi_mirror,  # noqa: F401
                      wheelhouse, write_lock)
 from vllm_provision.envs import conda
-from vllm_provision.errors import ConfigError
-from vllm_provision.host import HostFacts
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
-from vllm_provision.redact import MIN_VALUE_LENGTH, redact_text, redact_url, url_secrets
+from vllm_provision.core.redact import MIN_VALUE_LENGTH, redact_text, redact_url, url_secrets
 
 pytest.importorskip("rattler")
 

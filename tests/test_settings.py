@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from vllm_provision import cli, config, doctor
-from vllm_provision.errors import ConfigError
-from vllm_provision.host import Gpu, HostFacts
+from vllm_provision import cli
+from vllm_provision.core import config
+from vllm_provision.diagnostics import doctor
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.probes.host import Gpu, HostFacts
 from vllm_provision.pipeline import STEPS
 from vllm_provision.plan import build_plan, gpu_refusal
 
@@ -189,7 +191,7 @@ def test_unsupported_gpu_plans_and_doctor_says_it(isolated, monkeypatch):
 
 
 def test_build_refuses_an_unsupported_gpu_before_any_step(isolated, monkeypatch, tmp_path):
-    monkeypatch.setattr("vllm_provision.host.probe", lambda *a, **k: B200)    # the GPU query is the only fake
+    monkeypatch.setattr("vllm_provision.probes.host.probe", lambda *a, **k: B200)    # the GPU query is the only fake
     for steps in (["build"], STEPS):
         with pytest.raises(ConfigError) as err:
             cli.run_pipeline(steps)
@@ -198,7 +200,7 @@ def test_build_refuses_an_unsupported_gpu_before_any_step(isolated, monkeypatch,
 
 
 def test_doctor_runs_on_an_unsupported_gpu(isolated, monkeypatch, capsys):
-    monkeypatch.setattr("vllm_provision.host.probe", lambda *a, **k: B200)
+    monkeypatch.setattr("vllm_provision.probes.host.probe", lambda *a, **k: B200)
     code = cli.doctor_task(as_json=True, offline=True)
     checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
     assert code == 1 and checks["arch-list"]["status"] == "fail"

@@ -3,8 +3,8 @@ cannot drift from it."""
 
 from __future__ import annotations
 
-from vllm_provision import settings_reference
-from vllm_provision.settings import field_of
+from vllm_provision.core import settings_reference
+from vllm_provision.core.settings import field_of
 
 
 def test_the_committed_table_is_the_generated_one():

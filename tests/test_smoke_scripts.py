@@ -370,7 +370,7 @@ def test_the_smoke_step_passes_the_catalogs_engine(isolated):
     from vllm_provision.cli import cli_settings
     from vllm_provision.plan import build_plan
     from vllm_provision.pipeline import StepContext
-    from vllm_provision.host import HostFacts
+    from vllm_provision.probes.host import HostFacts
     facts = HostFacts(gpus=[], driver_cuda="13.0", cpu_count=16, mem_available_bytes=64 << 30,
                       mem_total_bytes=128 << 30, disk_free_bytes=100 << 30)
     for release, engine in (("0.2.2", "v0"), ("0.26.0", "v1")):
@@ -637,7 +637,7 @@ def test_v1_tensor_parallel_smoke_needs_no_ray(isolated, tmp_path):
     same memory (log lines built from 0.26.0's format strings, as in test_kvcache)."""
     from test_kvcache import TINY_V1_BLOCKS, tiny_v1_smoke, v1_log
     from vllm_provision.cli import cli_settings
-    from vllm_provision.host import HostFacts
+    from vllm_provision.probes.host import HostFacts
     from vllm_provision.pipeline import StepContext
     from vllm_provision.plan import build_plan
     from vllm_provision.steps.smoke import tensor_parallel_smoke

@@ -10,8 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vllm_provision import report, timings
-from vllm_provision.progress import ninja_status
+from vllm_provision import report
+from vllm_provision.core import timings
+from vllm_provision.core.progress import ninja_status
 
 H200 = Path(__file__).parent / "fixtures" / "gpu" / "h200" / "artifacts" / "builder-report.json"
 
@@ -100,9 +101,9 @@ def test_the_build_step_counts_and_places_the_units_of_its_ninja_dirs(tmp_path):
 
 
 def test_the_docs_example_is_the_page_of_the_recorded_h200_build(tmp_path):
-    """docs/timings-h200.html is what `python -m vllm_provision.timings` makes of the H200 build's report."""
+    """docs/timings-h200.html is what `python -m vllm_provision.core.timings` makes of the H200 build's report."""
     out = tmp_path / "page.html"
-    done = subprocess.run([sys.executable, "-m", "vllm_provision.timings", str(H200), str(out)],
+    done = subprocess.run([sys.executable, "-m", "vllm_provision.core.timings", str(H200), str(out)],
                           cwd=Path(__file__).parent.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     page = out.read_text()

@@ -19,10 +19,12 @@ import pytest
 
 from conftest import ROOT
 from test_doctor import h100_facts
-from vllm_provision import envinfo, envprobe, pipeline, runner
+from vllm_provision import pipeline
+from vllm_provision.core import envinfo, runner
+from vllm_provision.probes import envprobe
 from vllm_provision.checks import install
-from vllm_provision.errors import NotBuiltYet
-from vllm_provision.host import HostFacts
+from vllm_provision.core.errors import NotBuiltYet
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, StepOutcome, run_steps, stamp_of, step_module
 from vllm_provision.plan import build_plan
 from vllm_provision.steps import verify
@@ -182,7 +184,7 @@ def test_package_changed_after_the_build_fails_naming_before_and_after(venv, tmp
     lock = tmp_path / "lock.txt"
     lock.write_text("# release: 0.2.2\ntinydep==1.0 \\\n    --hash=sha256:00\npip==99.0 ; python_version < '3'\n")
     before = {"tinydep": "1.0"}
-    from vllm_provision.lock import pinned
+    from vllm_provision.envs.lock import pinned
     installed = envprobe.installed_versions(envprobe.pip_inspect(python))
     ok = install.check_locked(installed, {"tinydep": "1.0"}, before, None, None)
     assert ok.status == "pass", ok

@@ -10,7 +10,8 @@ import sys
 from invoke import Program
 from invoke.exceptions import Exit, ParseError
 
-from vllm_provision import __version__, config, ui
+from vllm_provision import __version__
+from vllm_provision.core import config, ui
 
 
 class Inv(Program):

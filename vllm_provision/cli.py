@@ -12,12 +12,17 @@ from typing import Any, Callable, Iterable, Sequence
 from invoke.exceptions import Exit
 from rich.table import Table
 
-from . import PROJECT_ROOT, config, doctor, envinfo, externals, host, inputs, lock, minor_version, mirrors, report, runner, ui
-from .checks import from_dicts, print_checks, summarize, to_json
-from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
-from .pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
-from .plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
-from .redact import redact_text
+from vllm_provision import PROJECT_ROOT, minor_version, report
+from vllm_provision.core import config, envinfo, runner, ui
+from vllm_provision.diagnostics import doctor, inputs
+from vllm_provision.envs import lock, mirrors
+from vllm_provision.probes import host
+from vllm_provision.sources import externals
+from vllm_provision.checks import from_dicts, print_checks, summarize, to_json
+from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
+from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
+from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
+from vllm_provision.core.redact import redact_text
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -171,8 +176,8 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
 def pinned_artifact_refusal(plan: Plan) -> ProvisionError | None:
     """A pinned key (--artifact-key) whose cached wheel is for another Python than the env's: refused now,
     not after the env's minutes of downloads."""
-    from .artifacts import install as artifact_install
-    from .steps import build as build_step
+    from vllm_provision.artifacts import install as artifact_install
+    from vllm_provision.steps import build as build_step
     key = (plan.settings.get("artifacts") or {}).get("key")
     if not key or plan.env.backend == "existing":
         return None
@@ -187,7 +192,7 @@ def require_gpu(what: str) -> None:
 
 
 def make_tiny_model(out: str | None, **flags: Any) -> None:
-    from .steps.smoke import make_tiny_model as make
+    from vllm_provision.steps.smoke import make_tiny_model as make
     plan = make_plan(**flags)
     env = envinfo.load(plan.workspace)
     target = Path(out).resolve() if out else plan.workspace.root / "models" / "tiny-chatglm"
@@ -203,9 +208,9 @@ def run_smoke(force: bool = False, **flags: Any) -> list[StepResult]:
 def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = False, **flags: Any) -> int:
     """`./inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
     section, the bandwidth table (or the JSON); the exit code."""
-    from .settings import Seconds
-    from .steps import smoke
-    from .workspace import RunLock
+    from vllm_provision.core.settings import Seconds
+    from vllm_provision.steps import smoke
+    from vllm_provision.core.workspace import RunLock
     seconds = smoke.NCCL_TIMEOUT_S if timeout is None else config.flag_value("timeout", timeout, Seconds)
     plan = make_plan(**flags)
     facts = host.probe(str(plan.workspace.root.parent))
@@ -233,7 +238,7 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
 
 def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: float | None = None, **flags) -> int:
     """`./inv doctor`: checks, table or JSON, report.json `host`/`doctor` sections, optional JUnit; the exit code."""
-    from .settings import Seconds
+    from vllm_provision.core.settings import Seconds
     started = time.monotonic()
     timeout = doctor.DEFAULT_TIMEOUT if timeout is None else config.flag_value("timeout", timeout, Seconds)
     plan = make_plan(**flags)          # bad input (unknown release/profile, bad --arch) -> ConfigError, exit 2
@@ -279,10 +284,10 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     """`./inv wheel`: the pipeline through build (what is out of date), then the wheel of the compiled tree
     (seconds), published to every writable cache with `push`; prints path, sha256, key, version, archs
     (`as_json`: one JSON object on the last line, for fleet runs and scripts)."""
-    from .artifacts import install as artifact_install
-    from .pipeline import StepContext
-    from .steps import build as build_step
-    from .workspace import RunLock
+    from vllm_provision.artifacts import install as artifact_install
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.steps import build as build_step
+    from vllm_provision.core.workspace import RunLock
     if push:          # before the build: a wheel with nowhere to go is bad input
         inputs.check_push(make_plan(**flags))
     results = run_pipeline(["fetch", "env", "patch", "build"], as_json=as_json, **flags)
@@ -343,8 +348,8 @@ def catalog_hashes_task(*, release: str | None, mirror: str | None) -> None:
     """The externals' hashes straight from the catalog's data, before the recipe is complete (no plan)."""
     import tempfile
 
-    from .catalog import get_release
-    from .sources import http_settings_of
+    from vllm_provision.catalog import get_release
+    from vllm_provision.sources.release import http_settings_of
 
     settings = config.resolve(cli_settings(release=release) | (
         {"fetch": {"external_mirrors": [mirror]}} if mirror else {}))
@@ -390,8 +395,8 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
                fleet: dict, **flags: Any) -> int:
     """`./inv fleet`: provision many hosts with Ansible (ansible-playbook and the toolkit's playbook); the
     report; the exit code."""
-    from .fleet import engine, plays
-    from .settings import CacheEntry, Forks, HostKeyPolicy, Percent
+    from vllm_provision.fleet import engine, plays
+    from vllm_provision.core.settings import CacheEntry, Forks, HostKeyPolicy, Percent
     kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
     caches = [config.flag_value("cache", c, CacheEntry) for c in caches]   # before any host is read or reached

@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from . import runner, ui
-from .errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
-from .host import HostFacts
-from .plan import Plan
-from .redact import redact_text
-from .workspace import RunLock, Workspace
+from vllm_provision.core import runner, ui
+from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
+from vllm_provision.probes.host import HostFacts
+from vllm_provision.plan import Plan
+from vllm_provision.core.redact import redact_text
+from vllm_provision.core.workspace import RunLock, Workspace
 
 STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
 ALL = "all"     # force every step
@@ -225,7 +225,7 @@ def _upstream_stamp(module, ctx: StepContext, upstream: str) -> str:
 
 def _record(ws: Workspace, results: list[StepResult], plan: Plan) -> None:
     """Merge this run's step results into report.json and render report.md (see report.py)."""
-    from .report import record_run
+    from vllm_provision.report import record_run
     record_run(ws.report, {r.step: asdict(r) for r in results if r.status != "not run"},
                {r.step: r.detail for r in results if r.status == "not run"},
                release=plan.release.version, profile=plan.profile)

@@ -10,14 +10,17 @@ from typing import Any, Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from . import GIB, PROJECT_ROOT, catalog, config, envprobe, host, minor_version, patches
-from .externals import ExternalPlan, plan_externals
-from .checks import check_driver
-from .checks.toolchain import check_torch_pin
-from .catalog import Release, lock_path
-from .errors import ConfigError
-from .redact import redact_text
-from .workspace import Workspace
+from vllm_provision import GIB, PROJECT_ROOT, catalog, minor_version
+from vllm_provision.catalog import patches
+from vllm_provision.core import config
+from vllm_provision.probes import envprobe, host
+from vllm_provision.sources.externals import ExternalPlan, plan_externals
+from vllm_provision.checks import check_driver
+from vllm_provision.checks.toolchain import check_torch_pin
+from vllm_provision.catalog import Release, lock_path
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.core.redact import redact_text
+from vllm_provision.core.workspace import Workspace
 
 # Peak RSS of one nvcc job on vLLM 0.2.2's largest unit (attention_kernels.cu), with headroom.
 # Measured (`/usr/bin/time -v`, max RSS of the biggest child, cicc): 3,166,936 kB = 3.02 GiB for

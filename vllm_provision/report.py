@@ -25,10 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import GIB, PROJECT_ROOT, __version__, runner
-from .checks import Check, counts, from_dicts
-from .host import HostFacts
-from .redact import redact_text
+from vllm_provision import GIB, PROJECT_ROOT, __version__
+from vllm_provision.core import runner
+from vllm_provision.checks import Check, counts, from_dicts
+from vllm_provision.probes.host import HostFacts
+from vllm_provision.core.redact import redact_text
 
 
 @contextmanager
@@ -389,7 +390,7 @@ def _build_units(build: dict, top: int = 5) -> list[str]:
 def _patch_reasons(release: str) -> dict[str, str]:
     """file -> why, from patches/<release>/series (empty when it cannot be read)."""
     try:
-        from .patches import load_series
+        from vllm_provision.catalog.patches import load_series
         return {p.file: p.why for p in load_series(release)}
     except Exception:  # noqa: BLE001 - a report must render even without the series
         return {}

@@ -25,11 +25,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from .. import download, runner
-from ..errors import StepFailed
-from ..redact import redact_text, redact_url
-from . import manifest as mf
-from .wheel import sidecar_of
+from vllm_provision.core import runner
+from vllm_provision.sources import download
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.redact import redact_text, redact_url
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts.wheel import sidecar_of
 
 PROJECT = "vllm"
 UPLOAD_TIMEOUT = 1800

@@ -16,13 +16,13 @@ from typing import Iterable
 
 from packaging.utils import parse_wheel_filename
 
-from .. import runner
-from ..download import sha256_file
-from ..envs.common import Installer
-from ..errors import ConfigError, StepFailed
-from . import cache
-from . import manifest as mf
-from .wheel import Wheel, sidecar_of
+from vllm_provision.core import runner
+from vllm_provision.sources.download import sha256_file
+from vllm_provision.envs.common import Installer
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.artifacts import cache
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts.wheel import Wheel, sidecar_of
 
 INSTALL_TIMEOUT = 1800
 

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ..checks import Check
-from ..envinfo import EnvInfo
-from ..errors import StepFailed
-from . import manifest as mf
-from .sass import read_archs
+from vllm_provision.checks import Check
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts.sass import read_archs
 
 REINSTALL = "reinstall from the cache: `./inv build --force` (or `./inv provision --force build`)"
 

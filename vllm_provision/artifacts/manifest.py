@@ -21,8 +21,8 @@ from typing import Any, Mapping
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from ..errors import StepFailed
-from . import sass
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.artifacts import sass
 
 FORMAT = 1
 KEY_FIELDS = ("format", "release", "sdist_sha256", "patches", "torch", "torch_cuda", "cxx11_abi", "nvcc",

@@ -22,12 +22,12 @@ from typing import Any, Mapping
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from .. import runner
-from ..download import sha256_file
-from ..envinfo import EnvInfo
-from ..errors import StepFailed
-from . import manifest as mf
-from . import sass
+from vllm_provision.core import runner
+from vllm_provision.sources.download import sha256_file
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts import sass
 
 PREBUILT_FLAG = "VLLM_PROVISION_PREBUILT"
 LABEL_VARIABLE = "VLLM_PROVISION_LOCAL_VERSION"

@@ -30,9 +30,10 @@ from typing import Callable, Mapping, Sequence
 
 from packaging.version import InvalidVersion, Version
 
-from .. import GIB, runner, ui
-from ..errors import ConfigError, StepFailed
-from . import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
+from vllm_provision import GIB
+from vllm_provision.core import runner, ui
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.build import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
                parse_ccache_stats, relevant_tail)
 
 CONFIGURE_TIMEOUT = 1800

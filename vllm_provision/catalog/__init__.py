@@ -16,8 +16,8 @@ from typing import Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .. import PROJECT_ROOT, tomllib
-from ..errors import ConfigError
+from vllm_provision import PROJECT_ROOT, tomllib
+from vllm_provision.core.errors import ConfigError
 
 RELEASES_DIR = Path(__file__).parent / "releases"
 SOURCE_KINDS = ("pypi-sdist", "github-archive")
@@ -81,7 +81,7 @@ class External:
     def globs(self) -> re.Pattern[str]:
         """The files the tree hash covers: the external's include globs outside its submodules' paths, and
         each submodule's include globs under its path."""
-        from ..extract import glob_pattern
+        from vllm_provision.sources.extract import glob_pattern
 
         own = glob_pattern(self.include).pattern
         if self.submodules:
@@ -245,7 +245,7 @@ def get_release(version: str) -> Release:
 
 def missing_recipe(release: Release, profile: str, *, needs_lock: bool, root: Path = PROJECT_ROOT) -> list[str]:
     """What the toolkit lacks to provision `release` with `profile` (empty: the recipe is complete)."""
-    from ..patches import series_dir
+    from vllm_provision.catalog.patches import series_dir
 
     missing = []
     if release.build_system not in BUILT_BY_TOOLKIT:

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
 
-from ..host import HostFacts
+from vllm_provision.probes.host import HostFacts
 
 STATUSES = ("pass", "warn", "fail", "skip")
 
@@ -57,7 +57,7 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None
     import json
     import sys
 
-    from .. import ui
+    from vllm_provision.core import ui
     if as_json:
         sys.stdout.write(json.dumps(to_json(checks), indent=2) + "\n")
         sys.stdout.flush()

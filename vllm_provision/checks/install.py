@@ -13,8 +13,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
-from . import Check
+from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
+from vllm_provision.checks import Check
 
 
 def _path_of(url: str) -> Path | None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import GIB
-from . import Check
+from vllm_provision import GIB
+from vllm_provision.checks import Check
 
 # Disk for a build: the source tree with 7 build-temp dirs and libraries (~0.3 GiB at one arch, more
 # with more archs), pip's editable-wheel temp copy, and the compiler cache.

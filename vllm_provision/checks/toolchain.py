@@ -11,8 +11,8 @@ from typing import Iterable, Mapping, Sequence
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ..host import NvccInfo
-from . import Check, parse_version
+from vllm_provision.probes.host import NvccInfo
+from vllm_provision.checks import Check, parse_version
 
 
 def matching_compiler_hint(cuda: str) -> str:

@@ -11,11 +11,14 @@ from typing import Any, Callable, Sequence
 
 from packaging.version import InvalidVersion, Version
 
-from .. import host, lock as locks, minor_version, mirrors, runner
-from ..progress import Progress, progress
-from ..host import NvccInfo
-from ..redact import redact_url
-from ..errors import StepFailed
+from vllm_provision import minor_version
+from vllm_provision.core import runner
+from vllm_provision.envs import lock as locks, mirrors
+from vllm_provision.probes import host
+from vllm_provision.core.progress import Progress, progress
+from vllm_provision.probes.host import NvccInfo
+from vllm_provision.core.redact import redact_url
+from vllm_provision.core.errors import StepFailed
 
 INSTALL_TIMEOUT = 3600
 # CUDA >= 13: these PyPI wheels make a complete nvcc (they land under site-packages/nvidia/cu<major>/).

@@ -16,12 +16,15 @@ from typing import Sequence
 
 from packaging.version import Version
 
-from .. import host, minor_version, mirrors, runner
-from ..errors import ConfigError, ProvisionError, StepFailed
-from ..redact import has_secret, redact_url
-from ..progress import progress
-from . import rattler_child
-from .common import CompilerChoice, bin_python, cuda_matches
+from vllm_provision import minor_version
+from vllm_provision.core import runner
+from vllm_provision.envs import mirrors
+from vllm_provision.probes import host
+from vllm_provision.core.errors import ConfigError, ProvisionError, StepFailed
+from vllm_provision.core.redact import has_secret, redact_url
+from vllm_provision.core.progress import progress
+from vllm_provision.envs import rattler_child
+from vllm_provision.envs.common import CompilerChoice, bin_python, cuda_matches
 
 DEFAULT_CHANNELS = ("conda-forge",)
 TOOLS = ("micromamba", "mamba", "conda")

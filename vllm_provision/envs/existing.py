@@ -10,9 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import runner
-from ..errors import ConfigError
-from .common import bin_python
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.envs.common import bin_python
 
 
 def interpreter(plan) -> str:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..redact import redact_url
+from vllm_provision.core.redact import redact_url
 
 SPEC_VARIABLE = "VLLMP_RATTLER_SPEC"
 

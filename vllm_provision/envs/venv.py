@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import host, runner
-from ..errors import ConfigError
-from .common import bin_python
+from vllm_provision.core import runner
+from vllm_provision.probes import host
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.envs.common import bin_python
 
 
 def found_interpreters() -> list[str]:

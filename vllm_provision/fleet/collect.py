@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import plays, report
+from vllm_provision.fleet import plays, report
 
 Echo = Callable[[str], None]
 
@@ -120,7 +120,7 @@ class Collector:
                 self.end(row, phase, data["vllmp"])
             return
         if phase == "facts" and "vllmp_host" in data.get("ansible_facts", {}):
-            from .facts import RemoteFacts
+            from vllm_provision.fleet.facts import RemoteFacts
             row.facts = RemoteFacts.from_raw(data["ansible_facts"]["vllmp_host"]).summary()
             row.log = f"hosts/{host}"
             self.step(row, "facts", seconds)

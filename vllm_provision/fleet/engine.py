@@ -1,6 +1,6 @@
 """`./inv fleet` on Ansible: the selected hosts -> an inventory (or the site's own), a per-run ssh_config that
 holds the host-key policy, and one `ansible-playbook` run of ansible/provision.yml, whose callback writes the
-report. ansible-playbook runs through runner.py like every external command: its output goes to the run's
+report. ansible-playbook runs through core/runner.py like every external command: its output goes to the run's
 ansible.log, its `[fleet]` lines to the terminal, and Ctrl-C ends its process group (the hosts' modules then
 end their own process groups, see ansible/module_utils/vllmp_group.py).
 """
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import runner
-from ..errors import ConfigError, StepFailed
-from . import plays, report
-from .ansible import PLAYBOOK
-from .inventory import Host, ansible_tool
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.fleet import plays, report
+from vllm_provision.fleet.ansible import PLAYBOOK
+from vllm_provision.fleet.inventory import Host, ansible_tool
 
 SSH_CONFIG = "ssh_config"
 
@@ -123,7 +123,7 @@ def close_masters(control_dir: Path) -> None:
 def select_hosts(*, hosts_file: str | None, ansible_inventory: str | None, limit: str | None,
                  rerun_failed: bool, root: Path) -> list[Host]:
     """The inventory, narrowed by --limit and --rerun-failed (hosts not ok in the latest report)."""
-    from . import inventory
+    from vllm_provision.fleet import inventory
     if bool(hosts_file) == bool(ansible_inventory):
         raise ConfigError("give the hosts with exactly one of --hosts FILE and --ansible-inventory FILE",
                           hint="e.g. ./inv fleet --hosts hosts.txt (one ssh_config alias or user@host:port a line)")

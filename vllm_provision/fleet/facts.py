@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .. import host as host_probe
+from vllm_provision.probes import host as host_probe
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import runner
-from ..errors import ConfigError
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError
 
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?(?P<host>[A-Za-z0-9._-]+)(?::(?P<port>\d+))?$")
 _GROUP = re.compile(r"^\[(?P<group>[A-Za-z0-9._-]+)\]$")

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .. import catalog, plan
-from .facts import RemoteFacts
+from vllm_provision import catalog, plan
+from vllm_provision.fleet.facts import RemoteFacts
 
 
 @dataclass

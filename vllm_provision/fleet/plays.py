@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import PROJECT_ROOT, config
-from .. import host as host_probe
-from ..errors import ConfigError
-from ..redact import redact_text
-from . import kinds as kinds_mod
-from .facts import RemoteFacts
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core import config
+from vllm_provision.probes import host as host_probe
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.core.redact import redact_text
+from vllm_provision.fleet import kinds as kinds_mod
+from vllm_provision.fleet.facts import RemoteFacts
 
 # not shipped to hosts: envs, workspaces, caches, VCS data
 TOOLKIT_EXCLUDES = {".venv", ".provision", ".git", ".carry", "__pycache__", ".pytest_cache", ".mypy_cache",

@@ -8,9 +8,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import report as run_report
-from ..errors import ConfigError
-from ..redact import redact_text
+from vllm_provision import report as run_report
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.core.redact import redact_text
 
 STATUSES = ("ok", "failed", "unreachable", "timed out", "refused", "skipped")
 LATEST = "latest"

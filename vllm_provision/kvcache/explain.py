@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .. import GIB
-from .model import v1_page_bytes, v1_requested_bytes
-from .parse import KVFacts, as_int, kv_facts
-from .units import gb, gib, group_digits, seq_len, tokens
+from vllm_provision import GIB
+from vllm_provision.kvcache.model import v1_page_bytes, v1_requested_bytes
+from vllm_provision.kvcache.parse import KVFacts, as_int, kv_facts
+from vllm_provision.kvcache.units import gb, gib, group_digits, seq_len, tokens
 
 
 def explain(smoke: dict) -> list[str]:

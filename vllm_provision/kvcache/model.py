@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .units import gb, group_digits
+from vllm_provision.kvcache.units import gb, group_digits
 
 DEFAULT_BLOCK_SIZE = 16
 # SchedulerConfig in 0.2.x: max_num_batched_tokens defaults to max(max_model_len, 2048),

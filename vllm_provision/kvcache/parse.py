@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .model import DEFAULT_BLOCK_SIZE, dtype_bytes, kv_bytes_per_token
+from vllm_provision.kvcache.model import DEFAULT_BLOCK_SIZE, dtype_bytes, kv_bytes_per_token
 
 _RE_V0_22 = re.compile(r"#\s*GPU blocks:\s*(\d+),\s*#\s*CPU blocks:\s*(\d+)")
 _RE_V0_LATER = re.compile(r"#\s*([A-Za-z][\w ]*?) blocks:\s*(\d+),\s*#\s*CPU blocks:\s*(\d+)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import GIB
+from vllm_provision import GIB
 
 
 def group_digits(n: int | float, sep: str = " ") -> str:

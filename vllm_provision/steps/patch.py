@@ -11,10 +11,11 @@ import json
 import re
 from pathlib import Path
 
-from .. import envinfo, patches, runner
-from ..errors import StepFailed
-from ..pipeline import StepContext, StepOutcome
-from .fetch import extract_release
+from vllm_provision.catalog import patches
+from vllm_provision.core import envinfo, runner
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.steps.fetch import extract_release
 
 MARKER = ".vllmp-patches.json"
 

@@ -24,15 +24,17 @@ from typing import Callable, Iterable, Mapping
 
 from packaging.utils import canonicalize_name
 
-from .. import PROJECT_ROOT, envinfo, envprobe, report
-from ..artifacts.installed import artifact_checks
-from ..checks import Check, summarize, to_json
-from ..checks.install import (IMPORT_VLLM_IN_SMOKE, NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
+from vllm_provision import PROJECT_ROOT, report
+from vllm_provision.core import envinfo
+from vllm_provision.probes import envprobe
+from vllm_provision.artifacts.installed import artifact_checks
+from vllm_provision.checks import Check, summarize, to_json
+from vllm_provision.checks.install import (IMPORT_VLLM_IN_SMOKE, NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
                               check_locked, check_pip, check_sass, check_vllm_install)
-from ..errors import NotBuiltYet, ProvisionError, StepFailed
-from ..lock import pinned
-from ..pipeline import StepContext, StepOutcome, read_stamp
-from .build import built_digest
+from vllm_provision.core.errors import NotBuiltYet, ProvisionError, StepFailed
+from vllm_provision.envs.lock import pinned
+from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.steps.build import built_digest
 
 
 def _lock_file(ctx: StepContext, info: envinfo.EnvInfo) -> Path | None:

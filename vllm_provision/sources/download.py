@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import StepFailed
-from .redact import redact_url
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.redact import redact_url
 
 CHUNK = 1 << 16
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}

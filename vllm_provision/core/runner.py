@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from .errors import StepFailed
-from . import ui
-from .redact import redact_text
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.core import ui
+from vllm_provision.core.redact import redact_text
 
 
 @dataclass(frozen=True)

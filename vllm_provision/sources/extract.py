@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from .errors import StepFailed
+from vllm_provision.core.errors import StepFailed
 
 MAX_LINK_HOPS = 40  # what Linux allows before ELOOP
 

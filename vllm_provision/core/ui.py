@@ -6,7 +6,7 @@ import os
 
 from rich.console import Console
 
-from .redact import redact_text
+from vllm_provision.core.redact import redact_text
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)

@@ -18,9 +18,9 @@ from typing import Iterable, Mapping
 
 from packaging.utils import canonicalize_name
 
-from . import runner
-from .envinfo import EnvInfo
-from .errors import ProvisionError, StepFailed
+from vllm_provision.core import runner
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.core.errors import ProvisionError, StepFailed
 
 PROBE_TIMEOUT = 120
 IMPORT_TIMEOUT = 600

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from . import runner
+from vllm_provision.core import runner
 
 GPU_QUERY = "index,name,memory.total,memory.used,compute_cap,driver_version,uuid"
 # Where a host CUDA toolkit is looked for after $CUDA_HOME, $CUDA_PATH and `nvcc` on PATH.

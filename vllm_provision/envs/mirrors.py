@@ -11,7 +11,7 @@ import os
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from .redact import redact_url
+from vllm_provision.core.redact import redact_url
 
 
 def _get(env: Any, name: str, default: Any = None) -> Any:
@@ -60,7 +60,7 @@ def describe(env: Any) -> str:
 
 def scrub(text: str, env: Any) -> str:
     """Redact credentials structurally, and the secret values of the env's own index/channel URLs."""
-    from .redact import redact_text
+    from vllm_provision.core.redact import redact_text
     urls = [_get(env, "index_url")] + list(_get(env, "extra_index_urls") or ()) + list(_get(env, "channels") or ())
     return redact_text(text, urls=[str(u) for u in urls if u])
 
@@ -71,7 +71,7 @@ def probe_index(index_url: str, package: str, timeout: float = 10) -> str | None
     or ~/.netrc, proxies from the environment, as every toolkit download)."""
     import urllib.error
 
-    from .download import HttpSettings, open_url
+    from vllm_provision.sources.download import HttpSettings, open_url
 
     parts = urlsplit(index_url)
     if parts.scheme not in ("http", "https"):

@@ -17,8 +17,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from . import PROJECT_ROOT, mirrors, runner, tomllib
-from .errors import ConfigError, NotBuiltYet, StepFailed
+from vllm_provision import PROJECT_ROOT, tomllib
+from vllm_provision.core import runner
+from vllm_provision.envs import mirrors
+from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
 
 BUILD_REQUIREMENTS = ("ninja", "packaging", "setuptools", "wheel", "torch")
 PLATFORM = "x86_64-manylinux_2_28"

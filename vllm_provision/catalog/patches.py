@@ -10,8 +10,8 @@ from typing import Mapping
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from . import PROJECT_ROOT, tomllib
-from .errors import ConfigError
+from vllm_provision import PROJECT_ROOT, tomllib
+from vllm_provision.core.errors import ConfigError
 
 ABSENT = "absent"
 

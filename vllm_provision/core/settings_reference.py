@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from . import PROJECT_ROOT, config
-from .settings import Settings
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core import config
+from vllm_provision.core.settings import Settings
 
 DOC = PROJECT_ROOT / "docs" / "configuration.md"
 BEGIN, END = "<!-- generated: settings table -->", "<!-- end generated -->"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import PROJECT_ROOT, runner, tomllib
-from .errors import ConfigError
+from vllm_provision import PROJECT_ROOT, tomllib
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 BOOTSTRAP = ("setuptools>=68", "wheel")   # the wrapper installs the toolkit with --no-build-isolation

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from .artifacts.cache import Entry
-from .errors import ConfigError
-from .plan import Plan
+from vllm_provision.artifacts.cache import Entry
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.plan import Plan
 
 
 def unwritable(path: Path) -> str | None:

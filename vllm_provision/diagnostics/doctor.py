@@ -19,18 +19,20 @@ from typing import Callable, Mapping
 
 from packaging.utils import canonicalize_name
 
-from . import PROJECT_ROOT, envinfo, lock, runner
-from .checks import Check, check_driver, parse_version
-from .checks.install import check_bytecode
-from .checks.resources import check_disk, check_ram, disk_needed
-from .checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_release_floor,
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core import envinfo, runner
+from vllm_provision.envs import lock
+from vllm_provision.checks import Check, check_driver, parse_version
+from vllm_provision.checks.install import check_bytecode
+from vllm_provision.checks.resources import check_disk, check_ram, disk_needed
+from vllm_provision.checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_release_floor,
                                check_torch_pin)
-from .download import HttpSettings, NotFound, fetch_text, open_url
-from .errors import ProvisionError
-from .envprobe import bytecode_of, torch_of
-from .host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake, probe_nvcc
-from .plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
-from .redact import redact_text, redact_url
+from vllm_provision.sources.download import HttpSettings, NotFound, fetch_text, open_url
+from vllm_provision.core.errors import ProvisionError
+from vllm_provision.probes.envprobe import bytecode_of, torch_of
+from vllm_provision.probes.host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake, probe_nvcc
+from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
+from vllm_provision.core.redact import redact_text, redact_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
 KEY_PACKAGES = ("torch", "vllm", "xformers")
@@ -234,7 +236,7 @@ def _http(timeout: float, plan: Plan) -> HttpSettings:
 
 def _project_files(index_url: str, project: str, settings: HttpSettings) -> list[str]:
     """File names on a PEP 503 (HTML) / PEP 691 (JSON) simple-index project page."""
-    from .sources import _Links  # the same parser the fetch step uses
+    from vllm_provision.sources.release import _Links  # the same parser the fetch step uses
     url = index_url.rstrip("/") + f"/{canonicalize_name(project)}/"
     text, ctype = fetch_text(url, settings, {"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
     if "json" in ctype:
@@ -324,7 +326,7 @@ def check_channel(channel: str, plan: Plan, timeout: float) -> Check:
 
 
 def check_source(plan: Plan, timeout: float) -> Check:
-    from .sources import cached_archive, sdist_url_from_index
+    from vllm_provision.sources.release import cached_archive, sdist_url_from_index
     hit = cached_archive(plan)
     if hit:
         return Check("source", "pass", f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")

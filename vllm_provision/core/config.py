@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from . import PROJECT_ROOT
-from .errors import ConfigError
-from .settings import ENV_PREFIX, Settings, field_of, from_environment
+from vllm_provision import PROJECT_ROOT
+from vllm_provision.core.errors import ConfigError
+from vllm_provision.core.settings import ENV_PREFIX, Settings, field_of, from_environment
 
 DEFAULTS_FILE = "vllm-provision.yaml"
 # Read by the ./inv wrapper, not by the toolkit.

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProvisionError
-from .redact import redact_text
+from vllm_provision.core.errors import ProvisionError
+from vllm_provision.core.redact import redact_text
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,14 @@ script, nothing fetched), written next to report.md and linked from it.
 Input is a list of units (target, start, end, group) in seconds: from the build step's facts (0.2.2: each
 extension's ninja log, placed on one clock) or from any `.ninja_log` (`read_ninja_log`, CMake-era builds):
 
-    from vllm_provision import timings
+    from vllm_provision.core import timings
     units = timings.read_ninja_log(Path("build/.ninja_log").read_text())
     timings.write_page(workspace / "timings.html", units, title="vLLM 0.6 / 9.0", estimate_s=500)
 
 From the command line, for a recorded build or any ninja build directory's log:
 
-    python -m vllm_provision.timings .provision/0.2.2-pypi-cu13/report.json timings.html
-    python -m vllm_provision.timings build/.ninja_log timings.html
+    python -m vllm_provision.core.timings .provision/0.2.2-pypi-cu13/report.json timings.html
+    python -m vllm_provision.core.timings build/.ninja_log timings.html
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .ui import duration
+from vllm_provision.core.ui import duration
 
 PAGE = "timings.html"
 
@@ -214,7 +214,7 @@ def page_of(source: Path) -> tuple[list[Unit], dict]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m vllm_provision.timings REPORT.json|.ninja_log OUT.html", file=sys.stderr)
+        print("usage: python -m vllm_provision.core.timings REPORT.json|.ninja_log OUT.html", file=sys.stderr)
         return 2
     units, settings = page_of(Path(argv[0]))
     write_page(Path(argv[1]), units, **settings)

@@ -4,7 +4,7 @@ On a terminal a live line (rich): what is being done, done/total, elapsed, ETA. 
 SSH without a tty) a plain heartbeat line every `heartbeat_s` seconds (default 30, `VLLMP_HEARTBEAT_S`),
 so a log never looks hung. The ETA is the plan's estimate until something is done, then the measured rate.
 
-    from vllm_provision.progress import progress, ninja_status
+    from vllm_provision.core.progress import progress, ninja_status
 
     with progress("compiling", total=400, unit="units", estimate_s=500, step="build") as p:
         for line in ninja_output:                 # or runner.run(..., echo=p.feed_ninja)
@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from . import ui
+from vllm_provision.core import ui
 
 DEFAULT_HEARTBEAT_S = 30.0
 POLL_S = 1.0

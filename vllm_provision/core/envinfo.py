@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import NotBuiltYet
-from .workspace import Workspace
+from vllm_provision.core.errors import NotBuiltYet
+from vllm_provision.core.workspace import Workspace
 
 
 @dataclass(frozen=True)
