@@ -1,4 +1,5 @@
-"""Slow tiers: the real committed 0.2.2 seed lock from PyPI; the CUDA 13 compiler assembled from wheels."""
+"""Slow tiers: the real committed 0.2.2 seed lock from PyPI; the CUDA 13 compiler assembled from the pypi-cu13 lock's
+nvidia-* wheels, downloaded here and served by a real pypiserver on 127.0.0.1."""
 
 from __future__ import annotations
 
