@@ -305,11 +305,10 @@ def test_gpu_less_host_with_the_default_profile_has_no_fail(isolated, http_serve
 
 def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(isolated, http_server):
     import sys
-    pytest.importorskip("torch")           # the toolkit's test venv holds torch 2.13.0+cpu
     plan = make_plan(serve_index(http_server), NO_GPU, profile="host-torch",
                      env={"python_path": sys.executable}, build={"arch_list": "9.0"})
     version, cuda, where = doctor.torch_cuda_of_plan(plan, 10)
-    import torch
+    import torch                           # the toolkit's test venv holds torch 2.13.0+cpu (a test dependency)
     assert version == torch.__version__ and cuda == torch.version.cuda
     checks = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))
     nvcc = checks["nvcc-vs-torch"]

@@ -1,19 +1,21 @@
-"""Slow tiers: the real committed 0.2.2 seed lock from PyPI; the CUDA 13 compiler assembled from wheels."""
+"""Slow tiers: the real committed 0.2.2 seed lock from PyPI; the CUDA 13 compiler assembled from the pypi-cu13 lock's
+nvidia-* wheels, downloaded here and served by a real pypiserver on 127.0.0.1."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from mirrors import Pypiserver
 from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import envinfo
+from vllm_provision.envs import lock as locks
 from vllm_provision.probes import envprobe, host
 from vllm_provision.envs import common
 from vllm_provision.probes.host import HostFacts
@@ -48,20 +50,45 @@ def test_committed_seed_lock_installs_from_pypi(tmp_path, monkeypatch):
     assert any(d.endswith("nvidia/cuda_runtime/include") for d in info.include_dirs)
 
 
+# The compiler wheels' pins and hashes come from the project's own lock: the wheelhouse is built from them.
+COMPILER_LOCK = PROJECT_ROOT / "envs" / "locks" / "0.2.2" / "pypi-cu13-py3.11.txt"
+
+
+def locked_requirements(lock: Path, names) -> dict[str, str]:
+    """name -> its requirement block of a hashed lock (`name==version \\` and its `--hash=sha256:` lines)."""
+    blocks, current = {}, None
+    for line in lock.read_text().splitlines():
+        if line and not line[0].isspace() and "==" in line:
+            current = canonicalize_name(line.split("==")[0])
+            blocks[current] = [line]
+        elif current and line.strip().startswith("--hash="):
+            blocks[current].append(line)
+        else:
+            current = None
+    return {name: "\n".join(blocks[canonicalize_name(name)]).rstrip(" \\") for name in names}
+
+
+@pytest.fixture(scope="session")
+def cuda13_compiler_wheels(tmp_path_factory) -> Path:
+    """The nvidia-cuda-nvcc/nvvm/crt/runtime/cccl wheels the committed pypi-cu13 lock pins, downloaded by pip from
+    the package index (PyPI, or the one pip is configured with) into a session folder, each checked against the
+    lock's hashes. Nothing on this machine's disk is assumed."""
+    out = tmp_path_factory.mktemp("cuda13-wheels")
+    reqs = out.parent / "cuda13-requirements.txt"
+    reqs.write_text("\n".join(locked_requirements(COMPILER_LOCK, common.PIP_COMPILER_WHEELS).values()) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--require-hashes", "-d", str(out), "-r", str(reqs)], check=True)
+    return out
+
+
 @pytest.mark.slow
-def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch):
+@pytest.mark.network
+def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch, cuda13_compiler_wheels):
     """No host toolkit in reach: nvcc 13.0 comes from the nvidia-* wheels on a (local) mirror and runs."""
-    wheels = sorted(Path("/opt/pypi/files").glob("nvidia_*13.0*.whl")) if Path("/opt/pypi/files").is_dir() else []
-    names = {w.name.split("-")[0] for w in wheels}
-    need = {n.replace("-", "_") for n in common.PIP_COMPILER_WHEELS}
-    if not need <= names:
-        pytest.skip("the nvidia-cuda-nvcc/nvvm/crt/runtime/cccl 13.0 wheels are not on this machine's disk")
-    pkgs = tmp_path / "packages"
-    pkgs.mkdir()
-    for w in wheels:
-        if w.name.split("-")[0] in need:
-            shutil.copy(w, pkgs)
-    server = Pypiserver(pkgs)
+    want = {canonicalize_name(n): v for n, v in locks.pinned(COMPILER_LOCK).items()
+            if canonicalize_name(n) in common.PIP_COMPILER_WHEELS}
+    assert set(want) == set(common.PIP_COMPILER_WHEELS) and all(v.startswith("13.0.") for v in want.values()), want
+    server = Pypiserver(cuda13_compiler_wheels)
     try:
         monkeypatch.setattr(host, "HOST_CUDA_CANDIDATES", ())
         monkeypatch.delenv("CUDA_HOME", raising=False)
@@ -82,10 +109,19 @@ def test_cuda13_compiler_from_wheels_on_a_mirror(tmp_path, monkeypatch):
     finally:
         server.stop()
     assert got.source == "pip" and got.nvcc.version == "13.0", got.reason
+    assert got.reason == "nvcc 13.0 from PyPI wheels (torch CUDA 13.0)"
     home = Path(got.cuda_home)
-    assert home.name == "cu13" and (home / "lib64").is_symlink() and (home / "include" / "cuda_runtime.h").is_file()
+    [site] = facts["site_packages"]
+    assert home == Path(site) / "nvidia" / "cu13" and Path(got.nvcc.path) == home / "bin" / "nvcc"
+    assert (home / "lib64").is_symlink() and (home / "include" / "cuda_runtime.h").is_file()
+    installed = dict(d.name.removesuffix(".dist-info").split("-") for d in Path(site).glob("*.dist-info"))
+    installed = {canonicalize_name(name): version for name, version in installed.items()}
+    assert installed == want                    # the lock's wheels, from the mirror, and nothing else
     kernel = tmp_path / "k.cu"
     kernel.write_text("__global__ void k(float *x) { x[threadIdx.x] *= 2; }\n")
     out = subprocess.run([got.nvcc.path, "-arch=sm_90", "-c", str(kernel), "-o", str(tmp_path / "k.o")],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stdout + out.stderr
+    cuobjdump = envprobe.find_cuobjdump(None)
+    assert cuobjdump, "the toolkit's venv carries cuobjdump (the nvidia-cuda-cuobjdump wheel)"
+    assert envprobe.sass_of(tmp_path / "k.o", cuobjdump) == ("sm_90",)

@@ -166,7 +166,19 @@ def test_judge_fails_capacity_below_max_model_len_and_names_the_fix():
 
 def test_judge_fails_zero_blocks():
     v = judging.judge(blog_smoke(num_gpu_blocks=0))
-    assert v.get("gpu-blocks").status == "fail" and not v.ok
+    assert not v.ok and v.exit_code == 1
+    fix = ("lower --max-model-len; raise --gpu-memory-utilization (now 0.9); "
+           "free the GPU of other processes (nvidia-smi shows them)")
+    blocks, capacity = v.get("gpu-blocks"), v.get("kv-capacity")
+    assert (blocks.status, blocks.detail, blocks.hint) == ("fail", "0 GPU blocks: no memory left for the KV cache", fix)
+    assert (capacity.status, capacity.detail, capacity.hint) == (
+        "fail", "KV cache holds 0 tokens < max_model_len 32 768: vLLM cannot hold even one full-length sequence", fix)
+    # 0 blocks against 131 852 predicted: all the way below the prediction, and the peak that implies
+    p = v.get("blocks-predicted")
+    assert p.status == "warn" and p.detail.startswith("predicted 131 852 vs measured 0 (-100.0 % off; ")
+    assert p.hint.startswith("likely: the engine's peak was 77.3 GB vs 16.8 GB assumed")
+    assert v.explanation[0].startswith("0 KV-cache blocks × 16 tokens = 0 tokens ≈ 0 concurrent 32k sequences")
+    assert v.explanation[-1] == "capacity 0 tokens vs max_model_len 32 768: one full-length sequence does NOT fit"
 
 
 def test_judge_fails_empty_outputs():
@@ -175,8 +187,12 @@ def test_judge_fails_empty_outputs():
     v = judging.judge(smoke)
     c = v.get("outputs")
     assert c.status == "fail" and "prompt 1" in c.detail and "stop" in c.hint
+    assert c.detail == "prompt 1 (你在做什么？) completion 0: empty (finish_reason stop)"
+    assert not v.ok
     smoke["outputs"] = []
-    assert judging.judge(smoke).get("outputs").status == "fail"
+    c = judging.judge(smoke).get("outputs")
+    assert (c.status, c.detail, c.hint) == ("fail", "no outputs in the smoke JSON",
+                                            "generation returned nothing; see the smoke log")
 
 
 def test_judge_fails_error_json_with_its_message():
@@ -195,24 +211,45 @@ def test_judge_falls_back_to_log_line():
     smoke = blog_smoke(num_gpu_blocks=None, num_cpu_blocks=None, source=None)
     smoke["log_tail"] = "INFO llm_engine.py:207] # GPU blocks: 132349, # CPU blocks: 9362\n"
     v = judging.judge(smoke)
-    assert v.ok and "log:v0.2" in v.get("gpu-blocks").detail
+    assert v.ok and v.get("gpu-blocks").detail == "132 349 KV-cache blocks (source: log:v0.2)"
+    # the log's CPU count is judged like the engine's, and the explanation reads the same figures
+    assert v.get("cpu-blocks").detail.startswith("9 362 CPU blocks = 4 GiB swap space // 458 752 B a block "
+                                                 "(expected 9 362)")
+    assert v.explanation == words.explain(blog_smoke())
 
 
 def test_judge_v1_tokens_only():
     smoke = blog_smoke(num_gpu_blocks=None, num_cpu_blocks=None, kv_cache_tokens=20000, source="log:v1")
     v = judging.judge(smoke)
-    assert v.get("kv-capacity").status == "fail" and "20 000 tokens" in v.get("kv-capacity").detail
-    assert v.get("cpu-blocks").status == "skip"
+    c = v.get("kv-capacity")
+    assert (c.status, c.detail) == ("fail", "KV cache holds 20 000 tokens < max_model_len 32 768: vLLM cannot hold "
+                                            "even one full-length sequence")
+    assert c.hint.startswith("lower --max-model-len (≤ 20 000 fits); raise --gpu-memory-utilization (now 0.9)")
+    assert v.get("gpu-blocks").detail == "20 000 KV-cache tokens (source: log:v1)"
+    cpu = v.get("cpu-blocks")
+    assert (cpu.status, cpu.detail) == ("skip", "the V1 engine has no CPU swap blocks (GPU↔CPU KV-cache swapping "
+                                                "was removed; a preempted request is recomputed)")
+    p = v.get("blocks-predicted")
+    assert p.status == "warn" and p.detail.startswith("predicted 2 109 632 tokens vs measured 20 000 (-99.1 % off; ")
 
 
 def test_judge_warns_when_reference_count_differs():
     v = judging.judge(blog_smoke(), {"num_gpu_blocks": 100000})
     c = v.get("blocks-predicted")
-    assert c.status == "warn" and "reference 100 000" in c.detail and v.ok
+    assert c.status == "warn" and v.ok
+    assert c.detail.startswith("predicted 131 852 vs measured 132 349 (+0.4 % off; ")
+    assert c.detail.endswith("; reference 100 000 vs measured 132 349 (32.3 % off)")
+    assert c.hint == ("likely: the reference was taken on another GPU size, gpu_memory_utilization, max_model_len "
+                      "or release (block counts change with each)")
 
 
 def test_judge_cpu_blocks_mismatch_warns():
-    assert judging.judge(blog_smoke(num_cpu_blocks=9000)).get("cpu-blocks").status == "warn"
+    v = judging.judge(blog_smoke(num_cpu_blocks=9000))
+    c = v.get("cpu-blocks")
+    assert (c.status, c.detail, c.hint) == (
+        "warn", "9 000 CPU blocks = 4 GiB swap space // 458 752 B a block (expected 9 362); swap space for preempted "
+                "sequences, not compute units", "the engine's block size or dtype differs from the model facts in the JSON")
+    assert v.ok                                 # a warning, not a failure
 
 
 def test_judge_does_not_mutate_input():
@@ -230,7 +267,14 @@ def test_judge_on_the_real_h100_smoke_run():
     smoke = json.loads((Path(__file__).parent / "fixtures/gpu/h100/provision/smoke.json").read_text())
     verdict = judging.judge(smoke)
     assert verdict.ok, [c for c in verdict.checks if c.status == "fail"]
-    assert {c.name: c.status for c in verdict.checks}["blocks-predicted"] == "pass"
+    assert {c.name: c.status for c in verdict.checks} == {
+        "engine-ran": "pass", "gpu-blocks": "pass", "kv-capacity": "pass", "blocks-predicted": "pass",
+        "cpu-blocks": "pass", "outputs": "pass"}
+    assert verdict.get("blocks-predicted").detail == (
+        "predicted 4 665 777 vs measured 4 663 853 (-0.0 % off; (85.0 GB x 0.9 - (0.0 GB weights + 0.1 GB "
+        "activations)) // 16 384 B = 4 665 777 blocks; activations heuristic)")
+    assert verdict.get("kv-capacity").detail == ("74 621 648 tokens ≥ max_model_len 8 192 "
+                                                 "(9109 full-length sequences at once)")
     text = "\n".join(verdict.explanation)
     assert "4 663 853 KV-cache blocks × 16 tokens" in text and "262 144 CPU blocks = 4 GiB swap space" in text
     # the predicted count is within 0.1 % of the measured one on that run

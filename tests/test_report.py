@@ -6,6 +6,8 @@ import json
 import threading
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from vllm_provision import pipeline, report
 from vllm_provision.checks import Check
 from vllm_provision.probes.host import HostFacts, parse_gpu_csv
@@ -89,24 +91,49 @@ def test_junit_marks_failures_and_skips(tmp_path):
 RECORDED = __import__("pathlib").Path(__file__).parent / "fixtures" / "gpu" / "h100" / "doctor-verify"
 
 
+def recorded(name: str):
+    """A committed fixture recorded on the H100 (README.md beside them): required, never skipped."""
+    path = RECORDED / name
+    assert path.is_file(), f"the committed fixture {path} is missing: restore it from git"
+    return path
+
+
 def test_recorded_h100_report_renders_for_onboarding_docs():
-    import pytest
-    if not (RECORDED / "report.json").is_file():
-        pytest.skip("no recorded H100 report")
-    data = json.loads((RECORDED / "report.json").read_text())
+    data = json.loads(recorded("report.json").read_text())
     md = report.render_markdown(data)
+    assert md.startswith("# vLLM 0.2.2 / profile host-torch\n\nUpdated 2026-11-25T08:11:57 by vllm-provision.\n")
     assert "| GPU 0 | NVIDIA H100 80GB HBM3, compute capability 9.0, 81559 MiB |" in md
+    assert "| driver | 580.159.04 |" in md and "| driver CUDA | 13.0 |" in md
     assert "| torch | 2.11.0+cu130 |" in md and "| host compiler | g++ 13.3.0 |" in md
     assert "`0002-no-xformers-sdpa-prompt-attention.patch` (sha256 d8bbea52e7ca…): xformers is imported" in md
+    assert "- not needed: `0001-build-with-cxx20.patch` (torch 2.11.0 not >=2.13)" in md
     section = md.split("## Steps")[1].split("\n## ")[0]
-    steps = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][1:]
-    assert steps == ["fetch", "env", "patch", "build", "verify", "smoke"]
-    assert "| smoke | not run |" in section
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("| ")]
+    assert [r[:3] for r in rows[1:]] == [["fetch", "ok", "0.1 s"], ["env", "ok", "11.7 s"], ["patch", "ok", "0.0 s"],
+                                         ["build", "ok", "417.8 s"], ["verify", "ok", "24.7 s"],
+                                         ["smoke", "not run", ""]]
+    assert rows[4][4] == "vllm 0.2.2+cu130 (editable) for 9.0: 7 libraries in 413 s, no compiler cache"
+    assert rows[5][4] == "19 checks passed, 0 warned, 0 skipped" and rows[6][4] == "never run in this workspace"
+    assert "Build for arch 9.0, 16 jobs." in section
+    assert "## Doctor: ok (8 pass, 0 warn, 0 fail, 1 skip; 2026-11-25T08:03:17)" in md
+    assert "| mirrors | skip | --offline: no index or channel is contacted |  |" in md
     assert "## Verify: ok (19 pass, 0 warn, 0 fail, 0 skip" in md
-    verify_json = json.loads((RECORDED / "verify-host-torch.json").read_text())
-    checks = [Check(**c) for c in verify_json["checks"]]
-    suite = ET.fromstring(report.junit_xml("v", [c.to_dict() for c in checks])).find("testsuite")
-    assert (suite.get("tests"), suite.get("failures")) == ("19", "0")
+
+
+@pytest.mark.parametrize("name, suite, counts", [("verify-host-torch", "vllm-provision.verify", ("19", "0", "0")),
+                                                 ("doctor-host-torch", "vllm-provision.doctor", ("9", "0", "1"))])
+def test_recorded_h100_checks_render_the_junit_recorded_beside_them(name, suite, counts):
+    """The JUnit XML written on the H100 is what junit_xml makes of the same checks today, case for case."""
+    checks = [Check(**c) for c in json.loads(recorded(f"{name}.json").read_text())["checks"]]
+    made = ET.fromstring(report.junit_xml(suite, [c.to_dict() for c in checks])).find("testsuite")
+    kept = ET.parse(recorded(f"{name}.xml")).getroot().find("testsuite")
+    assert (made.get("tests"), made.get("failures"), made.get("skipped")) == counts
+
+    def cases(ts):
+        return [(c.get("name"), [(e.tag, e.text, dict(e.attrib)) for e in c]) for c in ts.findall("testcase")]
+    assert cases(made) == cases(kept) and len(cases(made)) == int(counts[0])
+    assert {k: v for k, v in made.attrib.items() if k != "timestamp"} == \
+        {k: v for k, v in kept.attrib.items() if k != "timestamp"}
 
 
 # ------------------------------------------------------------------------------------------ runs

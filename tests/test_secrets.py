@@ -31,7 +31,7 @@ from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
 from vllm_provision.core.redact import MIN_VALUE_LENGTH, redact_text, redact_url, url_secrets
 
-pytest.importorskip("rattler")
+import rattler  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 
 USER, PASSWORD, TOKEN = "alice", "s3cr3t-P@ss:w0rd", "tok-abc123XYZ"
 # every form a leak could take: raw, percent-encoded, split at its '@' (old redaction cut there), in a Basic header

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import invoke
 import pytest
 import yaml
 
@@ -87,14 +88,16 @@ def test_cli_scalar_for_a_list_setting_is_one_element(isolated, variable, key):
     assert json.loads(proc.stdout)["env"][key] == ["http://nexus.corp/conda"]   # was ['h', 't', 't', 'p', ...]
 
 
-@pytest.mark.parametrize("value", ["[https://files.corp/vllm/{file}]", "https://files.corp/vllm/{file}",
-                                   '["https://files.corp/{version}/{file}"]'])
-def test_cli_mirror_templates_in_the_readme_form(isolated, value):
+@pytest.mark.parametrize("value, url", [
+    ("[https://files.corp/vllm/{file}]", "https://files.corp/vllm/vllm-0.2.2.tar.gz"),
+    ("https://files.corp/vllm/{file}", "https://files.corp/vllm/vllm-0.2.2.tar.gz"),
+    ('["https://files.corp/{version}/{file}"]', "https://files.corp/0.2.2/vllm-0.2.2.tar.gz")])
+def test_cli_mirror_templates_in_the_readme_form(isolated, value, url):
     proc = run_inv(["plan", "--json"], {**isolated, "VLLMP_FETCH__MIRRORS": value})   # was a ValueError traceback
     assert proc.returncode == 0, proc.stderr
-    mirror = json.loads(proc.stdout)["sources"][0]
-    assert mirror["kind"] == "mirror" and mirror["url"].startswith("https://files.corp/")
-    assert mirror["url"].endswith("/vllm-0.2.2.tar.gz") and "{" not in mirror["url"]
+    mirror, *rest = json.loads(proc.stdout)["sources"]
+    assert (mirror["kind"], mirror["url"], mirror["file"]) == ("mirror", url, "vllm-0.2.2.tar.gz")
+    assert rest[0]["kind"] == "pypi-sdist" and rest[0]["sha256"] == mirror["sha256"]   # the mirror first, PyPI after
 
 
 BAD = [
@@ -134,7 +137,7 @@ def copy_toolkit(tmp_path):
     """A copy of the toolkit whose files a test may break (the package reads its files next to itself)."""
     tree = tmp_path / "toolkit"
     tree.mkdir()
-    for name in ("tasks.py", "vllm-provision.yaml"):
+    for name in ("tasks.py", config.DEFAULTS_FILE):
         shutil.copy(ROOT / name, tree / name)
     for name in ("vllm_provision", "envs"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -158,8 +161,20 @@ def test_cli_wrong_shape_in_defaults_file_names_key_and_file(isolated, tmp_path)
     assert "set fetch in vllm-provision.yaml" in hint
 
 
-def test_invoke_does_not_read_the_toolkit_defaults():
-    assert not (ROOT / "invoke.yaml").exists() and (ROOT / config.DEFAULTS_FILE).is_file()
+def test_invoke_does_not_read_the_toolkit_defaults(isolated, tmp_path):
+    """Invoke loads invoke.yaml/.yml/.json/.py beside tasks.py as its own configuration; the toolkit's defaults are
+    not that file. Invoke's configuration holds none of the toolkit's settings, and a defaults file that is not
+    valid YAML does not stop Invoke (`./inv --list` lists the tasks; the commands that read it name it)."""
+    defaults = yaml.safe_load((ROOT / config.DEFAULTS_FILE).read_text())
+    assert {"release", "profile", "fetch", "env", "build"} <= set(defaults)
+    project = invoke.Config(project_location=str(ROOT))
+    project.load_project()
+    assert not set(defaults) & set(project), sorted(project)
+    tree = copy_toolkit(tmp_path)
+    (tree / config.DEFAULTS_FILE).write_text('release: "0.2.2\nfetch: [\n')     # Invoke's ScannerError, were it read
+    listed = run_inv(["--list"], isolated, cwd=tree)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert all(f"\n  {name} " in listed.stdout for name in ("plan", "provision", "doctor", "build"))
 
 
 def test_cli_bare_force_names_the_steps(isolated):

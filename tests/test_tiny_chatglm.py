@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("safetensors")
-pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
+# The maker's imports, all test dependencies (pyproject's test extra): a broken install fails here, never skips.
+import safetensors  # noqa: E402,F401
+import tokenizers  # noqa: E402,F401
+import torch  # noqa: E402,F401
+import transformers  # noqa: E402
 
 MAKER = Path(__file__).resolve().parents[1] / "smoke" / "make_tiny_chatglm.py"
 PROMPTS = ["你是谁？", "你在做什么？", "请用中文，为我讲一个关于医生的笑话"]

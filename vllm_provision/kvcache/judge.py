@@ -203,8 +203,9 @@ def _prediction_check(f: KVFacts, pred: dict | None, expected: dict, others_byte
         pv = pred["num_gpu_blocks"]
         dev = abs(measured - pv) / max(pv, 1)
         worst = max(worst, dev)
+        off = (measured - pv) / max(pv, 1)     # signed: a count below the prediction reads negative
         lines.append(f"predicted {group_digits(pv)} vs measured {group_digits(measured)} "
-                     f"({dev * 100:+.1f} % off; {pred['formula']}; activations {pred['activation_source']})")
+                     f"({off * 100:+.1f} % off; {pred['formula']}; activations {pred['activation_source']})")
         if dev > TOLERANCE_PREDICTION:
             implied = pred.get("implied_peak_bytes")
             if implied is not None:
@@ -323,7 +324,8 @@ def _prediction_check_v1(f: KVFacts, pred: dict | None, expected: dict) -> Check
         return Check("blocks-predicted", SKIP, "not enough facts (GPU total, parameter bytes, model shape) to predict")
     pv = pred["kv_cache_tokens"]
     dev = abs(measured - pv) / max(pv, 1)
-    detail = (f"predicted {group_digits(pv)} tokens vs measured {group_digits(measured)} ({dev * 100:+.1f} % off; "
+    off = (measured - pv) / max(pv, 1)         # signed: a size below the prediction reads negative
+    detail = (f"predicted {group_digits(pv)} tokens vs measured {group_digits(measured)} ({off * 100:+.1f} % off; "
               f"{pred['formula']}; activations {pred['activation_source']})")
     if dev <= TOLERANCE_PREDICTION:
         return Check("blocks-predicted", PASS, detail)
