@@ -523,3 +523,51 @@ def test_the_plans_estimate_is_the_releases_measured_work():
     release = get_release("0.26.0")
     assert release.compile_cpu_seconds_per_arch == 33000
     assert 33 * 60 <= expected_cmake_seconds(release, 1, 16, 1) <= 35 * 60
+
+
+def _shared_lib(path: Path, soname: str) -> Path:
+    """A real (empty) shared library under `path`, as the CUDA wheels and a driver install lay them out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = path.with_suffix(".c")
+    src.write_text("int vllmp_marker(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(path), str(src)], check=True)
+    return path
+
+
+def test_a_wheel_toolkit_gets_link_names_and_a_driver_stub_only_where_the_host_has_no_driver(tmp_path):
+    """The PyPI CUDA wheels ship libX.so.<major> only and a GPU-less host has no libcuda: CMake's FindCUDAToolkit
+    would leave CUDA_nvrtc_LIBRARY / CUDA_cuda_driver_LIBRARY NOTFOUND. The driver's link directory gives the
+    unversioned names, and libcuda from the host's driver when there is one, else a stub exporting cuda.h's API."""
+    home = tmp_path / "nvidia" / "cu13"
+    _shared_lib(home / "lib" / "libnvrtc.so.13", "libnvrtc.so.13")
+    _shared_lib(home / "lib" / "libcudart.so.13", "libcudart.so.13")
+    (home / "lib" / "libcudart.so").symlink_to("libcudart.so.13")         # present already: left alone
+    (home / "lib64").symlink_to("lib")
+    (home / "include").mkdir()
+    (home / "include" / "cuda.h").write_text("CUresult CUDAAPI cuInit(unsigned int Flags);\n"
+                                             "#define cuMemAlloc cuMemAlloc_v2\n"
+                                             "CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t bytesize);\n")
+    # no driver anywhere: a stub, soname libcuda.so.1, with the API's names (both spellings)
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[str(tmp_path / "none")])
+    assert sorted(p.name for p in link.iterdir() if p.is_symlink()) == ["libcuda.so", "libnvrtc.so"]
+    assert (link / "libnvrtc.so").resolve() == (home / "lib" / "libnvrtc.so.13").resolve()
+    assert "no CUDA driver library on this host: linking against a stub" in note
+    stub = (link / "libcuda.so").resolve()
+    dynamic = subprocess.run(["readelf", "-d", "--dyn-syms", "-W", str(stub)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "Library soname: [libcuda.so.1]" in dynamic
+    assert {"cuInit", "cuMemAlloc", "cuMemAlloc_v2"} <= set(re.findall(r"\b(cu[A-Z]\w*)$", dynamic, re.M))
+    # a host with the driver (a GPU container mounts libcuda.so.1 only): linked against it, no note
+    system = tmp_path / "usr" / "lib"
+    real = _shared_lib(system / "libcuda.so.1", "libcuda.so.1")
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[str(system)])
+    assert (link / "libcuda.so").resolve() == real.resolve() and note == "" and not (link / "stub").exists()
+    # a toolkit that carries NVIDIA's stub and no driver: that stub
+    toolkit_stub = _shared_lib(home / "lib" / "stubs" / "libcuda.so", "libcuda.so.1")
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[])
+    assert (link / "libcuda.so").resolve() == toolkit_stub.resolve() and "the toolkit's stub" in note
+    # configure, the compile and pip's pass search it first: CMake (CMAKE_LIBRARY_PATH) and a bare `g++ -lnvrtc`
+    env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {}, tmp_path / "b",
+                               base={"PATH": "/usr/bin", "LIBRARY_PATH": "/opt/x"}, link_dir=link)
+    assert env["CMAKE_LIBRARY_PATH"] == str(link) and env["LIBRARY_PATH"] == f"{link}:/opt/x"
+    assert driver.cuda_link_dir(None, tmp_path / "none") == (None, "")

@@ -501,6 +501,118 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     return env
 
 
+# ------------------------------------------------------------------------------------------- CUDA link names
+# CMake's FindCUDAToolkit (and torch's Caffe2 config through it) looks for the unversioned names: libcudart.so,
+# libnvrtc.so, libcuda.so. The PyPI CUDA wheels ship only libX.so.<major>, and only a GPU host has the driver's
+# libcuda. The driver therefore gives configure, the compile and pip's pass one directory of link names
+# (CMAKE_LIBRARY_PATH for CMake, LIBRARY_PATH for a bare `g++ -lnvrtc` such as DeepGEMM's): the toolkit's own
+# libraries under their unversioned names, and libcuda.so from the host's driver, else the toolkit's stub, else
+# a stub made here. All of it is link-time only: at run time the loader asks for libcuda.so.1, the driver's.
+LINK_DIR = "vllmp-cuda-link"
+STUB_SONAME = "libcuda.so.1"
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib")
+_DRIVER_CALL = re.compile(r"\b(cu[A-Z][A-Za-z0-9_]*)\s*\(")
+_DRIVER_ALIAS = re.compile(r"^\s*#\s*define\s+(cu[A-Z]\w*)\s+(cu[A-Z]\w*)\s*$", re.M)
+_VERSIONED = re.compile(r"^(lib[\w+-]+?)\.so\.(\d+)$")
+
+
+def toolkit_lib_dirs(cuda_home: str) -> list[Path]:
+    home = Path(cuda_home)
+    return [d for d in (home / "lib64", home / "lib", *sorted(home.glob("targets/*/lib"))) if d.is_dir()]
+
+
+def unversioned_links(lib_dirs: Sequence[Path]) -> dict[str, Path]:
+    """libX.so -> libX.so.<major> for every library of `lib_dirs` that lacks its unversioned name."""
+    out: dict[str, Path] = {}
+    for d in lib_dirs:
+        for f in sorted(d.iterdir()):
+            m = _VERSIONED.match(f.name)
+            if m and not (d / f"{m.group(1)}.so").exists() and f.is_file():
+                out.setdefault(f"{m.group(1)}.so", f.resolve())
+    return out
+
+
+def ldconfig_dirs() -> list[str]:
+    """The directories the dynamic linker's cache names a libcuda in (a GPU container's driver mount)."""
+    ldconfig = shutil.which("ldconfig") or shutil.which("ldconfig", path="/sbin:/usr/sbin")
+    done = runner.capture([ldconfig, "-p"], timeout=30) if ldconfig else None
+    lines = (done.output if done and done.returncode == 0 else "").splitlines()
+    return list(dict.fromkeys(str(Path(l.split("=>", 1)[1].strip()).parent) for l in lines
+                              if "=>" in l and l.strip().startswith("libcuda.so")))
+
+
+def driver_library(cuda_home: str | None, system_dirs: Sequence[str]) -> Path | None:
+    """The host's CUDA driver library to link against (libcuda.so, else libcuda.so.1), else the toolkit's
+    stub; None on a host with neither (no GPU driver, a toolkit from PyPI wheels)."""
+    for d in system_dirs:
+        for name in ("libcuda.so", STUB_SONAME):
+            if (Path(d) / name).is_file():
+                return Path(d) / name
+    for d in toolkit_lib_dirs(cuda_home) if cuda_home else []:
+        for candidate in (d / "libcuda.so", d / "stubs" / "libcuda.so"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def driver_api_names(headers: Sequence[Path]) -> list[str]:
+    """The driver API's function names `cuda.h` declares, both the names code calls and the versioned
+    ones (cuMemAlloc and cuMemAlloc_v2): what the toolkit's own libcuda stub exports."""
+    names: set[str] = set()
+    for h in headers:
+        try:
+            text = h.read_text(errors="replace")
+        except OSError:
+            continue
+        names.update(_DRIVER_CALL.findall(text))
+        for alias, target in _DRIVER_ALIAS.findall(text):
+            names.update((alias, target))
+    return sorted(names)
+
+
+def make_driver_stub(dest: Path, names: Sequence[str], cc: str) -> Path:
+    """A link stub for the CUDA driver (soname libcuda.so.1) exporting `names`, built with the host's C
+    compiler; StepFailed when it cannot be built."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    source = dest.with_name("libcuda-stub.c")
+    source.write_text("/* link-time stand-in for the CUDA driver (made by vllm-provision); the driver's\n"
+                      "   libcuda.so.1 is loaded at run time */\n" + "".join(f"void {n}(void) {{}}\n" for n in names))
+    runner.run([cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{STUB_SONAME}", "-o", str(dest), str(source)],
+               log=dest.with_name("libcuda-stub.log"), timeout=120, what="the CUDA driver link stub")
+    return dest
+
+
+def cuda_link_dir(cuda_home: str | None, link_dir: Path, *, system_dirs: Sequence[str] | None = None,
+                  cc: str | None = None) -> tuple[Path | None, str]:
+    """(the directory of link names, a note) for this toolkit on this host (see above); (None, "") without
+    a toolkit. The note says where libcuda comes from when it is not the host's driver."""
+    if not cuda_home:
+        return None, ""
+    dirs = list(dict.fromkeys([*ldconfig_dirs(), *SYSTEM_LIB_DIRS])) if system_dirs is None else list(system_dirs)
+    links = unversioned_links(toolkit_lib_dirs(cuda_home))
+    driver = driver_library(cuda_home, dirs)
+    note = ""
+    shutil.rmtree(link_dir, ignore_errors=True)
+    link_dir.mkdir(parents=True, exist_ok=True)
+    if driver is None:
+        headers = [h for d in ("include", "targets/x86_64-linux/include", "targets/sbsa-linux/include")
+                   for h in (Path(cuda_home) / d / "cuda.h",) if h.is_file()]
+        compiler = cc or shutil.which("cc") or shutil.which("gcc") or "cc"
+        stub = make_driver_stub(link_dir / "stub" / "libcuda.so", driver_api_names(headers[:1]), compiler)
+        links["libcuda.so"] = stub
+        note = (f"no CUDA driver library on this host: linking against a stub ({stub}); the driver's "
+                f"{STUB_SONAME} is loaded at run time")
+    elif "stubs" in driver.parts:
+        links["libcuda.so"] = driver
+        note = f"no CUDA driver library on this host: linking against the toolkit's stub {driver}"
+    else:
+        links["libcuda.so"] = driver
+    for name, target in links.items():
+        (link_dir / name).symlink_to(target)
+    return link_dir, note
+
+
 def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list[str]:
     """CMAKE_ARGS for every configure, the driver's and setup.py's: the disconnection, the externals given as
     cache variables, then the caller's (e.g. a driver stub's path on a host without a GPU)."""
@@ -509,9 +621,11 @@ def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list
 
 def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
                cuda_home: str | None = None, ccache_dir: Path | None = None, base: Mapping[str, str] | None = None,
-               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
+               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = (),
+               link_dir: Path | None = None) -> tuple[dict[str, str], str | None]:
     """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
-    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
+    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's. `link_dir`
+    (`cuda_link_dir`) comes first in CMake's and the linker's library search."""
     base = dict(os.environ if base is None else base)
     search = os.pathsep.join([str(Path(python).parent), base.get("PATH", "")])
     ccache = find_ccache(search) if plan.build.ccache else None
@@ -522,6 +636,9 @@ def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], buil
                     ccache_base=src.resolve().parent, include_dirs=include_dirs)
     env["CMAKE_ARGS"] = " ".join(cmake_args(externals, extra_cmake_args))
     env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
+    if link_dir:
+        for var in ("CMAKE_LIBRARY_PATH", "LIBRARY_PATH"):
+            env[var] = os.pathsep.join(dict.fromkeys([str(link_dir), *[p for p in env.get(var, "").split(os.pathsep) if p]]))
     return env, ccache
 
 
@@ -564,8 +681,11 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         raise ConfigError("cmake and ninja are needed to build a CMake-era release and one is missing "
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
+    link_dir, link_note = cuda_link_dir(cuda_home, build_dir / LINK_DIR)
     env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs, link_dir=link_dir)
+    if link_note:
+        notes.append(link_note)
     if plan.build.ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache")
     isolation, note = network_isolation(plan.offline)
@@ -673,8 +793,9 @@ def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path]
     pip's pass ran (0 when the build tree was reused)."""
     ninja_log = facts.build_dir / ".ninja_log"
     before = _ninja_log_entries(ninja_log)
+    link_dir, _note = cuda_link_dir(cuda_home, facts.build_dir / LINK_DIR)
     env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs, link_dir=link_dir)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
     isolation, _note = network_isolation(plan.offline)       # --offline: setup.py's configure has no route either
