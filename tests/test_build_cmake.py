@@ -571,3 +571,24 @@ def test_a_wheel_toolkit_gets_link_names_and_a_driver_stub_only_where_the_host_h
                                base={"PATH": "/usr/bin", "LIBRARY_PATH": "/opt/x"}, link_dir=link)
     assert env["CMAKE_LIBRARY_PATH"] == str(link) and env["LIBRARY_PATH"] == f"{link}:/opt/x"
     assert driver.cuda_link_dir(None, tmp_path / "none") == (None, "")
+
+
+def test_a_cmake_builds_timings_page_comes_from_its_ninja_log(tmp_path):
+    """steps/build.py's run_cmake on a real (small) CMake project: the compile's .ninja_log becomes the
+    workspace's timings page, linked from the build's facts; a --targets subset is reported as skipped."""
+    from vllm_provision import timings
+    from vllm_provision.envinfo import EnvInfo
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.steps.build import run_cmake
+    release = dataclasses.replace(release_for_env(importlib.metadata.version("torch")), externals=())
+    plan = make_plan(tmp_path, release=release, targets=["_C"])
+    tiny_project(plan.workspace.root, cuda=False)
+    plan.workspace.ensure()
+    plan.workspace.logs.mkdir(parents=True, exist_ok=True)
+    info = EnvInfo(backend="venv", prefix=str(VENV_BIN.parent), python=PYTHON, python_version="3.11")
+    out = run_cmake(StepContext(plan, host.HostFacts(), "build"), info)
+    assert out.status == "skipped" and out.detail.startswith("built _C only: 5/5 units")
+    page = plan.workspace.root / timings.PAGE
+    assert out.facts["timings"] == timings.PAGE and page.is_file()
+    html = page.read_text()
+    assert all(f"{n}.cpp.o" in html for n in "abcd") and f"vLLM {release.version} for 9.0" in html
