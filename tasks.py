@@ -262,7 +262,7 @@ def patch(c, release=None, profile=None, offline=False, force=False, verbose=Fal
             "max_jobs": "parallel compile jobs (default: from free RAM and cores)",
             "time_limit": "CMake-era releases: stop the compile cleanly after SECONDS; report the rate and the "
                           "projected total",
-            "targets": "CMake-era releases: build only these CMake targets, comma-separated (e.g. _C,_moe_C)"})
+            "targets": "CMake-era releases: build only these CMake targets or ninja outputs (one object file), comma-separated"})
 @handles_errors
 def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
           require_cache=False, artifact_key=None, time_limit=None, targets=None, verbose=False):

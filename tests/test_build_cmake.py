@@ -101,22 +101,20 @@ def test_setup_py_runs_the_planned_jobs_although_it_divides_max_jobs_by_nvcc_thr
         assert driver.setup_py_num_jobs(par.jobs, par.nvcc_threads, cpus) < par.jobs
 
 
-def test_ninja_progress_lines_give_rate_and_eta():
-    assert driver.parse_ninja_progress("[12/417] Building CUDA object CMakeFiles/_C.dir/csrc/x.cu.o") == (12, 417)
-    assert driver.parse_ninja_progress("FAILED: CMakeFiles/_C.dir/a.cpp.o") is None
+def test_ninja_progress_lines_give_rate_eta_and_the_closing_line():
+    from vllm_provision.core.progress import ninja_status
+    assert ninja_status("[12/417] Building CUDA object CMakeFiles/_C.dir/csrc/x.cu.o") == (12, 417)
+    assert ninja_status("FAILED: CMakeFiles/_C.dir/a.cpp.o") is None
     p = driver.progress_at(done=30, total=120, elapsed=600, first_done=10)   # 20 units in 10 min
     assert p.per_minute == pytest.approx(2.0) and p.eta_seconds == pytest.approx(45 * 60)
-    assert driver.format_progress(p) == "30/120 units, 10 min 00 s, 2.0 units/min, ETA 45 min 00 s"
-    clock = iter([0.0, 10.0, 10.0, 20.0, 20.0, 31.0, 31.0, 40.0])
-    shown: list[str] = []
-    r = driver.ProgressReporter(heartbeat_s=15, live=False, emit=lambda t, final: shown.append(t),
-                                clock=lambda: next(clock))
-    for line in ("[1/4] a", "[2/4] b", "[3/4] c"):
-        r.line(line)
-    assert shown == ["1/4 units, 10 s, 6.0 units/min, ETA 30 s", "3/4 units, 31 s, 5.8 units/min, ETA 10 s"]
-    final = r.finish(expected_seconds=60, stopped=True)
-    assert final.done == 3 and shown[-1].startswith("stopped at the time limit: 3/4 units in 40 s")
-    assert "the plan expected 1 min 00 s" in shown[-1]
+    assert p.projected_seconds == pytest.approx(55 * 60)
+    assert driver.format_final(p, 3600, stopped=True) == ("stopped at the time limit: 30/120 units in 10 min 00 s "
+                                                          "(2.0 units/min); projected total 55 min 00 s, "
+                                                          "the plan expected 1 h 00 min")
+    assert driver.format_final(p, 1200, stopped=False) == ("compiled 30/120 units in 10 min 00 s; the plan expected "
+                                                           "20 min 00 s (50% of it)")
+    # a subset of the targets: the plan's estimate (the whole compile) is not the measure
+    assert driver.format_final(p, 0, stopped=False) == "compiled 30/120 units in 10 min 00 s (2.0 units/min)"
 
 
 def test_a_killed_compiler_is_recognised_and_the_job_count_goes_down():
@@ -165,21 +163,24 @@ def cuda_home() -> str | None:
 def test_a_real_build_shows_progress_while_it_runs_and_a_warm_rebuild_hits_ccache(tmp_path):
     src = tiny_project(tmp_path, cuda=True)
     plan = make_plan(tmp_path)       # 2 cores, 12 GiB: 2 jobs
-    seen: list[tuple[str, bool, bool]] = []
+    seen: list[tuple[str, bool]] = []
     me = os.getpid()
 
-    def emit(text: str, final: bool) -> None:     # what the user sees, and whether the build still ran then
-        seen.append((text, final, bool(children_of(me))))
+    def say(text: str) -> None:     # what the user sees (progress.py's plain form), and whether the build ran then
+        seen.append((text, bool(children_of(me))))
 
-    kw = dict(cuda_home=cuda_home(), ccache_dir=tmp_path / "ccache", emit=emit, heartbeat_s=0, live=False)
+    kw = dict(cuda_home=cuda_home(), ccache_dir=tmp_path / "ccache", say=say, heartbeat_s=0.2, live=False)
     cold = driver.drive(plan, src, PYTHON, {}, ["_C", "_moe_C"], build_dir=tmp_path / "b1", **kw)
     units = 5 + (NVCC is not None)
     assert cold.edges_total == units + 2 and cold.units_done == cold.edges_total     # + two links
     assert cold.ccache["misses"] >= units and cold.ccache["hits"] == 0
-    live = [t for t, final, running in seen if not final and running]
-    assert len(live) >= 3 and all("units/min" in t or "rate pending" in t for t in live), seen
-    assert seen[-1][1] and seen[-1][0].startswith(f"compiled {cold.edges_total}/{cold.edges_total} units")
-    assert "the plan expected" in seen[-1][0]
+    live = [t for t, running in seen[:-1] if running]
+    assert len(live) >= 3 and all(t.startswith("compiling: ") and f"/{cold.edges_total} units" in t for t in live), seen
+    assert any(re.search(r"\d+/\d+ units, .* elapsed, about .* left \(\d+\.\d units/min\)", t) for t in live), seen
+    assert seen[0][0] == f"compiling: 0/{cold.edges_total} units, 0 s elapsed"
+    # the targets named are a subset of a release's build: the plan's estimate for the whole is not the measure
+    assert re.fullmatch(rf"compiled {cold.edges_total}/{cold.edges_total} units in \d+ s \(\d+\.\d units/min\)",
+                        seen[-1][0]), seen[-1]
     # the planned jobs reach ninja's compile pool (setup.py's CMAKE_JOB_POOLS) and the -j
     rules = (tmp_path / "b1" / "CMakeFiles" / "rules.ninja").read_text() + (tmp_path / "b1" / "build.ninja").read_text()
     assert f"pool compile\n  depth = {plan.build.max_jobs}" in rules
@@ -222,11 +223,11 @@ def test_a_time_limit_stops_the_build_with_nothing_left_and_projects_the_total(t
     shown: list[str] = []
     started = time.monotonic()
     facts = driver.drive(plan, src, PYTHON, {}, ["slow", "_C"], time_limit=8, ccache_dir=tmp_path / "ccache",
-                         emit=lambda t, final: shown.append(t), heartbeat_s=1, live=False)
+                         say=shown.append, heartbeat_s=1, live=False)
     assert time.monotonic() - started < 60
     assert facts.stopped_at_limit and 0 < facts.units_done < facts.edges_total == 6     # 4 units, a link, the sleep
     # a heartbeat while no unit finishes (the sleep): lines keep coming, the total known from the start
-    beats = [t for t in shown[:-1] if t.startswith(f"{facts.units_done}/6 units")]
+    beats = [t for t in shown[:-1] if t.startswith(f"compiling: {facts.units_done}/6 units")]
     assert len(beats) >= 2, shown
     assert facts.units_per_minute > 0 and facts.projected_seconds > facts.seconds
     assert shown[-1].startswith(f"stopped at the time limit: {facts.units_done}/{facts.edges_total} units")
@@ -255,7 +256,7 @@ def test_a_compiler_killed_by_sigkill_is_reported_as_out_of_memory_with_a_job_co
     assert plan.build.max_jobs == 2
     with pytest.raises(StepFailed) as err:
         driver.drive(plan, src, PYTHON, {}, ["_C"], ccache_dir=tmp_path / "ccache", live=False,
-                     emit=lambda t, final: None)
+                     say=lambda t: None)
     assert "out of memory, at 2 jobs x 1 nvcc thread(s)" in err.value.message
     assert err.value.hint.startswith("rerun with --max-jobs 1 ")
     assert "Killed signal terminated program" in err.value.log_tail
@@ -266,7 +267,7 @@ def test_another_torch_in_the_env_is_refused_before_configure(tmp_path):
     plan = make_plan(tmp_path, release=release_for_env("2.11.0"))
     have = importlib.metadata.version("torch")
     with pytest.raises(ConfigError) as err:
-        driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b", live=False, emit=lambda t, f: None)
+        driver.drive(plan, src, PYTHON, {}, ["_C"], build_dir=tmp_path / "b", live=False, say=lambda t: None)
     assert f"the env's torch is {have}" in err.value.message and "torch ==2.11.0" in err.value.message
     assert "./inv env --force" in err.value.hint and err.value.exit_code == 2
     assert not (tmp_path / "b" / "CMakeCache.txt").exists()
@@ -338,7 +339,7 @@ def fetching_project(root: Path) -> tuple[Path, Path]:
 def test_configure_uses_the_override_and_without_it_fails_with_no_network_attempt(tmp_path):
     src, dep = fetching_project(tmp_path)
     recorder = ConnectionRecorder()
-    quiet = dict(live=False, emit=lambda t, f: None, ccache_dir=tmp_path / "ccache", base_env=recorder.env())
+    quiet = dict(live=False, say=lambda t: None, ccache_dir=tmp_path / "ccache", base_env=recorder.env())
     plan = make_plan(tmp_path)
     built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b1", **quiet)
     assert built.units_done == built.edges_total >= 3
@@ -372,7 +373,7 @@ def test_offline_runs_configure_and_build_without_a_network(tmp_path):
         assert not CI, f"CI runs as root and can make a network namespace: {note}"
         pytest.skip(note)
     built = driver.drive(plan, src, PYTHON, {"TINYDEP_SRC_DIR": dep}, ["_C"], build_dir=tmp_path / "b",
-                         live=False, emit=lambda t, f: None, ccache_dir=tmp_path / "ccache")
+                         live=False, say=lambda t: None, ccache_dir=tmp_path / "ccache")
     assert built.network_isolated and built.units_done == built.edges_total
     assert any("without a network" in n for n in built.notes)
 
@@ -448,7 +449,7 @@ def test_pips_editable_pass_reuses_the_build_tree_and_runs_the_planned_jobs(tmp_
     plan = make_plan(tmp_path)
     plan = dataclasses.replace(plan, build=dataclasses.replace(plan.build, max_jobs=2, nvcc_threads=3))
     kw = dict(ccache_dir=tmp_path / "ccache", base_env=dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}"))
-    facts = driver.drive(plan, src, python, {}, ["_C", "_moe_C"], live=False, emit=lambda t, f: None, **kw)
+    facts = driver.drive(plan, src, python, {}, ["_C", "_moe_C"], live=False, say=lambda t: None, **kw)
     assert facts.units_done == facts.edges_total == 7
 
     compiled = driver.editable_install(plan, src, python, {}, facts, tmp_path / "pip.log", **kw)
@@ -524,3 +525,72 @@ def test_the_plans_estimate_is_the_releases_measured_work():
     release = get_release("0.26.0")
     assert release.compile_cpu_seconds_per_arch == 33000
     assert 33 * 60 <= expected_cmake_seconds(release, 1, 16, 1) <= 35 * 60
+
+
+def _shared_lib(path: Path, soname: str) -> Path:
+    """A real (empty) shared library under `path`, as the CUDA wheels and a driver install lay them out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = path.with_suffix(".c")
+    src.write_text("int vllmp_marker(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(path), str(src)], check=True)
+    return path
+
+
+def test_a_wheel_toolkit_gets_link_names_and_a_driver_stub_only_where_the_host_has_no_driver(tmp_path):
+    """The PyPI CUDA wheels ship libX.so.<major> only and a GPU-less host has no libcuda: CMake's FindCUDAToolkit
+    would leave CUDA_nvrtc_LIBRARY / CUDA_cuda_driver_LIBRARY NOTFOUND. The driver's link directory gives the
+    unversioned names, and libcuda from the host's driver when there is one, else a stub exporting cuda.h's API."""
+    home = tmp_path / "nvidia" / "cu13"
+    _shared_lib(home / "lib" / "libnvrtc.so.13", "libnvrtc.so.13")
+    _shared_lib(home / "lib" / "libcudart.so.13", "libcudart.so.13")
+    (home / "lib" / "libcudart.so").symlink_to("libcudart.so.13")         # present already: left alone
+    (home / "lib64").symlink_to("lib")
+    (home / "include").mkdir()
+    (home / "include" / "cuda.h").write_text("CUresult CUDAAPI cuInit(unsigned int Flags);\n"
+                                             "#define cuMemAlloc cuMemAlloc_v2\n"
+                                             "CUresult CUDAAPI cuMemAlloc(CUdeviceptr *dptr, size_t bytesize);\n")
+    # no driver anywhere: a stub, soname libcuda.so.1, with the API's names (both spellings)
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[str(tmp_path / "none")])
+    assert sorted(p.name for p in link.iterdir() if p.is_symlink()) == ["libcuda.so", "libnvrtc.so"]
+    assert (link / "libnvrtc.so").resolve() == (home / "lib" / "libnvrtc.so.13").resolve()
+    assert "no CUDA driver library on this host: linking against a stub" in note
+    stub = (link / "libcuda.so").resolve()
+    dynamic = subprocess.run(["readelf", "-d", "--dyn-syms", "-W", str(stub)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "Library soname: [libcuda.so.1]" in dynamic
+    assert {"cuInit", "cuMemAlloc", "cuMemAlloc_v2"} <= set(re.findall(r"\b(cu[A-Z]\w*)$", dynamic, re.M))
+    # a host with the driver (a GPU container mounts libcuda.so.1 only): linked against it, no note
+    system = tmp_path / "usr" / "lib"
+    real = _shared_lib(system / "libcuda.so.1", "libcuda.so.1")
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[str(system)])
+    assert (link / "libcuda.so").resolve() == real.resolve() and note == "" and not (link / "stub").exists()
+    # a toolkit that carries NVIDIA's stub and no driver: that stub
+    toolkit_stub = _shared_lib(home / "lib" / "stubs" / "libcuda.so", "libcuda.so.1")
+    link, note = driver.cuda_link_dir(str(home), tmp_path / "link", system_dirs=[])
+    assert (link / "libcuda.so").resolve() == toolkit_stub.resolve() and "the toolkit's stub" in note
+    # configure, the compile and pip's pass search it first: CMake (CMAKE_LIBRARY_PATH) and a bare `g++ -lnvrtc`
+    env, _ = driver.driver_env(make_plan(tmp_path), tmp_path / "src", PYTHON, {}, tmp_path / "b",
+                               base={"PATH": "/usr/bin", "LIBRARY_PATH": "/opt/x"}, link_dir=link)
+    assert env["CMAKE_LIBRARY_PATH"] == str(link) and env["LIBRARY_PATH"] == f"{link}:/opt/x"
+    assert driver.cuda_link_dir(None, tmp_path / "none") == (None, "")
+
+
+def test_a_cmake_builds_timings_page_comes_from_its_ninja_log(tmp_path):
+    """steps/build.py's run_cmake on a real (small) CMake project: the compile's .ninja_log becomes the
+    workspace's timings page, linked from the build's facts; a --targets subset is reported as skipped."""
+    from vllm_provision.core import timings
+    from vllm_provision.core.envinfo import EnvInfo
+    from vllm_provision.pipeline import StepContext
+    from vllm_provision.steps.build import run_cmake
+    release = dataclasses.replace(release_for_env(importlib.metadata.version("torch")), externals=())
+    plan = make_plan(tmp_path, release=release, targets=["_C"])
+    tiny_project(plan.workspace.root, cuda=False)
+    plan.workspace.ensure()
+    plan.workspace.logs.mkdir(parents=True, exist_ok=True)
+    info = EnvInfo(backend="venv", prefix=str(VENV_BIN.parent), python=PYTHON, python_version="3.11")
+    out = run_cmake(StepContext(plan, host.HostFacts(), "build"), info)
+    assert out.status == "skipped" and out.detail.startswith("built _C only: 5/5 units")
+    page = plan.workspace.root / timings.PAGE
+    assert out.facts["timings"] == timings.PAGE and page.is_file()
+    html = page.read_text()
+    assert all(f"{n}.cpp.o" in html for n in "abcd") and f"vLLM {release.version} for 9.0" in html

@@ -11,7 +11,8 @@ pip's own pass configures again and compiles nothing. Around them:
 - every external from its override variable, FetchContent fully disconnected, its base dir inside the build
   dir; with --offline, configure and build also run in a network namespace without a route (`unshare -n`);
 - ccache as the C/C++/CUDA launcher, with the 0.2.2 build's settings (base dir, locale, compiler check);
-- progress from ninja's `[N/M]` lines (`parse_ninja_progress`, `progress_at`, `ProgressReporter`);
+- progress from ninja's `[N/M]` lines through progress.py's display (a live line, else a heartbeat), with
+  the rate (`progress_at`) in it and in the facts;
 - a time limit that stops the whole process group and projects the total; peak memory from /proc;
 - a compiler killed out of memory is one error with the job count to use.
 """
@@ -33,6 +34,7 @@ from packaging.version import InvalidVersion, Version
 from vllm_provision import GIB
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.progress import ninja_status, progress
 from vllm_provision.build import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
                parse_ccache_stats, relevant_tail)
 
@@ -40,7 +42,6 @@ CONFIGURE_TIMEOUT = 1800
 BUILD_TIMEOUT = 6 * 3600
 # ninja's status prefix: done/total edges (the driver sets it; a user's NINJA_STATUS would break the parse)
 NINJA_STATUS = "[%f/%t] "
-HEARTBEAT_S = 30.0          # without a TTY: one progress line at most this often
 RSS_POLL_S = 0.5
 # `CMakeExtension` names setup.py builds for CUDA (0.26.0, nvcc >= 12.9; spinloop and fs_io_C from Python
 # 3.11): the CMake target is the name without `vllm.` / `vllm_flash_attn.`
@@ -73,17 +74,9 @@ def default_targets(python_version: str) -> tuple[str, ...]:
     return tuple(t for t in SETUP_PY_CUDA_TARGETS if py311 or t not in PY311_ONLY_TARGETS)
 
 
-_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
-
-
-def parse_ninja_progress(line: str) -> tuple[int, int] | None:
-    """`[12/417] Building CUDA object ...` -> (12, 417); None for any other line."""
-    m = _PROGRESS.match(line.lstrip())
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
 @dataclass(frozen=True)
-class Progress:
+class Rate:
+    """The compile's pace, for the facts and the closing line (the live display is progress.py's)."""
     done: int
     total: int
     elapsed: float
@@ -95,98 +88,29 @@ class Progress:
         return None if self.eta_seconds is None else self.elapsed + self.eta_seconds
 
 
-def progress_at(done: int, total: int, elapsed: float, first_done: int = 0) -> Progress:
+def progress_at(done: int, total: int, elapsed: float, first_done: int = 0) -> Rate:
     """Rate and ETA from units done since the run started (`first_done`: units up to date when it started,
-    which cost nothing and say nothing about the rate)."""
+    which cost nothing and say nothing about the rate; ninja's [N/M] counts only the edges it runs)."""
     fresh = done - first_done
     rate = fresh / elapsed * 60 if fresh > 0 and elapsed > 0 else 0.0
     eta = (total - done) / rate * 60 if rate > 0 else None
-    return Progress(done, total, elapsed, rate, eta)
+    return Rate(done, total, elapsed, rate, eta)
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+    return "?" if seconds is None else ui.duration(seconds)
 
 
-def format_progress(p: Progress) -> str:
-    rate = f"{p.per_minute:.1f} units/min" if p.per_minute else "rate pending"
-    return f"{p.done}/{p.total} units, {duration(p.elapsed)}, {rate}, ETA {duration(p.eta_seconds)}"
-
-
-def format_final(p: Progress, expected_seconds: int, stopped: bool) -> str:
-    """The last line: what was done against what the plan expected."""
+def format_final(p: Rate, expected_seconds: int, stopped: bool) -> str:
+    """The last line: what was done against what the plan expected (0: no estimate, e.g. a subset)."""
     if stopped:
+        expected = f", the plan expected {duration(expected_seconds)}" if expected_seconds else ""
         return (f"stopped at the time limit: {p.done}/{p.total} units in {duration(p.elapsed)} "
-                f"({p.per_minute:.1f} units/min); projected total {duration(p.projected_seconds)}, "
-                f"the plan expected {duration(expected_seconds)}")
-    ratio = f" ({p.elapsed / expected_seconds:.0%} of it)" if expected_seconds else ""
-    return f"compiled {p.done}/{p.total} units in {duration(p.elapsed)}; the plan expected {duration(expected_seconds)}{ratio}"
-
-
-class ProgressReporter:
-    """Turns ninja's lines into progress: a live line on a TTY, a heartbeat line otherwise (CI logs).
-    `emit(text, final)` shows it; the default goes through ui."""
-
-    def __init__(self, *, heartbeat_s: float = HEARTBEAT_S, live: bool | None = None,
-                 emit: Callable[[str, bool], None] | None = None, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self.started = clock()
-        self.live = ui.interactive() if live is None else live
-        self.heartbeat_s = 0.0 if self.live else heartbeat_s
-        self.emit = emit or ui.progress
-        self.first_done: int | None = None
-        self.last: Progress | None = None
-        self.total = 0              # known before the first line from a dry run (`planned_edges`), else 0
-        self._shown_at = -float("inf")
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def heartbeat(self) -> None:
-        """Until finish(): without a TTY, a line every heartbeat even while no unit finishes (the heaviest
-        units of a CMake-era build take minutes each)."""
-        if self.live or self.heartbeat_s <= 0:
-            return
-
-        def beat() -> None:
-            while not self._stop.wait(self.heartbeat_s):
-                with self._lock:
-                    if self.clock() - self._shown_at >= self.heartbeat_s:
-                        done = self.last.done if self.last else 0
-                        p = progress_at(done, self.last.total if self.last else self.total,
-                                        self.clock() - self.started, self.first_done or 0)
-                        self._shown_at = self.clock()
-                        self.emit(format_progress(p), False)
-
-        threading.Thread(target=beat, daemon=True).start()
-
-    def line(self, text: str) -> None:
-        parsed = parse_ninja_progress(text)
-        if not parsed:
-            return
-        with self._lock:
-            self._line(*parsed)
-
-    def _line(self, done: int, total: int) -> None:
-        if self.first_done is None:
-            self.first_done = done - 1     # ninja prints a line as an edge finishes: this run's first
-        self.last = progress_at(done, total, self.clock() - self.started, self.first_done)
-        now = self.clock()
-        if now - self._shown_at >= self.heartbeat_s or done == total:
-            self._shown_at = now
-            self.emit(format_progress(self.last), False)
-
-    def finish(self, expected_seconds: int, stopped: bool) -> Progress:
-        """The closing line; the units counted are those ninja reported finished."""
-        self._stop.set()
-        p = self.last or progress_at(0, self.total, self.clock() - self.started)
-        p = progress_at(p.done, p.total, self.clock() - self.started, self.first_done or 0)
-        self.emit(format_final(p, expected_seconds, stopped), True)
-        return p
+                f"({p.per_minute:.1f} units/min); projected total {duration(p.projected_seconds)}{expected}")
+    if not expected_seconds:
+        return f"compiled {p.done}/{p.total} units in {duration(p.elapsed)} ({p.per_minute:.1f} units/min)"
+    return (f"compiled {p.done}/{p.total} units in {duration(p.elapsed)}; the plan expected "
+            f"{duration(expected_seconds)} ({p.elapsed / expected_seconds:.0%} of it)")
 
 
 # Out of memory, as the compilers and the kernel say it: gcc's driver for a killed cc1plus, nvcc for a killed
@@ -303,7 +227,7 @@ def planned_edges(ninja: str, build_dir: Path, targets: Sequence[str], env: Mapp
     """How many edges the build of `targets` will run (ninja's dry run: a second): the total before the first
     unit finishes."""
     done = runner.capture([ninja, "-C", str(build_dir), "-n", *targets], env=env, timeout=120)
-    totals = [parse_ninja_progress(line) for line in (done.output if done and done.returncode == 0 else "").splitlines()]
+    totals = [ninja_status(line) for line in (done.output if done and done.returncode == 0 else "").splitlines()]
     return max((t[1] for t in totals if t), default=0)
 
 
@@ -502,6 +426,118 @@ def build_env(*, base: Mapping[str, str], python: str, cuda_home: str | None, ar
     return env
 
 
+# ------------------------------------------------------------------------------------------- CUDA link names
+# CMake's FindCUDAToolkit (and torch's Caffe2 config through it) looks for the unversioned names: libcudart.so,
+# libnvrtc.so, libcuda.so. The PyPI CUDA wheels ship only libX.so.<major>, and only a GPU host has the driver's
+# libcuda. The driver therefore gives configure, the compile and pip's pass one directory of link names
+# (CMAKE_LIBRARY_PATH for CMake, LIBRARY_PATH for a bare `g++ -lnvrtc` such as DeepGEMM's): the toolkit's own
+# libraries under their unversioned names, and libcuda.so from the host's driver, else the toolkit's stub, else
+# a stub made here. All of it is link-time only: at run time the loader asks for libcuda.so.1, the driver's.
+LINK_DIR = "vllmp-cuda-link"
+STUB_SONAME = "libcuda.so.1"
+SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                   "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib")
+_DRIVER_CALL = re.compile(r"\b(cu[A-Z][A-Za-z0-9_]*)\s*\(")
+_DRIVER_ALIAS = re.compile(r"^\s*#\s*define\s+(cu[A-Z]\w*)\s+(cu[A-Z]\w*)\s*$", re.M)
+_VERSIONED = re.compile(r"^(lib[\w+-]+?)\.so\.(\d+)$")
+
+
+def toolkit_lib_dirs(cuda_home: str) -> list[Path]:
+    home = Path(cuda_home)
+    return [d for d in (home / "lib64", home / "lib", *sorted(home.glob("targets/*/lib"))) if d.is_dir()]
+
+
+def unversioned_links(lib_dirs: Sequence[Path]) -> dict[str, Path]:
+    """libX.so -> libX.so.<major> for every library of `lib_dirs` that lacks its unversioned name."""
+    out: dict[str, Path] = {}
+    for d in lib_dirs:
+        for f in sorted(d.iterdir()):
+            m = _VERSIONED.match(f.name)
+            if m and not (d / f"{m.group(1)}.so").exists() and f.is_file():
+                out.setdefault(f"{m.group(1)}.so", f.resolve())
+    return out
+
+
+def ldconfig_dirs() -> list[str]:
+    """The directories the dynamic linker's cache names a libcuda in (a GPU container's driver mount)."""
+    ldconfig = shutil.which("ldconfig") or shutil.which("ldconfig", path="/sbin:/usr/sbin")
+    done = runner.capture([ldconfig, "-p"], timeout=30) if ldconfig else None
+    lines = (done.output if done and done.returncode == 0 else "").splitlines()
+    return list(dict.fromkeys(str(Path(l.split("=>", 1)[1].strip()).parent) for l in lines
+                              if "=>" in l and l.strip().startswith("libcuda.so")))
+
+
+def driver_library(cuda_home: str | None, system_dirs: Sequence[str]) -> Path | None:
+    """The host's CUDA driver library to link against (libcuda.so, else libcuda.so.1), else the toolkit's
+    stub; None on a host with neither (no GPU driver, a toolkit from PyPI wheels)."""
+    for d in system_dirs:
+        for name in ("libcuda.so", STUB_SONAME):
+            if (Path(d) / name).is_file():
+                return Path(d) / name
+    for d in toolkit_lib_dirs(cuda_home) if cuda_home else []:
+        for candidate in (d / "libcuda.so", d / "stubs" / "libcuda.so"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def driver_api_names(headers: Sequence[Path]) -> list[str]:
+    """The driver API's function names `cuda.h` declares, both the names code calls and the versioned
+    ones (cuMemAlloc and cuMemAlloc_v2): what the toolkit's own libcuda stub exports."""
+    names: set[str] = set()
+    for h in headers:
+        try:
+            text = h.read_text(errors="replace")
+        except OSError:
+            continue
+        names.update(_DRIVER_CALL.findall(text))
+        for alias, target in _DRIVER_ALIAS.findall(text):
+            names.update((alias, target))
+    return sorted(names)
+
+
+def make_driver_stub(dest: Path, names: Sequence[str], cc: str) -> Path:
+    """A link stub for the CUDA driver (soname libcuda.so.1) exporting `names`, built with the host's C
+    compiler; StepFailed when it cannot be built."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    source = dest.with_name("libcuda-stub.c")
+    source.write_text("/* link-time stand-in for the CUDA driver (made by vllm-provision); the driver's\n"
+                      "   libcuda.so.1 is loaded at run time */\n" + "".join(f"void {n}(void) {{}}\n" for n in names))
+    runner.run([cc, "-shared", "-fPIC", "-O0", f"-Wl,-soname,{STUB_SONAME}", "-o", str(dest), str(source)],
+               log=dest.with_name("libcuda-stub.log"), timeout=120, what="the CUDA driver link stub")
+    return dest
+
+
+def cuda_link_dir(cuda_home: str | None, link_dir: Path, *, system_dirs: Sequence[str] | None = None,
+                  cc: str | None = None) -> tuple[Path | None, str]:
+    """(the directory of link names, a note) for this toolkit on this host (see above); (None, "") without
+    a toolkit. The note says where libcuda comes from when it is not the host's driver."""
+    if not cuda_home:
+        return None, ""
+    dirs = list(dict.fromkeys([*ldconfig_dirs(), *SYSTEM_LIB_DIRS])) if system_dirs is None else list(system_dirs)
+    links = unversioned_links(toolkit_lib_dirs(cuda_home))
+    driver = driver_library(cuda_home, dirs)
+    note = ""
+    shutil.rmtree(link_dir, ignore_errors=True)
+    link_dir.mkdir(parents=True, exist_ok=True)
+    if driver is None:
+        headers = [h for d in ("include", "targets/x86_64-linux/include", "targets/sbsa-linux/include")
+                   for h in (Path(cuda_home) / d / "cuda.h",) if h.is_file()]
+        compiler = cc or shutil.which("cc") or shutil.which("gcc") or "cc"
+        stub = make_driver_stub(link_dir / "stub" / "libcuda.so", driver_api_names(headers[:1]), compiler)
+        links["libcuda.so"] = stub
+        note = (f"no CUDA driver library on this host: linking against a stub ({stub}); the driver's "
+                f"{STUB_SONAME} is loaded at run time")
+    elif "stubs" in driver.parts:
+        links["libcuda.so"] = driver
+        note = f"no CUDA driver library on this host: linking against the toolkit's stub {driver}"
+    else:
+        links["libcuda.so"] = driver
+    for name, target in links.items():
+        (link_dir / name).symlink_to(target)
+    return link_dir, note
+
+
 def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list[str]:
     """CMAKE_ARGS for every configure, the driver's and setup.py's: the disconnection, the externals given as
     cache variables, then the caller's (e.g. a driver stub's path on a host without a GPU)."""
@@ -510,9 +546,11 @@ def cmake_args(externals: Mapping[str, Path], extra: Sequence[str] = ()) -> list
 
 def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], build_dir: Path, *,
                cuda_home: str | None = None, ccache_dir: Path | None = None, base: Mapping[str, str] | None = None,
-               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = ()) -> tuple[dict[str, str], str | None]:
+               extra_cmake_args: Sequence[str] = (), include_dirs: Sequence[str] = (),
+               link_dir: Path | None = None) -> tuple[dict[str, str], str | None]:
     """(environment, ccache path) for configure, build and pip's pass alike; CMAKE_ARGS carries the
-    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's."""
+    disconnection and FETCHCONTENT_BASE_DIR the base, so setup.py's own configure is the driver's. `link_dir`
+    (`cuda_link_dir`) comes first in CMake's and the linker's library search."""
     base = dict(os.environ if base is None else base)
     search = os.pathsep.join([str(Path(python).parent), base.get("PATH", "")])
     ccache = find_ccache(search) if plan.build.ccache else None
@@ -523,6 +561,9 @@ def driver_env(plan, src: Path, python: str, externals: Mapping[str, Path], buil
                     ccache_base=src.resolve().parent, include_dirs=include_dirs)
     env["CMAKE_ARGS"] = " ".join(cmake_args(externals, extra_cmake_args))
     env["FETCHCONTENT_BASE_DIR"] = str(fetchcontent_base(build_dir))
+    if link_dir:
+        for var in ("CMAKE_LIBRARY_PATH", "LIBRARY_PATH"):
+            env[var] = os.pathsep.join(dict.fromkeys([str(link_dir), *[p for p in env.get(var, "").split(os.pathsep) if p]]))
     return env, ccache
 
 
@@ -541,12 +582,13 @@ def _ccache_stats(ccache: str | None, env: Mapping[str, str]) -> dict | None:
 def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: Sequence[str] | None = None,
           time_limit: float | None = None, *, build_dir: Path | None = None, log: Path | None = None,
           cuda_home: str | None = None, ccache_dir: Path | None = None, base_env: Mapping[str, str] | None = None,
-          emit: Callable[[str, bool], None] | None = None, heartbeat_s: float = HEARTBEAT_S,
-          live: bool | None = None, extra_cmake_args: Sequence[str] = (),
+          say: Callable[[str], None] | None = None, heartbeat_s: float | None = None,
+          live: bool | None = None, step: str | None = None, extra_cmake_args: Sequence[str] = (),
           include_dirs: Sequence[str] = ()) -> CMakeBuildFacts:
     """Configure `src` and compile `targets` (default: setup.py's) with the plan's jobs x threads, ccache and
     the externals' override directories; stop cleanly at `time_limit` seconds. Refuses the wrong torch before
-    configure (ConfigError); a failed compile is StepFailed, out of memory with the job count to use."""
+    configure (ConfigError); a failed compile is StepFailed, out of memory with the job count to use.
+    The compile's progress is progress.py's (`say`, `heartbeat_s`, `live`, `step`: as there)."""
     base = dict(os.environ if base_env is None else base_env)
     build_dir = Path(build_dir or src / "build" / "cmake").resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -565,8 +607,11 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
         raise ConfigError("cmake and ninja are needed to build a CMake-era release and one is missing "
                           f"(looked beside {python} and on PATH)",
                           hint="rerun `./inv env --force`: the release's lock installs the cmake and ninja wheels")
+    link_dir, link_note = cuda_link_dir(cuda_home, build_dir / LINK_DIR)
     env, ccache = driver_env(plan, src, python, externals, build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+                             base=base, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs, link_dir=link_dir)
+    if link_note:
+        notes.append(link_note)
     if plan.build.ccache and not ccache:
         notes.append("ccache not found: building without a compiler cache")
     isolation, note = network_isolation(plan.offline)
@@ -577,6 +622,7 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
     with open(log, "a", encoding="utf-8") as fh:
         fh.write("".join(f"# {n}\n" for n in notes))
         fh.write("# overrides: " + " ".join(f"{k}={v}" for k, v in sorted(externals.items())) + "\n")
+    explicit_targets = tuple(targets or ())
     targets = tuple(targets or plan.build.targets or default_targets(_python_version(python)))
 
     started = time.monotonic()
@@ -589,42 +635,46 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
 
     before = _ccache_stats(ccache, env)
     oom_before = oom_kills()
-    reporter = ProgressReporter(heartbeat_s=heartbeat_s, live=live, emit=emit)
-    reporter.total = planned_edges(ninja, build_dir, targets, env)
     memory = MemoryWatch(marker=f"--build\0{build_dir}\0")
     lines: list[str] = []
-
-    def echo(line: str) -> None:
-        lines.append(line)
-        reporter.line(line)
-
     argv = [*isolation, *build_argv(cmake, build_dir, jobs, targets)]
-    memory.start()
-    reporter.heartbeat()
     stopped, returncode = False, 0
     limit = time_limit or plan.build.time_limit
-    compile_started = time.monotonic()
-    try:
-        done = runner.run(argv, log=log, cwd=build_dir, env=env, timeout=limit or BUILD_TIMEOUT,
-                          what="cmake --build", echo=echo, check=False)
-        returncode = done.returncode
-    except StepFailed:
-        if not limit or time.monotonic() - compile_started < limit:
-            raise
-        stopped = True          # runner stopped the whole group at the limit and waited for it to end
-    finally:
-        memory.stop()
-        leftovers = memory.end_leftovers()
+    subset = bool(explicit_targets or plan.build.targets)      # the plan's estimate is for the whole compile
+    with progress("compiling", planned_edges(ninja, build_dir, targets, env), unit="units", step=step,
+                  estimate_s=None if subset else plan.build.expected_seconds or None, heartbeat_s=heartbeat_s,
+                  live=live, say=say) as bar:
+        def echo(line: str) -> None:
+            lines.append(line)
+            status = ninja_status(line)
+            if status:
+                bar.update(*status)
+                bar.note(f"{progress_at(bar.done, bar.total or 0, bar.elapsed).per_minute:.1f} units/min")
+
+        memory.start()
+        try:
+            done = runner.run(argv, log=log, cwd=build_dir, env=env, timeout=limit or BUILD_TIMEOUT,
+                              what="cmake --build", echo=echo, check=False)
+            returncode = done.returncode
+        except StepFailed:
+            if not limit or bar.elapsed < limit:
+                raise
+            stopped = True          # runner stopped the whole group at the limit and waited for it to end
+        finally:
+            memory.stop()
+            leftovers = memory.end_leftovers()
+        rate = progress_at(bar.done, bar.total or bar.done, bar.elapsed)
+        bar.finish(format_final(rate, 0 if subset else plan.build.expected_seconds, stopped) if returncode == 0 or stopped else
+                   f"the compile failed at {rate.done}/{rate.total} units after {duration(rate.elapsed)}")
     if leftovers:
         notes.append(f"killed {len(leftovers)} compile job(s) left running after the build stopped")
-    progress = reporter.finish(plan.build.expected_seconds, stopped)
     after = _ccache_stats(ccache, env)
     cache = cache_summary({k: after.get(k, 0) - before.get(k, 0) for k in after}) if before and after else None
     facts = CMakeBuildFacts(
         build_dir=build_dir, log=log, jobs=jobs, nvcc_threads=threads, targets=targets,
-        configure_seconds=round(configure_s, 1), edges_total=progress.total, units_done=progress.done,
-        seconds=round(progress.elapsed, 1), units_per_minute=round(progress.per_minute, 2),
-        projected_seconds=round(progress.projected_seconds, 0) if progress.projected_seconds is not None else None,
+        configure_seconds=round(configure_s, 1), edges_total=rate.total, units_done=rate.done,
+        seconds=round(rate.elapsed, 1), units_per_minute=round(rate.per_minute, 2),
+        projected_seconds=round(rate.projected_seconds, 0) if rate.projected_seconds is not None else None,
         expected_seconds=plan.build.expected_seconds, stopped_at_limit=stopped,
         peak_memory_bytes=memory.peak_total or None, job_peak_memory_bytes=memory.peak_job or None, ccache=cache,
         network_isolated=bool(isolation), notes=tuple(notes),
@@ -638,10 +688,10 @@ def drive(plan, src: Path, python: str, externals: Mapping[str, Path], targets: 
             peak = (f"; a job peaked at {facts.job_peak_memory_bytes / GIB:.1f} GiB"
                     if facts.job_peak_memory_bytes else "")
             raise StepFailed(f"a compiler was killed, out of memory, at {jobs} jobs x {threads} nvcc thread(s) "
-                             f"({progress.done}/{progress.total} units done{peak}); full log: {log}",
+                             f"({rate.done}/{rate.total} units done{peak}); full log: {log}",
                              hint=f"rerun with --max-jobs {lower} (the compiler cache keeps the finished units)",
                              log_tail=relevant_tail(output), facts=facts.to_dict())
-        raise StepFailed(f"cmake --build failed with exit code {returncode} ({progress.done}/{progress.total} "
+        raise StepFailed(f"cmake --build failed with exit code {returncode} ({rate.done}/{rate.total} "
                          f"units); full log: {log}",
                          hint=diagnose(output, returncode, max_jobs=jobs, cuda=plan.release.main_cuda) or f"read {log}",
                          log_tail=relevant_tail(output), facts=facts.to_dict())
@@ -674,8 +724,9 @@ def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path]
     pip's pass ran (0 when the build tree was reused)."""
     ninja_log = facts.build_dir / ".ninja_log"
     before = _ninja_log_entries(ninja_log)
+    link_dir, _note = cuda_link_dir(cuda_home, facts.build_dir / LINK_DIR)
     env, _ = driver_env(plan, src, python, externals, facts.build_dir, cuda_home=cuda_home, ccache_dir=ccache_dir,
-                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs)
+                        base=base_env, extra_cmake_args=extra_cmake_args, include_dirs=include_dirs, link_dir=link_dir)
     pip_env = dict(env, **editable_env(facts.build_dir, facts.build_dir / "vllmp-setup.cfg"),
                    **setup_py_env(facts.jobs, facts.nvcc_threads))
     isolation, _note = network_isolation(plan.offline)       # --offline: setup.py's configure has no route either

@@ -15,7 +15,8 @@ so a log never looks hung. The ETA is the plan's estimate until something is don
         p.finish("built in 6 min 40 s")           # the closing line (default: counts and time taken)
 
 `watch=fn` polls fn() -> (done, total) once a second, for progress read from outside (a directory's
-files, a log); `unit="bytes"` shows sizes. The context never swallows an exception; on one it prints no
+files, a log); `unit="bytes"` shows sizes; `say=fn` takes the plain form's lines and the closing line
+instead of the console (a caller that records them). The context never swallows an exception; on one it prints no
 closing line (the error says what happened).
 """
 
@@ -63,8 +64,10 @@ class Progress:
     """Counts and times of one long operation; the line both forms show (see the module's docstring)."""
 
     def __init__(self, what: str, total: int | None = None, *, unit: str = "", estimate_s: float | None = None,
-                 step: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 step: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str], None] | None = None) -> None:
         self.what, self.total, self.unit, self.estimate_s, self.step = what, total, unit, estimate_s, step
+        self.say = say
         self.done = 0
         self.doing = ""
         self.closing: str | None = None
@@ -134,7 +137,10 @@ class Progress:
 
 
 def _say(p: Progress, text: str) -> None:
-    ui.step(p.step, text) if p.step else ui.info(text)
+    if p.say:
+        p.say(text)
+    else:
+        ui.step(p.step, text) if p.step else ui.info(text)
 
 
 def _poller(p: Progress, watch: Callable[[], tuple[int | None, int | None] | None] | None,
@@ -162,15 +168,16 @@ def _poller(p: Progress, watch: Callable[[], tuple[int | None, int | None] | Non
 def progress(what: str, total: int | None = None, *, unit: str = "", estimate_s: float | None = None,
              step: str | None = None, heartbeat_s: float | None = None,
              watch: Callable[[], tuple[int | None, int | None] | None] | None = None,
-             live: bool | None = None) -> Iterator[Progress]:
+             live: bool | None = None, say: Callable[[str], None] | None = None) -> Iterator[Progress]:
     """Show the progress of one long operation while the block runs (see the module's docstring).
 
     what: what is being done ("compiling", "installing the lock"); total/unit: what is counted
     ("units", "packages", "bytes"); estimate_s: the plan's estimate, shown until a rate is measured;
     step: the step's name for the `[step]` prefix; heartbeat_s: the plain form's interval (default
     VLLMP_HEARTBEAT_S or 30 s); watch: polled once a second for (done, total); live: force the terminal
-    (True) or the plain (False) form, default by whether stderr is a terminal."""
-    p = Progress(what, total, unit=unit, estimate_s=estimate_s, step=step)
+    (True) or the plain (False) form, default by whether stderr is a terminal; say: where the plain lines
+    and the closing line go (default: the console, with the `[step]` prefix)."""
+    p = Progress(what, total, unit=unit, estimate_s=estimate_s, step=step, say=say)
     if _active:      # e.g. pip's install alongside the compile: the compile's display speaks for both
         yield p
         return

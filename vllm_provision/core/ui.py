@@ -68,21 +68,3 @@ def error(message: str, hint: str | None = None, log_tail: str | None = None) ->
 
 def step(name: str, message: str) -> None:
     console.print(f"[{name}] {redact_text(message)}", markup=False)
-
-
-_live = {"open": False}
-
-
-def progress(message: str, final: bool = False) -> None:
-    """A long command's progress: one line rewritten in place on a terminal, a line each otherwise (CI logs);
-    `final` ends the live line and prints the closing one."""
-    text = redact_text(message)
-    if interactive() and not final:
-        console.file.write("\r\033[K" + text)
-        console.file.flush()
-        _live["open"] = True
-        return
-    if _live["open"]:
-        console.file.write("\n")
-        _live["open"] = False
-    console.print(text, markup=False)

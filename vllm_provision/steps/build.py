@@ -299,7 +299,7 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     kw = dict(cuda_home=info.cuda_home, include_dirs=info.include_dirs,
               ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
     built = cmake_driver.drive(plan, src, info.python, externals, plan.build.targets or None, plan.build.time_limit,
-                               build_dir=src / "build" / "cmake", log=ctx.log, **kw)
+                               build_dir=src / "build" / "cmake", log=ctx.log, step=ctx.name, **kw)
     facts = built.to_dict() | {"source": "compiled", "arch_list": plan.build.torch_cuda_arch_list,
                                "torch": info.torch, "log": str(ctx.log)}
     ninja_log = src / "build" / "cmake" / ".ninja_log"
