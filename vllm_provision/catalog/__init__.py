@@ -28,7 +28,7 @@ RELEASE_FIELDS = {"version", "released", "python_tested", "build_system", "main_
                   "cmake_min", "nvcc_min", "job_peak_gib", "compile_cpu_seconds_per_arch", "external", "llm_engine"}
 SOURCE_FIELDS = {"kind", "file", "sha256", "tree_sha256", "url"}
 EXTERNAL_FIELDS = {"name", "repo", "commit", "tag", "override", "role", "subdir", "include", "tree_sha256",
-                   "wheel_path", "submodule"}
+                   "wheel_path", "wheel_tree", "wheel_rewrite", "submodule"}
 SUBMODULE_FIELDS = {"path", "repo", "commit", "include"}
 EXTERNAL_ROLES = ("compiled", "copied")
 # v0: the engine up to 0.10 (`# GPU blocks`, CPU swap blocks); v1: the only engine from 0.11 (the KV cache in
@@ -66,6 +66,10 @@ class External:
     tag: str = ""
     subdir: str = ""                # the directory inside the repository the override points at
     wheel_path: str = ""            # copied parts: where the release's own wheel ships them
+    wheel_tree: str = ""            # where those files lie inside the external's tree ("" = its root)
+    # text the release's install replaced in the wheel's copies, as (original, installed) pairs: the wheel
+    # origin puts each original back before the tree hash is checked
+    wheel_rewrite: tuple[tuple[str, str], ...] = ()
     submodules: tuple[Submodule, ...] = ()
 
     @property
@@ -166,11 +170,23 @@ def _parse_external(raw: Mapping, where: str) -> External:
                               include=tuple(sub["include"])))
     if "commit" not in raw and not raw.get("tag"):
         raise ConfigError(f"{where}: external {name} has neither a commit nor a tag", hint="pin it by full commit")
+    wheel_path = raw.get("wheel_path", "").strip("/")
+    if wheel_path and raw["role"] != "copied":
+        raise ConfigError(f"{where}: external {name} has a wheel_path but is {raw['role']}",
+                          hint="only copied externals ship as files in the release's wheel")
+    if ("wheel_tree" in raw or "wheel_rewrite" in raw) and not wheel_path:
+        raise ConfigError(f"{where}: external {name} has wheel_tree or wheel_rewrite without wheel_path",
+                          hint="name the directory the release's wheel ships the files under (wheel_path)")
+    rewrite = raw.get("wheel_rewrite", {})
+    if not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in rewrite.items()):
+        raise ConfigError(f"{where}: external {name}: wheel_rewrite maps non-empty strings to strings",
+                          hint='e.g. wheel_rewrite = { "flash_attn.cute" = "vllm.third_party.tml_fa4" }')
     return External(name=name, repo=raw["repo"],
                     commit=_commit(raw["commit"], f"{where}: {name}") if "commit" in raw else "",
                     override=raw["override"], role=raw["role"], include=tuple(raw["include"]),
                     tree_sha256=raw.get("tree_sha256", ""), tag=raw.get("tag", ""),
-                    subdir=raw.get("subdir", "").strip("/"), wheel_path=raw.get("wheel_path", ""),
+                    subdir=raw.get("subdir", "").strip("/"), wheel_path=wheel_path,
+                    wheel_tree=raw.get("wheel_tree", "").strip("/"), wheel_rewrite=tuple(rewrite.items()),
                     submodules=tuple(subs))
 
 
