@@ -69,6 +69,14 @@ def external_template(value: str) -> str:
     return _template(value, EXTERNAL_TEMPLATE_FIELDS)
 
 
+def release_wheel_template(value: str) -> str:
+    """The release's own wheel: the file name must stay a vLLM wheel's (`vllm-{version}-*.whl`)."""
+    value = _template(value, ("version",))
+    if not re.fullmatch(r"vllm-\{version\}-[^/]+\.whl", value.split("?", 1)[0].rsplit("/", 1)[-1]):
+        raise ValueError(f"{value!r} does not end in a vLLM wheel's name, vllm-{{version}}-<tags>.whl")
+    return value
+
+
 def not_bool(value: Any) -> Any:
     if isinstance(value, bool):   # pydantic would take true as 1
         raise ValueError(f"{value!r} is not a whole number")
@@ -149,6 +157,11 @@ class Fetch(Section):
                                                   "before GitHub: https://files.corp/gh/{repo}/{commit}.tar.gz or "
                                                   "git+https://git.corp/{owner}/{project}.git ({repo}, {owner}, "
                                                   "{project}, {commit}, {name})")]
+    release_wheels: Annotated[list[Annotated[str, AfterValidator(release_wheel_template)]], BeforeValidator(one_or_many),
+                              Field(description="a list of URL templates of the release's own wheel, such as "
+                                                "[https://files.corp/vllm/vllm-{version}-cp38-abi3-manylinux_2_28_x86_64.whl] "
+                                                "({version} only): copied externals are read from it after "
+                                                "external_mirrors, before GitHub")]
     bundle: Annotated[Optional[str], Field(description="null or a source bundle (directory or .tar) written by "
                                                        "`./inv bundle`, imported into the cache before fetching")]
     timeout: Seconds

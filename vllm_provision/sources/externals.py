@@ -6,6 +6,11 @@ through the release's override variables.
 Cache layout (`<cache>/externals/`): `<name>-<commit12>.tar.gz` (the trimmed tree under one top directory,
 byte-reproducible) and `<name>-<commit12>.json` (its tree hash and the archive's sha256, written only after
 the tree was verified): a cached archive is trusted when its bytes still match that record.
+
+A copied external (role "copied": files the install copies into vLLM's wheel, never compiled) may also come
+from the release's own wheel (`vllm-<version>-*.whl` in the download cache, or `fetch.release_wheels`): only
+the entries under its `wheel_path` are read, placed at `wheel_tree`, any text the install rewrote put back,
+and the result verified by the same tree hash as every other origin.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import json
 import os
 import shutil
 import tarfile
+import stat
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import IO, Callable, Iterable, Mapping
 
 from vllm_provision.core import runner, ui
 from vllm_provision.catalog import External, Release
@@ -35,17 +42,20 @@ BUNDLE_SCHEMA_VERSION = 1
 @dataclass(frozen=True)
 class Origin:
     """One place a repository's tree at a commit may come from."""
-    kind: str        # tarball | git
+    kind: str        # tarball | git | wheel (the release's wheel: a path in the download cache or a URL)
     url: str
 
 
-def origins(repo: str, commit: str, name: str, mirrors: Iterable[str], github: bool) -> list[Origin]:
-    """The configured mirrors in order, then GitHub's archive of the commit (or tag: `commit` is the ref)."""
+def origins(repo: str, commit: str, name: str, mirrors: Iterable[str], github: bool,
+            wheels: Iterable[str] = ()) -> list[Origin]:
+    """The configured mirrors in order, then the release's wheels (copied externals only: `release_wheels`),
+    then GitHub's archive of the commit (or tag: `commit` is the ref)."""
     owner, _, project = repo.partition("/")
     out = []
     for template in mirrors:
         url = template.format(repo=repo, owner=owner, project=project, commit=commit, name=name)
         out.append(Origin("git", url[4:]) if url.startswith("git+") else Origin("tarball", url))
+    out += [Origin("wheel", w) for w in wheels]
     if github:
         out.append(Origin("tarball", GITHUB_ARCHIVE.format(repo=repo, commit=commit)))
     return out
@@ -73,13 +83,26 @@ def cache_dir(cache: Path) -> Path:
     return cache / "externals"
 
 
+def wheel_name_pattern(version: str) -> str:
+    return f"vllm-{version}-*.whl"
+
+
+def release_wheels(version: str, external: External, settings: Mapping, cache: Path) -> list[str]:
+    """Where a copied external's files may be read from the release's own wheel: each `vllm-<version>-*.whl`
+    already in the download cache (`<cache>/sources`), then each `fetch.release_wheels` URL (its `{version}`
+    filled in) whose file the cache does not hold yet. None for a compiled external or one without wheel_path."""
+    if external.role != "copied" or not external.wheel_path:
+        return []
+    cached = sorted(p for p in (cache / "sources").glob(wheel_name_pattern(version)) if p.is_file())
+    urls = [t.format(version=version) for t in settings["fetch"].get("release_wheels") or ()]
+    names = {p.name for p in cached}
+    return [str(p) for p in cached] + [u for u in urls if _url_file(u) not in names]
+
+
 def plan_externals(release: Release, settings: Mapping, cache: Path) -> tuple[ExternalPlan, ...]:
-    fetch = settings["fetch"]
     out = []
     for ext in release.externals:
-        shown = [f"{o.kind} {redact_url(o.url)}"
-                 for o in origins(ext.repo, ext.ref, ext.name, fetch.get("external_mirrors") or (),
-                                  bool(fetch.get("github", True)))]
+        shown = [f"{o.kind} {redact_url(o.url)}" for o in _external_origins(release.version, ext, settings, cache)]
         out.append(ExternalPlan(ext.name, ext.repo, ext.ref, ext.override, ext.role, ext.tree_sha256,
                                 archive_name(ext), cached_archive(cache, ext) is not None, tuple(shown)))
     return tuple(out)
@@ -188,6 +211,89 @@ def _origins_of(repo: str, commit: str, name: str, settings: Mapping) -> list[Or
     return origins(repo, commit, name, fetch.get("external_mirrors") or (), bool(fetch.get("github", True)))
 
 
+def _external_origins(version: str, external: External, settings: Mapping, cache: Path) -> list[Origin]:
+    fetch = settings["fetch"]
+    return origins(external.repo, external.ref, external.name, fetch.get("external_mirrors") or (),
+                   bool(fetch.get("github", True)), release_wheels(version, external, settings, cache))
+
+
+def _url_file(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _release_wheel(where: str, version: str, cache: Path, http: HttpSettings) -> Path:
+    """The wheel at `where`: a file in the download cache, or a URL downloaded into it once (the three copied
+    externals share one download)."""
+    if "://" not in where:
+        return Path(where)
+    name = _url_file(where)
+    if not Path(name).match(wheel_name_pattern(version)):
+        raise StepFailed(f"{redact_url(where)} does not name a vLLM {version} wheel ({wheel_name_pattern(version)})",
+                         hint="fetch.release_wheels lists URLs of the release's own wheel, e.g. "
+                              "https://files.corp/vllm/vllm-{version}-cp38-abi3-manylinux_2_28_x86_64.whl")
+    dest = cache / "sources" / name
+    with cache_lock(dest):
+        if not dest.is_file():
+            download(where, dest, http, log=ui.info)
+    return dest
+
+
+# an installed file that the wheel origin reads whole to undo a rewrite; larger ones are refused
+REWRITE_MAX_BYTES = 64 << 20
+
+
+def _copy_member(src: IO[bytes], dst: IO[bytes], size: int, rewrite: tuple[tuple[str, str], ...], name: str) -> None:
+    if not rewrite:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        return
+    if size > REWRITE_MAX_BYTES:
+        raise StepFailed(f"{name} is {size} bytes: too large to undo the install's rewrite in")
+    data = src.read(REWRITE_MAX_BYTES + 1)
+    for original, installed in rewrite:
+        data = data.replace(installed.encode(), original.encode())
+    dst.write(data)
+
+
+def _wheel_tree(external: External, wheel: Path, dest: Path) -> Path:
+    """The external's tree from the wheel's entries under `wheel_path/` (no other entry is read), each placed at
+    `wheel_tree/` and streamed to disk, with the install's rewrites undone. An entry that would leave that
+    directory (`..`, an absolute path, a backslash), a link, or a name given twice is refused."""
+    prefix = external.wheel_path.strip("/") + "/"
+    root = dest / "tree"
+    base = root.joinpath(*external.wheel_tree.split("/")) if external.wheel_tree else root
+    base.mkdir(parents=True)
+    count = 0
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if not info.filename.startswith(prefix) or info.is_dir():
+                    continue
+                rel = info.filename[len(prefix):]
+                parts = rel.split("/")
+                if "\\" in rel or any(part in ("", ".", "..") for part in parts):
+                    raise StepFailed(f"{wheel.name}: the entry {info.filename!r} escapes {prefix}",
+                                     hint="the file is not a wheel the release's build wrote: remove it")
+                mode = info.external_attr >> 16
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                    raise StepFailed(f"{wheel.name}: the entry {info.filename!r} is not a plain file",
+                                     hint="the file is not a wheel the release's build wrote: remove it")
+                target = base.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as dst:
+                    _copy_member(src, dst, info.file_size, external.wheel_rewrite, info.filename)
+                target.chmod(0o755 if mode & 0o111 else 0o644)
+                count += 1
+    except FileExistsError as exc:
+        raise StepFailed(f"{wheel.name}: an entry under {prefix} is given twice ({exc.filename})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise StepFailed(f"{wheel.name} cannot be read as a wheel: {exc}",
+                         hint="the file is damaged or not a wheel: remove it from the download cache") from None
+    if not count:
+        raise StepFailed(f"{wheel.name} has no files under {prefix}",
+                         hint=f"a vLLM wheel without {external.name} (another release, or a build without it)")
+    return root
+
+
 def _tree_from(origin: Origin, commit: str, dest: Path, http: HttpSettings, log: Path | None) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -234,13 +340,17 @@ def assemble(external: External, work: Path, settings: Mapping, http: HttpSettin
     return _with_submodules(external, tree, work, settings, http, log)
 
 
-def _fetch_one(external: External, cache: Path, settings: Mapping, http: HttpSettings, log: Path | None) -> Path:
+def _fetch_one(version: str, external: External, cache: Path, settings: Mapping, http: HttpSettings,
+               log: Path | None) -> Path:
     """Each origin in turn until one serves a tree whose content is the catalog's (a mirror serving other
-    files for the commit is reported and passed over)."""
+    files for the commit, or a wheel with other copies, is reported and passed over)."""
     failures = []
-    for n, origin in enumerate(_origins_of(external.repo, external.ref, external.name, settings)):
+    for n, origin in enumerate(_external_origins(version, external, settings, cache)):
         with tempfile.TemporaryDirectory(dir=cache_dir(cache)) as tmp:
             try:
+                if origin.kind == "wheel":
+                    wheel = _release_wheel(origin.url, version, cache, http)
+                    return _store(cache, external, _wheel_tree(external, wheel, Path(tmp) / f"{external.name}-{n}"))
                 tree = _tree_from(origin, external.ref, Path(tmp) / f"{external.name}-{n}", http, log)
                 return _store(cache, external, _with_submodules(external, tree, Path(tmp), settings, http, log))
             except StepFailed as exc:
@@ -278,7 +388,7 @@ def obtain(release: Release, cache: Path, settings: Mapping, http: HttpSettings,
         with cache_lock(archive):
             if cached_archive(cache, external) is None:
                 say(f"external {n}/{len(release.externals)}: {external.short}")
-                _fetch_one(external, cache, settings, http, log)
+                _fetch_one(release.version, external, cache, settings, http, log)
         out[external.name] = archive
     return out
 
@@ -428,5 +538,5 @@ def summary(obtained: Mapping[str, Path]) -> str:
     return f"{len(obtained)} external sources verified in the cache ({size / 1e6:.1f} MB)"
 
 
-__all__ = ["ExternalPlan", "Origin", "origins", "plan_externals", "cached_archive", "obtain", "prepare", "prepared_externals",
+__all__ = ["ExternalPlan", "Origin", "origins", "release_wheels", "plan_externals", "cached_archive", "obtain", "prepare", "prepared_externals",
            "write_bundle", "import_bundle", "bundle_size", "summary", "assemble", "record"]
