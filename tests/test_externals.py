@@ -235,3 +235,184 @@ def test_the_shipped_0_26_0_bundle_verifies_against_the_catalog_and_feeds_an_off
     assert (overrides["VLLM_CUTLASS_SRC_DIR"] / "include" / "cute" / "tensor.hpp").is_file()
     assert (overrides["FETCHCONTENT_SOURCE_DIR_VLLM-FLASH-ATTN"] / "csrc" / "cutlass" / "include").is_dir()
     assert not (overrides["VLLM_CUTLASS_SRC_DIR"] / "test").exists(), "trimmed to what the build reads"
+
+
+# --- the wheel origin: copied externals read from the release's own wheel --------------------------------------
+
+WHEEL = "vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+
+
+@pytest.fixture(scope="module")
+def copied_trees(tmp_path_factory) -> dict[str, dict[str, bytes]]:
+    """The three copied externals' real files (name -> path inside the external's tree -> bytes), from the
+    shipped bundle: their hashes are the catalog's pins."""
+    import json
+    from vllm_provision.sources.extract import safe_extract, tree_files
+    root = safe_extract(SHIPPED, tmp_path_factory.mktemp("shipped") / "b")
+    dirs = {e["name"]: e["dir"] for e in json.loads((root / "bundle.json").read_text())["externals"]}
+    out = {}
+    for ext in get_release("0.26.0").externals:
+        if ext.role == "copied":
+            tree = root / dirs[ext.name]
+            out[ext.name] = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree_files(tree)}
+    return out
+
+
+def copied_release():
+    release = get_release("0.26.0")
+    return dataclasses.replace(release, externals=tuple(e for e in release.externals if e.role == "copied"))
+
+
+def make_wheel(trees: dict[str, dict[str, bytes]], change: tuple[str, str] | None = None,
+               extra: dict[str, bytes] | None = None) -> bytes:
+    """A real wheel (zip) as the release's install lays it out: each copied external's files under its
+    wheel_path, with the install's rewrite applied, and a module of vLLM's own; `change` = (external, file)
+    whose copy differs."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    by_name = {e.name: e for e in copied_release().externals}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("vllm/__init__.py", b"__version__ = '0.26.0'\n")
+        for name, files in trees.items():
+            ext = by_name[name]
+            for rel, data in files.items():
+                if ext.wheel_tree:
+                    assert rel.startswith(ext.wheel_tree + "/")
+                    rel = rel[len(ext.wheel_tree) + 1:]
+                for original, installed in ext.wheel_rewrite:
+                    data = data.replace(original.encode(), installed.encode())
+                if change == (name, rel):
+                    data += b"# changed\n"
+                zf.writestr(f"{ext.wheel_path}/{rel}", data)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+        zf.writestr("vllm-0.26.0.dist-info/RECORD", b"")
+    return buf.getvalue()
+
+
+def wheel_settings(*urls: str) -> dict:
+    return {"fetch": {"external_mirrors": [], "github": False, "release_wheels": list(urls)}}
+
+
+def test_copied_externals_come_from_the_release_wheel_and_verify(tmp_path, http_server, copied_trees):
+    release = copied_release()
+    http_server.routes[f"/whl/{WHEEL}"] = Route(make_wheel(copied_trees))
+    template = f"{http_server.url}/whl/vllm-{{version}}-cp38-abi3-manylinux_2_28_x86_64.whl"
+    cache = tmp_path / "cache"
+    got = externals.obtain(release, cache, wheel_settings(template), HTTP, offline=False)
+    assert set(got) == {"triton_kernels", "fmha_sm100", "tml_fa4"}
+    assert all(externals.cached_archive(cache, e) for e in release.externals)
+    assert http_server.paths().count(f"/whl/{WHEEL}") == 1, "one download serves the three externals"
+    assert (cache / "sources" / WHEEL).is_file(), "the wheel stays in the download cache"
+    overrides = externals.prepare(release, cache, tmp_path / "ws")
+    fa4 = (overrides["TML_FA4_SRC_DIR"] / "flash_attn" / "cute" / "flash_fwd.py").read_text()
+    assert "from flash_attn.cute import utils" in fa4 and "vllm.third_party" not in fa4, "the rewrite is undone"
+    assert (overrides["FMHA_SM100_SRC_DIR"] / "python" / "fmha_sm100" / "api.py").is_file()
+    assert (overrides["TRITON_KERNELS_SRC_DIR"] / "matmul_ogs.py").is_file()
+    assert not (overrides["TRITON_KERNELS_SRC_DIR"] / "__init__.py").read_bytes().startswith(b"__version__")
+
+
+def test_the_wheel_in_the_download_cache_serves_with_no_url_configured(tmp_path, http_server, copied_trees):
+    cache = tmp_path / "cache"
+    (cache / "sources").mkdir(parents=True)
+    (cache / "sources" / WHEEL).write_bytes(make_wheel(copied_trees))
+    plans = externals.plan_externals(copied_release(), wheel_settings(), cache)
+    assert [p.origins for p in plans] == [(f"wheel {cache / 'sources' / WHEEL}",)] * 3
+    externals.obtain(copied_release(), cache, wheel_settings(), HTTP, offline=False)
+    assert all(externals.cached_archive(cache, e) for e in copied_release().externals)
+
+
+def test_a_wheel_whose_copy_differs_is_refused_and_the_next_origin_used(tmp_path, http_server, copied_trees):
+    release = copied_release()
+    tk = next(e for e in release.externals if e.name == "triton_kernels")
+    other = WHEEL.replace("x86_64", "aarch64")
+    http_server.routes[f"/bad/{other}"] = Route(make_wheel(copied_trees, change=("triton_kernels", "topk.py")))
+    http_server.routes[f"/good/{WHEEL}"] = Route(make_wheel(copied_trees))
+    bad = f"{http_server.url}/bad/vllm-{{version}}-cp38-abi3-manylinux_2_28_aarch64.whl"
+    good = f"{http_server.url}/good/vllm-{{version}}-cp38-abi3-manylinux_2_28_x86_64.whl"
+    with pytest.raises(StepFailed) as err:
+        externals.obtain(release, tmp_path / "c1", wheel_settings(bad), HTTP, offline=False)
+    assert "triton_kernels-0add68262ab0: the tree's content hash is" in err.value.message
+    assert f"the catalog pins {tk.tree_sha256}" in err.value.message and f"wheel {bad.format(version='0.26.0')}" \
+        in err.value.message
+    assert externals.cached_archive(tmp_path / "c1", tk) is None
+    said = []
+    externals.obtain(release, tmp_path / "c2", wheel_settings(bad, good), HTTP, offline=False, say=said.append)
+    assert all(externals.cached_archive(tmp_path / "c2", e) for e in release.externals)
+    # the copy differing only in triton_kernels: the other two verified from the first wheel, never the second
+    assert http_server.paths().count(f"/good/{WHEEL}") == 1
+
+
+def test_a_compiled_external_never_uses_the_wheel_origin(tmp_path, http_server, copied_trees):
+    release = get_release("0.26.0")
+    cutlass = next(e for e in release.externals if e.name == "cutlass")
+    cache = tmp_path / "cache"
+    (cache / "sources").mkdir(parents=True)
+    # a wheel that even holds cutlass's files: still not a source for a compiled external
+    (cache / "sources" / WHEEL).write_bytes(make_wheel(copied_trees, extra={"vllm/third_party/cutlass/x.h": b""}))
+    template = f"{http_server.url}/whl/vllm-{{version}}-cp38-abi3-manylinux_2_28_aarch64.whl"
+    plans = {p.name: p for p in externals.plan_externals(release, wheel_settings(template), cache)}
+    assert not [o for o in plans["cutlass"].origins if o.startswith("wheel")]
+    assert [o.split()[0] for o in plans["tml_fa4"].origins] == ["wheel", "wheel"]
+    with pytest.raises(StepFailed) as err:
+        externals.obtain(dataclasses.replace(release, externals=(cutlass,)), cache, wheel_settings(template), HTTP,
+                         offline=False)
+    assert "no source is configured for NVIDIA/cutlass" in err.value.message and not http_server.requests
+    with pytest.raises(ConfigError, match="has a wheel_path but is compiled"):
+        from vllm_provision.catalog import _parse_external
+        _parse_external({"name": "x", "repo": "a/b", "commit": "0" * 40, "override": "X", "role": "compiled",
+                         "include": ["**"], "wheel_path": "vllm/third_party/x"}, "t.toml")
+
+
+def test_the_wheel_origin_comes_after_the_mirrors_and_before_github(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "sources").mkdir(parents=True)
+    (cache / "sources" / WHEEL).write_bytes(b"")
+    settings_ = {"fetch": {"external_mirrors": ["https://m/{repo}/{commit}.tar.gz"], "github": True,
+                           "release_wheels": ["https://w/vllm-{version}-py3-none-any.whl"]}}
+    plan = next(p for p in externals.plan_externals(get_release("0.26.0"), settings_, cache) if p.name == "tml_fa4")
+    assert [o.split()[0] for o in plan.origins] == ["tarball", "wheel", "wheel", "tarball"]
+    assert plan.origins[1:3] == (f"wheel {cache / 'sources' / WHEEL}", "wheel https://w/vllm-0.26.0-py3-none-any.whl")
+    assert "github.com" in plan.origins[3]
+
+
+@pytest.mark.parametrize("entry", ["vllm/third_party/triton_kernels/../../../escaped.py",
+                                   "vllm/third_party/triton_kernels//abs.py",
+                                   "vllm/third_party/triton_kernels/a\\..\\..\\b.py"])
+def test_a_wheel_entry_escaping_its_directory_is_refused(tmp_path, copied_trees, entry):
+    cache = tmp_path / "cache"
+    (cache / "sources").mkdir(parents=True)
+    (cache / "sources" / WHEEL).write_bytes(make_wheel(copied_trees, extra={entry: b"x"}))
+    release = dataclasses.replace(copied_release(), externals=copied_release().externals[:1])
+    with pytest.raises(StepFailed) as err:
+        externals.obtain(release, cache, wheel_settings(), HTTP, offline=False)
+    assert "escapes vllm/third_party/triton_kernels/" in err.value.message
+    assert not list(tmp_path.rglob("escaped.py")) and externals.cached_archive(cache, release.externals[0]) is None
+
+
+def test_a_link_in_the_wheel_is_refused(tmp_path, copied_trees):
+    import io
+    import zipfile
+    data = io.BytesIO(make_wheel(copied_trees))
+    with zipfile.ZipFile(data, "a") as zf:
+        info = zipfile.ZipInfo("vllm/third_party/triton_kernels/link.py")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    cache = tmp_path / "cache"
+    (cache / "sources").mkdir(parents=True)
+    (cache / "sources" / WHEEL).write_bytes(data.getvalue())
+    release = dataclasses.replace(copied_release(), externals=copied_release().externals[:1])
+    with pytest.raises(StepFailed, match="is not a plain file"):
+        externals.obtain(release, cache, wheel_settings(), HTTP, offline=False)
+
+
+def test_release_wheels_are_set_like_any_list_and_must_name_a_vllm_wheel():
+    from vllm_provision.core import config
+    template = "https://files.corp/vllm/vllm-{version}-cp38-abi3-manylinux_2_28_x86_64.whl"
+    assert config.resolve({}, {})["fetch"]["release_wheels"] == []
+    assert config.resolve({}, {"VLLMP_FETCH__RELEASE_WHEELS": f"[{template}]"})["fetch"]["release_wheels"] == [template]
+    for bad in ("https://files.corp/vllm/{file}", "https://files.corp/vllm/vllm-{commit}-x.whl",
+                "https://files.corp/vllm/other-{version}-x.whl"):
+        with pytest.raises(ConfigError, match="release_wheels"):
+            config.resolve({}, {"VLLMP_FETCH__RELEASE_WHEELS": bad})
