@@ -28,6 +28,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.core import envinfo, runner, timings
+from vllm_provision.core.archs import base_archs
 from vllm_provision.diagnostics import preflight
 from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
@@ -382,7 +383,7 @@ def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
 def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Target:
     """What the artifact must fit; on a GPU-less host (an image build) the archs must cover the plan's."""
     gpus = ctx.facts.compute_caps
-    planned = tuple(dict.fromkeys(a.removesuffix("+PTX") for a in ctx.plan.build.arch_list))
+    planned = base_archs(ctx.plan.build.arch_list)
     return artifact_manifest.Target(torch=info.torch, torch_cuda=info.torch_cuda, cxx11_abi=info.cxx11_abi,
                                     python_tag=artifact_manifest.python_tag(info.python_version),
                                     compute_caps=gpus or planned, glibc=artifact_manifest.host_glibc(),
