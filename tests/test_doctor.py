@@ -273,7 +273,7 @@ def test_cli_json_shape_junit_and_exit_codes(isolated, http_server, tmp_path):
     junit = tmp_path / "doctor.xml"
     done = _inv("doctor", "--json", "--arch", "9.0", "--junit", str(junit), env=env)
     data = json.loads(done.stdout)
-    assert set(data) == {"ok", "checks"}
+    assert set(data) == {"schema_version", "kind", "ok", "checks"} and data["kind"] == "doctor"
     assert all(set(c) == {"name", "status", "detail", "hint"} for c in data["checks"])
     assert {c["status"] for c in data["checks"]} <= {"pass", "warn", "fail", "skip"}
     assert done.returncode == (0 if data["ok"] else 1), done.stderr

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import jsonschema
 import pytest
 
 from conftest import ROOT
 from processes import alive, children_of, group_gone
+from vllm_provision.core.outputs import stamped
 
 import torch.distributed  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 
@@ -42,6 +44,8 @@ def test_gloo_all_reduce_across_three_ranks_is_checked_and_measured(tmp_path):
     assert [(r["rank"], r["joined"], r["phase"], r["returncode"]) for r in doc["ranks"]] == \
         [(r, True, "done", 0) for r in range(3)]
     assert doc["never_joined"] == [] and group_gone(doc["process_group"])
+    schema = json.loads((ROOT / "vllm_provision" / "schemas" / "nccl.schema.json").read_text())
+    jsonschema.validate(stamped("nccl", doc), schema)     # what `./inv nccl --json` prints
     assert "1 MiB" in done.stderr and "nccl check: ok" in done.stderr
 
 

@@ -280,7 +280,7 @@ def test_cli_verify_before_a_build_exits_2(isolated):
     profile = build_plan({}, facts=HostFacts()).profile   # the checkout's default profile
     assert f"nothing built for 0.2.2/{profile} yet; run `./inv build`" in done.stderr
     assert "Traceback" not in done.stderr
-    assert json.loads(done.stdout) == {"ok": False, "error": f"nothing built for 0.2.2/{profile} yet; run `./inv build`",
+    assert json.loads(done.stdout) == {"schema_version": 1, "kind": "error", "ok": False, "error": f"nothing built for 0.2.2/{profile} yet; run `./inv build`",
                                        "hint": "run `./inv build` (or `./inv provision`) first, then `./inv verify`",
                                        "exit_code": 2}
 

@@ -20,6 +20,7 @@ from vllm_provision.probes import host
 from vllm_provision.sources import externals
 from vllm_provision.checks import from_dicts, print_checks, summarize, to_json
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
+from vllm_provision.core.outputs import stamped
 from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
 from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 from vllm_provision.core.redact import redact_text
@@ -50,7 +51,8 @@ def handles_errors(func: Callable) -> Callable:
             code = exc.exit_code
             ui.error(exc.message, exc.hint, exc.log_tail)
             if kwargs.get("json"):      # --json: the failure as the last stdout line too (fleet runs read it)
-                print_json({"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+                print_json(stamped("error", {"ok": False, "error": exc.message, "hint": exc.hint,
+                                             "exit_code": exc.exit_code}))
             raise Exit(code=exc.exit_code)
         except KeyboardInterrupt as exc:
             code = interrupted_exit_code(exc)
@@ -81,7 +83,7 @@ def make_plan(**flags: Any) -> Plan:
 def print_plan(plan: Plan, as_json: bool) -> None:
     data = plan.to_dict()
     if as_json:
-        ui.out.print_json(json.dumps(data))
+        ui.out.print_json(json.dumps(stamped("plan", data)))
         return
     table = Table(title=f"plan: vLLM {plan.release.version} / profile {plan.profile}", show_lines=False)
     table.add_column("section")
@@ -165,11 +167,11 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
         first = bad[0]
         ui.error(f"step {first.step} {first.status}: {first.detail}", first.hint, first.facts.get("log_tail"))
         if as_json:
-            print_json(summary | {"error": f"step {first.step} {first.status}: {first.detail}", "hint": first.hint,
-                                  "exit_code": first.exit_code or 1})
+            print_json(stamped("pipeline", summary | {"error": f"step {first.step} {first.status}: {first.detail}",
+                                                      "hint": first.hint, "exit_code": first.exit_code or 1}))
         raise Exit(code=first.exit_code or 1)
     if as_json:
-        print_json(summary)
+        print_json(stamped("pipeline", summary))
     return results
 
 
@@ -226,7 +228,7 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
     report.merge_section(ws.report, "nccl", data, release=plan.release.version, profile=plan.profile)
     report.render(ws.report)
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json.dumps(stamped("nccl", data), indent=2) + "\n")
     else:
         for line in smoke.nccl_lines(data):
             ui.info(line)
@@ -259,7 +261,8 @@ def doctor_task(*, as_json: bool = False, junit: str | None = None, timeout: flo
         ui.warn(f"could not write {rep}: {exc}")
     if junit:
         report.write_junit(junit, "vllm-provision.doctor", checks)
-    print_checks(f"doctor: vLLM {plan.release.version} / {plan.profile} ({seconds:.1f} s)", checks, as_json)
+    print_checks(f"doctor: vLLM {plan.release.version} / {plan.profile} ({seconds:.1f} s)", checks, as_json,
+                 kind="doctor")
     return summarize(checks)[1]
 
 
@@ -275,7 +278,7 @@ def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> 
     checks = from_dicts(result.facts["checks"])
     if junit:
         report.write_junit(junit, "vllm-provision.verify", checks)
-    print_checks(f"verify: vLLM {plan.release.version} / {plan.profile}", checks, as_json)
+    print_checks(f"verify: vLLM {plan.release.version} / {plan.profile}", checks, as_json, kind="verify")
     ui.info(f"report: {plan.workspace.report} and {plan.workspace.report.with_suffix('.md')}")
     return summarize(checks)[1]
 
@@ -317,7 +320,7 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
         if push and not published:
             ui.warn("--push: no writable cache in artifacts.caches; the wheel stays where it is")
     if as_json:
-        print_json({"ok": True} | summary | {"published": published})
+        print_json(stamped("wheel", {"ok": True} | summary | {"published": published}))
         return
     for name, value in summary.items():
         ui.info(f"{name}: {', '.join(value) if isinstance(value, list) else value}")

@@ -13,6 +13,7 @@ from packaging.version import InvalidVersion, Version
 from vllm_provision import GIB, PROJECT_ROOT, catalog, minor_version
 from vllm_provision.catalog import patches
 from vllm_provision.core import config
+from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.probes import envprobe, host
 from vllm_provision.sources.externals import ExternalPlan, plan_externals
 from vllm_provision.checks import check_driver
@@ -128,12 +129,12 @@ def _arch_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         items = [str(v) for v in value]
     else:
-        items = str(value).replace(",", ";").replace(" ", ";").split(";")
+        items = split_archs(str(value))
     return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
 def unsupported_archs(release: Release, archs) -> list[str]:
-    return [a for a in archs if a.removesuffix("+PTX") not in release.cuda_archs]
+    return [a for a in archs if base_arch(a) not in release.cuda_archs]
 
 
 def arch_refusal(release: Release, bad, source: str) -> ConfigError:
@@ -157,7 +158,7 @@ COMPILE_CPU_SECONDS_PER_ARCH = 1000
 
 
 def _arch_key(arch: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in arch.removesuffix("+PTX").split("."))
+    return tuple(int(x) for x in base_arch(arch).split("."))
 
 
 def compilable_archs(archs: tuple[str, ...], cuda: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -169,7 +170,7 @@ def compilable_archs(archs: tuple[str, ...], cuda: str | None) -> tuple[tuple[st
     if not floor:
         return archs, ()
     kept = tuple(a for a in archs if _arch_key(a) >= _arch_key(floor)
-                 and Version(cuda) >= Version(NVCC_ARCH_SINCE.get(a.removesuffix("+PTX"), "0")))
+                 and Version(cuda) >= Version(NVCC_ARCH_SINCE.get(base_arch(a), "0")))
     return kept, tuple(a for a in archs if a not in kept)
 
 
@@ -286,7 +287,7 @@ def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.Ho
                       source: str, compiler_archs: tuple[str, ...]) -> BuildPlan:
     """The CMake-era build: jobs x nvcc threads from free RAM and cores with the release's per-job peak."""
     peak = int((release.job_peak_gib or BUILD_JOB_PEAK_BYTES / GIB) * GIB)
-    n_archs = len({a.removesuffix("+PTX") for a in archs}) or 1
+    n_archs = len({base_arch(a) for a in archs}) or 1
     par = choose_parallelism(cpus=facts.cpu_count, mem_available_bytes=facts.mem_available_bytes,
                              job_peak_bytes=peak, archs=n_archs, max_jobs=build.get("max_jobs"))
     expected = expected_cmake_seconds(release, n_archs, par.jobs, par.nvcc_threads)

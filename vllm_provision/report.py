@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 
 from vllm_provision import GIB, PROJECT_ROOT, __version__
 from vllm_provision.core import runner
+from vllm_provision.core.files import atomic_write
 from vllm_provision.checks import Check, counts, from_dicts
 from vllm_provision.probes.host import HostFacts
 from vllm_provision.core.redact import redact_text
@@ -52,9 +53,7 @@ def read(report: Path) -> dict:
 
 
 def _write(report: Path, data: dict) -> None:
-    tmp = report.with_name(report.name + ".tmp")
-    tmp.write_text(redact_text(json.dumps(data, indent=2, default=str)))
-    tmp.replace(report)
+    atomic_write(report, redact_text(json.dumps(data, indent=2, default=str)))
 
 
 SCHEMA_VERSION = 2
@@ -399,11 +398,8 @@ def _patch_reasons(release: str) -> dict[str, str]:
 def render(report: Path) -> Path:
     """Write report.md next to report.json from its current content; returns its path."""
     md = report.with_suffix(".md")
-    tmp = md.with_name(md.name + ".tmp")
     # a report.json holding lone surrogates (bytes that were not UTF-8) must still render, now and later
-    tmp.write_text(render_markdown(read(report), report.parent), encoding="utf-8", errors="backslashreplace")
-    tmp.replace(md)
-    return md
+    return atomic_write(md, render_markdown(read(report), report.parent), encoding="utf-8", errors="backslashreplace")
 
 
 def record_run(report: Path, steps: dict[str, dict], not_run: dict[str, str] | None = None, **top: Any) -> None:
@@ -450,7 +446,5 @@ def junit_xml(suite: str, cases: Iterable[dict]) -> str:
 def write_junit(path: str | Path, suite: str, checks: Iterable[Check]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(junit_xml(suite, [c.to_dict() for c in checks]), encoding="utf-8", errors="backslashreplace")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, junit_xml(suite, [c.to_dict() for c in checks]), encoding="utf-8",
+                        errors="backslashreplace")

@@ -7,7 +7,6 @@ no index (`uv pip install --no-index --require-hashes --no-deps`). Any refusal l
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Iterable
 from packaging.utils import parse_wheel_filename
 
 from vllm_provision.core import runner
+from vllm_provision.core.files import atomic_write
 from vllm_provision.sources.download import sha256_file
 from vllm_provision.envs.common import Installer
 from vllm_provision.core.errors import ConfigError, StepFailed
@@ -102,9 +102,7 @@ def copy_out(entries: Iterable[cache.Entry], key: str, sha256: str, out_dir: Pat
     side = {**manifest, "sha256": digest, "file": wheel.name}
     if found.entry.kind in ("dir", "static") and sidecar_of(Path(found.where)).is_file():
         side = json.loads(sidecar_of(Path(found.where)).read_text()) | side
-    part = sidecar_of(wheel).with_name(sidecar_of(wheel).name + ".part")
-    part.write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
-    os.replace(part, sidecar_of(wheel))
+    atomic_write(sidecar_of(wheel), json.dumps(side, indent=2, sort_keys=True) + "\n", suffix=".part")
     return Wheel(wheel, digest, manifest)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vllm_provision.core.archs import base_arch
+
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +25,7 @@ def read_archs(libraries: Iterable[Path], info: EnvInfo | None) -> dict[str, tup
 
 def planned_archs(arch_list: Iterable[str]) -> tuple[str, ...]:
     """Plan archs ("8.0", "9.0+PTX") -> the SASS they compile to ("sm_80", "sm_90")."""
-    return tuple(sorted({"sm_" + a.removesuffix("+PTX").replace(".", "") for a in arch_list}))
+    return tuple(sorted({"sm_" + base_arch(a).replace(".", "") for a in arch_list}))
 
 
 def uncovered(archs: Iterable[str], compute_caps: Iterable[str]) -> list[str]:

@@ -23,6 +23,7 @@ from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
 from vllm_provision.core import runner
+from vllm_provision.core.files import atomic_write
 from vllm_provision.sources.download import sha256_file
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import StepFailed
@@ -132,11 +133,8 @@ def make_wheel(*, python: str, src: Path, out_dir: Path, fields: Mapping[str, An
         final = out_dir / built.name
         os.replace(built, final)
         digest = sha256_file(final)
-        sidecar = sidecar_of(final)
-        tmp = sidecar.with_name(sidecar.name + ".part")
-        tmp.write_text(json.dumps({**manifest, "sha256": digest, "file": final.name, "auditwheel": audit},
-                                  indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, sidecar)
+        atomic_write(sidecar_of(final), json.dumps({**manifest, "sha256": digest, "file": final.name,
+                                                    "auditwheel": audit}, indent=2, sort_keys=True) + "\n", suffix=".part")
     finally:
         inside.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import re
 import shutil
-import stat
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Mapping
 
 from vllm_provision import GIB
 from vllm_provision.core import runner
+from vllm_provision.core.files import atomic_write
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES
 from vllm_provision.checks.toolchain import matching_compiler_hint
 from vllm_provision.build.placement import Placement
@@ -166,10 +166,7 @@ def nvcc_splits(nvcc: str, env: Mapping[str, str]) -> bool:
 
 def _write_exec(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    tmp.replace(path)
+    atomic_write(path, text, executable=True)
 
 
 def _is_system_cuda(entry: str, cuda_home: str | None) -> bool:

@@ -35,6 +35,7 @@ from vllm_provision import GIB
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.core.progress import ninja_status, progress
+from vllm_provision.probes import envprobe
 from vllm_provision.build import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
                parse_ccache_stats, relevant_tail)
 
@@ -132,16 +133,9 @@ def safe_jobs(jobs: int, nvcc_threads: int, memory_budget_bytes: int, job_peak_b
 
 
 # ------------------------------------------------------------------------------------------- the env's torch
-_TORCH_VERSION = ("import importlib.metadata as m\n"
-                  "try:\n    print('TORCH ' + m.version('torch'))\n"
-                  "except m.PackageNotFoundError:\n    print('TORCH none')\n")
-
-
 def env_torch(python: str) -> str | None:
     """The env's torch version, from its metadata (no import: a second, not ten)."""
-    done = runner.capture([python, "-c", _TORCH_VERSION], timeout=60)
-    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("TORCH ")), "TORCH none")
-    return None if line == "TORCH none" else line.split(" ", 1)[1]
+    return (envprobe.python_info(python) or {}).get("torch_dist")
 
 
 def check_torch(release, python: str) -> str:
@@ -163,9 +157,8 @@ def check_torch(release, python: str) -> str:
 # ------------------------------------------------------------------------------------------- the commands
 def python_path(python: str, src: Path) -> str:
     """sys.path as setup.py sees it in `src` (its first entry is the script's directory)."""
-    done = runner.capture([python, "-c", "import sys; print('PYPATH ' + ':'.join(sys.path[1:]))"], timeout=60)
-    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("PYPATH ")), "PYPATH ")
-    return ":".join(p for p in [str(src), *line[len("PYPATH "):].split(":")] if p)
+    sys_path = (envprobe.python_info(python) or {}).get("sys_path", [])
+    return ":".join(p for p in [str(src), *sys_path] if p)
 
 
 def configure_argv(*, cmake: str, src: Path, python: str, python_path: str, fetch_base: Path, jobs: int,
@@ -710,9 +703,7 @@ def _configure_hint(output: str, returncode: int) -> str | None:
 
 
 def _python_version(python: str) -> str:
-    done = runner.capture([python, "-c", "import platform; print('PYVER ' + platform.python_version())"], timeout=60)
-    line = next((l for l in (done.output if done else "").splitlines() if l.startswith("PYVER ")), "PYVER 3.11")
-    return line.split(" ", 1)[1]
+    return (envprobe.python_info(python) or {}).get("python_version", "3.11")
 
 
 def editable_install(plan, src: Path, python: str, externals: Mapping[str, Path], facts: CMakeBuildFacts,

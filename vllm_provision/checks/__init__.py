@@ -52,14 +52,15 @@ def counts(checks: Iterable[Check]) -> dict[str, int]:
     return out
 
 
-def print_checks(title: str, checks: list[Check], as_json: bool = False) -> None:
-    """`--json`: {ok, checks:[...]} on stdout; otherwise a table (rich on a TTY, plain text in CI)."""
+def print_checks(title: str, checks: list[Check], as_json: bool = False, kind: str = "doctor") -> None:
+    """`--json`: {schema_version, kind, ok, checks:[...]} on stdout (schemas/checks.schema.json); otherwise a table (rich on a TTY, plain text in CI)."""
     import json
     import sys
 
     from vllm_provision.core import ui
+    from vllm_provision.core.outputs import stamped
     if as_json:
-        sys.stdout.write(json.dumps(to_json(checks), indent=2) + "\n")
+        sys.stdout.write(json.dumps(stamped(kind, to_json(checks)), indent=2) + "\n")
         sys.stdout.flush()
         return
     ok, _ = summarize(checks)

@@ -15,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 from vllm_provision.checks import Check
+from vllm_provision.core.archs import base_arch
 
 
 def _path_of(url: str) -> Path | None:
@@ -136,7 +137,7 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
 
 
 def _cc(arch: str) -> tuple[int, int]:
-    major, minor = arch.removesuffix("+PTX").split(".")
+    major, minor = base_arch(arch).split(".")
     return int(major), int(minor)
 
 
@@ -160,7 +161,7 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
         return [Check("sass", "skip", "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
                       "the toolkit installs it (the nvidia-cuda-cuobjdump wheel): reinstall its venv with "
                       "`rm -rf .venv; ./inv --list`")]
-    required = list(dict.fromkeys(a.removesuffix("+PTX") for a in required))
+    required = list(dict.fromkeys(base_arch(a) for a in required))
     out = []
     for name, so in so_files.items():
         have = sass.get(name, ())

@@ -13,6 +13,7 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision.probes.host import NvccInfo
 from vllm_provision.checks import Check, parse_version
+from vllm_provision.core.archs import base_arch
 
 
 def matching_compiler_hint(cuda: str) -> str:
@@ -77,7 +78,7 @@ def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo 
     name = "arch-list"
     archs = list(archs)
     origin = f" (archs from {arch_source})"
-    wanted = [a.removesuffix("+PTX") for a in archs]
+    wanted = [base_arch(a) for a in archs]
     bad_release = [a for a in wanted if a not in release.cuda_archs]
     if bad_release:
         return Check(name, "fail", f"{', '.join(bad_release)} not supported by vLLM {release.version} "

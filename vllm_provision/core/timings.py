@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vllm_provision.core.files import atomic_write
 from vllm_provision.core.ui import duration
 
 PAGE = "timings.html"
@@ -192,9 +193,7 @@ table {{ border-collapse: collapse; margin: 8px 0 20px; }} th, td {{ border: 1px
 
 def write_page(path: Path, units: Sequence[Unit], **kwargs) -> str:
     """Write the page to `path` (atomically); returns its name, for report.json's link."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(units, **kwargs), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, render_html(units, **kwargs), encoding="utf-8")
     return path.name
 
 

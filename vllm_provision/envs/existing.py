@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vllm_provision.core import runner
 from vllm_provision.core.errors import ConfigError
+from vllm_provision.probes import answer, program
 from vllm_provision.envs.common import bin_python
 
 
@@ -33,18 +34,13 @@ def create(ctx, prefix: Path) -> Path:
     return bin_python(prefix)
 
 
-_SITES = ("import sys, sysconfig, json; print(json.dumps([sys.prefix != sys.base_prefix, "
-          "sorted({sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']})]))")
-
-
 def _see_source_venv(ctx, python: str, prefix: Path) -> None:
     """`venv --system-site-packages` over a python that is itself a venv sees only the base interpreter's
     packages; a .pth file adds the source venv's site-packages (read-only use, nothing installed there)."""
-    import json
-    src = json.loads(runner.run([python, "-c", _SITES], timeout=60, what="interpreter probe").output.strip().splitlines()[-1])
-    if not src[0]:
+    src = answer(runner.run([python, program("python_info")], timeout=60, what="interpreter probe").output)
+    if not src["is_venv"]:
         return
-    dst = json.loads(runner.run([str(bin_python(prefix)), "-c", _SITES], timeout=60,
-                                what="interpreter probe").output.strip().splitlines()[-1])
-    (Path(dst[1][0]) / "_vllmp_existing.pth").write_text("\n".join(src[1]) + "\n")
+    dst = answer(runner.run([str(bin_python(prefix)), program("python_info")], timeout=60,
+                            what="interpreter probe").output)
+    (Path(dst["sites"][0]) / "_vllmp_existing.pth").write_text("\n".join(src["sites"]) + "\n")
     ctx.say(f"{python} is a venv: its site-packages are visible through _vllmp_existing.pth")

@@ -6,7 +6,6 @@ envs/locks/<release>/<profile>-py<X.Y>.txt with a header that `check` reads back
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, tomllib
 from vllm_provision.core import runner
+from vllm_provision.core.files import atomic_write
 from vllm_provision.envs import mirrors
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
 
@@ -211,7 +211,5 @@ def compile_lock(*, release: Any, profile: str, python: str, cuda: str | None, s
                 "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
         if recipe.drop:
             meta["dropped"] = ", ".join(recipe.drop)
-        part = out.with_name(out.name + ".part")
-        part.write_text(render_header(meta) + body)
-        os.replace(part, out)
+        atomic_write(out, render_header(meta) + body, suffix=".part")
     return out

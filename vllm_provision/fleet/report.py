@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vllm_provision import report as run_report
 from vllm_provision.core.errors import ConfigError
+from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_text
 
 STATUSES = ("ok", "failed", "unreachable", "timed out", "refused", "skipped")
@@ -51,8 +52,8 @@ def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
                    "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
                    "ok": bool(results) and all(r.status == "ok" for r in results)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
-    _atomic(run_dir / MD_NAME, markdown(data))
+    atomic_write(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
+    atomic_write(run_dir / MD_NAME, markdown(data))
     _atomic(run_dir / JUNIT_NAME, run_report.junit_xml("vllm-provision.fleet", junit_cases(results)))
     link = run_dir.parent / LATEST
     tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
@@ -60,12 +61,6 @@ def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
     tmp.symlink_to(run_dir.name)
     tmp.replace(link)
     return data
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # the workspace report's Markdown table (cells escaped and redacted)

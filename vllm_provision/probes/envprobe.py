@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 from packaging.utils import canonicalize_name
 
 from vllm_provision.core import runner
+from vllm_provision.probes import answer, program
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import ProvisionError, StepFailed
 
@@ -37,66 +38,27 @@ class TorchInfo:
     error: str = ""                    # why the interpreter could not be asked
 
 
-# Reads torch/version.py without importing torch (an import takes seconds and may need a driver).
-_TORCH_PROBE = r"""
-import importlib.util, json, os, re, sys
-out = {"python": sys.version.split()[0], "vllm_dirs": [], "cuda": None, "version": None}
-spec = importlib.util.find_spec("vllm")
-out["vllm_dirs"] = list(spec.submodule_search_locations or []) if spec else []
-spec = importlib.util.find_spec("torch")
-if spec and spec.origin:
-    try:
-        text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
-        m = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]?([0-9.]+|None)", text, re.M)
-        v = re.search(r"^__version__\s*(?::[^=]*)?=\s*['\"]([^'\"]+)", text, re.M)
-        out["cuda"] = None if not m or m.group(1) == "None" else m.group(1)
-        out["version"] = v.group(1) if v else None
-    except OSError:
-        pass
-print(json.dumps(out))
-"""
+def python_info(python: str, timeout: float = 60) -> dict | None:
+    """The interpreter's version, sys.path, prefixes and torch distribution (probes/programs/python_info.py);
+    None when it does not run or answer."""
+    done = runner.capture([python, program("python_info")], timeout=timeout)
+    return answer(done.output) if done and done.returncode == 0 else None
 
 
 def torch_of(python: str, timeout: float = PROBE_TIMEOUT, log: Path | None = None) -> TorchInfo:
     """The interpreter's torch and vllm location, asked in a child with a timeout; never raises."""
     exe = shutil.which(python) or python
     try:
-        done = runner.run([exe, "-c", _TORCH_PROBE], log=log, timeout=timeout, check=False,
+        done = runner.run([exe, program("torch_info")], log=log, timeout=timeout, check=False,
                           what=f"{python} (torch probe)")
     except ProvisionError as exc:
         return TorchInfo(error=exc.message)
     last = (done.output.strip().splitlines() or ["no output"])[-1]
-    try:
-        data = json.loads(last) if done.returncode == 0 else None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
+    data = answer(done.output) if done.returncode == 0 else None
+    if data is None:
         return TorchInfo(error=f"{python}: {last[-200:]}")
     return TorchInfo(python=data.get("python"), version=data.get("version"), cuda=data.get("cuda"),
                      vllm_dirs=tuple(data.get("vllm_dirs") or ()))
-
-
-_ENV_FACTS = r"""
-import json, platform, sys, os, glob
-from importlib import metadata
-out = {"python_version": platform.python_version(), "executable": sys.executable, "packages": {}}
-for d in metadata.distributions():
-    name = d.metadata["Name"]
-    if name:
-        key = name.lower().replace("_", "-").replace(".", "-")
-        out["packages"].setdefault(key, d.version)
-sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
-out["site_packages"] = sites
-out["include_dirs"] = sorted({d for s in sites for d in glob.glob(os.path.join(s, "nvidia", "*", "include"))})
-try:
-    import torch
-    out["torch"] = torch.__version__
-    out["torch_cuda"] = torch.version.cuda
-    out["cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
-except Exception as exc:
-    out["torch_error"] = f"{type(exc).__name__}: {exc}"
-print("VLLMP-PROBE " + json.dumps(out))
-"""
 
 
 @dataclass(frozen=True)
@@ -112,35 +74,16 @@ class Bytecode:
     error: str = ""
 
 
-# Finds the package without importing it and counts its modules whose bytecode exists at the path this
-# interpreter would read (importlib.util.cache_from_source, which honours a pycache prefix).
-_BYTECODE_PROBE = r"""
-import importlib.util, json, os, sys
-name = sys.argv[1]
-spec = importlib.util.find_spec(name)
-out = {"dont_write": bool(sys.flags.dont_write_bytecode)}
-if spec and spec.submodule_search_locations:
-    top = list(spec.submodule_search_locations)[0]
-    modules = compiled = 0
-    for root, _, files in os.walk(top):
-        for f in files:
-            if f.endswith(".py"):
-                modules += 1
-                compiled += os.path.exists(importlib.util.cache_from_source(os.path.join(root, f)))
-    out.update(dir=top, modules=modules, compiled=compiled,
-               writable=os.access(sys.pycache_prefix or top, os.W_OK))
-print(json.dumps(out))
-"""
-
-
 def bytecode_of(python: str, package: str = "torch", timeout: float = PROBE_TIMEOUT) -> Bytecode:
     """How much of `package` the interpreter can import from bytecode (never raises)."""
     try:
-        done = runner.run([shutil.which(python) or python, "-c", _BYTECODE_PROBE, package], timeout=timeout,
+        done = runner.run([shutil.which(python) or python, program("bytecode"), package], timeout=timeout,
                           check=False, what=f"{python} (bytecode probe)")
-        data = json.loads(done.output.strip().splitlines()[-1])
-    except (ProvisionError, ValueError, IndexError) as exc:
-        return Bytecode(package, error=getattr(exc, "message", None) or str(exc) or "no output")
+    except ProvisionError as exc:
+        return Bytecode(package, error=exc.message or "no output")
+    data = answer(done.output)
+    if data is None:
+        return Bytecode(package, error=(done.output.strip().splitlines() or ["no output"])[-1][-200:])
     return Bytecode(package, dir=data.get("dir"), modules=data.get("modules", 0), compiled=data.get("compiled", 0),
                     dont_write=data["dont_write"], writable=data.get("writable", False))
 
@@ -148,38 +91,13 @@ def bytecode_of(python: str, package: str = "torch", timeout: float = PROBE_TIME
 def env_facts(python: Path, timeout: float = 300) -> dict:
     """An env's packages, site-packages and CUDA include dirs, and its torch (imported: the env step wants
     its C++ ABI too), read by its own interpreter."""
-    result = runner.run([str(python), "-c", _ENV_FACTS], timeout=timeout, check=False, what="env probe",
+    result = runner.run([str(python), program("env_facts")], timeout=timeout, check=False, what="env probe",
                         extra_env={"PYTHONNOUSERSITE": "1"})
-    for line in result.output.splitlines():
-        if line.startswith("VLLMP-PROBE "):
-            return json.loads(line[len("VLLMP-PROBE "):])
+    data = answer(result.output)
+    if data is not None:
+        return data
     raise StepFailed(f"the env's interpreter {python} does not run: {result.output.strip()[-300:]}",
                      hint="recreate it with `./inv env --force`")
-
-
-_SITE_LISTING = r"""
-import ast, importlib.util, json, os, site, sys
-sys.path[:] = [p for p in sys.path if p]   # not the current directory
-dirs = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
-if "--with-base" in sys.argv:   # what a --system-site-packages venv over this interpreter sees as well
-    dirs += site.getsitepackages([sys.base_prefix])
-listing = {}
-for d in dict.fromkeys(os.path.realpath(p) for p in dirs):
-    if os.path.isdir(d):
-        listing[d] = sorted(n for n in os.listdir(d) if n.endswith((".dist-info", ".egg-info")))
-torch = {}
-spec = importlib.util.find_spec("torch")
-try:
-    with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as fh:
-        tree = ast.parse(fh.read())
-except (AttributeError, TypeError, OSError, SyntaxError):
-    tree = ast.Module(body=[], type_ignores=[])
-for node in tree.body:
-    target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-    if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
-        torch[target.id] = node.value.value
-print("VLLMP-SITES " + json.dumps({"dirs": listing, "torch": torch.get("__version__"), "torch_cuda": torch.get("cuda")}))
-"""
 
 
 def site_state(python: str, *, with_base: bool = False, outside: str | None = None) -> dict:
@@ -188,14 +106,13 @@ def site_state(python: str, *, with_base: bool = False, outside: str | None = No
     site-packages dir it sees. `with_base`: also those of the base interpreter under a venv (what a
     --system-site-packages venv over `python` sees); `outside`: only the dirs not under that prefix."""
     try:
-        result = runner.run([python, "-c", _SITE_LISTING, *(["--with-base"] if with_base else [])], timeout=60,
+        result = runner.run([python, program("site_listing"), *(["--with-base"] if with_base else [])], timeout=60,
                             check=False, what="site-packages listing", extra_env={"PYTHONNOUSERSITE": "1"})
     except StepFailed as exc:   # no such interpreter: the step that needs it says so
         return {"error": exc.message}
-    line = next((l for l in result.output.splitlines() if l.startswith("VLLMP-SITES ")), None)
-    if line is None:
+    data = answer(result.output)
+    if data is None:
         return {"error": result.output.strip()[-300:]}
-    data = json.loads(line[len("VLLMP-SITES "):])
     skip = os.path.realpath(outside) + os.sep if outside else None
     names = sorted({n for d, listed in data["dirs"].items() if not (skip and (d + os.sep).startswith(skip))
                     for n in listed})
@@ -316,25 +233,6 @@ def extension_files(dirs: Iterable[str | Path], extensions: Iterable[str]) -> tu
     return found, [n for n in extensions if n not in found]
 
 
-_IMPORT_PROBE = r"""
-import importlib.util, json, sys
-res = {}
-try:
-    import torch  # the extensions link against libtorch/libc10
-except Exception as exc:
-    res["__torch__"] = "%s: %s" % (type(exc).__name__, exc)
-for name, path in json.loads(sys.argv[1]).items():
-    try:
-        spec = importlib.util.spec_from_file_location("vllm." + name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        res[name] = None
-    except BaseException as exc:
-        res[name] = ("%s: %s" % (type(exc).__name__, exc)).splitlines()[0][:300]
-print(json.dumps(res))
-"""
-
-
 @dataclass(frozen=True)
 class ImportResult:
     """Each extension's import error (None: it imported); `crash`: the probe itself died before answering."""
@@ -345,15 +243,13 @@ class ImportResult:
 
 def import_extensions(python: str, so_files: Mapping[str, Path], log: Path | None = None) -> ImportResult:
     """Load each extension .so in the env's python (after torch), without running vllm/__init__.py."""
-    done = runner.run([python, "-c", _IMPORT_PROBE, json.dumps({k: str(v) for k, v in so_files.items()})],
+    done = runner.run([python, program("import_extensions"), json.dumps({k: str(v) for k, v in so_files.items()})],
                       log=log, timeout=PROBE_TIMEOUT, check=False, what="extension import probe")
-    try:
-        res = json.loads(done.output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    res = answer(done.output)
+    if res is None:
         tail = done.output.strip().splitlines()[-1:] or ["no output"]
         return ImportResult(crash=f"import probe crashed (exit {done.returncode}): {tail[0][:200]}")
-    torch_error = res.pop("__torch__", None)
-    return ImportResult(errors=res, torch_error=torch_error)
+    return ImportResult(errors=res["errors"], torch_error=res["torch_error"])
 
 
 @dataclass(frozen=True)

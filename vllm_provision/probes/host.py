@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.core import runner
+from vllm_provision.probes import answer, program
 
 GPU_QUERY = "index,name,memory.total,memory.used,compute_cap,driver_version,uuid"
 # Where a host CUDA toolkit is looked for after $CUDA_HOME, $CUDA_PATH and `nvcc` on PATH.
@@ -323,8 +324,9 @@ def find_interpreter(minor: str) -> str | None:
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     candidates += sorted(str(p) for p in pyenv_root.glob(f"{minor}.*/bin/python{minor}"))
     for path in candidates:
-        result = runner.capture([path, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"], timeout=10)
-        if result and result.returncode == 0 and result.output.strip().endswith(minor):
+        result = runner.capture([path, program("python_info")], timeout=10)
+        info = answer(result.output) if result and result.returncode == 0 else None
+        if info and info.get("venv_module") and "%d.%d" % tuple(info["version_info"]) == minor:
             return path
     return None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.core import envinfo, runner, timings
+from vllm_provision.core.archs import base_archs
 from vllm_provision.diagnostics import preflight
 from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
@@ -40,6 +41,7 @@ from vllm_provision.build import (DRIVER, BuildEnv, cache_summary, diagnose, mak
 from vllm_provision.build import cmake as cmake_driver
 from vllm_provision.build.placement import host_placement
 from vllm_provision.probes.envprobe import site_state
+from vllm_provision.probes import answer, program
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
@@ -50,20 +52,6 @@ EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
 MARKER = ".vllmp-build.json"
 # direct_url.json (PEP 610) says whether and from where a distribution is installed editable.
-_INSTALLED_PROBE = (
-    "import json, importlib.metadata as md, torch\n"
-    "from urllib.parse import urlparse, unquote\n"
-    "out = {'torch': [torch.__version__, torch.version.cuda], 'vllm': None, 'editable_dir': None}\n"
-    "try:\n"
-    "    d = md.distribution('vllm'); out['vllm'] = d.version\n"
-    "    url = json.loads(d.read_text('direct_url.json') or '{}')\n"
-    "    if url.get('dir_info', {}).get('editable'): out['editable_dir'] = unquote(urlparse(url['url']).path)\n"
-    "except md.PackageNotFoundError:\n"
-    "    pass\n"
-    "print('INSTALLED-JSON ' + json.dumps(out))\n"
-)
-
-
 def stamp_inputs(ctx: StepContext) -> dict:
     info = envinfo.load(ctx.workspace)
     build = ctx.plan.to_dict()["build"]
@@ -395,7 +383,7 @@ def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
 def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Target:
     """What the artifact must fit; on a GPU-less host (an image build) the archs must cover the plan's."""
     gpus = ctx.facts.compute_caps
-    planned = tuple(dict.fromkeys(a.removesuffix("+PTX") for a in ctx.plan.build.arch_list))
+    planned = base_archs(ctx.plan.build.arch_list)
     return artifact_manifest.Target(torch=info.torch, torch_cuda=info.torch_cuda, cxx11_abi=info.cxx11_abi,
                                     python_tag=artifact_manifest.python_tag(info.python_version),
                                     compute_caps=gpus or planned, glibc=artifact_manifest.host_glibc(),
@@ -424,20 +412,17 @@ def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome |
                                           work_dir=ctx.workspace.root / "artifacts", installer=choose_installer(ctx.plan),
                                           log=ctx.log)
     seconds = time.monotonic() - started
-    vllm_dir = Path(_json_line(runner.run([info.python, "-c", _VLLM_DIR_PROBE], log=ctx.log, timeout=120,
-                                          cwd=ctx.workspace.root, what="where vllm is installed").output, "VLLM-DIR"))
+    dirs = (answer(runner.run([info.python, program("torch_info")], log=ctx.log, timeout=120, cwd=ctx.workspace.root,
+                              what="where vllm is installed").output) or {}).get("vllm_dirs")
+    if not dirs:
+        raise StepFailed("the installed vllm package is not found by the env's python", hint=f"read {ctx.log}")
+    vllm_dir = Path(dirs[0])
     libraries = sorted(str(p) for p in vllm_dir.glob("*.so"))
     facts = done.facts() | {"libraries": libraries, "seconds": round(seconds, 1), "torch": info.torch,
                             "arch_list": ctx.plan.build.torch_cuda_arch_list, "log": str(ctx.log)}
     (ctx.workspace.src / MARKER).write_text(json.dumps(facts, indent=2))
     return StepOutcome(detail=f"vllm {facts['version']} installed from cache {facts['cache']}, key {key}, in "
                               f"{seconds:.1f} s ({done.fit})", facts=facts)
-
-
-# where the installed (not editable) vllm package lies, without importing it (no torch, no driver needed)
-_VLLM_DIR_PROBE = ("import importlib.util, json, os\n"
-                   "spec = importlib.util.find_spec('vllm')\n"
-                   "print('VLLM-DIR ' + json.dumps(list(spec.submodule_search_locations)[0]))\n")
 
 
 def wheel_and_publish(ctx: StepContext, info: envinfo.EnvInfo, out_dir: Path, push: bool = True) -> tuple[Wheel, list[str]]:
@@ -466,13 +451,6 @@ PREBUILT_FLAG = "VLLM_PROVISION_PREBUILT"
 def tmp_root(src: Path) -> Path:
     """Parent of every build-temp dir (ours: temp-<ext>; pip's: tmpXXXX.build-temp), all at one depth."""
     return src / "build" / "tmp"
-
-
-def _json_line(output: str, tag: str):
-    for line in reversed(output.splitlines()):
-        if line.startswith(tag + " "):
-            return json.loads(line[len(tag) + 1:])
-    return None
 
 
 def cuda_sources_named(setup_text: str, src: Path) -> dict[str, int]:
@@ -585,9 +563,9 @@ def _ccache_stats(benv: BuildEnv) -> dict | None:
 
 def _installed(python: str, src: Path, benv: BuildEnv, log: Path) -> tuple[str, tuple]:
     """After the install, in one interpreter: vllm's version (editable from `src`) and torch's."""
-    done = runner.run([python, "-c", _INSTALLED_PROBE], env=benv.env, log=log, timeout=300, check=False,
+    done = runner.run([python, program("vllm_installed")], env=benv.env, log=log, timeout=300, check=False,
                       what="install probe")
-    data = _json_line(done.output, "INSTALLED-JSON")
+    data = answer(done.output)
     if not data or not data.get("vllm"):
         raise StepFailed("pip does not list vllm as installed after the build", hint=f"read {log}")
     where = data.get("editable_dir")

@@ -15,7 +15,6 @@ CHECKS lists them; another check on the same facts is one more function appended
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, report
 from vllm_provision.core import envinfo
+from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.probes import envprobe
 from vllm_provision.artifacts.installed import artifact_checks
 from vllm_provision.checks import Check, summarize, to_json
@@ -63,9 +63,8 @@ def required_archs(ctx: StepContext) -> tuple[tuple[str, ...], str]:
     if ctx.plan.build.arch_source != "config":
         built = ((read_stamp(ctx.workspace, "build") or {}).get("facts") or {}).get("arch_list")
         if built:
-            archs = [a for a in re.split(r"[;,\s]+", str(built)) if a]
-            return tuple(a.removesuffix("+PTX") for a in archs), "the arch list the build used (no GPU here)"
-    return tuple(a.removesuffix("+PTX") for a in ctx.plan.build.arch_list), f"the plan's archs ({ctx.plan.build.arch_source})"
+            return tuple(base_arch(a) for a in split_archs(str(built))), "the arch list the build used (no GPU here)"
+    return tuple(base_arch(a) for a in ctx.plan.build.arch_list), f"the plan's archs ({ctx.plan.build.arch_source})"
 
 
 def ensure_built(ctx: StepContext) -> envinfo.EnvInfo:
