@@ -28,6 +28,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.core import envinfo, runner, timings
+from vllm_provision.checks import CheckStatus
 from vllm_provision.diagnostics import preflight
 from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
@@ -42,7 +43,7 @@ from vllm_provision.build.placement import host_placement
 from vllm_provision.probes.envprobe import site_state
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.pipeline import StepContext, StepOutcome, StepStatus, read_stamp
 from vllm_provision.core.progress import progress
 from vllm_provision.core.ui import duration
 
@@ -276,9 +277,9 @@ def _preflight(ctx: StepContext, info: envinfo.EnvInfo) -> None:
     """Preflight's named checks, in seconds, before any compile: StepFailed naming every failed one."""
     checks = preflight.run(ctx.plan, ctx.facts, info)
     preflight.write_report(ctx.workspace, checks)
-    failed = [c for c in checks if c.status == "fail"]
+    failed = [c for c in checks if c.status == CheckStatus.FAIL]
     for c in checks:
-        if c.status in ("warn", "fail"):
+        if c.status in (CheckStatus.WARN, CheckStatus.FAIL):
             ctx.say(f"preflight {c.name}: {c.status}: {c.detail}")
     if failed:
         first = failed[0]
@@ -315,10 +316,10 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     if built.stopped_at_limit:
         projected = f"{built.projected_seconds / 60:.0f} min" if built.projected_seconds else "unknown"
         return StepOutcome(detail=f"stopped at the {plan.build.time_limit:.0f} s limit: {rate}{peak}; "
-                                  f"the whole compile projected at {projected}", facts=facts, status="skipped")
+                                  f"the whole compile projected at {projected}", facts=facts, status=StepStatus.SKIPPED)
     if plan.build.targets:
         return StepOutcome(detail=f"built {', '.join(built.targets)} only: {rate}{peak}", facts=facts,
-                           status="skipped")
+                           status=StepStatus.SKIPPED)
     started = time.monotonic()
     facts["install_compiled_units"] = cmake_driver.editable_install(plan, src, info.python, externals, built,
                                                                     ctx.log, **kw)
