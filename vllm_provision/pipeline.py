@@ -26,11 +26,12 @@ from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import Plan
 from vllm_provision.core.redact import redact_text
 from vllm_provision.core.workspace import RunLock, Workspace
-from vllm_provision.steps.facts import StepStatus
+from vllm_provision.steps.facts import StepFacts, StepStatus, facts_dict
 
 STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
 ALL = "all"     # force every step
 T = TypeVar("T")
+F = TypeVar("F", bound=StepFacts)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class StepContext:
 class StepOutcome:
     """What a step's run() returns on success (failures raise ProvisionError)."""
     detail: str
-    facts: dict = field(default_factory=dict)
+    facts: StepFacts | dict = field(default_factory=dict)     # typed for the steps whose facts others read
     status: StepStatus = StepStatus.OK      # OK or SKIPPED (e.g. smoke on a host without a GPU)
 
 
@@ -93,6 +94,15 @@ def read_stamp(ws: Workspace, name: str) -> dict | None:
         return json.loads(_stamp_file(ws, name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def upstream_facts(ws: Workspace, facts_type: type[F]) -> F | None:
+    """The facts an upstream step recorded when it last succeeded, typed; None when it never has.
+    FactsUnreadable when the record does not have the shape facts_type reads."""
+    previous = read_stamp(ws, facts_type.STEP)
+    if previous is None:
+        return None
+    return facts_type.from_dict(previous.get("facts"))      # type: ignore[attr-defined]
 
 
 def steps_to_force(force: Iterable[str]) -> set[str]:
@@ -202,10 +212,11 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
             facts["log_tail"] = exc.log_tail
         return StepResult(name, StepStatus.FAILED, exc.message, time.monotonic() - started, hint=exc.hint,
                           exit_code=exc.exit_code, facts=facts), upstream
-    result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
+    facts = facts_dict(outcome.facts)
+    result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, facts)
     if outcome.status == StepStatus.OK:
         _stamp_file(ws, name).write_text(json.dumps(
-            {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts,
+            {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": facts,
              "seconds": round(result.seconds, 1), "detail": outcome.detail},
             indent=2, default=str))
     return result, stamp

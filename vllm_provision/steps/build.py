@@ -43,8 +43,9 @@ from vllm_provision.build.placement import host_placement
 from vllm_provision.probes.envprobe import site_state
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, StepStatus, read_stamp
+from vllm_provision.pipeline import StepContext, StepOutcome, StepStatus, upstream_facts
 from vllm_provision.core.progress import progress
+from vllm_provision.steps.facts import FactsUnreadable, PatchFacts
 from vllm_provision.core.ui import duration
 
 EXT_TIMEOUT = 3 * 3600
@@ -378,11 +379,12 @@ def cache_entries_of(plan) -> list[artifact_cache.Entry]:
 def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
     """Every input that shapes the binary (artifacts/manifest.py KEY_FIELDS), from the plan, the patch
     step's facts, env.json and the host compiler: the key follows from the plan, before any compile."""
-    patch_facts = (read_stamp(ctx.workspace, "patch") or {}).get("facts", {})
+    # the patch step never ran: the tree holds no patch (an unreadable record stops here, see PatchFacts)
+    patched = upstream_facts(ctx.workspace, PatchFacts) or PatchFacts()
     compiler, compiler_version = host.probe_gcc()
     return {"format": artifact_manifest.FORMAT, "release": ctx.plan.release.version,
             "sdist_sha256": ctx.plan.release.sdist.sha256,
-            "patches": [{"file": p["file"], "sha256": p["sha256"]} for p in patch_facts.get("applied", [])],
+            "patches": patched.key_patches(),
             "torch": info.torch, "torch_cuda": info.torch_cuda, "cxx11_abi": info.cxx11_abi,
             "nvcc": info.nvcc_version,
             "host_compiler": {"name": Path(compiler).name, "version": compiler_version}
@@ -408,6 +410,8 @@ def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome |
     mode, entries = artifact_mode(ctx), cache_entries(ctx)
     try:
         key = planned_key(ctx, info)
+    except FactsUnreadable:     # a stale patch record: its key could name another build
+        raise
     except StepFailed as exc:
         if mode == "cache-only":
             raise
