@@ -44,9 +44,9 @@ from vllm_provision.build.placement import host_placement
 from vllm_provision.probes.envprobe import site_state
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, StepStatus, upstream_facts
+from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
 from vllm_provision.core.progress import progress
-from vllm_provision.steps.facts import FactsUnreadable, PatchFacts
+from vllm_provision.steps.facts import FactsUnreadable, PatchFacts, StepStatus
 from vllm_provision.core.ui import duration
 
 EXT_TIMEOUT = 3 * 3600

@@ -19,7 +19,8 @@ from vllm_provision.kvcache import judge as kvjudge
 from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.kvcache.units import group_digits
 from vllm_provision.checks import CheckStatus
-from vllm_provision.pipeline import StepContext, StepOutcome, StepStatus
+from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.steps.facts import StepStatus
 from vllm_provision.core.workspace import Workspace
 from vllm_provision.core.progress import progress
 from vllm_provision.steps.build import built_digest
