@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vllm_provision.core import envinfo
 from vllm_provision.probes.host import Gpu, HostFacts
 from vllm_provision.catalog.patches import load_series
@@ -52,3 +54,86 @@ def test_every_rebuild_reruns_the_steps_that_test_its_libraries(isolated):
     marker.write_text('{"seconds": 85.4}')
     second = stamps()
     assert second[0] != first[0] and second[1] != first[1]
+
+
+# ------------------------------------------------------------------------------------ the key's patches
+CXX20 = """--- a/setup.py
++++ b/setup.py
+@@ -1,2 +1,2 @@
+ import torch
+-CXX_FLAGS = ["-std=c++17"]
++CXX_FLAGS = ["-std=c++20"]
+"""
+
+
+def _patched_key(ctx: StepContext, monkeypatch, tmp_path, patch_text: str) -> str:
+    """The patch step run through the pipeline on a fresh tree with a one-patch series holding `patch_text`;
+    then the artifact key the build computes from what that step recorded."""
+    import json
+
+    from vllm_provision.catalog import patches
+    from vllm_provision.pipeline import run_steps
+
+    series = tmp_path / "patches" / ctx.plan.release.version
+    series.mkdir(parents=True, exist_ok=True)
+    (series / "0001-cxx20.patch").write_text(patch_text)
+    (series / "series.toml").write_text('[[patch]]\nfile = "0001-cxx20.patch"\nwhy = "c++20"\nupstream = ""\n')
+    monkeypatch.setattr(patches, "load_series", lambda release, *a: load_series(release, tmp_path))
+    src = ctx.workspace.src
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "setup.py").write_text('import torch\nCXX_FLAGS = ["-std=c++17"]\n')
+    (src / ".vllmp-patches.json").unlink(missing_ok=True)
+    [result] = run_steps(ctx.plan, ctx.facts, ["patch"])
+    assert result.status == "ok", result.detail
+    recorded = json.loads((ctx.workspace.stamps / "patch.json").read_text())["facts"]
+    assert [p["file"] for p in recorded["applied"]] == ["0001-cxx20.patch"]
+    return build.planned_key(ctx, _key_env())
+
+
+def _key_env() -> envinfo.EnvInfo:
+    return envinfo.EnvInfo(backend="existing", prefix="/p", python="/p/bin/python", python_version="3.12.3",
+                           torch="2.11.0+cu130", torch_cuda="13.0", cxx11_abi=True, nvcc_version="13.0")
+
+
+def test_a_changed_patch_changes_the_artifact_key(isolated, monkeypatch, tmp_path):
+    """patch step -> PatchFacts in its stamp -> PatchFacts.from_dict -> key_fields -> key."""
+    monkeypatch.setattr(build.host, "probe_gcc", lambda: ("/usr/bin/gcc", "13.3.0"))
+    ctx = _ctx(64)
+    first = _patched_key(ctx, monkeypatch, tmp_path / "a", CXX20)
+    assert _patched_key(ctx, monkeypatch, tmp_path / "b", CXX20) == first            # same patch: same key
+    changed = _patched_key(ctx, monkeypatch, tmp_path / "c", CXX20.replace("c++20", "c++23"))
+    assert changed != first
+
+
+@pytest.mark.parametrize("facts", [
+    {"patches": [{"file": "0001-cxx20.patch", "sha256": "a" * 64, "state": "applied"}], "skipped": []},  # renamed
+    {"skipped": []},                                                                                     # missing
+    {"applied": [{"file": "0001-cxx20.patch", "hash": "a" * 64, "state": "applied"}], "skipped": []},   # sha256 renamed
+    {"applied": "0001-cxx20.patch", "skipped": []},                                                      # wrong type
+])
+def test_an_unreadable_patch_record_is_a_load_error_not_an_empty_patch_list(isolated, monkeypatch, facts):
+    import json
+
+    from vllm_provision.steps.facts import FactsUnreadable
+    monkeypatch.setattr(build.host, "probe_gcc", lambda: ("/usr/bin/gcc", "13.3.0"))
+    ctx = _ctx(64)
+    (ctx.workspace.stamps / "patch.json").write_text(json.dumps({"stamp": "s", "facts": facts}))
+    with pytest.raises(FactsUnreadable) as info:
+        build.key_fields(ctx, _key_env())
+    assert "patch step" in info.value.message and "./inv patch --force" in info.value.hint
+
+
+def test_without_a_patch_record_the_key_names_no_patches(isolated, monkeypatch):
+    """The patch step never ran in this workspace: nothing is applied, and the key says so."""
+    monkeypatch.setattr(build.host, "probe_gcc", lambda: ("/usr/bin/gcc", "13.3.0"))
+    assert build.key_fields(_ctx(64), _key_env())["patches"] == []
+
+
+def test_patch_facts_record_the_json_they_always_have():
+    """report.json and the stamps hold the same keys, in the same order, as when the facts were a dict."""
+    import json
+
+    from vllm_provision.steps.facts import PatchFacts
+    recorded = {"applied": [{"file": "0001-cxx20.patch", "sha256": "a" * 64, "state": "applied"}],
+                "skipped": [{"file": "0002-old.patch", "reason": "torch 2.11.0 < 2.13"}]}
+    assert json.dumps(PatchFacts.from_dict(recorded).to_dict()) == json.dumps(recorded)

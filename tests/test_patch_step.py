@@ -128,11 +128,11 @@ def test_a_patch_no_longer_wanted_leaves_the_tree(isolated, tmp_path):
     def patch_with(torch: str) -> list[str]:
         envinfo.save(ws, envinfo.EnvInfo(backend="venv", prefix=str(tmp_path), python="python3",
                                          python_version="3.12.3", torch=torch, packages={"transformers": "5.17.0"}))
-        return [a["file"][:4] for a in step.run(ctx).facts["applied"]]
+        return [a.file[:4] for a in step.run(ctx).facts.applied]
 
     assert patch_with("2.14.1+cu130") == ["0001", "0002", "0003", "0004"]
     assert "-std=c++20" in (ws.src / "setup.py").read_text()
     assert patch_with("2.11.0+cu130") == ["0002", "0003", "0004"]
     setup = (ws.src / "setup.py").read_text()
     assert "-std=c++20" not in setup and "-std=c++17" in setup
-    assert {a["state"] for a in step.run(ctx).facts["applied"]} == {"already applied"}   # and idempotent again
+    assert {a.state for a in step.run(ctx).facts.applied} == {"already applied"}   # and idempotent again

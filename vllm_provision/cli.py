@@ -24,6 +24,7 @@ from vllm_provision.core.outputs import stamped
 from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
 from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 from vllm_provision.core.redact import redact_text
+from vllm_provision.steps.facts import StepStatus
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -111,8 +112,8 @@ def print_summary(results: list[StepResult]) -> None:
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("detail", overflow="fold")
-    colors = {"ok": "green", "up-to-date": "green", "skipped": "yellow", "failed": "red", "interrupted": "red",
-              "not run": "dim"}
+    colors = {StepStatus.OK: "green", StepStatus.UP_TO_DATE: "green", StepStatus.SKIPPED: "yellow",
+              StepStatus.FAILED: "red", StepStatus.INTERRUPTED: "red", StepStatus.NOT_RUN: "dim"}
     for r in results:
         table.add_row(r.step, f"[{colors.get(r.status, '')}]{r.status}[/]", f"{r.seconds:.1f} s", r.detail)
     ui.console.print(table)
@@ -160,7 +161,7 @@ def run_pipeline(steps: Iterable[str], force: Iterable[str] = (), argv: Sequence
     facts = host.probe(str(plan.workspace.root.parent))
     results = run_steps(plan, facts, steps, force, on_result=lambda r: ui.step(r.step, f"{r.status}: {r.detail}"))
     print_summary(results)
-    bad = [r for r in results if r.status == "failed"]
+    bad = [r for r in results if r.status == StepStatus.FAILED]
     summary = {"ok": not bad, "workspace": str(plan.workspace.root), "report": str(plan.workspace.report),
                "steps": {r.step: r.status for r in results}}
     if bad:
@@ -379,7 +380,7 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
     if not all((src / name).is_file() for name in recipe.requirements):
         facts = host.probe(str(plan.workspace.root.parent))
         results = run_steps(plan, facts, ["fetch"])
-        failed = [r for r in results if r.status == "failed"]
+        failed = [r for r in results if r.status == StepStatus.FAILED]
         if failed:
             raise StepFailed(f"fetch failed: {failed[0].detail}", hint=failed[0].hint)
     out = lock_path(plan.release.version, plan.profile, minor)

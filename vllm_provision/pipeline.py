@@ -26,10 +26,12 @@ from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import Plan
 from vllm_provision.core.redact import redact_text
 from vllm_provision.core.workspace import RunLock, Workspace
+from vllm_provision.steps.facts import StepFacts, StepStatus, facts_dict
 
 STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
 ALL = "all"     # force every step
 T = TypeVar("T")
+F = TypeVar("F", bound=StepFacts)
 
 
 @dataclass
@@ -55,14 +57,14 @@ class StepContext:
 class StepOutcome:
     """What a step's run() returns on success (failures raise ProvisionError)."""
     detail: str
-    facts: dict = field(default_factory=dict)
-    status: str = "ok"      # ok | skipped (e.g. smoke on a host without a GPU)
+    facts: StepFacts | dict = field(default_factory=dict)     # typed for the steps whose facts others read
+    status: StepStatus = StepStatus.OK      # OK or SKIPPED (e.g. smoke on a host without a GPU)
 
 
 @dataclass
 class StepResult:
     step: str
-    status: str             # ok | up-to-date | skipped | failed | interrupted | not run
+    status: StepStatus
     detail: str = ""
     seconds: float = 0.0
     facts: dict = field(default_factory=dict)
@@ -92,6 +94,15 @@ def read_stamp(ws: Workspace, name: str) -> dict | None:
         return json.loads(_stamp_file(ws, name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def upstream_facts(ws: Workspace, facts_type: type[F]) -> F | None:
+    """The facts an upstream step recorded when it last succeeded, typed; None when it never has.
+    FactsUnreadable when the record does not have the shape facts_type reads."""
+    previous = read_stamp(ws, facts_type.STEP)
+    if previous is None:
+        return None
+    return facts_type.from_dict(previous.get("facts"))      # type: ignore[attr-defined]
 
 
 def steps_to_force(force: Iterable[str]) -> set[str]:
@@ -150,21 +161,21 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
                     upstream = _upstream_stamp(module, ctx, upstream)
                     continue
                 if stopped:
-                    results.append(StepResult(name, "not run", "an earlier step failed"))
+                    results.append(StepResult(name, StepStatus.NOT_RUN, "an earlier step failed"))
                     continue
                 started = time.monotonic()
                 try:
                     result, upstream = _run_step(module, ctx, upstream, name in force)
                 except KeyboardInterrupt as exc:    # Ctrl-C or SIGTERM: the report shows where it stopped
                     code = interrupted_exit_code(exc)
-                    results.append(StepResult(name, "interrupted",
+                    results.append(StepResult(name, StepStatus.INTERRUPTED,
                                               f"interrupted by {'SIGTERM' if code == 143 else 'Ctrl-C'}",
                                               time.monotonic() - started, hint="rerun the same command",
                                               exit_code=code))
                     interrupted = [s for s in wanted if STEPS.index(s) > STEPS.index(name)]
-                    results += [StepResult(s, "not run", "the run was interrupted before it") for s in interrupted]
+                    results += [StepResult(s, StepStatus.NOT_RUN, "the run was interrupted before it") for s in interrupted]
                     raise
-                stopped = result.status == "failed"
+                stopped = result.status == StepStatus.FAILED
                 results.append(result)
                 if on_result:
                     on_result(result)
@@ -191,7 +202,7 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
         if not forced and previous and previous.get("stamp") == stamp and _guarded(name, ctx.log, intact, ctx):
             # The report keeps what the step did when it last ran, not just "skipped".
             then = f"; last run took {previous['seconds']:.1f} s: {previous['detail']}" if "detail" in previous else ""
-            return StepResult(name, "up-to-date", f"inputs unchanged since {previous.get('finished', '?')}{then}",
+            return StepResult(name, StepStatus.UP_TO_DATE, f"inputs unchanged since {previous.get('finished', '?')}{then}",
                               time.monotonic() - started, previous.get("facts", {})), stamp
         _stamp_file(ws, name).unlink(missing_ok=True)
         outcome = _guarded(name, ctx.log, module.run, ctx)
@@ -199,12 +210,13 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
         facts = dict(getattr(exc, "facts", {}))
         if exc.log_tail:
             facts["log_tail"] = exc.log_tail
-        return StepResult(name, "failed", exc.message, time.monotonic() - started, hint=exc.hint,
+        return StepResult(name, StepStatus.FAILED, exc.message, time.monotonic() - started, hint=exc.hint,
                           exit_code=exc.exit_code, facts=facts), upstream
-    result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, outcome.facts)
-    if outcome.status == "ok":
+    facts = facts_dict(outcome.facts)
+    result = StepResult(name, outcome.status, outcome.detail, time.monotonic() - started, facts)
+    if outcome.status == StepStatus.OK:
         _stamp_file(ws, name).write_text(json.dumps(
-            {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": outcome.facts,
+            {"stamp": stamp, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "facts": facts,
              "seconds": round(result.seconds, 1), "detail": outcome.detail},
             indent=2, default=str))
     return result, stamp
@@ -226,6 +238,6 @@ def _upstream_stamp(module, ctx: StepContext, upstream: str) -> str:
 def _record(ws: Workspace, results: list[StepResult], plan: Plan) -> None:
     """Merge this run's step results into report.json and render report.md (see report.py)."""
     from vllm_provision.report import record_run
-    record_run(ws.report, {r.step: asdict(r) for r in results if r.status != "not run"},
-               {r.step: r.detail for r in results if r.status == "not run"},
+    record_run(ws.report, {r.step: asdict(r) for r in results if r.status != StepStatus.NOT_RUN},
+               {r.step: r.detail for r in results if r.status == StepStatus.NOT_RUN},
                release=plan.release.version, profile=plan.profile)

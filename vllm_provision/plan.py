@@ -16,7 +16,7 @@ from vllm_provision.core import config
 from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.probes import envprobe, host
 from vllm_provision.sources.externals import ExternalPlan, plan_externals
-from vllm_provision.checks import check_driver
+from vllm_provision.checks import CheckStatus, check_driver
 from vllm_provision.checks.toolchain import check_torch_pin
 from vllm_provision.catalog import Release, lock_path
 from vllm_provision.core.errors import ConfigError
@@ -321,7 +321,7 @@ def host_torch_refusal(plan: "Plan") -> ConfigError | None:
     if found.error:
         return None
     check = check_torch_pin(plan.release, found.version, f"the host's Python ({python})")
-    return ConfigError(check.detail, hint=check.hint) if check.status == "fail" else None
+    return ConfigError(check.detail, hint=check.hint) if check.status == CheckStatus.FAIL else None
 
 
 def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: Path = PROJECT_ROOT,
@@ -396,7 +396,7 @@ def driver_note(cuda: str | None, facts: host.HostFacts) -> str:
     if not cuda or not facts.gpus:
         return ""
     check = check_driver(facts, cuda)
-    return f"{check.detail}; fix: {check.hint}" if check.status == "fail" else ""
+    return f"{check.detail}; fix: {check.hint}" if check.status == CheckStatus.FAIL else ""
 
 
 def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,

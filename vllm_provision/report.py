@@ -28,9 +28,10 @@ from typing import Any, Iterable, Iterator
 from vllm_provision import GIB, PROJECT_ROOT, __version__
 from vllm_provision.core import runner
 from vllm_provision.core.files import atomic_write
-from vllm_provision.checks import Check, counts, from_dicts
+from vllm_provision.checks import Check, CheckStatus, counts, from_dicts
 from vllm_provision.probes.host import HostFacts
 from vllm_provision.core.redact import redact_text
+from vllm_provision.steps.facts import StepStatus
 
 
 @contextmanager
@@ -130,7 +131,7 @@ def finish_run(exit_code: int) -> list[Path]:
                         if (s.get("run") or {}).get("id") == record["id"]]
                 ran = {s["step"] for s in mine}
                 wanted = (data.get("run_steps") or {}).get(record["id"]) or []
-                rows = sorted(mine + [{"step": n, "status": "not run", "detail": why}
+                rows = sorted(mine + [{"step": n, "status": StepStatus.NOT_RUN, "detail": why}
                                       for n, why in wanted if n not in ran],
                               key=lambda s: STEP_ORDER.index(s["step"]) if s["step"] in STEP_ORDER else 99)
                 run_record = record | {"steps": [{k: s.get(k) for k in ("step", "status", "detail", "seconds")}
@@ -308,7 +309,7 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
     names = list(STEP_ORDER) + sorted(set(steps) - set(STEP_ORDER))
     lines += _table(["step", "status", "time", "ran", "detail"],
                     [[name, s.get("status"), f"{float(s.get('seconds') or 0):.1f} s", _ran_by(s), s.get("detail", "")]
-                     if (s := steps.get(name)) else [name, "not run", "", "", "never run in this workspace"]
+                     if (s := steps.get(name)) else [name, StepStatus.NOT_RUN, "", "", "never run in this workspace"]
                      for name in names])
     build_facts = ((steps.get("build") or {}).get("facts")) or {}
     if build_facts.get("arch_list"):
@@ -323,7 +324,7 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
             checks = from_dicts(sec["checks"])
             n = counts(checks)
             lines += ["", f"## {title}: {'ok' if sec.get('ok') else 'FAILED'} "
-                          f"({n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip; "
+                          f"({n[CheckStatus.PASS]} pass, {n[CheckStatus.WARN]} warn, {n[CheckStatus.FAIL]} fail, {n[CheckStatus.SKIP]} skip; "
                           f"{sec.get('when', '')})", ""]
             if sec.get("run"):
                 lines += [f"Checked {_ran_by(sec)}.", ""]
@@ -346,7 +347,7 @@ def _gpus_section(gpus: Any) -> list[str]:
                     [[r.get("gpu"), r.get("name"), r.get("num_gpu_blocks"), r.get("predicted_blocks"),
                       "" if r.get("off_pct") is None else f"{r['off_pct']:+.1f} %", r.get("status"),
                       ", ".join(r.get("other_processes") or []) or "none",
-                      r.get("shortfall") or ("" if r.get("status") == "pass" else r.get("detail", ""))]
+                      r.get("shortfall") or ("" if r.get("status") == CheckStatus.PASS else r.get("detail", ""))]
                      for r in gpus["per_gpu"]])
     tp = gpus.get("tensor_parallel") or {}
     if tp:
@@ -419,8 +420,8 @@ def junit_xml(suite: str, cases: Iterable[dict]) -> str:
     """JUnit XML: one testcase per check/step. Case keys: name, status (pass|ok|up-to-date|warn|fail|
     failed|skip|skipped|...), detail, hint, seconds."""
     cases = list(cases)
-    failing = {"fail", "failed"}
-    skipping = {"skip", "skipped", "not run"}
+    failing = {CheckStatus.FAIL, StepStatus.FAILED}
+    skipping = {CheckStatus.SKIP, StepStatus.SKIPPED, StepStatus.NOT_RUN}
     root = ET.Element("testsuites")
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),
                        failures=str(sum(c["status"] in failing for c in cases)), errors="0",

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from vllm_provision.checks import Check
+from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.artifacts import manifest as mf
@@ -31,26 +31,26 @@ def artifact_checks(vllm_dirs: Iterable[str | Path], info: EnvInfo | None, expec
     if path is None:
         if not expected_key:
             return []
-        return [Check("artifact-manifest", "fail", f"no {Path(mf.IN_WHEEL).name} in {', '.join(map(str, vllm_dirs))}: "
+        return [Check("artifact-manifest", CheckStatus.FAIL, f"no {Path(mf.IN_WHEEL).name} in {', '.join(map(str, vllm_dirs))}: "
                       f"the installed vllm is not the artifact of key {expected_key}", REINSTALL)]
     try:
         manifest = json.loads(path.read_text())
         mf.check_key(manifest, expected_key or str(manifest.get("key")), str(path))
     except (OSError, ValueError) as exc:
-        return [Check("artifact-manifest", "fail", f"{path} cannot be read: {exc}", REINSTALL)]
+        return [Check("artifact-manifest", CheckStatus.FAIL, f"{path} cannot be read: {exc}", REINSTALL)]
     except StepFailed as exc:
-        return [Check("artifact-manifest", "fail", exc.message, REINSTALL)]
-    checks = [Check("artifact-manifest", "pass", f"{path.name}: key {manifest['key']}, vllm {manifest['version']}, "
+        return [Check("artifact-manifest", CheckStatus.FAIL, exc.message, REINSTALL)]
+    checks = [Check("artifact-manifest", CheckStatus.PASS, f"{path.name}: key {manifest['key']}, vllm {manifest['version']}, "
                     f"built with torch {manifest['torch']} for {', '.join(manifest['archs'])}")]
     libraries = sorted(path.parent.glob("*.so"))
     try:
         found = read_archs(libraries, info)
     except StepFailed as exc:
-        return checks + [Check("artifact-archs", "skip", exc.message, exc.hint)]
+        return checks + [Check("artifact-archs", CheckStatus.SKIP, exc.message, exc.hint)]
     wanted = tuple(manifest["archs"])
     wrong = {name: archs for name, archs in found.items() if archs != wanted}
     if not libraries or wrong:
         held = "; ".join(f"{name} holds {', '.join(archs) or 'no SASS'}" for name, archs in wrong.items())
         detail = f"{held}; the manifest says {', '.join(wanted)}" if wrong else f"no libraries next to {path}"
-        return checks + [Check("artifact-archs", "fail", detail, REINSTALL)]
-    return checks + [Check("artifact-archs", "pass", f"{len(found)} libraries hold {', '.join(wanted)}, as the manifest says")]
+        return checks + [Check("artifact-archs", CheckStatus.FAIL, detail, REINSTALL)]
+    return checks + [Check("artifact-archs", CheckStatus.PASS, f"{len(found)} libraries hold {', '.join(wanted)}, as the manifest says")]

@@ -8,19 +8,34 @@ ConfigError before any check runs and exits 2).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.probes.host import HostFacts
 
-STATUSES = ("pass", "warn", "fail", "skip")
+
+
+class CheckStatus(str, Enum):
+    """A check's verdict. A str (json.dumps, f-strings and `== "pass"` see the bare value), so report.json and
+    every --json output read as before; `enum.StrEnum` would do the same but needs Python 3.11."""
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+    def __str__(self) -> str:     # Enum's own str() is "CheckStatus.PASS"; format() follows __str__
+        return self.value
+
+
+STATUSES = tuple(CheckStatus)
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # pass|warn|fail|skip
+    status: CheckStatus
     detail: str
     hint: str | None = None
 
@@ -30,7 +45,7 @@ class Check:
 
 def summarize(checks: Iterable[Check]) -> tuple[bool, int]:
     """(ok, exit_code): ok unless a check failed; exit 0 when ok, else 1."""
-    ok = not any(c.status == "fail" for c in checks)
+    ok = not any(c.status == CheckStatus.FAIL for c in checks)
     return ok, 0 if ok else 1
 
 
@@ -41,8 +56,16 @@ def to_json(checks: Iterable[Check]) -> dict:
 
 
 def from_dicts(items: Iterable[dict]) -> list[Check]:
-    return [Check(str(i.get("name", "?")), str(i.get("status", "skip")), str(i.get("detail", "")), i.get("hint"))
+    return [Check(str(i.get("name", "?")), _status_of(i.get("status")), str(i.get("detail", "")), i.get("hint"))
             for i in items]
+
+
+def _status_of(value: object) -> CheckStatus:
+    """A recorded status; one this toolkit does not know (a report from elsewhere) reads as skip."""
+    try:
+        return CheckStatus(value)
+    except ValueError:
+        return CheckStatus.SKIP
 
 
 def counts(checks: Iterable[Check]) -> dict[str, int]:
@@ -65,19 +88,20 @@ def print_checks(title: str, checks: list[Check], as_json: bool = False, kind: s
         return
     ok, _ = summarize(checks)
     n = counts(checks)
-    total = f"{'ok' if ok else 'FAILED'}: {n['pass']} pass, {n['warn']} warn, {n['fail']} fail, {n['skip']} skip"
+    total = (f"{'ok' if ok else 'FAILED'}: {n[CheckStatus.PASS]} pass, {n[CheckStatus.WARN]} warn, "
+             f"{n[CheckStatus.FAIL]} fail, {n[CheckStatus.SKIP]} skip")
     if not ui.out.is_terminal:      # CI logs: one line per check, its fix below it, nothing wrapped
         lines = [title]
         width = max((len(c.name) for c in checks), default=0)
         for c in checks:
             lines.append(f"{c.status.upper():4}  {c.name:{width}}  {c.detail}")
-            if c.hint and c.status != "pass":
+            if c.hint and c.status != CheckStatus.PASS:
                 lines.append(f"      {'':{width}}  fix: {c.hint}")
         sys.stdout.write("\n".join(lines + [total]) + "\n")
         sys.stdout.flush()
         return
     from rich.table import Table
-    colors = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    colors = {CheckStatus.PASS: "green", CheckStatus.WARN: "yellow", CheckStatus.FAIL: "red", CheckStatus.SKIP: "dim"}
     table = Table(title=title)
     for col in ("check", "status", "detail", "fix"):
         table.add_column(col, overflow="fold")
@@ -103,18 +127,18 @@ DRIVER_FLOOR = {12: "525", 13: "580"}
 def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     name = "driver-vs-cuda"
     if not facts.gpus:
-        return Check(name, "skip", f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
+        return Check(name, CheckStatus.SKIP, f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
     have, want = parse_version(facts.driver_cuda), parse_version(torch_cuda)
     detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
     if have is None or want is None:
-        return Check(name, "warn", detail)
+        return Check(name, CheckStatus.WARN, detail)
     floor = DRIVER_FLOOR.get(want.major)
     fix = (f"upgrade the NVIDIA driver to one for CUDA {want.major}.{want.minor}+"
            + (f" (>= {floor})" if floor else "") + f", or use a torch built for CUDA <= {have}"
            + (": --profile seed (CUDA 12.1) with a CUDA 12 toolkit or a conda channel with cuda-nvcc"
               if want.major >= 13 else ""))
     if have.major < want.major:
-        return Check(name, "fail", detail + ": the built kernels would not load", fix)
+        return Check(name, CheckStatus.FAIL, detail + ": the built kernels would not load", fix)
     if have < want:
-        return Check(name, "warn", detail + ": relies on CUDA minor-version compatibility", fix)
-    return Check(name, "pass", detail)
+        return Check(name, CheckStatus.WARN, detail + ": relies on CUDA minor-version compatibility", fix)
+    return Check(name, CheckStatus.PASS, detail)

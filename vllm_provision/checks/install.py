@@ -14,8 +14,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
-from vllm_provision.checks import Check
 from vllm_provision.core.archs import base_arch
+from vllm_provision.checks import Check, CheckStatus
 
 
 def _path_of(url: str) -> Path | None:
@@ -30,25 +30,25 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
     entry = inspected.get(canonicalize_name(dist))
     if entry is None:
         hint = "run `./inv build` (pip install -e src/ into the env)"
-        return [Check(f"{dist}-version", "fail", f"{dist} is not installed in the env", hint),
-                Check(f"{dist}-editable", "fail", f"{dist} is not installed in the env", hint)]
+        return [Check(f"{dist}-version", CheckStatus.FAIL, f"{dist} is not installed in the env", hint),
+                Check(f"{dist}-editable", CheckStatus.FAIL, f"{dist} is not installed in the env", hint)]
     version = entry.get("metadata", {}).get("version", "")
     try:
         ok = Version(version).public == Version(release).public
     except InvalidVersion:
         ok = False
-    checks = [Check(f"{dist}-version", "pass", f"{dist} {version} installed (release {release})") if ok else
-              Check(f"{dist}-version", "fail", f"{dist} {version} installed, release is {release}",
+    checks = [Check(f"{dist}-version", CheckStatus.PASS, f"{dist} {version} installed (release {release})") if ok else
+              Check(f"{dist}-version", CheckStatus.FAIL, f"{dist} {version} installed, release is {release}",
                     f"rebuild: `./inv build --force` installs {dist} {release} from {src}")]
     direct = entry.get("direct_url") or {}
     editable = bool((direct.get("dir_info") or {}).get("editable"))
     if artifact:
         if editable:
-            checks.append(Check(f"{dist}-artifact", "fail", f"{dist} is installed editable from {direct.get('url')}, "
+            checks.append(Check(f"{dist}-artifact", CheckStatus.FAIL, f"{dist} is installed editable from {direct.get('url')}, "
                                 f"not from the cached wheel {artifact['file']}",
                                 "reinstall from the cache: `./inv build --force`"))
         else:
-            checks.append(Check(f"{dist}-artifact", "pass", f"installed from cache {artifact['cache']}: "
+            checks.append(Check(f"{dist}-artifact", CheckStatus.PASS, f"installed from cache {artifact['cache']}: "
                                 f"{artifact['file']} (sha256 {artifact['wheel_sha256']})"))
         return checks
     where = _path_of(direct.get("url", "")) if direct else None
@@ -56,13 +56,13 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
         where, editable = Path(entry["editable_project_location"]), True
     if not editable:
         how = f"from {direct.get('url')}" if direct.get("url") else "from a wheel/index"
-        checks.append(Check(f"{dist}-editable", "fail", f"{dist} is installed non-editable ({how})",
+        checks.append(Check(f"{dist}-editable", CheckStatus.FAIL, f"{dist} is installed non-editable ({how})",
                             f"reinstall editable from the workspace: `./inv build --force` (pip install -e {src})"))
     elif where is None or where.resolve() != src.resolve():
-        checks.append(Check(f"{dist}-editable", "fail", f"{dist} is editable from {where}, not from {src}",
+        checks.append(Check(f"{dist}-editable", CheckStatus.FAIL, f"{dist} is editable from {where}, not from {src}",
                             "reinstall from the workspace: `./inv build --force`"))
     else:
-        checks.append(Check(f"{dist}-editable", "pass", f"editable from {src}"))
+        checks.append(Check(f"{dist}-editable", CheckStatus.PASS, f"editable from {src}"))
     return checks
 
 
@@ -83,19 +83,19 @@ def check_pip(pip: PipCheck, python: str, allowed: Iterable[Mapping[str, str]],
         else:
             bad.append(line)
     if bad:
-        return Check("pip-check", "fail", "; ".join(bad),
+        return Check("pip-check", CheckStatus.FAIL, "; ".join(bad),
                      "restore the locked versions (`./inv env --force`), or, when the profile drops it on "
                      "purpose, add it to verify.allowed_pip_check with the reason")
     if pip.returncode != 0 and not (accepted or foreign):
-        return Check("pip-check", "fail", f"pip check exit {pip.returncode}: {pip.output.strip()[-200:]}",
+        return Check("pip-check", CheckStatus.FAIL, f"pip check exit {pip.returncode}: {pip.output.strip()[-200:]}",
                      f"run `{python} -m pip check`")
     if foreign:
-        return Check("pip-check", "warn", f"{len(foreign)} complaint(s) about the host's own packages, not changed "
+        return Check("pip-check", CheckStatus.WARN, f"{len(foreign)} complaint(s) about the host's own packages, not changed "
                      f"by vllm-provision: " + "; ".join(foreign[:3]) + ("" if not accepted else
                      "; accepted: " + "; ".join(accepted)), "fix them in the host's environment if they matter")
     if accepted:
-        return Check("pip-check", "pass", "clean apart from what the profile drops: " + "; ".join(accepted))
-    return Check("pip-check", "pass", "no broken requirements")
+        return Check("pip-check", CheckStatus.PASS, "clean apart from what the profile drops: " + "; ".join(accepted))
+    return Check("pip-check", CheckStatus.PASS, "no broken requirements")
 
 
 def _matches(wanted: str, have: str) -> bool:
@@ -128,12 +128,12 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
         problems.append(f"torch CUDA: before {before_cuda}, after {torch_cuda}")
     torch_now = f"torch {installed.get('torch', 'absent')} (CUDA {torch_cuda or 'none'})"
     if problems:
-        return Check("locked", "fail", "changed after the build: " + "; ".join(problems),
+        return Check("locked", CheckStatus.FAIL, "changed after the build: " + "; ".join(problems),
                      "something replaced locked packages (a pip install without constraints?): "
                      "`./inv env --force` restores the lock, then `./inv build --force`")
     if lock:
-        return Check("locked", "pass", f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
-    return Check("locked", "pass", f"no lock for this profile; {torch_now} unchanged since the env step")
+        return Check("locked", CheckStatus.PASS, f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
+    return Check("locked", CheckStatus.PASS, f"no lock for this profile; {torch_now} unchanged since the env step")
 
 
 def _cc(arch: str) -> tuple[int, int]:
@@ -158,7 +158,7 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
     """Each extension's SASS (name -> archs, from cuobjdump; None: no cuobjdump to read it) covers every
     required compute capability."""
     if sass is None:
-        return [Check("sass", "skip", "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
+        return [Check("sass", CheckStatus.SKIP, "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
                       "the toolkit installs it (the nvidia-cuda-cuobjdump wheel): reinstall its venv with "
                       "`rm -rf .venv; ./inv --list`")]
     required = list(dict.fromkeys(base_arch(a) for a in required))
@@ -168,12 +168,12 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
         missing = [cc for cc in required if not any(covers(s, cc) for s in have)]
         if missing:
             want = ", ".join("sm_" + cc.replace(".", "") for cc in missing)
-            out.append(Check(f"sass {name}", "fail",
+            out.append(Check(f"sass {name}", CheckStatus.FAIL,
                              f"{so.name} has SASS {', '.join(have) or 'none'}; missing {want} for {why} "
                              "(`no kernel image is available for execution on the device`)",
                              f"rebuild for these archs: `./inv build --force --arch '{';'.join(required)}'`"))
         else:
-            out.append(Check(f"sass {name}", "pass", f"{', '.join(have)} covers {', '.join(required)} ({why})"))
+            out.append(Check(f"sass {name}", CheckStatus.PASS, f"{', '.join(have)} covers {', '.join(required)} ({why})"))
     return out
 
 
@@ -184,36 +184,36 @@ def check_extension_imports(so_files: Mapping[str, Path], imported: ImportResult
                             python: str) -> list[Check]:
     """Each extension .so imported in the env's python; a missing driver is a skip off-GPU."""
     if imported.crash:
-        return [Check(f"import {n}", "fail", imported.crash, f"run `{python} -c 'import torch'` to see why")
+        return [Check(f"import {n}", CheckStatus.FAIL, imported.crash, f"run `{python} -c 'import torch'` to see why")
                 for n in so_files]
     out = []
     for name in so_files:
         err = imported.errors.get(name)
         if err is None:
-            out.append(Check(f"import {name}", "pass", f"{so_files[name].name} imports"))
+            out.append(Check(f"import {name}", CheckStatus.PASS, f"{so_files[name].name} imports"))
         elif not has_gpu and _NEEDS_DRIVER.search(err):
-            out.append(Check(f"import {name}", "skip", f"needs the GPU driver, absent here: {err}",
+            out.append(Check(f"import {name}", CheckStatus.SKIP, f"needs the GPU driver, absent here: {err}",
                              "verify on a GPU host"))
         else:
             why = f"; torch itself failed: {imported.torch_error}" if imported.torch_error else ""
-            out.append(Check(f"import {name}", "fail", f"{err}{why}",
+            out.append(Check(f"import {name}", CheckStatus.FAIL, f"{err}{why}",
                              "an undefined symbol means it was built against another torch: "
                              "`./inv build --force`"))
     return out
 
 
-IMPORT_VLLM_IN_SMOKE = Check("import-vllm", "skip", "left to this run's smoke, which imports vLLM "
+IMPORT_VLLM_IN_SMOKE = Check("import-vllm", CheckStatus.SKIP, "left to this run's smoke, which imports vLLM "
                              "(`from vllm import LLM, SamplingParams`) and generates with it", "`./inv verify` alone imports it")
-NO_GPU_IMPORT_VLLM = Check("import-vllm", "skip", "no GPU on this host: `from vllm import LLM, SamplingParams` "
+NO_GPU_IMPORT_VLLM = Check("import-vllm", CheckStatus.SKIP, "no GPU on this host: `from vllm import LLM, SamplingParams` "
                            "is checked on GPU hosts only", "run `./inv verify` on the GPU host")
 
 
 def check_import_vllm(result: ImportVllm, log: Path | None = None) -> Check:
     if result.ok:
-        return Check("import-vllm", "pass", f"from vllm import LLM, SamplingParams works ({result.detail})")
+        return Check("import-vllm", CheckStatus.PASS, f"from vllm import LLM, SamplingParams works ({result.detail})")
     if result.hint:          # the import did not finish (timed out): the runner's own words
-        return Check("import-vllm", "fail", result.detail, result.hint)
-    return Check("import-vllm", "fail", f"from vllm import LLM, SamplingParams: {result.detail}",
+        return Check("import-vllm", CheckStatus.FAIL, result.detail, result.hint)
+    return Check("import-vllm", CheckStatus.FAIL, f"from vllm import LLM, SamplingParams: {result.detail}",
                  f"full traceback in {log}" if log else "run it in the env to see the traceback")
 
 
@@ -226,15 +226,15 @@ def check_bytecode(found: Bytecode, python: str) -> Check:
     (each vLLM start, verify, the smoke) compiles it from source again."""
     name = "bytecode"
     if found.error:
-        return Check(name, "skip", f"could not ask {python}: {found.error}")
+        return Check(name, CheckStatus.SKIP, f"could not ask {python}: {found.error}")
     if found.dir is None:
-        return Check(name, "skip", f"no {found.package} in {python}")
+        return Check(name, CheckStatus.SKIP, f"no {found.package} in {python}")
     share = f"{found.compiled} of {found.modules} {found.package} modules have bytecode"
     if found.modules == 0 or found.compiled >= BYTECODE_SHARE * found.modules:
-        return Check(name, "pass", share)
+        return Check(name, CheckStatus.PASS, share)
     if found.writable and not found.dont_write:
-        return Check(name, "pass", f"{share}; the rest is written on first import")
+        return Check(name, CheckStatus.PASS, f"{share}; the rest is written on first import")
     why = "PYTHONDONTWRITEBYTECODE is set" if found.dont_write else f"{found.dir} is read-only"
-    return Check(name, "warn", f"{share} and {why}: every process that imports {found.package} (each vLLM start, "
+    return Check(name, CheckStatus.WARN, f"{share} and {why}: every process that imports {found.package} (each vLLM start, "
                  "verify, the smoke) compiles it from source, seconds each time",
                  f"compile it once, as the owner of the image: {python} -m compileall -q -j0 {found.dir}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vllm_provision import GIB
-from vllm_provision.checks import Check
+from vllm_provision.checks import Check, CheckStatus
 
 # Disk for a build: the source tree with 7 build-temp dirs and libraries (~0.3 GiB at one arch, more
 # with more archs), pip's editable-wheel temp copy, and the compiler cache.
@@ -20,24 +20,24 @@ def disk_needed(backend: str, env_ready: bool) -> int:
 def check_disk(free: int, need: int, where: str = "") -> Check:
     detail = f"{free / GIB:.1f} GiB free, the build needs about {need / GIB:.1f} GiB" + (f" under {where}" if where else "")
     if not free:
-        return Check("disk", "skip", detail)
+        return Check("disk", CheckStatus.SKIP, detail)
     if free < need:
-        return Check("disk", "fail", detail, "free disk space or move the workspace (workspace_root)")
+        return Check("disk", CheckStatus.FAIL, detail, "free disk space or move the workspace (workspace_root)")
     if free < 2 * need:
-        return Check("disk", "warn", detail, "little headroom for caches and a second env")
-    return Check("disk", "pass", detail)
+        return Check("disk", CheckStatus.WARN, detail, "little headroom for caches and a second env")
+    return Check("disk", CheckStatus.PASS, detail)
 
 
 def check_ram(available: int, max_jobs: int, peak: int) -> Check:
     """RAM for `max_jobs` compile jobs of `peak` bytes each."""
     detail = f"{available / GIB:.1f} GiB available; {max_jobs} job(s) x {peak / GIB:.1f} GiB peak"
     if not available:
-        return Check("ram", "skip", "available RAM unknown")
+        return Check("ram", CheckStatus.SKIP, "available RAM unknown")
     if available < peak:
-        return Check("ram", "fail", detail + ": not enough for one compile job",
+        return Check("ram", CheckStatus.FAIL, detail + ": not enough for one compile job",
                      "free memory (stop other programs) or add swap")
     fit = max(1, available // peak)
     if max_jobs > fit:
-        return Check("ram", "warn", detail + ": more jobs than RAM allows, the compiler may be Killed",
+        return Check("ram", CheckStatus.WARN, detail + ": more jobs than RAM allows, the compiler may be Killed",
                      f"--max-jobs {fit}")
-    return Check("ram", "pass", detail)
+    return Check("ram", CheckStatus.PASS, detail)

@@ -12,8 +12,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from vllm_provision.probes.host import NvccInfo
-from vllm_provision.checks import Check, parse_version
 from vllm_provision.core.archs import base_arch
+from vllm_provision.checks import Check, CheckStatus, parse_version
 
 
 def matching_compiler_hint(cuda: str) -> str:
@@ -30,47 +30,47 @@ def matching_compiler_hint(cuda: str) -> str:
 def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path: str | None) -> Check:
     name = "nvcc-vs-torch"
     if not torch_cuda:
-        return Check(name, "fail", "the env's torch has no CUDA (a CPU build): nothing to compile against",
+        return Check(name, CheckStatus.FAIL, "the env's torch has no CUDA (a CPU build): nothing to compile against",
                      "install a CUDA build of torch (envs/locks pin one; `./inv env --force`)")
     if not nvcc_path or not nvcc_version:
-        return Check(name, "fail", f"no nvcc found; torch needs CUDA {torch_cuda}", matching_compiler_hint(torch_cuda))
+        return Check(name, CheckStatus.FAIL, f"no nvcc found; torch needs CUDA {torch_cuda}", matching_compiler_hint(torch_cuda))
     have, want = parse_version(nvcc_version), parse_version(torch_cuda)
     detail = f"nvcc {nvcc_version} ({nvcc_path}), torch built with CUDA {torch_cuda}"
     if have is None or want is None:
-        return Check(name, "warn", detail + ": versions unparsable")
+        return Check(name, CheckStatus.WARN, detail + ": versions unparsable")
     fix = (f"use a CUDA {want.major}.{want.minor} compiler: {matching_compiler_hint(f'{want.major}.{want.minor}')}; "
            f"or pick a torch built for CUDA {have.major}.x (a lock/profile with that torch)")
     if have.major != want.major:
-        return Check(name, "fail", detail + ": CUDA major versions differ, torch refuses to build "
+        return Check(name, CheckStatus.FAIL, detail + ": CUDA major versions differ, torch refuses to build "
                      "(`The detected CUDA version mismatches the version that was used to compile PyTorch`)", fix)
     if (have.major, have.minor) != (want.major, want.minor):
-        return Check(name, "warn", detail + ": minor versions differ (torch warns, builds usually work)", fix)
-    return Check(name, "pass", detail)
+        return Check(name, CheckStatus.WARN, detail + ": minor versions differ (torch warns, builds usually work)", fix)
+    return Check(name, CheckStatus.PASS, detail)
 
 
 def check_compiler_for(torch_cuda: str, nvccs: Iterable[NvccInfo]) -> Check:
     """nvcc-vs-torch before the env exists: any host toolkit that fits the planned torch's CUDA passes."""
     checks = [check_nvcc_torch(torch_cuda, n.version, n.path) for n in nvccs]
-    return next((c for c in checks if c.status != "fail"), checks[0] if checks else check_nvcc_torch(torch_cuda, None, None))
+    return next((c for c in checks if c.status != CheckStatus.FAIL), checks[0] if checks else check_nvcc_torch(torch_cuda, None, None))
 
 
 def check_gcc(gcc_version: str | None, gcc_path: str | None, nvcc: NvccInfo | None) -> Check:
     """The host C++ compiler (host.host_compiler's choice) within nvcc's gcc limit."""
     name = "gcc-vs-nvcc"
     if not gcc_version:
-        return Check(name, "fail", "no host C++ compiler found (gcc/g++)",
+        return Check(name, CheckStatus.FAIL, "no host C++ compiler found (gcc/g++)",
                      "install gcc/g++ (apt-get install g++), or set CC/CXX/CUDAHOSTCXX")
     if nvcc is None:
-        return Check(name, "skip", f"{Path(gcc_path or 'gcc').name} {gcc_version}; no nvcc to check it against")
+        return Check(name, CheckStatus.SKIP, f"{Path(gcc_path or 'gcc').name} {gcc_version}; no nvcc to check it against")
     if nvcc.gcc_max is None:
-        return Check(name, "skip", f"gcc {gcc_version} ({gcc_path}); nvcc's limit not found (crt/host_config.h)")
+        return Check(name, CheckStatus.SKIP, f"gcc {gcc_version} ({gcc_path}); nvcc's limit not found (crt/host_config.h)")
     parsed = parse_version(gcc_version)
     detail = f"gcc {gcc_version} ({gcc_path}); nvcc {nvcc.version or '?'} accepts gcc <= {nvcc.gcc_max}"
     if parsed is not None and parsed.major > nvcc.gcc_max:
         limit = nvcc.gcc_max
-        return Check(name, "fail", detail + ": `unsupported GNU version` would stop the compile",
+        return Check(name, CheckStatus.FAIL, detail + ": `unsupported GNU version` would stop the compile",
                      f"install gcc-{limit} and set CC=gcc-{limit} CXX=g++-{limit} CUDAHOSTCXX=g++-{limit}")
-    return Check(name, "pass", detail)
+    return Check(name, CheckStatus.PASS, detail)
 
 
 def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo | None) -> Check:
@@ -81,23 +81,23 @@ def check_archs(archs: Iterable[str], arch_source: str, release, nvcc: NvccInfo 
     wanted = [base_arch(a) for a in archs]
     bad_release = [a for a in wanted if a not in release.cuda_archs]
     if bad_release:
-        return Check(name, "fail", f"{', '.join(bad_release)} not supported by vLLM {release.version} "
+        return Check(name, CheckStatus.FAIL, f"{', '.join(bad_release)} not supported by vLLM {release.version} "
                      f"(it builds for {', '.join(release.cuda_archs)}){origin}",
                      "use --arch with supported values, e.g. --arch 9.0")
     nvcc_archs = nvcc.archs if nvcc else ()
     version = nvcc.version if nvcc else None
     if not nvcc_archs:
-        return Check(name, "warn", f"{';'.join(archs)}: nvcc's arch list unknown (nvcc --list-gpu-arch failed){origin}")
+        return Check(name, CheckStatus.WARN, f"{';'.join(archs)}: nvcc's arch list unknown (nvcc --list-gpu-arch failed){origin}")
     bad_nvcc = [a for a in wanted if a not in nvcc_archs]
     if bad_nvcc:
         ok = [a for a in wanted if a in nvcc_archs]
-        return Check(name, "fail", f"nvcc {version} cannot compile for {', '.join(bad_nvcc)} "
+        return Check(name, CheckStatus.FAIL, f"nvcc {version} cannot compile for {', '.join(bad_nvcc)} "
                      f"(it supports {', '.join(nvcc_archs)}; of vLLM {release.version}'s: "
                      f"{', '.join(a for a in release.cuda_archs if a in nvcc_archs) or 'none'}){origin}",
                      f"build for the archs this nvcc has: --arch '{';'.join(ok) or nvcc_archs[-1]}' "
                      "(or use an older CUDA for old GPUs)")
     both = [a for a in release.cuda_archs if a in nvcc_archs]
-    return Check(name, "pass", f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}; "
+    return Check(name, CheckStatus.PASS, f"{';'.join(archs)}: supported by vLLM {release.version} and nvcc {version}{origin}; "
                                f"of the release's archs this nvcc builds {', '.join(both)}")
 
 
@@ -107,16 +107,16 @@ def check_torch_pin(release, torch_version: str | None, where: str) -> Check:
     built against another torch fail at import (`undefined symbol`). A local tag (+cu130) matches its version."""
     name = "torch-vs-release"
     if not release.torch:
-        return Check(name, "skip", f"vLLM {release.version} pins no torch")
+        return Check(name, CheckStatus.SKIP, f"vLLM {release.version} pins no torch")
     pin = f"torch{release.torch}"
     hint = (f"use an interpreter with {pin} (env.python_path), or the profile that installs it: "
             f"--profile pypi-cu13 ({pin} from its lock)")
     if not torch_version:
-        return Check(name, "fail", f"{where} has no torch; vLLM {release.version} builds against {pin}", hint)
+        return Check(name, CheckStatus.FAIL, f"{where} has no torch; vLLM {release.version} builds against {pin}", hint)
     if not release.torch.contains(torch_version, prereleases=True):
-        return Check(name, "fail", f"{where} has torch {torch_version}; vLLM {release.version} builds against "
+        return Check(name, CheckStatus.FAIL, f"{where} has torch {torch_version}; vLLM {release.version} builds against "
                      f"{pin} only", hint)
-    return Check(name, "pass", f"{where} has torch {torch_version}: vLLM {release.version} pins {pin}")
+    return Check(name, CheckStatus.PASS, f"{where} has torch {torch_version}: vLLM {release.version} pins {pin}")
 
 
 def check_build_requirements(requires: Sequence[str], packages: Mapping[str, str], python_version: str,
@@ -141,13 +141,13 @@ def check_build_requirements(requires: Sequence[str], packages: Mapping[str, str
         elif not req.specifier.contains(have, prereleases=True):
             wrong.append((str(req), f"{req.name} {have}"))
     if not missing and not wrong:
-        return Check(name, "pass", f"the env holds vLLM {release}'s build requirements ({len(requires)})")
+        return Check(name, CheckStatus.PASS, f"the env holds vLLM {release}'s build requirements ({len(requires)})")
     parts = ([f"lacks {', '.join(missing)}"] if missing else []) + [f"has {h}, not {r}" for r, h in wrong]
     fix = " ".join(f"'{r}'" for r in missing + [r for r, _ in wrong])
     hint = (f"install them into the host's Python (python -m pip install {fix}), or use --profile pypi-cu13 "
             "(its lock holds them)" if backend == "existing" else
             "recreate the env from its lock, which holds them: `./inv env --force`")
-    return Check(name, "fail", f"the env {'; '.join(parts)}: vLLM {release} builds without isolation, "
+    return Check(name, CheckStatus.FAIL, f"the env {'; '.join(parts)}: vLLM {release} builds without isolation, "
                  "from the env's packages", hint)
 
 
@@ -161,7 +161,7 @@ def check_release_floor(release, gcc_version: str | None, cmake_version: str | N
               ("nvcc", nvcc_version, release.nvcc_min)]
     floors = [(tool, have, floor) for tool, have, floor in floors if floor]
     if not floors:
-        return Check(name, "skip", f"vLLM {release.version} names no compiler floor")
+        return Check(name, CheckStatus.SKIP, f"vLLM {release.version} names no compiler floor")
     below, seen = [], []
     for tool, have, floor in floors:
         parsed, wanted = parse_version(have), parse_version(floor)
@@ -179,6 +179,6 @@ def check_release_floor(release, gcc_version: str | None, cmake_version: str | N
                                     f"pip install 'cmake>={f}' into the env"
                                     + (f"; the one found is {cmake_path}" if cmake_path else ""),
                  "nvcc": lambda f: matching_compiler_hint(f)}
-        return Check(name, "fail", detail, "; ".join(fixes[tool](floor) for tool, _have, floor in below))
+        return Check(name, CheckStatus.FAIL, detail, "; ".join(fixes[tool](floor) for tool, _have, floor in below))
     missing = [tool for tool, have, _f in floors if parse_version(have) is None and tool != "cmake"]
-    return Check(name, "warn" if missing else "pass", detail)
+    return Check(name, CheckStatus.WARN if missing else CheckStatus.PASS, detail)

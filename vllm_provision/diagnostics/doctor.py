@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import envinfo, runner
 from vllm_provision.envs import lock
-from vllm_provision.checks import Check, check_driver, parse_version
+from vllm_provision.checks import Check, CheckStatus, check_driver, parse_version
 from vllm_provision.checks.install import check_bytecode
 from vllm_provision.checks.resources import check_disk, check_ram, disk_needed
 from vllm_provision.checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_release_floor,
@@ -166,18 +166,18 @@ def check_gpus(facts: HostFacts, plan: Plan, section: dict | None = None) -> Che
         if others:
             used = sum(getattr(p, "used_mib", 0) for p in others)
             names = ", ".join(f"{getattr(p, 'name', '?')} (pid {getattr(p, 'pid', '?')})" for p in others[:3])
-            return Check("gpus", "warn", f"{detail}; {len(others)} other process(es) hold {used} MiB: {names}",
+            return Check("gpus", CheckStatus.WARN, f"{detail}; {len(others)} other process(es) hold {used} MiB: {names}",
                          OTHER_PROCESSES_HINT)
-        return Check("gpus", "pass", detail)
+        return Check("gpus", CheckStatus.PASS, detail)
     # No GPU: the build still runs (a CPU-only image build), for the archs the plan chose; only
     # vLLM's import and the smoke need a GPU, and provision skips those with the reason.
     why = facts.gpu_error or "no GPU listed by nvidia-smi"
     archs = ";".join(plan.build.arch_list)
     if plan.build.arch_source == "config":
-        return Check("gpus", "warn", f"{why}; building for the configured archs {archs} "
+        return Check("gpus", CheckStatus.WARN, f"{why}; building for the configured archs {archs} "
                      f"({plan.build.expected_reason}; CPU-only image build: nothing can run here)",
                      "run verify's GPU checks and smoke on a GPU host")
-    return Check("gpus", "warn", f"{why}; building for {archs} ({plan.build.expected_reason}); "
+    return Check("gpus", CheckStatus.WARN, f"{why}; building for {archs} ({plan.build.expected_reason}); "
                  "the smoke is skipped here", NO_DRIVER_HINT)
 
 
@@ -196,8 +196,8 @@ def _check_gpus_per_device(detail: str, section: dict) -> Check:
         held.append(f"GPU {d['index']} {d['used_by_other_processes_mib']} MiB" + (f" ({names})" if names else ""))
     detail += "; held by other processes: " + ", ".join(held)
     if any(d["processes"] for d in section["devices"]):
-        return Check("gpus", "warn", detail, OTHER_PROCESSES_HINT)
-    return Check("gpus", "pass", detail)
+        return Check("gpus", CheckStatus.WARN, detail, OTHER_PROCESSES_HINT)
+    return Check("gpus", CheckStatus.PASS, detail)
 
 
 def check_nvcc(nvccs: list[NvccInfo], torch_cuda: str | None, torch_version: str | None, torch_from: str,
@@ -207,17 +207,17 @@ def check_nvcc(nvccs: list[NvccInfo], torch_cuda: str | None, torch_version: str
     nvcc = best_nvcc(nvccs, torch_cuda)
     if not torch_cuda and not torch_version:          # torch not known yet: nothing to match against
         if nvcc:
-            return Check("nvcc-vs-torch", "warn", f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
+            return Check("nvcc-vs-torch", CheckStatus.WARN, f"nvcc {nvcc.version} at {nvcc.path}; torch's CUDA unknown "
                          f"({torch_from})", "install the profile's torch first (`./inv env`) or set env.cuda"), nvcc
-        return Check("nvcc-vs-torch", "fail", f"no nvcc found; torch's CUDA unknown ({torch_from})",
+        return Check("nvcc-vs-torch", CheckStatus.FAIL, f"no nvcc found; torch's CUDA unknown ({torch_from})",
                      "install the CUDA toolkit matching torch, or set CUDA_HOME"), None
     check = check_nvcc_torch(torch_cuda, nvcc.version if nvcc else None, nvcc.path if nvcc else None)
     check = replace(check, detail=f"{check.detail} [{torch_from}]")
     major = getattr(parse_version(torch_cuda), "major", 0)
-    if check.status == "fail" and torch_cuda and plan.env.backend != "existing" and (major >= 13 or plan.env.channels):
+    if check.status == CheckStatus.FAIL and torch_cuda and plan.env.backend != "existing" and (major >= 13 or plan.env.channels):
         where = "nvidia-cuda-nvcc wheels from the PyPI index" if major >= 13 else \
             f"cuda-nvcc={torch_cuda} from the conda channel"
-        check = replace(check, status="warn", detail=f"{check.detail}; the env step installs {where}")
+        check = replace(check, status=CheckStatus.WARN, detail=f"{check.detail}; the env step installs {where}")
     return check, nvcc
 
 
@@ -226,7 +226,7 @@ def check_archs(plan: Plan, facts: HostFacts, nvcc: NvccInfo | None) -> Check:
     unsupported_gpu = unsupported_archs(release, facts.compute_caps)
     if unsupported_gpu:      # the build refuses them with the same words (plan.gpu_refusal)
         refusal = arch_refusal(release, unsupported_gpu, "gpus")
-        return Check("arch-list", "fail", refusal.message, refusal.hint)
+        return Check("arch-list", CheckStatus.FAIL, refusal.message, refusal.hint)
     return toolchain_archs(plan.build.arch_list, plan.build.arch_source, release, nvcc)
 
 
@@ -272,7 +272,7 @@ def check_index(index_url: str, plan: Plan, timeout: float) -> Check:
             missing.append(project)
             continue
         if exc is not None:
-            return Check(f"index {shown}", "fail", f"unreachable: {_short(exc)}",
+            return Check(f"index {shown}", CheckStatus.FAIL, f"unreachable: {_short(exc)}",
                          "check the URL, proxy (HTTPS_PROXY/NO_PROXY), credentials (~/.netrc) and pypi.cert")
         if project == "vllm" and not any(f == plan.release.sdist.file or f.startswith(f"vllm-{plan.release.version}-")
                                          for f in files):
@@ -288,11 +288,11 @@ def check_index(index_url: str, plan: Plan, timeout: float) -> Check:
     detail += f" ({seconds:.1f} s)"
     fatal = [p for p in missing if p == "vllm" or (p == "torch" and needs_torch)] + problems
     if fatal:
-        return Check(f"index {shown}", "fail", detail,
+        return Check(f"index {shown}", CheckStatus.FAIL, detail,
                      "make the mirror proxy/host these projects, or add one that does to pypi.extra_index_urls")
     if missing:
-        return Check(f"index {shown}", "warn", detail, "only needed when the profile installs them")
-    return Check(f"index {shown}", "pass", detail)
+        return Check(f"index {shown}", CheckStatus.WARN, detail, "only needed when the profile installs them")
+    return Check(f"index {shown}", CheckStatus.PASS, detail)
 
 
 def check_channel(channel: str, plan: Plan, timeout: float) -> Check:
@@ -310,28 +310,28 @@ def check_channel(channel: str, plan: Plan, timeout: float) -> Check:
                     continue
                 data = json.loads(resp.read(REPODATA_READ_LIMIT + 1).decode("utf-8", "replace"))
         except NotFound as exc:
-            return Check(f"channel {shown}", "fail", f"{subdir}/repodata.json not found: {_short(exc)}",
+            return Check(f"channel {shown}", CheckStatus.FAIL, f"{subdir}/repodata.json not found: {_short(exc)}",
                          "check the channel URL (…/<channel> without the subdir)")
         except (ProvisionError, OSError, ValueError) as exc:
-            return Check(f"channel {shown}", "fail", f"{subdir}/repodata.json unreachable: {_short(exc)}",
+            return Check(f"channel {shown}", CheckStatus.FAIL, f"{subdir}/repodata.json unreachable: {_short(exc)}",
                          "check the URL, proxy and credentials of conda.channels")
         names = {p.get("name") for key in ("packages", "packages.conda") for p in (data.get(key) or {}).values()}
         seen.append(f"{subdir} ({len(names)} names)")
         if subdir == "linux-64":
             notes += [n for n in CONDA_KEY_PACKAGES if n not in names]
     if notes:
-        return Check(f"channel {shown}", "fail", f"repodata {', '.join(seen)}; missing: {', '.join(notes)}",
+        return Check(f"channel {shown}", CheckStatus.FAIL, f"repodata {', '.join(seen)}; missing: {', '.join(notes)}",
                      "mirror the channel that provides these packages")
-    return Check(f"channel {shown}", "pass", f"repodata {', '.join(seen)}")
+    return Check(f"channel {shown}", CheckStatus.PASS, f"repodata {', '.join(seen)}")
 
 
 def check_source(plan: Plan, timeout: float) -> Check:
     from vllm_provision.sources.release import cached_archive, sdist_url_from_index
     hit = cached_archive(plan)
     if hit:
-        return Check("source", "pass", f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")
+        return Check("source", CheckStatus.PASS, f"{hit[0].name} cached and verified ({hit[1].kind}) in {hit[0].parent}")
     if plan.offline:
-        return Check("source", "fail", f"--offline and {plan.release.sdist.file} is not in {plan.workspace.downloads}",
+        return Check("source", CheckStatus.FAIL, f"--offline and {plan.release.sdist.file} is not in {plan.workspace.downloads}",
                      f"run `./inv fetch` once with network or copy the file into {plan.workspace.downloads}/")
     settings = _http(timeout, plan)
 
@@ -354,9 +354,9 @@ def check_source(plan: Plan, timeout: float) -> Check:
     tried = []
     for source, (url, why) in zip(plan.sources, answers):
         if url:
-            return Check("source", "pass", f"{source.file} reachable at {redact_url(url)} ({source.kind})")
+            return Check("source", CheckStatus.PASS, f"{source.file} reachable at {redact_url(url)} ({source.kind})")
         tried.append(why)
-    return Check("source", "fail", "release archive not cached and no source reachable: " + "; ".join(tried),
+    return Check("source", CheckStatus.FAIL, "release archive not cached and no source reachable: " + "; ".join(tried),
                  f"configure a reachable mirror (fetch.mirrors / pypi.index_url) or copy {plan.release.sdist.file} "
                  f"into {plan.workspace.downloads}/ and use --offline")
 
@@ -405,7 +405,7 @@ def env_nvcc(plan: Plan, host_nvccs: list[NvccInfo] = (), root: Path = PROJECT_R
 def gcc_check(cc_version: str | None, cc: str | None, nvcc: NvccInfo | None) -> Check:
     """The host compiler against nvcc's limit; a compiler the env step installs is read only once it is there."""
     check = check_gcc(cc_version, cc, nvcc)
-    if nvcc is not None and nvcc.source == "lock" and check.status == "skip":
+    if nvcc is not None and nvcc.source == "lock" and check.status == CheckStatus.SKIP:
         return replace(check, detail=f"gcc {cc_version} ({cc}); the limit of nvcc {nvcc.version} is read once the "
                                      "env step has installed it (the build's preflight checks it)")
     return check
@@ -492,7 +492,7 @@ def run_doctor(plan: Plan, facts: HostFacts, *, timeout: float = DEFAULT_TIMEOUT
             f_source.result(),
         ]
     if plan.offline:
-        checks.append(Check("mirrors", "skip", "--offline: no index or channel is contacted"))
+        checks.append(Check("mirrors", CheckStatus.SKIP, "--offline: no index or channel is contacted"))
     return checks
 
 
@@ -501,4 +501,4 @@ def _guard(name: str, func: Callable[..., Check], *args) -> Check:
     try:
         return func(*args)
     except Exception as exc:  # noqa: BLE001
-        return Check(name, "fail", f"check crashed: {_short(exc)}", "report this as a vllm-provision bug")
+        return Check(name, CheckStatus.FAIL, f"check crashed: {_short(exc)}", "report this as a vllm-provision bug")

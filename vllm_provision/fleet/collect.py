@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from vllm_provision.checks import CheckStatus
 from vllm_provision.fleet import plays, report
+from vllm_provision.steps.facts import StepStatus
 
 Echo = Callable[[str], None]
 
@@ -162,13 +164,13 @@ class Collector:
         if not isinstance(data, dict):
             return
         steps = data.get("steps") or {}
-        row.steps += [name for name, step in steps.items() if step.get("status") in ("ok", "up-to-date")]
+        row.steps += [name for name, step in steps.items() if step.get("status") in (StepStatus.OK, StepStatus.UP_TO_DATE)]
         smoke = steps.get("smoke") or {}
         facts = smoke.get("facts") or {}
         row.gpu_blocks = facts.get("num_gpu_blocks")
         verdict = facts.get("verdict")
-        row.smoke = ("pass" if verdict.get("ok") else "fail") if isinstance(verdict, dict) else \
-            ("skipped" if smoke.get("status") == "skipped" else None)
+        row.smoke = (CheckStatus.PASS if verdict.get("ok") else CheckStatus.FAIL) if isinstance(verdict, dict) else \
+            (StepStatus.SKIPPED if smoke.get("status") == StepStatus.SKIPPED else None)
 
     # ---------------------------------------------------------------------------------------- the end
     def finish(self, stopped: bool = False) -> dict | None:

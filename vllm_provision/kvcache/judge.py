@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from vllm_provision.checks import Check
+from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.kvcache.explain import explain
 from vllm_provision.kvcache.model import (PROFILE_MAX_NUM_SEQS, PROFILE_MIN_BATCHED_TOKENS, cpu_blocks, estimate_activation_peak_bytes,
                     predict_gpu_blocks, predict_v1, v1_blocks_from_logged_gib, v1_capacity,
@@ -14,7 +14,7 @@ from vllm_provision.kvcache.model import (PROFILE_MAX_NUM_SEQS, PROFILE_MIN_BATC
 from vllm_provision.kvcache.parse import KVFacts, as_int, kv_facts
 from vllm_provision.kvcache.units import gb, gib, group_digits
 
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+PASS, FAIL, WARN, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.WARN, CheckStatus.SKIP
 TOLERANCE_PREDICTION = 0.10
 # V1: the logged concurrency is printed with two decimals.
 TOLERANCE_CONCURRENCY = 0.005

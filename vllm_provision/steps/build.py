@@ -23,12 +23,14 @@ import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.core import envinfo, runner, timings
 from vllm_provision.core.archs import base_archs
+from vllm_provision.checks import CheckStatus
 from vllm_provision.diagnostics import preflight
 from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
@@ -44,8 +46,9 @@ from vllm_provision.probes.envprobe import site_state
 from vllm_provision.probes import answer, program
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
 from vllm_provision.core.progress import progress
+from vllm_provision.steps.facts import FactsUnreadable, PatchFacts, StepStatus
 from vllm_provision.core.ui import duration
 
 EXT_TIMEOUT = 3 * 3600
@@ -92,24 +95,30 @@ def _say_lines(ctx: StepContext, lines) -> None:
 
 
 def run(ctx: StepContext) -> StepOutcome:
-    plan, ws = ctx.plan, ctx.workspace
+    """A cached build when a cache holds the key; else preflight, compile and (with `artifacts.push`) publish."""
+    ws = ctx.workspace
     info = envinfo.load(ws)
-    src = ws.src
-    if not (src / "setup.py").is_file():
-        raise StepFailed(f"no setup.py in {src}", hint="run `./inv fetch` first")
+    if not (ws.src / "setup.py").is_file():
+        raise StepFailed(f"no setup.py in {ws.src}", hint="run `./inv fetch` first")
     ws.logs.mkdir(parents=True, exist_ok=True)
     ctx.log.write_text("")  # the build log of this run only
     if artifact_mode(ctx) != "build":
         hit = install_from_cache(ctx, info)
         if hit:
             return hit
-
-    # 1. preflight: seconds, before any compile
-    _preflight(ctx, info)
-    if plan.release.build_system == "cmake":
+    _preflight(ctx, info)       # seconds, before any compile
+    if ctx.plan.release.build_system == "cmake":
         return run_cmake(ctx, info)
+    built = compile_setuptools(ctx, info)
+    return publish(ctx, info, built) if artifact_settings(ctx).get("push") else built
 
-    # 2. the compile environment: wrappers that cache every compile and give the slowest units
+
+def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
+    """A setup.py-era release: every extension compiled (several at once, compiler-cached) and vLLM installed
+    editable from src; torch must be unchanged. The facts also go to src/MARKER (intact(), built_digest())."""
+    plan, ws = ctx.plan, ctx.workspace
+    src = ws.src
+    # 1. the compile environment: wrappers that cache every compile and give the slowest units
     # (named in the release data, else the largest CUDA sources setup.py names) up to four cores each,
     # nvcc splitting its device optimisation over them
     jobs = max(1, plan.build.max_jobs)
@@ -127,7 +136,7 @@ def run(ctx: StepContext) -> StepOutcome:
     before = _ccache_stats(benv)
     started = time.monotonic()
 
-    # 3. With the prebuilt patch applied, pip's editable pass packages the pre-built libraries (and
+    # 2. With the prebuilt patch applied, pip's editable pass packages the pre-built libraries (and
     # compiles nothing, so it runs alongside the compile); without it pip compiles everything again,
     # which only a compiler cache makes cheap.
     reuses_prebuilt = PREBUILT_FLAG in setup_text
@@ -148,6 +157,69 @@ def run(ctx: StepContext) -> StepOutcome:
     env = dict(benv.env, MAX_JOBS=str(jobs), TMPDIR=str(tmp_root(src)))
     if parallel and reuses_prebuilt:
         env[PREBUILT_FLAG] = "1"
+    done = _compile_and_install(ctx, info, benv, jobs, argv, env, parallel, parallel and reuses_prebuilt, started)
+    listing, built, compile_s, pip_s = done.listing, done.per_extension, done.compile_seconds, done.pip_seconds
+    exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
+    if info.torch and torch_before[0] != info.torch:
+        raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
+                         hint="rerun `./inv env --force` so env.json describes the env")
+
+    # 3. what came out: editable install, every extension library, torch unchanged
+    libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
+    missing = [e["name"] for e in exts if not any(Path(l).name.startswith(e["name"].split(".")[-1] + ".")
+                                                  for l in libraries)]
+    if missing:
+        raise StepFailed(f"build finished but {', '.join(missing)} has no library in {src / 'vllm'}",
+                         hint=f"read {ctx.log}")
+    editable, torch_after = done.installed
+    if torch_after != torch_before:
+        raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
+                         f"after {torch_after[0]} (CUDA {torch_after[1]})",
+                         hint="something installed torch during the build: use --no-build-isolation --no-deps "
+                              "(the toolkit does) and rerun `./inv env --force`")
+    after = _ccache_stats(benv)
+    cache = None
+    if before is not None and after is not None:
+        cache = cache_summary({k: after.get(k, 0) - before.get(k, 0) for k in after})
+    total = time.monotonic() - started
+    facts = {"version": editable, "libraries": libraries, "extensions": [e["name"] for e in exts],
+             "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
+             "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
+             "startup_seconds": round(done.startup_seconds, 1),
+             "per_extension": built, "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
+             "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
+             "ccache": cache, "cuda_home": info.cuda_home,
+             "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
+    # the largest single process this run has waited for (Linux: RUSAGE_CHILDREN's ru_maxrss, KiB): a compile job
+    facts["peak_process_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if facts["units"]:
+        units, _ = timings.units_from_facts(facts["units"])
+        facts["timings"] = timings.write_page(ws.root / timings.PAGE, units, jobs=jobs,
+                                              title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
+                                              estimate_s=plan.build.expected_seconds,
+                                              peak_memory_bytes=facts["peak_process_rss_bytes"])
+    (src / MARKER).write_text(json.dumps(facts, indent=2))
+    cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
+    detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
+              f"{total:.0f} s{' (' + str(len(exts)) + ' extensions in parallel)' if parallel else ''}{cache_note}")
+    return StepOutcome(detail=detail, facts=facts)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    listing: dict                   # the driver's: setup.py's extensions and the torch it imported
+    per_extension: list[dict]       # each extension's compile time, slowest first
+    installed: tuple[str, tuple]    # vllm's version (editable from src) and torch's, after pip's pass
+    compile_seconds: float
+    pip_seconds: float
+    startup_seconds: float          # until the driver had listed the extensions
+
+
+def _compile_and_install(ctx: StepContext, info: envinfo.EnvInfo, benv: BuildEnv, jobs: int, argv: list[str],
+                         env: dict, parallel: bool, alongside: bool, started: float) -> _Compiled:
+    """The extensions compiled (unless `parallel` is off: then pip compiles them) and pip's editable pass:
+    `alongside` the compile when pip packages the pre-built libraries (env sets PREBUILT_FLAG), else after it."""
+    src = ctx.workspace.src
     pip_log = ctx.workspace.logs / "build-pip.log"
     pip_log.write_text("")
     pip_timing: dict = {}
@@ -174,7 +246,7 @@ def run(ctx: StepContext) -> StepOutcome:
         # with the pre-built extensions it too runs alongside the compile
         installed["version"], installed["torch"] = _installed(info.python, src, benv, ctx.log)
 
-    # 4. the extensions (each in its own build-temp dir, several at once), and the editable install
+    # the extensions (each in its own build-temp dir, several at once), and the editable install
     forking = threading.Event()     # the driver has loaded setup.py and is starting the compiles
     compile_failed = threading.Event()
     startup: dict = {}
@@ -190,7 +262,7 @@ def run(ctx: StepContext) -> StepOutcome:
         if not compile_failed.is_set():
             pip_install()
 
-    if parallel and reuses_prebuilt:
+    if alongside:
         with ThreadPoolExecutor(max_workers=1) as side:
             pip_done = side.submit(pip_alongside)
             try:
@@ -209,64 +281,26 @@ def run(ctx: StepContext) -> StepOutcome:
         compile_s = time.monotonic() - started
         listing_units["total"] = sum(len(e["sources"]) for e in listing["extensions"])
         pip_install()
-    pip_s = pip_timing.get("seconds", 0.0)
-    exts, torch_before = listing["extensions"], tuple(listing["torch"] or ("?", None))
-    if info.torch and torch_before[0] != info.torch:
-        raise StepFailed(f"the env's torch is {torch_before[0]}, env.json recorded {info.torch}",
-                         hint="rerun `./inv env --force` so env.json describes the env")
+    return _Compiled(listing, built, (installed["version"], installed["torch"]), compile_s, pip_timing.get("seconds", 0.0),
+                     startup.get("seconds", 0.0))
 
-    # 5. what came out: editable install, every extension library, torch unchanged
-    libraries = sorted(str(p.relative_to(src)) for p in (src / "vllm").glob("*.so"))
-    missing = [e["name"] for e in exts if not any(Path(l).name.startswith(e["name"].split(".")[-1] + ".")
-                                                  for l in libraries)]
-    if missing:
-        raise StepFailed(f"build finished but {', '.join(missing)} has no library in {src / 'vllm'}",
-                         hint=f"read {ctx.log}")
-    editable, torch_after = installed["version"], installed["torch"]
-    if torch_after != torch_before:
-        raise StepFailed(f"the build changed torch: before {torch_before[0]} (CUDA {torch_before[1]}), "
-                         f"after {torch_after[0]} (CUDA {torch_after[1]})",
-                         hint="something installed torch during the build: use --no-build-isolation --no-deps "
-                              "(the toolkit does) and rerun `./inv env --force`")
-    after = _ccache_stats(benv)
-    cache = None
-    if before is not None and after is not None:
-        cache = cache_summary({k: after.get(k, 0) - before.get(k, 0) for k in after})
-    total = time.monotonic() - started
-    facts = {"version": editable, "libraries": libraries, "extensions": [e["name"] for e in exts],
-             "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
-             "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
-             "startup_seconds": round(startup.get("seconds", 0.0), 1),
-             "per_extension": built, "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
-             "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
-             "ccache": cache, "cuda_home": info.cuda_home,
-             "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
-    # the largest single process this run has waited for (Linux: RUSAGE_CHILDREN's ru_maxrss, KiB): a compile job
-    facts["peak_process_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if facts["units"]:
-        units, _ = timings.units_from_facts(facts["units"])
-        facts["timings"] = timings.write_page(ws.root / timings.PAGE, units, jobs=jobs,
-                                              title=f"vLLM {plan.release.version} for {plan.build.torch_cuda_arch_list}",
-                                              estimate_s=plan.build.expected_seconds,
-                                              peak_memory_bytes=facts["peak_process_rss_bytes"])
-    (src / MARKER).write_text(json.dumps(facts, indent=2))
-    cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
-    detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
-              f"{total:.0f} s{' (' + str(len(exts)) + ' extensions in parallel)' if parallel else ''}{cache_note}")
-    if artifact_settings(ctx).get("push"):
-        wheel, published = wheel_and_publish(ctx, info, ws.root / "wheels")
-        facts["artifact"] = wheel.summary() | {"published": published}
-        detail += f"; wheel {wheel.path.name} ({'; '.join(published) or 'no writable cache'})"
-    return StepOutcome(detail=detail, facts=facts)
+
+def publish(ctx: StepContext, info: envinfo.EnvInfo, built: StepOutcome) -> StepOutcome:
+    """The compiled tree made a wheel and published to every writable cache: `built` with the artifact's facts.
+    (src/MARKER keeps the build's facts without them: the wheel is not part of the tree.)"""
+    wheel, published = wheel_and_publish(ctx, info, ctx.workspace.root / "wheels")
+    facts = dict(built.facts, artifact=wheel.summary() | {"published": published})
+    return replace(built, facts=facts,
+                   detail=f"{built.detail}; wheel {wheel.path.name} ({'; '.join(published) or 'no writable cache'})")
 
 
 def _preflight(ctx: StepContext, info: envinfo.EnvInfo) -> None:
     """Preflight's named checks, in seconds, before any compile: StepFailed naming every failed one."""
     checks = preflight.run(ctx.plan, ctx.facts, info)
     preflight.write_report(ctx.workspace, checks)
-    failed = [c for c in checks if c.status == "fail"]
+    failed = [c for c in checks if c.status == CheckStatus.FAIL]
     for c in checks:
-        if c.status in ("warn", "fail"):
+        if c.status in (CheckStatus.WARN, CheckStatus.FAIL):
             ctx.say(f"preflight {c.name}: {c.status}: {c.detail}")
     if failed:
         first = failed[0]
@@ -303,10 +337,10 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     if built.stopped_at_limit:
         projected = f"{built.projected_seconds / 60:.0f} min" if built.projected_seconds else "unknown"
         return StepOutcome(detail=f"stopped at the {plan.build.time_limit:.0f} s limit: {rate}{peak}; "
-                                  f"the whole compile projected at {projected}", facts=facts, status="skipped")
+                                  f"the whole compile projected at {projected}", facts=facts, status=StepStatus.SKIPPED)
     if plan.build.targets:
         return StepOutcome(detail=f"built {', '.join(built.targets)} only: {rate}{peak}", facts=facts,
-                           status="skipped")
+                           status=StepStatus.SKIPPED)
     started = time.monotonic()
     facts["install_compiled_units"] = cmake_driver.editable_install(plan, src, info.python, externals, built,
                                                                     ctx.log, **kw)
@@ -365,11 +399,12 @@ def cache_entries_of(plan) -> list[artifact_cache.Entry]:
 def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
     """Every input that shapes the binary (artifacts/manifest.py KEY_FIELDS), from the plan, the patch
     step's facts, env.json and the host compiler: the key follows from the plan, before any compile."""
-    patch_facts = (read_stamp(ctx.workspace, "patch") or {}).get("facts", {})
+    # the patch step never ran: the tree holds no patch (an unreadable record stops here, see PatchFacts)
+    patched = upstream_facts(ctx.workspace, PatchFacts) or PatchFacts()
     compiler, compiler_version = host.probe_gcc()
     return {"format": artifact_manifest.FORMAT, "release": ctx.plan.release.version,
             "sdist_sha256": ctx.plan.release.sdist.sha256,
-            "patches": [{"file": p["file"], "sha256": p["sha256"]} for p in patch_facts.get("applied", [])],
+            "patches": patched.key_patches(),
             "torch": info.torch, "torch_cuda": info.torch_cuda, "cxx11_abi": info.cxx11_abi,
             "nvcc": info.nvcc_version,
             "host_compiler": {"name": Path(compiler).name, "version": compiler_version}
@@ -395,6 +430,8 @@ def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome |
     mode, entries = artifact_mode(ctx), cache_entries(ctx)
     try:
         key = planned_key(ctx, info)
+    except FactsUnreadable:     # a stale patch record: its key could name another build
+        raise
     except StepFailed as exc:
         if mode == "cache-only":
             raise

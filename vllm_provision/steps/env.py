@@ -19,6 +19,7 @@ from vllm_provision import PROJECT_ROOT, minor_version
 from vllm_provision.core import envinfo, runner
 from vllm_provision.envs import lock as locks, mirrors
 from vllm_provision.probes import envprobe, host
+from vllm_provision.checks import CheckStatus
 from vllm_provision.checks.toolchain import check_compiler_for
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.envs import common, conda, existing
@@ -108,7 +109,7 @@ def check_compiler(plan, lock: Path | None) -> None:
     if lock is not None and common.PIP_COMPILER_WHEELS[0] in locks.pinned(lock):
         return
     check = check_compiler_for(cuda, host.nvcc_candidates())
-    if check.status == "fail":
+    if check.status == CheckStatus.FAIL:
         raise StepFailed(f"no compiler for the env's torch (CUDA {cuda}), nothing downloaded: {check.detail}",
                          hint=check.hint)
 

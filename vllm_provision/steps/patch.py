@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from vllm_provision.catalog import patches
 from vllm_provision.core import envinfo, runner
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.steps.facts import AppliedPatch, PatchFacts, SkippedPatch
 from vllm_provision.steps.fetch import extract_release
 
 MARKER = ".vllmp-patches.json"
@@ -115,14 +117,15 @@ def run(ctx: StepContext) -> StepOutcome:
         ctx.say(f"sources extracted afresh: {', '.join(stale)} no longer wanted as applied")
     for p, ok, why in chosen:
         if not ok:
-            skipped.append({"file": p.file, "reason": why})
+            skipped.append(SkippedPatch(p.file, why))
             ctx.say(f"{p.file}: not needed ({why})")
             continue
         state = apply_one(p, src, ctx.log)
         applied.append({"file": p.file, "sha256": p.sha256, "state": state, "when": why, "path": str(p.path)})
         ctx.say(f"{p.file}: {state} ({why})")
-    (src / MARKER).write_text(json.dumps({"applied": applied, "skipped": skipped}, indent=2))
+    # the marker also keeps each patch's path and condition: intact() re-checks the tree with them
+    (src / MARKER).write_text(json.dumps({"applied": applied, "skipped": [asdict(s) for s in skipped]}, indent=2))
     detail = (f"{len(applied)} patch(es) applied" + (f" ({', '.join(a['file'] for a in applied)})" if applied else "")
               + (f", {len(skipped)} not needed" if skipped else ""))
-    return StepOutcome(detail=detail, facts={"applied": [{k: a[k] for k in ("file", "sha256", "state")} for a in applied],
-                                             "skipped": skipped})
+    return StepOutcome(detail=detail, facts=PatchFacts(
+        applied=tuple(AppliedPatch(a["file"], a["sha256"], a["state"]) for a in applied), skipped=tuple(skipped)))

@@ -18,7 +18,9 @@ from vllm_provision.probes.host import Gpu
 from vllm_provision.kvcache import judge as kvjudge
 from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.kvcache.units import group_digits
+from vllm_provision.checks import CheckStatus
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.steps.facts import StepStatus
 from vllm_provision.core.workspace import Workspace
 from vllm_provision.core.progress import progress
 from vllm_provision.steps.build import built_digest
@@ -98,7 +100,7 @@ def read_result(script: str, result: runner.Completed, out: Path, log: Path) -> 
 
 def run(ctx: StepContext) -> StepOutcome:
     if not ctx.facts.gpus:
-        return StepOutcome(status="skipped", detail=f"no GPU on this host ({ctx.facts.gpu_error or 'none visible'}); "
+        return StepOutcome(status=StepStatus.SKIPPED, detail=f"no GPU on this host ({ctx.facts.gpu_error or 'none visible'}); "
                                                    "the smoke needs one: run `./inv smoke` on the GPU host")
     env = envinfo.load(ctx.workspace)
     model = resolve_model(ctx, env.python)
@@ -177,7 +179,7 @@ def run_all_gpus(ctx: StepContext, python: str, model: Path) -> StepOutcome:
         tp = tensor_parallel_smoke(ctx, python, model, len(gpus), folder)
     else:
         nccl = None
-        tp = {"status": "skipped", "reason": "one GPU: nothing to split the model over"}
+        tp = {"status": StepStatus.SKIPPED, "reason": "one GPU: nothing to split the model over"}
     ctx.say(f"tensor parallel: {tp['status']}: {tp.get('reason') or tp.get('detail')}")
     section = {"count": len(gpus), "per_gpu": rows, "tensor_parallel": tp,
                "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -197,10 +199,10 @@ def run_all_gpus(ctx: StepContext, python: str, model: Path) -> StepOutcome:
                          + (f" ({first['shortfall']})" if first.get("shortfall") else ""), hint=first.get("hint"))
     if nccl is not None and nccl.get("error"):
         raise StepFailed(f"NCCL check: {nccl['error']['message']}", hint=nccl["error"].get("hint"))
-    if tp["status"] == "fail":
+    if tp["status"] == CheckStatus.FAIL:
         raise StepFailed(f"tensor-parallel smoke ({tp['tensor_parallel_size']} GPUs): {tp['detail']}",
                          hint=tp.get("hint"))
-    verdicts = ", ".join(f"{sum(r['status'] == v for r in rows)} {v}" for v in ("pass", "warn")
+    verdicts = ", ".join(f"{sum(r['status'] == v for r in rows)} {v}" for v in (CheckStatus.PASS, CheckStatus.WARN)
                          if any(r["status"] == v for r in rows))
     busbw = f"; NCCL busbw up to {max(s['busbw_gbps'] for s in nccl['sizes']):.1f} GB/s" if nccl else ""
     return StepOutcome(detail=f"{len(rows)} GPU{'s' if len(rows) > 1 else ''}: {verdicts}; "
@@ -235,7 +237,7 @@ def gpu_row(gpu: Gpu, launched: dict, smoke_json: Path) -> dict:
         why = (f"timed out after {GENERATE_TIMEOUT_S} s" if row["timed_out"]
                else f"exited {row['returncode']} without writing its JSON")
         last = (_read_lines(row["log"])[-1:] or ["no output"])[0]
-        return row | {"status": "fail", "detail": f"smoke/generate.py {why}: {last}",
+        return row | {"status": CheckStatus.FAIL, "detail": f"smoke/generate.py {why}: {last}",
                       "hint": f"read {row['log']}" if row["log"] else None}
     return row | judged(json.loads(smoke_json.read_text()))
 
@@ -257,7 +259,7 @@ def judged(smoke: dict) -> dict:
     failed = verdict.failed()
     warned = [c for c in verdict.checks if c.status == kvjudge.WARN]
     first = (failed or warned or [None])[0]
-    return {"status": "fail" if failed else "warn" if warned else "pass",
+    return {"status": CheckStatus.FAIL if failed else CheckStatus.WARN if warned else CheckStatus.PASS,
             "num_gpu_blocks": measured, "predicted_blocks": predicted,
             "off_pct": round((measured - predicted) / predicted * 100, 1) if measured is not None and predicted else None,
             "other_processes": others, "used_by_others_bytes": others_bytes,
@@ -290,7 +292,7 @@ def gpu_table(rows: list[dict]) -> list[str]:
     for r in rows:
         off = r.get("off_pct")
         # why a GPU is short says it all; a failure without that shows its first failed check
-        note = r.get("shortfall") or (r["detail"] if r["status"] == "fail" else
+        note = r.get("shortfall") or (r["detail"] if r["status"] == CheckStatus.FAIL else
                                       ", ".join(r.get("other_processes") or []) or "none")
         cells.append((str(r["gpu"]), r.get("name") or "?", _blocks(r.get("num_gpu_blocks")),
                       _blocks(r.get("predicted_blocks")), "—" if off is None else f"{off:+.1f} %",
@@ -312,7 +314,7 @@ def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, fo
         probe = runner.capture([python, "-c", "import ray; print(ray.__version__)"], timeout=RAY_PROBE_TIMEOUT_S)
         if probe is None or probe.returncode != 0:
             why = (probe.output.strip().splitlines() or ["no output"])[-1] if probe else "the env's python did not run"
-            return {"status": "skipped", "tensor_parallel_size": n,
+            return {"status": StepStatus.SKIPPED, "tensor_parallel_size": n,
                     "reason": f"ray is not importable in the target env ({why}); vLLM 0.2.2 needs Ray for "
                               "tensor_parallel_size > 1"}
         ray = probe.output.strip()

@@ -28,7 +28,7 @@ from vllm_provision.core import envinfo
 from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.probes import envprobe
 from vllm_provision.artifacts.installed import artifact_checks
-from vllm_provision.checks import Check, summarize, to_json
+from vllm_provision.checks import Check, CheckStatus, summarize, to_json
 from vllm_provision.checks.install import (IMPORT_VLLM_IN_SMOKE, NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
                               check_locked, check_pip, check_sass, check_vllm_install)
 from vllm_provision.core.errors import NotBuiltYet, ProvisionError, StepFailed
@@ -130,7 +130,7 @@ def pip_clean(v: Verifying) -> list[Check]:
 
 def locked(v: Verifying) -> list[Check]:
     if v.lock_file and v.lock is None:
-        return [Check("locked", "fail", f"lock {v.lock_file} is missing", "restore it from git or `./inv lock`")]
+        return [Check("locked", CheckStatus.FAIL, f"lock {v.lock_file} is missing", "restore it from git or `./inv lock`")]
     before = {canonicalize_name(name): version for name, version in (v.info.packages or {}).items()}
     if v.info.torch and "torch" not in before:
         before["torch"] = v.info.torch
@@ -139,7 +139,7 @@ def locked(v: Verifying) -> list[Check]:
 
 
 def extension_imports(v: Verifying) -> list[Check]:
-    checks = [Check(f"import {name}", "fail", f"{name}*.so not found in {', '.join(v.dirs)}",
+    checks = [Check(f"import {name}", CheckStatus.FAIL, f"{name}*.so not found in {', '.join(v.dirs)}",
                     "the build did not produce it: `./inv build --force`") for name in v.missing]
     if v.so_files:
         imported = envprobe.import_extensions(v.info.python, v.so_files, v.ctx.log)
@@ -215,9 +215,9 @@ def run(ctx: StepContext) -> StepOutcome:
     report.merge_section(rep, "host", report.host_section(ctx.facts))
     report.merge_section(rep, "verify", section, release=ctx.plan.release.version, profile=ctx.plan.profile)
     found = {"ok": ok, "checks": [c.to_dict() for c in checks]}
-    failed = [c for c in checks if c.status == "fail"]
+    failed = [c for c in checks if c.status == CheckStatus.FAIL]
     if failed:
         raise StepFailed(f"verify: {len(failed)} check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed[:3]),
                          hint=failed[0].hint, facts=found)
-    n = {s: sum(c.status == s for c in checks) for s in ("pass", "warn", "skip")}
+    n = {s: sum(c.status == s for c in checks) for s in (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.SKIP)}
     return StepOutcome(detail=f"{n['pass']} checks passed, {n['warn']} warned, {n['skip']} skipped", facts=found)
