@@ -237,9 +237,21 @@ def settings_doc(c):
     ui.info(f"{settings_reference.DOC.relative_to(PROJECT_ROOT)}: {'updated' if changed else 'up to date'}")
 
 
-@task(help={"k": "only tests matching this pytest -k expression", "quick": "skip the slow and network tiers"})
+@task
+def lint(c):
+    """ruff (lint, import order) over the repository and mypy over the package and tasks.py (pyproject.toml)."""
+    from invoke.exceptions import Exit
+
+    from vllm_provision.core import lint as checks
+    if code := checks.run():
+        raise Exit(code=code)
+
+
+@task(help={"k": "only tests matching this pytest -k expression (the lint still runs: it takes seconds)",
+            "quick": "skip the slow and network tiers"})
 def test(c, k=None, quick=False):
-    """Run the test suite (pytest). CI runs exactly this through .ci/run."""
+    """Lint (as `./inv lint`; a finding stops here), then run the test suite (pytest). CI runs exactly this."""
+    lint(c)
     args = [sys.executable, "-m", "pytest", "-q"]
     if k:
         args += ["-k", k]
