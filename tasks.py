@@ -9,8 +9,8 @@ import sys
 import invoke
 
 from vllm_provision import PROJECT_ROOT, cli
-from vllm_provision.core import config
 from vllm_provision.cli import handles_errors
+from vllm_provision.core import config
 
 # Invoke's automatic short flags gave one letter different meanings in different tasks (-u was --push in build
 # and --out in wheel), so they are off; the one short flag is -v, --verbose, in every task that has it.

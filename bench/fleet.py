@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from sshd import SshFarm, sshd_usable  # noqa: E402
 
-from vllm_provision.core import config
+from vllm_provision.core import config  # noqa: E402
 from vllm_provision.fleet import engine  # noqa: E402
 from vllm_provision.fleet.plays import new_run_dir  # noqa: E402
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import Route, make_tarball
-from vllm_provision.sources import externals
+
 from vllm_provision.catalog import External, Submodule, get_release
-from vllm_provision.sources.download import HttpSettings
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.sources import externals
+from vllm_provision.sources.download import HttpSettings
 from vllm_provision.sources.extract import tree_sha256
 
 PARENT = "1" * 40

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from vllm_provision.kvcache import explain as words, judge as judging, model, parse
+from vllm_provision.kvcache import explain as words
+from vllm_provision.kvcache import judge as judging
+from vllm_provision.kvcache import model, parse
 
 GiB = 1 << 30
 BLOG_GPU_BLOCKS, BLOG_CPU_BLOCKS = 132349, 9362

@@ -10,11 +10,9 @@ import sys
 import time
 
 import pytest
-
+import torch.distributed  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 from conftest import ROOT
 from processes import alive, children_of, group_gone
-
-import torch.distributed  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 
 SCRIPT = ROOT / "smoke" / "nccl_check.py"
 # Torch imports take long on a loaded CI machine; the rendezvous must outlast them.

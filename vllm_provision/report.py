@@ -21,15 +21,16 @@ import shlex
 import socket
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from vllm_provision import GIB, PROJECT_ROOT, __version__
-from vllm_provision.core import runner
 from vllm_provision.checks import Check, counts, from_dicts
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.core import runner
 from vllm_provision.core.redact import redact_text
+from vllm_provision.probes.host import HostFacts
 
 
 @contextmanager

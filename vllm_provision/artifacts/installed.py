@@ -5,14 +5,14 @@ and the archs read back from the installed libraries are the manifest's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts.sass import read_archs
 from vllm_provision.checks import Check
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.artifacts import manifest as mf
-from vllm_provision.artifacts.sass import read_archs
 
 REINSTALL = "reinstall from the cache: `./inv build --force` (or `./inv provision --force build`)"
 

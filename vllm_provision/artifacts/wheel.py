@@ -15,19 +15,20 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from vllm_provision.core import runner
-from vllm_provision.sources.download import sha256_file
-from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.core.errors import StepFailed
 from vllm_provision.artifacts import manifest as mf
 from vllm_provision.artifacts import sass
+from vllm_provision.core import runner
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.sources.download import sha256_file
 
 PREBUILT_FLAG = "VLLM_PROVISION_PREBUILT"
 LABEL_VARIABLE = "VLLM_PROVISION_LOCAL_VERSION"

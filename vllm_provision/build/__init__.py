@@ -12,15 +12,15 @@ import re
 import shutil
 import stat
 import sysconfig
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from vllm_provision import GIB
+from vllm_provision.build.placement import Placement
+from vllm_provision.checks.toolchain import matching_compiler_hint
 from vllm_provision.core import runner
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES
-from vllm_provision.checks.toolchain import matching_compiler_hint
-from vllm_provision.build.placement import Placement
 
 DRIVER = Path(__file__).with_name("driver.py")
 

@@ -24,17 +24,25 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import GIB
+from vllm_provision.build import (
+    BUILD_LOCALE,
+    LOCALE_VARS,
+    cache_summary,
+    diagnose,
+    find_ccache,
+    ninja_unit_times,
+    parse_ccache_stats,
+    relevant_tail,
+)
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.build import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
-               parse_ccache_stats, relevant_tail)
 
 CONFIGURE_TIMEOUT = 1800
 BUILD_TIMEOUT = 6 * 3600

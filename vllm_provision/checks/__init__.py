@@ -7,8 +7,8 @@ ConfigError before any check runs and exits 2).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
 

@@ -5,16 +5,16 @@ doctor's look at a host interpreter's bytecode."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 from vllm_provision.checks import Check
+from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 
 
 def _path_of(url: str) -> Path | None:

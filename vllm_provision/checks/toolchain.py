@@ -5,14 +5,14 @@ env vs the release's build requirements. They judge probed facts (host.NvccInfo)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from vllm_provision.probes.host import NvccInfo
 from vllm_provision.checks import Check, parse_version
+from vllm_provision.probes.host import NvccInfo
 
 
 def matching_compiler_hint(cuda: str) -> str:

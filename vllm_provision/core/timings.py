@@ -21,9 +21,9 @@ import hashlib
 import html
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from vllm_provision.core.ui import duration
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import minor_version
 from vllm_provision.core import runner
-from vllm_provision.envs import lock as locks, mirrors
-from vllm_provision.probes import host
-from vllm_provision.core.progress import Progress, progress
-from vllm_provision.probes.host import NvccInfo
-from vllm_provision.core.redact import redact_url
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.progress import Progress, progress
+from vllm_provision.core.redact import redact_url
+from vllm_provision.envs import lock as locks
+from vllm_provision.envs import mirrors
+from vllm_provision.probes import host
+from vllm_provision.probes.host import NvccInfo
 
 INSTALL_TIMEOUT = 3600
 # CUDA >= 13: these PyPI wheels make a complete nvcc (they land under site-packages/nvidia/cu<major>/).

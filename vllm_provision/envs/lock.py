@@ -9,9 +9,10 @@ import datetime as dt
 import os
 import re
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
@@ -19,8 +20,8 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, tomllib
 from vllm_provision.core import runner
-from vllm_provision.envs import mirrors
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
+from vllm_provision.envs import mirrors
 
 BUILD_REQUIREMENTS = ("ninja", "packaging", "setuptools", "wheel", "torch")
 PLATFORM = "x86_64-manylinux_2_28"

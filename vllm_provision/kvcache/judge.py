@@ -3,14 +3,25 @@ prediction, CPU blocks, outputs)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from vllm_provision.checks import Check
 from vllm_provision.kvcache.explain import explain
-from vllm_provision.kvcache.model import (PROFILE_MAX_NUM_SEQS, PROFILE_MIN_BATCHED_TOKENS, cpu_blocks, estimate_activation_peak_bytes,
-                    predict_gpu_blocks, predict_v1, v1_blocks_from_logged_gib, v1_capacity,
-                    v1_default_max_num_batched_tokens, v1_page_bytes, v1_requested_bytes)
+from vllm_provision.kvcache.model import (
+    PROFILE_MAX_NUM_SEQS,
+    PROFILE_MIN_BATCHED_TOKENS,
+    cpu_blocks,
+    estimate_activation_peak_bytes,
+    predict_gpu_blocks,
+    predict_v1,
+    v1_blocks_from_logged_gib,
+    v1_capacity,
+    v1_default_max_num_batched_tokens,
+    v1_page_bytes,
+    v1_requested_bytes,
+)
 from vllm_provision.kvcache.parse import KVFacts, as_int, kv_facts
 from vllm_provision.kvcache.units import gb, gib, group_digits
 

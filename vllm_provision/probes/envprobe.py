@@ -5,16 +5,16 @@ whether it imports. Probes report what they saw; the checks layer (checks/instal
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from packaging.utils import canonicalize_name
 

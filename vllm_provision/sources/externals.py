@@ -16,16 +16,16 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from vllm_provision.core import runner, ui
 from vllm_provision.catalog import External, Release
-from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
+from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
 from vllm_provision.core.redact import redact_url
+from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
+from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
 
 GITHUB_ARCHIVE = "https://github.com/{repo}/archive/{commit}.tar.gz"
 MARKER = ".vllmp-external.json"

@@ -27,24 +27,32 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from vllm_provision.core import envinfo, runner, timings
-from vllm_provision.diagnostics import preflight
-from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
 from vllm_provision.artifacts import install as artifact_install
 from vllm_provision.artifacts import manifest as artifact_manifest
 from vllm_provision.artifacts.sass import planned_archs
 from vllm_provision.artifacts.wheel import Wheel, make_wheel
-from vllm_provision.build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
-                     parse_ccache_stats, relevant_tail)
+from vllm_provision.build import (
+    DRIVER,
+    BuildEnv,
+    cache_summary,
+    diagnose,
+    make_build_env,
+    ninja_unit_times,
+    parse_ccache_stats,
+    relevant_tail,
+)
 from vllm_provision.build import cmake as cmake_driver
 from vllm_provision.build.placement import host_placement
-from vllm_provision.probes.envprobe import site_state
-from vllm_provision.envs.common import choose_installer
+from vllm_provision.core import envinfo, runner, timings
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
 from vllm_provision.core.progress import progress
 from vllm_provision.core.ui import duration
+from vllm_provision.diagnostics import preflight
+from vllm_provision.envs.common import choose_installer
+from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.probes import host
+from vllm_provision.probes.envprobe import site_state
 
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
@@ -291,7 +299,9 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     """A CMake-era release (0.4.0 onwards): the driver configures and compiles in src/build/cmake with every
     external from its prepared directory, then pip's editable pass reuses that tree. A time limit or a subset
     of targets measures and builds part of it: reported, not recorded as a finished build."""
-    from vllm_provision.sources.externals import prepared_externals     # External.override -> verified directory in the workspace
+    from vllm_provision.sources.externals import (
+        prepared_externals,  # External.override -> verified directory in the workspace
+    )
 
     plan, src = ctx.plan, ctx.workspace.src
     externals = prepared_externals(plan)

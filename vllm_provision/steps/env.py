@@ -16,14 +16,14 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import PROJECT_ROOT, minor_version
-from vllm_provision.core import envinfo, runner
-from vllm_provision.envs import lock as locks, mirrors
-from vllm_provision.probes import envprobe, host
 from vllm_provision.checks.toolchain import check_compiler_for
+from vllm_provision.core import envinfo, runner
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.envs import common, conda, existing
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.envs import common, conda, existing, mirrors
+from vllm_provision.envs import lock as locks
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.probes import envprobe, host
 
 BACKENDS = ("venv", "conda", "existing")
 
