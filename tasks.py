@@ -278,7 +278,8 @@ def patch(c, release=None, profile=None, offline=False, force=False, verbose=Fal
 @handles_errors
 def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
           require_cache=False, artifact_key=None, time_limit=None, targets=None, verbose=False):
-    """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache), install editable."""
+    """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache),
+    install editable."""
     cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
                      arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key,
                      time_limit=time_limit, targets=[t for t in targets.split(",") if t] if targets else None)

@@ -72,7 +72,8 @@ def test_a_field_nothing_reads_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         parse_release(recipe)
     assert err.value.message == "0.2.2.toml: unknown field min_nvcc"
-    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cmake_min, compile_cpu_seconds_per_arch, cuda_archs,")
+    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cmake_min, "
+                                     "compile_cpu_seconds_per_arch, cuda_archs,")
 
 
 def test_every_shipped_recipe_parses_with_only_read_fields():

@@ -275,7 +275,8 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
             ["env", f"{env.get('backend', '')} {env.get('prefix', '')}".strip()],
             ["torch", env.get("torch") or tool.get("torch")],
             ["torch CUDA", env.get("torch_cuda") or tool.get("torch_cuda")],
-            ["nvcc", f"{env.get('nvcc_version') or tool.get('nvcc_version') or ''} {env.get('nvcc') or tool.get('nvcc') or ''}".strip()],
+            ["nvcc", f"{env.get('nvcc_version') or tool.get('nvcc_version') or ''} "
+                     f"{env.get('nvcc') or tool.get('nvcc') or ''}".strip()],
             ["host compiler", tool.get("compiler")],
             ["lock", env.get("lock") or tool.get("lock") or "none"]]
     rows = [r for r in rows if r[1]]

@@ -116,7 +116,8 @@ def make_wheel(*, python: str, src: Path, out_dir: Path, fields: Mapping[str, An
     try:
         inside.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         runner.run([python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-w",
-                    str(staging), str(src)], log=log, cwd=src, env={**env, PREBUILT_FLAG: "1", LABEL_VARIABLE: label, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+                    str(staging), str(src)], log=log, cwd=src,
+                   env={**env, PREBUILT_FLAG: "1", LABEL_VARIABLE: label, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
                    timeout=PIP_TIMEOUT, what="pip wheel (packaging the built vLLM)")
         made = list(staging.glob("*.whl"))
         if len(made) != 1:

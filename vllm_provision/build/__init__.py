@@ -234,7 +234,8 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
                 link = link_dir / "libcudart.so"
                 link.unlink(missing_ok=True)
                 link.symlink_to(real)
-                env["LIBRARY_PATH"] = os.pathsep.join([str(link_dir)] + [p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p])
+                env["LIBRARY_PATH"] = os.pathsep.join(
+                    [str(link_dir)] + [p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p])
                 notes.append(f"linking against {real.name} through {link}")
     env["TORCH_CUDA_ARCH_LIST"] = arch_list
     env["MAX_JOBS"] = str(max(1, jobs_per_ext))

@@ -104,7 +104,8 @@ def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     if not facts.gpus:
         return Check(name, "skip", f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
     have, want = parse_version(facts.driver_cuda), parse_version(torch_cuda)
-    detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
+    detail = (f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; "
+              f"torch needs CUDA {torch_cuda}")
     if have is None or want is None:
         return Check(name, "warn", detail)
     floor = DRIVER_FLOOR.get(want.major)

@@ -131,7 +131,8 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
                      "something replaced locked packages (a pip install without constraints?): "
                      "`./inv env --force` restores the lock, then `./inv build --force`")
     if lock:
-        return Check("locked", "pass", f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
+        return Check("locked", "pass",
+                     f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
     return Check("locked", "pass", f"no lock for this profile; {torch_now} unchanged since the env step")
 
 

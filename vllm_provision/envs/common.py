@@ -277,9 +277,10 @@ def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict,
         return pip_compiler(ctx, installer, python, torch_cuda, facts.get("site_packages", ()), plan.env)
     if plan.env.channels and channel_compiler is not None:
         return channel_compiler(ctx, plan, torch_cuda, prefix / "cuda")
-    return CompilerChoice(None, f"no nvcc matching torch's CUDA {torch_cuda} (host toolkits: {found}); no PyPI wheel carries nvcc "
-                    f"for CUDA {Version(torch_cuda).major} and no conda channel is configured: set conda.channels "
-                    f"to one with cuda-nvcc={minor_version(torch_cuda)}, or install CUDA {minor_version(torch_cuda)} and set CUDA_HOME")
+    return CompilerChoice(None, f"no nvcc matching torch's CUDA {torch_cuda} (host toolkits: {found}); no PyPI wheel "
+                    f"carries nvcc for CUDA {Version(torch_cuda).major} and no conda channel is configured: set "
+                    f"conda.channels to one with cuda-nvcc={minor_version(torch_cuda)}, or install CUDA "
+                    f"{minor_version(torch_cuda)} and set CUDA_HOME")
 
 
 def bin_python(prefix: Path) -> Path:

@@ -272,7 +272,8 @@ def _v1_memory_check(f: KVFacts) -> Check:
             (lo_t, lo_c), (hi_t, hi_c) = v1_capacity(low, f.block_size, length), v1_capacity(high, f.block_size, length)
             want, conc = lo_t, lo_c
             ok_tokens = lo_t <= f.kv_cache_tokens <= hi_t
-            ok_conc = f.max_concurrency is None or lo_c - TOLERANCE_CONCURRENCY <= f.max_concurrency <= hi_c + TOLERANCE_CONCURRENCY
+            ok_conc = (f.max_concurrency is None
+                       or lo_c - TOLERANCE_CONCURRENCY <= f.max_concurrency <= hi_c + TOLERANCE_CONCURRENCY)
         per_request = -(-length // f.block_size)
         lines.append(f"{group_digits(f.kv_cache_tokens)} tokens = int(blocks / ceil({group_digits(length)} / "
                      f"{f.block_size}) × {group_digits(length)}) = blocks / {per_request} × {group_digits(length)}")

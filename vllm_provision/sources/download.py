@@ -100,7 +100,8 @@ def _with_retries(url: str, settings: HttpSettings, attempt: Callable, on_retry:
             if exc.code not in TRANSIENT_STATUS:
                 raise StepFailed(f"{shown}: HTTP {exc.code} {exc.reason}") from None
             last = exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead, http.client.RemoteDisconnected) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead,
+                http.client.RemoteDisconnected) as exc:
             last = exc
         if n < settings.retries:
             delay = settings.backoff * (2 ** n)

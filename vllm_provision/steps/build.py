@@ -257,7 +257,8 @@ def run(ctx: StepContext) -> StepOutcome:
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
              "startup_seconds": round(startup.get("seconds", 0.0), 1),
-             "per_extension": built, "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
+             "per_extension": built,
+             "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}

@@ -169,7 +169,8 @@ def run(ctx: StepContext) -> StepOutcome:
     _prune(ctx, prefix)
     torch = (f"torch {info.torch} ({'CUDA ' + info.torch_cuda if info.torch_cuda else 'no CUDA'})"
              if info.torch else "no torch")
-    cc = f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home else f"no matching nvcc: {extra['compiler_reason']}"
+    cc = (f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home
+          else f"no matching nvcc: {extra['compiler_reason']}")
     ctx.say(f"{info.backend} env at {prefix}: Python {info.python_version}, {torch}, {cc}")
     if not info.cuda_home and info.torch_cuda:
         ctx.say(f"warning: {extra['compiler_reason']}")
