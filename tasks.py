@@ -9,8 +9,8 @@ import sys
 import invoke
 
 from vllm_provision import PROJECT_ROOT, cli
-from vllm_provision.core import config
 from vllm_provision.cli import handles_errors
+from vllm_provision.core import config
 
 # Invoke's automatic short flags gave one letter different meanings in different tasks (-u was --push in build
 # and --out in wheel), so they are off; the one short flag is -v, --verbose, in every task that has it.
@@ -237,9 +237,21 @@ def settings_doc(c):
     ui.info(f"{settings_reference.DOC.relative_to(PROJECT_ROOT)}: {'updated' if changed else 'up to date'}")
 
 
-@task(help={"k": "only tests matching this pytest -k expression", "quick": "skip the slow and network tiers"})
+@task
+def lint(c):
+    """ruff (lint, import order) over the repository and mypy over the package and tasks.py (pyproject.toml)."""
+    from invoke.exceptions import Exit
+
+    from vllm_provision.core import lint as checks
+    if code := checks.run():
+        raise Exit(code=code)
+
+
+@task(help={"k": "only tests matching this pytest -k expression (the lint still runs: it takes seconds)",
+            "quick": "skip the slow and network tiers"})
 def test(c, k=None, quick=False):
-    """Run the test suite (pytest). CI runs exactly this through .ci/run."""
+    """Lint (as `./inv lint`; a finding stops here), then run the test suite (pytest). CI runs exactly this."""
+    lint(c)
     args = [sys.executable, "-m", "pytest", "-q"]
     if k:
         args += ["-k", k]
@@ -266,7 +278,8 @@ def patch(c, release=None, profile=None, offline=False, force=False, verbose=Fal
 @handles_errors
 def build(c, release=None, profile=None, offline=False, force=False, arch=None, max_jobs=None, push=False,
           require_cache=False, artifact_key=None, time_limit=None, targets=None, verbose=False):
-    """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache), install editable."""
+    """Install vLLM from a cache (artifacts.caches) or: preflight, compile its CUDA extensions (parallel, ccache),
+    install editable."""
     cli.run_pipeline(["build"], ["build"] if force else [], release=release, profile=profile, offline=offline,
                      arch=arch, max_jobs=max_jobs, push=push, require_cache=require_cache, artifact_key=artifact_key,
                      time_limit=time_limit, targets=[t for t in targets.split(",") if t] if targets else None)

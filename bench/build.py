@@ -39,15 +39,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vllm_provision.core import envinfo, runner
-from vllm_provision.probes import host
-from vllm_provision.core.errors import StepFailed  # noqa: E402
 from vllm_provision.build import DRIVER, find_ccache, make_build_env, ninja_unit_times  # noqa: E402
 from vllm_provision.build.placement import Placement, cpu_list, host_placement, physical_cores  # noqa: E402
+from vllm_provision.core import envinfo, runner  # noqa: E402
+from vllm_provision.core.errors import StepFailed  # noqa: E402
+from vllm_provision.core.workspace import Workspace  # noqa: E402
 from vllm_provision.pipeline import run_steps  # noqa: E402
 from vllm_provision.plan import build_plan  # noqa: E402
+from vllm_provision.probes import host  # noqa: E402
 from vllm_provision.steps.build import cuda_sources_named  # noqa: E402
-from vllm_provision.core.workspace import Workspace  # noqa: E402
 
 
 def _clean(src: Path) -> None:

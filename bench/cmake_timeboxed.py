@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vllm_provision import GIB, catalog
-from vllm_provision.probes import host
 from vllm_provision.build import cmake as driver  # noqa: E402
-from vllm_provision.plan import Plan, plan_build  # noqa: E402
 from vllm_provision.core.workspace import Workspace  # noqa: E402
+from vllm_provision.plan import Plan, plan_build  # noqa: E402
+from vllm_provision.probes import host
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,8 +50,8 @@ def main() -> None:
                 "VLLMP_CONDA__CHANNELS": json.dumps([up_url + "/chan"]), "VLLMP_FETCH__GITHUB": "false"})
     os.environ.update(env)
     from vllm_provision.diagnostics import doctor
-    from vllm_provision.probes import host
     from vllm_provision.plan import build_plan
+    from vllm_provision.probes import host
     started = time.monotonic()
     facts = host.probe(env["VLLMP_WORKSPACE_ROOT"])
     ready_env = {k: v for k, v in env.items() if k != "VLLMP_PYPI__EXTRA_INDEX_URLS"}

@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import mirrors as fx  # noqa: E402
 from packaging.utils import canonicalize_name, parse_wheel_filename  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
-import mirrors as fx  # noqa: E402
-from vllm_provision.core import runner
+from vllm_provision.core import runner  # noqa: E402
 from vllm_provision.core.errors import ConfigError  # noqa: E402
 from vllm_provision.envs.lock import read_header, render_header  # noqa: E402
 
@@ -138,7 +138,7 @@ def main() -> None:
         import waitress  # noqa: F401  pypiserver's `--server auto` picks it first
     except ImportError:
         raise SystemExit("bench/env.py: waitress is not installed; pypiserver would fall back to wsgiref "
-                         "(single-threaded, backlog 5): `pip install -e .[test]` (./inv --list does it)")
+                         "(single-threaded, backlog 5): `pip install -e .[test]` (./inv --list does it)") from None
     python_version = read_header(args.lock).get("python", "3.11")
     entries = lock_entries(args.lock, [p.strip() for p in args.exclude.split(",") if p.strip()])
     house = args.wheelhouse or (Path.home() / ".cache" / "vllm-provision" / "bench-wheelhouse"

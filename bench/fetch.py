@@ -7,21 +7,21 @@ The first fetch (if the cache is cold) is excluded; it needs network once.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vllm_provision import pipeline
-from vllm_provision.probes import host
+from vllm_provision import pipeline  # noqa: E402
 from vllm_provision.plan import build_plan  # noqa: E402
+from vllm_provision.probes import host  # noqa: E402
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -8,8 +8,8 @@ critical path: the slowest canary, then the slowest host of each later batch) an
 else: ansible-playbook's start, connections, facts, kinds, the upload, the report). The default toolkit
 command is the quick tests' stand-in (no compile, tests/fixtures/fleet/inv-standin), so the toolkit's share is
 small and the engine's is what is measured. On a loaded machine the wall time says little; the controller's CPU
-seconds (ansible-playbook, its workers, its ssh clients) depend little on the load. `--forks 1` runs one host after another; each run counts the
-wheel builds (the fleet must build exactly 2, one per kind).
+seconds (ansible-playbook, its workers, its ssh clients) depend little on the load. `--forks 1` runs one host after
+another; each run counts the wheel builds (the fleet must build exactly 2, one per kind).
 
 Usage (as root, with OpenSSH's sshd installed): .venv/bin/python bench/fleet.py [--forks N] [--runs N]
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from sshd import SshFarm, sshd_usable  # noqa: E402
 
-from vllm_provision.core import config
+from vllm_provision.core import config  # noqa: E402
 from vllm_provision.fleet import engine  # noqa: E402
 from vllm_provision.fleet.plays import new_run_dir  # noqa: E402
 
@@ -95,7 +95,8 @@ def main() -> None:
     finally:
         farm.stop()
     from ansible.release import __version__ as ansible_version
-    print(json.dumps({"hosts": 8, "kinds": 2, "toolkit_command": args.toolkit_command or "inv-standin", "engine": "ansible-playbook",
+    print(json.dumps({"hosts": 8, "kinds": 2, "toolkit_command": args.toolkit_command or "inv-standin",
+                      "engine": "ansible-playbook",
                       "ansible_core": ansible_version, "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
                       "platform": platform.platform(), "runs": results,
                       "builds_ok": all(r["builds"] == 2 for r in results)}, indent=2))

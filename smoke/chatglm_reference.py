@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ _ST_DTYPES = {
 }
 
 
-def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     """Minimal safetensors reader (8-byte little-endian header length, JSON header, raw data)."""
     with open(path, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
@@ -59,7 +58,7 @@ def load_checkpoint(model_dir: str):
     files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
     if not files:
         raise FileNotFoundError(f"{model_dir} has no *.safetensors files")
-    weights: Dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
     for f in files:
         weights.update(read_safetensors(os.path.join(model_dir, f)))
     return cfg, weights
@@ -93,7 +92,7 @@ def apply_rope_gptj(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot_d
 
 
 class ChatGLMReference:
-    def __init__(self, cfg: dict, weights: Dict[str, torch.Tensor], *, param_dtype: torch.dtype = torch.float16,
+    def __init__(self, cfg: dict, weights: dict[str, torch.Tensor], *, param_dtype: torch.dtype = torch.float16,
                  compute_dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg = cfg
         self.L = int(cfg["num_layers"])
@@ -115,7 +114,7 @@ class ChatGLMReference:
         if self.nh % self.ng:
             raise ValueError(f"num_attention_heads {self.nh} is not a multiple of the KV groups {self.ng}")
 
-    def _p(self, name: str) -> Optional[torch.Tensor]:
+    def _p(self, name: str) -> torch.Tensor | None:
         return self.w.get(name)
 
     def _norm(self, x, prefix):
@@ -128,7 +127,7 @@ class ChatGLMReference:
         return F.linear(x, self.w[prefix + ".weight"], self._p(prefix + ".bias"))
 
     @torch.no_grad()
-    def forward(self, input_ids: List[int]) -> torch.Tensor:
+    def forward(self, input_ids: list[int]) -> torch.Tensor:
         """Logits [T, padded_vocab] (float32) for one sequence, every position."""
         ids = torch.tensor(list(input_ids), dtype=torch.long, device=self.device)
         T = ids.shape[0]

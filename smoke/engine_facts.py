@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+
 def versions() -> dict:
     out = {"python": sys.version.split()[0]}
     try:

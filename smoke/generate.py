@@ -32,8 +32,14 @@ import sys
 import time
 import traceback
 
-from engine_compat import (accepted_names, best_completions, detect_engine, engine_core_root_cause, map_llm_args,
-                           map_sampling)
+from engine_compat import (
+    accepted_names,
+    best_completions,
+    detect_engine,
+    engine_core_root_cause,
+    map_llm_args,
+    map_sampling,
+)
 from engine_facts import gpu_facts, model_facts, versions
 from kv_facts import cache_facts
 from logcapture import FdCapture, ListHandler, Tee, attach_handler
@@ -130,8 +136,8 @@ def resolve_stop_ids(model_dir: str, cfg: dict, tokenizer) -> tuple[list[int], l
 def engine_arg_names() -> set[str] | None:
     """What LLM() passes on to EngineArgs (None: unknown, pass everything)."""
     try:
-        from vllm.engine.arg_utils import EngineArgs
         from vllm import LLM
+        from vllm.engine.arg_utils import EngineArgs
     except Exception:
         return None
     names = accepted_names(EngineArgs)

@@ -11,6 +11,7 @@ import re
 
 from engine_facts import get_path
 
+
 def cache_facts(llm, log_text: str) -> dict:
     engine = llm.llm_engine if llm is not None else None
     # V1's front-end engine keeps the configs under vllm_config; the engine core sends the sizes back to it.

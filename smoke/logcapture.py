@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+
 class Tee(io.TextIOBase):
     """Writes through to the real stream and keeps a copy."""
 
@@ -88,7 +89,7 @@ class FdCapture:
         self._saved: dict[int, int] = {}
         self._thread = None
 
-    def start(self) -> "FdCapture":
+    def start(self) -> FdCapture:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -142,7 +142,7 @@ def _fill_tokens(n, taken):
         cp += 1
     i = 0
     while len(out) < n:
-        out.append("<unused_%d>" % i)
+        out.append(f"<unused_{i}>")
         i += 1
     return out
 
@@ -154,7 +154,7 @@ def build_vocab(vocab_size=None):
     if vocab_size is None:
         vocab_size = (needed + 63) // 64 * 64
     if vocab_size < needed:
-        raise SystemExit("--vocab must be at least %d" % needed)
+        raise SystemExit(f"--vocab must be at least {needed}")
     fill = _fill_tokens(vocab_size - needed, set(base))
     # Command tokens sit at the top of the vocabulary, as in ChatGLM3
     # (64789..64797 of 65024 there).
@@ -164,8 +164,7 @@ def build_vocab(vocab_size=None):
 
 
 def build_tokenizer_json(tokens):
-    from tokenizers import Tokenizer, decoders, models, processors
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
     vocab = {t: i for i, t in enumerate(tokens)}
     # Character-level BPE (no merges): every character of the input is one
@@ -209,7 +208,7 @@ def build_weights(args, vocab_size):
                               rot))
     w["transformer.rotary_pos_emb.inv_freq"] = inv_freq.to(torch.float16)
     for i in range(args.layers):
-        p = "transformer.encoder.layers.%d." % i
+        p = f"transformer.encoder.layers.{i}."
         w[p + "input_layernorm.weight"] = ones(h)
         w[p + "self_attention.query_key_value.weight"] = randn(q + 2 * kv, h)
         w[p + "self_attention.query_key_value.bias"] = randn(q + 2 * kv)

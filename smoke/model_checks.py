@@ -81,7 +81,7 @@ def check_weights(model: str, cfg: dict) -> None:
     try:
         headers = safetensors_headers(model)
     except (OSError, ValueError) as e:
-        raise BadInput(f"a *.safetensors file in {model} is unreadable: {e}", "re-download or regenerate the weights")
+        raise BadInput(f"a *.safetensors file in {model} is unreadable: {e}", "re-download or regenerate the weights") from e
     embedding, vocab_key, layers_key, layer_prefix = layout
     shape = (headers.get(embedding) or {}).get("shape")
     want = [cfg.get(vocab_key), cfg.get("hidden_size")]

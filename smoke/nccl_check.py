@@ -185,7 +185,7 @@ def start_store(dist, timeout: float):
     store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout), wait_for_workers=False)
     if store.port:
         return store
-    import socket     # a torch whose TCPStore cannot take port 0
+    import socket  # a torch whose TCPStore cannot take port 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -308,7 +308,6 @@ def compare_teacher_forced(ref_logits_fn, prompts, generations, tie_rtol):
 def run_model(torch, args, cfg, errors):
     sys.path.insert(0, HERE)
     from chatglm_reference import ChatGLMReference, load_checkpoint
-
     from vllm import LLM, SamplingParams
 
     info = {"tokens_compared": 0, "mismatches": None, "ties": None}

@@ -204,8 +204,9 @@ def build_conda_package(channel: Path, name: str, version: str, depends=(), file
 
 
 def index_channel(channel: Path) -> None:
-    from rattler.index import index_fs
     import asyncio
+
+    from rattler.index import index_fs
     (channel / "linux-64").mkdir(parents=True, exist_ok=True)
     result = index_fs(channel)
     if asyncio.iscoroutine(result):

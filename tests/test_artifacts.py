@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mirrors import free_port, wait_for
 from uv import find_uv_bin
 
-from mirrors import free_port, wait_for
-from vllm_provision.artifacts import cache, install, installed, manifest as mf
+from vllm_provision.artifacts import cache, install, installed
+from vllm_provision.artifacts import manifest as mf
 from vllm_provision.artifacts.wheel import make_wheel, sidecar_of
-from vllm_provision.envs.common import Installer
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.envs.common import Installer
 
 ROOT = Path(__file__).resolve().parent.parent
 NVCC = Path("/usr/local/cuda/bin/nvcc")

@@ -14,15 +14,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import ROOT
-from vllm_provision.diagnostics import inputs
+
 from vllm_provision.core.settings import MAX_SECONDS
+from vllm_provision.diagnostics import inputs
 
 KEY = "0" * 64
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 from packaging.specifiers import SpecifierSet
-
 from processes import children_of
+
 from vllm_provision import GIB, catalog
-from vllm_provision.probes import host
 from vllm_provision.build import cmake as driver
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.plan import Plan, choose_parallelism, plan_build
 from vllm_provision.core.workspace import Workspace
+from vllm_provision.plan import Plan, choose_parallelism, plan_build
+from vllm_provision.probes import host
 
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent

@@ -12,8 +12,14 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
-from vllm_provision.build import (CCACHE_MISSING, cache_summary, diagnose, make_build_env, parse_ccache_stats,
-                                  wheel_for_header)
+from vllm_provision.build import (
+    CCACHE_MISSING,
+    cache_summary,
+    diagnose,
+    make_build_env,
+    parse_ccache_stats,
+    wheel_for_header,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # A PATH with no ccache on it (this is checked): only the toolkit's own install can provide one.

@@ -15,17 +15,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from vllm_provision.core import envinfo
-from vllm_provision.probes import envprobe, host
 from vllm_provision.checks.install import check_sass
+from vllm_provision.core import envinfo
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
+from vllm_provision.probes import envprobe, host
 from vllm_provision.steps import verify
 
 ROOT = Path(__file__).resolve().parent.parent

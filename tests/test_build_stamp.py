@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_provision.core import envinfo
-from vllm_provision.probes.host import Gpu, HostFacts
 from vllm_provision.catalog.patches import load_series
+from vllm_provision.core import envinfo
 from vllm_provision.pipeline import StepContext
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import Gpu, HostFacts
 from vllm_provision.steps import build
 
 GPU = (Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159.04"),)

@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-
 from conftest import ROOT, Route, make_tarball, sha256, with_sources
+
 from vllm_provision import pipeline
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import SourcePlan, build_plan
+from vllm_provision.probes.host import HostFacts
 
 TARBALL = make_tarball({"setup.py": b"print('hi')\n", "vllm/blob.bin": bytes(range(256)) * 400})
 SHA = sha256(TARBALL)

@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from vllm_provision import catalog
 from vllm_provision.catalog import get_release, missing_recipe, parse_release, require_recipe
 from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import HostFacts
 
 REFUSAL_0_33 = ("vLLM 0.33.0 is in the catalog but the toolkit has no complete recipe for it (missing: "
                 "the external sources its CMake build fetches ([[external]] in 0.33.0.toml); "
@@ -72,7 +72,8 @@ def test_a_field_nothing_reads_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         parse_release(recipe)
     assert err.value.message == "0.2.2.toml: unknown field min_nvcc"
-    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cmake_min, compile_cpu_seconds_per_arch, cuda_archs,")
+    assert err.value.hint.startswith("the fields are: arch_list_separator, build_system, cmake_min, "
+                                     "compile_cpu_seconds_per_arch, cuda_archs,")
 
 
 def test_every_shipped_recipe_parses_with_only_read_fields():

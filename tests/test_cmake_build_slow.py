@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import without_host_cuda
+
 from vllm_provision.probes import envprobe
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,16 +10,16 @@ import sys
 import types
 
 import pytest
-
 from conftest import ROOT
+
 from vllm_provision import pipeline
+from vllm_provision.catalog import get_release, known_versions
 from vllm_provision.core import config
 from vllm_provision.core.errors import ConfigError, ProvisionError, StepFailed
-from vllm_provision.probes.host import Gpu, HostFacts
+from vllm_provision.core.workspace import RunLock
 from vllm_provision.pipeline import StepOutcome
 from vllm_provision.plan import build_plan, plan_env
-from vllm_provision.catalog import get_release, known_versions
-from vllm_provision.core.workspace import RunLock
+from vllm_provision.probes.host import Gpu, HostFacts
 
 H100 = HostFacts(gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159.04"),), cpu_count=16,
                  mem_available_bytes=120 << 30)
@@ -236,6 +236,7 @@ def test_one_name_for_the_notes():
 def task_contexts():
     """Once: Invoke pops each flag's help from its task when it makes the parser contexts."""
     import invoke
+
     import tasks
     return invoke.Collection.from_module(tasks).to_contexts()
 
@@ -289,6 +290,7 @@ def test_doctor_judges_the_compiler_the_env_locks_not_the_hosts(isolated):
     """pypi-cu13 installs the CUDA 13 compiler from its lock into the env, and the build uses that one: doctor
     judges it, whatever nvcc the host has (here /usr/local/cuda's, found even without PATH)."""
     from conftest import without_host_cuda
+
     from vllm_provision.diagnostics import doctor
     facts = HostFacts(cpu_count=2, mem_available_bytes=8 << 30, gpu_error="nvidia-smi not found")
     plan = build_plan({"offline": True, "build": {"arch_list": ["9.0"]}}, facts=facts)

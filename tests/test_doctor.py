@@ -11,16 +11,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, Route
+
+from vllm_provision import GIB
+from vllm_provision.checks import summarize
 from vllm_provision.core import envinfo
 from vllm_provision.diagnostics import doctor, preflight
+from vllm_provision.plan import build_plan
 from vllm_provision.probes import host
 from vllm_provision.probes.envprobe import torch_of
-from vllm_provision.checks import summarize
 from vllm_provision.probes.host import GPU_QUERY, HostFacts, parse_driver_cuda, parse_gpu_csv
-from vllm_provision import GIB
-from vllm_provision.plan import build_plan
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu" / "h100"
 # Same format as `nvidia-smi --query-gpu=index,name,memory.total,memory.used,compute_cap,driver_version,uuid
@@ -42,7 +42,7 @@ def recorded_h100() -> tuple[str, str]:
             fields = cmd.split("--query-gpu=")[1].split()[0].split(",")
             rows = []
             for line in out["stdout"].strip().splitlines():
-                cells = dict(zip(fields, (c.strip() for c in line.split(","))))
+                cells = dict(zip(fields, (c.strip() for c in line.split(",")), strict=False))
                 rows.append(", ".join(cells.get(f, "") for f in GPU_QUERY.split(",")))
             return "\n".join(rows) + "\n", smi
     return H100_CSV, smi
@@ -308,7 +308,7 @@ def test_host_torch_profile_reads_the_interpreters_torch_without_importing_it(is
     plan = make_plan(serve_index(http_server), NO_GPU, profile="host-torch",
                      env={"python_path": sys.executable}, build={"arch_list": "9.0"})
     version, cuda, where = doctor.torch_cuda_of_plan(plan, 10)
-    import torch                           # the toolkit's test venv holds torch 2.13.0+cpu (a test dependency)
+    import torch  # the toolkit's test venv holds torch 2.13.0+cpu (a test dependency)
     assert version == torch.__version__ and cuda == torch.version.cuda
     checks = by_name(doctor.run_doctor(plan, NO_GPU, timeout=2))
     nvcc = checks["nvcc-vs-torch"]
@@ -334,6 +334,7 @@ def test_host_torch_without_bytecode_it_may_not_write_is_a_warning_with_the_comp
     with PYTHONDONTWRITEBYTECODE set, a warning naming the compileall command; after that command, a pass."""
     import subprocess
     import sys
+
     from vllm_provision.checks.install import check_bytecode
     from vllm_provision.probes.envprobe import bytecode_of
     venv = tmp_path / "host"

@@ -10,15 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from mirrors import Proxy, conda_channels, free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
 
-from mirrors import (Proxy, conda_channels, free_port, proxy_factory, pypi_mirror,  # noqa: F401 (fixtures)
-                     wheelhouse, write_lock)
 from vllm_provision.core import envinfo
 from vllm_provision.envs import mirrors
-from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import HostFacts
 
 SECRET = "s3cret-Pw9"
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
-
+import rattler  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 from mirrors import conda_channels  # noqa: F401 (fixture)
-from vllm_provision.envs import conda
+
 from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.envs import conda
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
-
-import rattler  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
+from vllm_provision.probes.host import HostFacts
 
 
 @pytest.fixture(autouse=True)

@@ -8,11 +8,11 @@ import os
 import sys
 
 import pytest
-
 from conftest import Route
 from mirrors import free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
 from test_env import isolated_pip, make_plan, run_env  # noqa: F401 (fixture)
 from test_preflight import fake_nvcc
+
 from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import ui
 

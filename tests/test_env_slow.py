@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from mirrors import Pypiserver
 from packaging.utils import canonicalize_name
 
-from mirrors import Pypiserver
 from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import envinfo
-from vllm_provision.envs import lock as locks
-from vllm_provision.probes import envprobe, host
 from vllm_provision.envs import common
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.envs import lock as locks
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
+from vllm_provision.probes import envprobe, host
+from vllm_provision.probes.host import HostFacts
 
 CACHE = Path(os.path.expanduser("~/.cache/vllm-provision"))
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import Route, make_tarball
-from vllm_provision.sources import externals
+
 from vllm_provision.catalog import External, Submodule, get_release
-from vllm_provision.sources.download import HttpSettings
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.sources import externals
+from vllm_provision.sources.download import HttpSettings
 from vllm_provision.sources.extract import tree_sha256
 
 PARENT = "1" * 40
@@ -247,6 +246,7 @@ def copied_trees(tmp_path_factory) -> dict[str, dict[str, bytes]]:
     """The three copied externals' real files (name -> path inside the external's tree -> bytes), from the
     shipped bundle: their hashes are the catalog's pins."""
     import json
+
     from vllm_provision.sources.extract import safe_extract, tree_files
     root = safe_extract(SHIPPED, tmp_path_factory.mktemp("shipped") / "b")
     dirs = {e["name"]: e["dir"] for e in json.loads((root / "bundle.json").read_text())["externals"]}

@@ -8,13 +8,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import Route, sha256, with_sources
+
 from vllm_provision import pipeline
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.sources.extract import safe_extract, tree_sha256
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import SourcePlan, build_plan
+from vllm_provision.probes.host import HostFacts
+from vllm_provision.sources.extract import safe_extract, tree_sha256
 
 
 def entry(name: str, kind: str = "file", target: str = "", data: bytes = b"x") -> tarfile.TarInfo:

@@ -9,14 +9,14 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import ROOT, Route, make_tarball, sha256, with_sources
+
 from vllm_provision import pipeline
-from vllm_provision.sources.download import HttpSettings, download
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.sources.extract import safe_extract, tree_sha256
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.plan import SourcePlan, build_plan
+from vllm_provision.probes.host import HostFacts
+from vllm_provision.sources.download import HttpSettings, download
+from vllm_provision.sources.extract import safe_extract, tree_sha256
 from vllm_provision.sources.release import obtain
 
 TARBALL = make_tarball({"setup.py": b"print('hi')\n", "vllm/blob.bin": random.Random(0).randbytes(200_000)})

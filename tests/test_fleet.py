@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from sshd import SshFarm, sshd_usable
+
 from vllm_provision.core import config
 from vllm_provision.fleet import engine
 from vllm_provision.fleet import report as fleet_report

@@ -16,8 +16,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from sshd import SshFarm, sshd_usable
+
 from vllm_provision.core import config
 from vllm_provision.fleet import engine
 from vllm_provision.fleet.engine import FleetOptions, select_hosts

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 
-from vllm_provision.probes import host
-from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
 from vllm_provision.catalog import get_release
+from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
+from vllm_provision.probes import host
 
 FIX = Path(__file__).parent / "fixtures"
 H100 = FIX / "gpu" / "h100"

@@ -12,15 +12,15 @@ import types
 
 import pytest
 from invoke.exceptions import Exit
-
 from test_host_torch_stamps import host_python, install_torch  # noqa: F401 (fixture)
+
 from vllm_provision import GIB, cli, pipeline
-from vllm_provision.diagnostics import preflight
 from vllm_provision.catalog import get_release
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.diagnostics import preflight
 from vllm_provision.pipeline import StepOutcome
 from vllm_provision.plan import build_plan, host_torch_refusal
+from vllm_provision.probes.host import HostFacts
 
 RELEASE = get_release("0.26.0")
 
@@ -101,8 +101,9 @@ def test_preflight_names_the_build_requirements_the_env_lacks(tmp_path, host_pyt
     """The build runs without isolation: 0.26.0's setup.py imports setuptools_scm and setuptools_rust on its
     first lines, and the GPU image has neither (and setuptools 81). Said before any compile, with the fix;
     the pypi-cu13 lock holds them all."""
-    from vllm_provision.envs import lock
     from conftest import ROOT
+
+    from vllm_provision.envs import lock
 
     python, _ = host_python
     plan = host_torch_plan(tmp_path, python)

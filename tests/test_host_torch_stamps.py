@@ -15,9 +15,9 @@ import pytest
 
 from vllm_provision import pipeline
 from vllm_provision.core import envinfo
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, read_stamp, run_steps
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps import build, env, verify
 
 

@@ -10,11 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_artifacts import tiny_tree, tiny_wheel  # noqa: F401 - the fixtures are used by name
-from vllm_provision.artifacts import cache, install, manifest as mf
-from vllm_provision.sources.download import sha256_file
+
+from vllm_provision.artifacts import cache, install
+from vllm_provision.artifacts import manifest as mf
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.sources.download import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

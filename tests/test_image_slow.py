@@ -16,9 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
+import images
 import pytest
 
-import images
 from vllm_provision.artifacts import manifest as mf
 from vllm_provision.sources.download import sha256_file
 

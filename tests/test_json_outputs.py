@@ -68,6 +68,7 @@ def test_error_json(isolated):
 
 def test_pipeline_and_wheel_json(isolated, monkeypatch, capsys):
     from invoke.exceptions import Exit
+
     from vllm_provision import cli
     from vllm_provision.pipeline import StepResult
 

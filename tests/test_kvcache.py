@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from vllm_provision.kvcache import explain as words, judge as judging, model, parse
+from vllm_provision.kvcache import explain as words
+from vllm_provision.kvcache import judge as judging
+from vllm_provision.kvcache import model, parse
 
 GiB = 1 << 30
 BLOG_GPU_BLOCKS, BLOG_CPU_BLOCKS = 132349, 9362
@@ -95,7 +97,8 @@ def test_predict_gpu_blocks_mirrors_0_2_2_formula():
 # --------------------------------------------------------------------------- log parsing
 
 def test_parse_log_0_2():
-    text = "INFO 11-21 10:00:00 llm_engine.py:72] Initializing\nINFO 11-21 llm_engine.py:207] # GPU blocks: 132349, # CPU blocks: 9362\n"
+    text = ("INFO 11-21 10:00:00 llm_engine.py:72] Initializing\n"
+            "INFO 11-21 llm_engine.py:207] # GPU blocks: 132349, # CPU blocks: 9362\n")
     p = parse.parse_block_log(text)
     assert p == {"format": "v0.2", "device": "GPU", "num_gpu_blocks": 132349, "num_cpu_blocks": 9362,
                  "line": "INFO 11-21 llm_engine.py:207] # GPU blocks: 132349, # CPU blocks: 9362"}

@@ -192,7 +192,8 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
 
 def test_an_upward_import_and_a_module_without_a_layer_are_named():
     p = PACKAGE
-    graph = {f"{p}.probes.host": {f"{p}.checks"}, f"{p}.checks": {f"{p}.probes.host"}, f"{p}.checks.toolchain": {f"{p}.steps.env"},
+    graph = {f"{p}.probes.host": {f"{p}.checks"}, f"{p}.checks": {f"{p}.probes.host"},
+             f"{p}.checks.toolchain": {f"{p}.steps.env"},
              f"{p}.steps.env": {f"{p}.cli"}, f"{p}.novel": set(), "tasks": {f"{p}.cli"}, f"{p}.cli": set()}
     problems = violations(graph)
     assert f"{p}.probes.host (probe) imports {p}.checks (checks): an upward import" in problems

@@ -9,13 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
+from mirrors import pypi_mirror, wheelhouse  # noqa: F401 (fixtures)
 from packaging.specifiers import SpecifierSet
 
-from vllm_provision.envs import lock
-
-from mirrors import pypi_mirror, wheelhouse  # noqa: F401 (fixtures)
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
+from vllm_provision.envs import lock
 
 ROOT = Path(__file__).resolve().parent.parent
 # The release's build requirements are not on the tiny mirror: the test recipes drop them.
@@ -154,6 +152,7 @@ def test_every_committed_lock_was_made_from_its_committed_recipe(path):
     dropped requirements the lock was resolved with; every pin and extra holds in it, nothing dropped is in it."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
+
     from vllm_provision.catalog import get_release
 
     profile, _ = path.stem.rsplit("-py", 1)

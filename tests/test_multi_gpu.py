@@ -18,18 +18,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from processes import group_gone
+
 from vllm_provision import GIB
+from vllm_provision.cli import cli_settings
 from vllm_provision.core import config, envinfo
+from vllm_provision.core.errors import ConfigError
 from vllm_provision.diagnostics import doctor
 from vllm_provision.kvcache.parse import kv_facts
-from vllm_provision.cli import cli_settings
-from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes.host import GPU_QUERY, HostFacts, parse_gpu_csv
 from vllm_provision.pipeline import StepContext
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import GPU_QUERY, HostFacts, parse_gpu_csv
 from vllm_provision.steps import smoke
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
@@ -58,7 +58,7 @@ def two_gpu_facts() -> HostFacts:
         h100 = json.loads((FIXTURES / "h100" / "probes.json").read_text())
         cmd = next(c for c in h100 if "--query-gpu=" in c and "nounits" in c)
         fields = cmd.split("--query-gpu=")[1].split()[0].split(",")
-        cells = dict(zip(fields, (c.strip() for c in h100[cmd]["stdout"].strip().split(","))))
+        cells = dict(zip(fields, (c.strip() for c in h100[cmd]["stdout"].strip().split(",")), strict=False))
         row = [cells[f] for f in GPU_QUERY.split(",")]
         second = [("1" if f == "index" else cells[f][:-1] + "9" if f == "uuid" else cells[f]) for f in GPU_QUERY.split(",")]
         csv = ", ".join(row) + "\n" + ", ".join(second) + "\n"

@@ -11,12 +11,11 @@ import time
 
 import jsonschema
 import pytest
-
+import torch.distributed  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 from conftest import ROOT
 from processes import alive, children_of, group_gone
-from vllm_provision.core.outputs import stamped
 
-import torch.distributed  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
+from vllm_provision.core.outputs import stamped
 
 SCRIPT = ROOT / "smoke" / "nccl_check.py"
 # Torch imports take long on a loaded CI machine; the rendezvous must outlast them.

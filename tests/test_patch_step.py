@@ -87,8 +87,8 @@ def test_real_022_series_is_picked_by_the_env_it_patches():
 @pytest.mark.network
 def test_every_022_patch_applies_to_the_pristine_sdist_and_does_its_job(isolated, tmp_path):
     """The whole series, in order, on the real PyPI sdist; then each patch's change is in the tree."""
-    from vllm_provision.probes.host import HostFacts
     from vllm_provision.plan import build_plan
+    from vllm_provision.probes.host import HostFacts
     from vllm_provision.sources.release import extract_to, obtain
 
     archive, _ = obtain(build_plan({}, facts=HostFacts()))
@@ -114,9 +114,9 @@ def test_a_patch_no_longer_wanted_leaves_the_tree(isolated, tmp_path):
     """The env's torch drops below 2.13: 0001 (C++20) is no longer wanted, so the step starts again from the
     verified archive instead of leaving it applied; a changed patch file is handled the same way."""
     from vllm_provision.core import envinfo
-    from vllm_provision.probes.host import HostFacts
     from vllm_provision.pipeline import StepContext
     from vllm_provision.plan import build_plan
+    from vllm_provision.probes.host import HostFacts
     from vllm_provision.steps import fetch
 
     plan = build_plan({}, facts=HostFacts())

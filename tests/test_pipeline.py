@@ -10,19 +10,18 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import pytest
-from invoke.exceptions import Exit
-
 from conftest import ROOT
+from invoke.exceptions import Exit
 from processes import alive, children_of
+
 from vllm_provision import cli, pipeline
 from vllm_provision.core.errors import ConfigError, NotBuiltYet
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.core.workspace import RunLock
 from vllm_provision.pipeline import STEPS, StepOutcome
 from vllm_provision.plan import build_plan
-from vllm_provision.core.workspace import RunLock
+from vllm_provision.probes.host import HostFacts
 
 
 def _steps(monkeypatch, runs: dict, inputs: dict | None = None) -> list[str]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from vllm_provision import checks
-from vllm_provision.core import envinfo
-from vllm_provision.probes import host
+from vllm_provision import GIB, checks
 from vllm_provision.checks import resources, toolchain
+from vllm_provision.core import envinfo
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.probes.host import HostFacts, NvccInfo
 from vllm_provision.pipeline import run_steps
-from vllm_provision import GIB
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, build_plan
+from vllm_provision.probes import host
+from vllm_provision.probes.host import HostFacts, NvccInfo
 
 
 def test_nvcc_torch_rule():

@@ -12,9 +12,10 @@ import sys
 import time
 
 from conftest import ROOT
+
 from vllm_provision.core import runner, ui
-from vllm_provision.envs.common import install_progress
 from vllm_provision.core.progress import Progress, ninja_status
+from vllm_provision.envs.common import install_progress
 
 # A "build" through the one command runner: a real child prints ninja's status lines, one unit every 0.6 s.
 BUILD = r"""

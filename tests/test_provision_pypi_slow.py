@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_artifacts import AuthPypiserver, static_server  # noqa: F401 - the fixture is used by name
-from vllm_provision.artifacts import cache, manifest as mf
+
+from vllm_provision.artifacts import cache
+from vllm_provision.artifacts import manifest as mf
 
 ROOT = Path(__file__).resolve().parent.parent
 

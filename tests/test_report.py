@@ -10,9 +10,9 @@ import pytest
 
 from vllm_provision import pipeline, report
 from vllm_provision.checks import Check
-from vllm_provision.probes.host import HostFacts, parse_gpu_csv
 from vllm_provision.pipeline import StepResult
 from vllm_provision.plan import build_plan
+from vllm_provision.probes.host import HostFacts, parse_gpu_csv
 
 H100 = HostFacts(gpus=parse_gpu_csv("0, NVIDIA H100 80GB HBM3, 81559, 0, 9.0, 580.82.07, GPU-x\n"),
                  driver_cuda="13.0", cpu_count=16, mem_available_bytes=120 << 30, mem_total_bytes=128 << 30,

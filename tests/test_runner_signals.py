@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from processes import alive
+
 from vllm_provision.core import runner
 from vllm_provision.core.errors import StepFailed
 

@@ -4,11 +4,11 @@ watched through /proc while it runs; the workspace, the cache and TMPDIR are rea
 
 from __future__ import annotations
 
-import json
 import base64
 import dataclasses
 import functools
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -20,18 +20,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
+import rattler  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
 from conftest import ROOT
-from mirrors import (Proxy, StaticServer, build_conda_package, index_channel, pypi_mirror,  # noqa: F401
-                     wheelhouse, write_lock)
-from vllm_provision.envs import conda
+from mirrors import Proxy, StaticServer, build_conda_package, index_channel, pypi_mirror, wheelhouse, write_lock  # noqa: F401
+
 from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes.host import HostFacts
+from vllm_provision.core.redact import MIN_VALUE_LENGTH, redact_text, redact_url, url_secrets
+from vllm_provision.envs import conda
 from vllm_provision.pipeline import StepContext, run_steps
 from vllm_provision.plan import build_plan
-from vllm_provision.core.redact import MIN_VALUE_LENGTH, redact_text, redact_url, url_secrets
-
-import rattler  # noqa: E402,F401 (a test dependency (pyproject's test extra): a broken install fails here, never skips)
+from vllm_provision.probes.host import HostFacts
 
 USER, PASSWORD, TOKEN = "alice", "s3cr3t-P@ss:w0rd", "tok-abc123XYZ"
 # every form a leak could take: raw, percent-encoded, split at its '@' (old redaction cut there), in a Basic header
@@ -234,7 +232,7 @@ def credentialed(index, channel) -> dict[str, str]:
 def test_plan_shows_no_secret(index, channel, places):
     code, output, sampler = run_cli(["plan", "--json"], places, credentialed(index, channel))
     assert code == 0, output
-    assert f"{USER}:***@127.0.0.1:{index.port}" in output and f"/t/***/chan" in output
+    assert f"{USER}:***@127.0.0.1:{index.port}" in output and "/t/***/chan" in output
     assert_no_leak(output, sampler, places, saw="invoke")
 
 

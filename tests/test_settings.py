@@ -12,15 +12,15 @@ import sys
 import invoke
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from vllm_provision import cli
 from vllm_provision.core import config
-from vllm_provision.diagnostics import doctor
 from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes.host import Gpu, HostFacts
+from vllm_provision.diagnostics import doctor
 from vllm_provision.pipeline import STEPS
 from vllm_provision.plan import build_plan, gpu_refusal
+from vllm_provision.probes.host import Gpu, HostFacts
 
 B200 = HostFacts(gpus=(Gpu(0, "NVIDIA B200", 183359, 0, "10.0", "580.159.04"),), cpu_count=16,
                  mem_available_bytes=120 << 30)

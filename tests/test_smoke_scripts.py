@@ -150,6 +150,7 @@ def test_smoke_scripts_import_only_stdlib_torch_vllm_and_each_other():
     """They run inside the target env: no toolkit import, and every sibling they import is a smoke script
     the smoke step hashes (and so reruns on a change)."""
     import ast
+
     from vllm_provision.steps.smoke import SCRIPTS
     siblings = {p.stem for p in SMOKE.glob("*.py")}
     allowed = set(sys.stdlib_module_names) | {"torch", "vllm", "transformers", "safetensors", "tokenizers", "numpy", "ray"}
@@ -366,11 +367,11 @@ def test_fd_capture_sees_the_engine_core_child_process(tmp_path):
 
 
 def test_the_smoke_step_passes_the_catalogs_engine(isolated):
-    from vllm_provision.steps.smoke import generate_argv
     from vllm_provision.cli import cli_settings
-    from vllm_provision.plan import build_plan
     from vllm_provision.pipeline import StepContext
+    from vllm_provision.plan import build_plan
     from vllm_provision.probes.host import HostFacts
+    from vllm_provision.steps.smoke import generate_argv
     facts = HostFacts(gpus=[], driver_cuda="13.0", cpu_count=16, mem_available_bytes=64 << 30,
                       mem_total_bytes=128 << 30, disk_free_bytes=100 << 30)
     for release, engine in (("0.2.2", "v0"), ("0.26.0", "v1")):
@@ -636,10 +637,11 @@ def test_v1_tensor_parallel_smoke_needs_no_ray(isolated, tmp_path):
     (0.2.2's is skipped there), and one GPU's share is judged: 1 KV head a GPU, twice the blocks from the
     same memory (log lines built from 0.26.0's format strings, as in test_kvcache)."""
     from test_kvcache import TINY_V1_BLOCKS, tiny_v1_smoke, v1_log
+
     from vllm_provision.cli import cli_settings
-    from vllm_provision.probes.host import HostFacts
     from vllm_provision.pipeline import StepContext
     from vllm_provision.plan import build_plan
+    from vllm_provision.probes.host import HostFacts
     from vllm_provision.steps.smoke import tensor_parallel_smoke
 
     smoke = tiny_v1_smoke(num_gpu_blocks=2 * TINY_V1_BLOCKS)

@@ -16,17 +16,17 @@ import types
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from test_doctor import h100_facts
+
 from vllm_provision import pipeline
-from vllm_provision.core import envinfo, runner
-from vllm_provision.probes import envprobe
 from vllm_provision.checks import install
+from vllm_provision.core import envinfo, runner
 from vllm_provision.core.errors import NotBuiltYet
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.pipeline import StepContext, StepOutcome, run_steps, stamp_of, step_module
 from vllm_provision.plan import build_plan
+from vllm_provision.probes import envprobe
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps import verify
 
 NVCC = Path("/usr/local/cuda/bin/nvcc")
@@ -280,7 +280,8 @@ def test_cli_verify_before_a_build_exits_2(isolated):
     profile = build_plan({}, facts=HostFacts()).profile   # the checkout's default profile
     assert f"nothing built for 0.2.2/{profile} yet; run `./inv build`" in done.stderr
     assert "Traceback" not in done.stderr
-    assert json.loads(done.stdout) == {"schema_version": 1, "kind": "error", "ok": False, "error": f"nothing built for 0.2.2/{profile} yet; run `./inv build`",
+    assert json.loads(done.stdout) == {"schema_version": 1, "kind": "error", "ok": False,
+                                       "error": f"nothing built for 0.2.2/{profile} yet; run `./inv build`",
                                        "hint": "run `./inv build` (or `./inv provision`) first, then `./inv verify`",
                                        "exit_code": 2}
 

@@ -6,24 +6,25 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from invoke.exceptions import Exit
 from rich.table import Table
 
 from vllm_provision import PROJECT_ROOT, minor_version, report
-from vllm_provision.core import config, envinfo, runner, ui
-from vllm_provision.diagnostics import doctor, inputs
-from vllm_provision.envs import lock, mirrors
-from vllm_provision.probes import host
-from vllm_provision.sources import externals
 from vllm_provision.checks import from_dicts, print_checks, summarize, to_json
+from vllm_provision.core import config, envinfo, runner, ui
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from vllm_provision.core.outputs import stamped
+from vllm_provision.core.redact import redact_text
+from vllm_provision.diagnostics import doctor, inputs
+from vllm_provision.envs import lock, mirrors
 from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, run_steps, steps_to_force
 from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
-from vllm_provision.core.redact import redact_text
+from vllm_provision.probes import host
+from vllm_provision.sources import externals
 from vllm_provision.steps.facts import StepStatus
 
 
@@ -54,12 +55,12 @@ def handles_errors(func: Callable) -> Callable:
             if kwargs.get("json"):      # --json: the failure as the last stdout line too (fleet runs read it)
                 print_json(stamped("error", {"ok": False, "error": exc.message, "hint": exc.hint,
                                              "exit_code": exc.exit_code}))
-            raise Exit(code=exc.exit_code)
+            raise Exit(code=exc.exit_code) from exc
         except KeyboardInterrupt as exc:
             code = interrupted_exit_code(exc)
             ui.error("interrupted" if code == 130 else "terminated (SIGTERM)",
                      "rerun the same command: finished steps are skipped, the interrupted one resumes")
-            raise Exit(code=code)
+            raise Exit(code=code) from None
         finally:
             report.finish_run(code)
 
@@ -212,8 +213,8 @@ def nccl_task(*, sizes: str | None = None, timeout: Any = None, as_json: bool = 
     """`./inv nccl`: the all-reduce check across every GPU in the target env; nccl.json, report.json's `nccl`
     section, the bandwidth table (or the JSON); the exit code."""
     from vllm_provision.core.settings import Seconds
-    from vllm_provision.steps import smoke
     from vllm_provision.core.workspace import RunLock
+    from vllm_provision.steps import smoke
     seconds = smoke.NCCL_TIMEOUT_S if timeout is None else config.flag_value("timeout", timeout, Seconds)
     plan = make_plan(**flags)
     facts = host.probe(str(plan.workspace.root.parent))
@@ -289,9 +290,9 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     (seconds), published to every writable cache with `push`; prints path, sha256, key, version, archs
     (`as_json`: one JSON object on the last line, for fleet runs and scripts)."""
     from vllm_provision.artifacts import install as artifact_install
+    from vllm_provision.core.workspace import RunLock
     from vllm_provision.pipeline import StepContext
     from vllm_provision.steps import build as build_step
-    from vllm_provision.core.workspace import RunLock
     if push:          # before the build: a wheel with nowhere to go is bad input
         inputs.check_push(make_plan(**flags))
     results = run_pipeline(["fetch", "env", "patch", "build"], as_json=as_json, **flags)
@@ -399,8 +400,8 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
                fleet: dict, **flags: Any) -> int:
     """`./inv fleet`: provision many hosts with Ansible (ansible-playbook and the toolkit's playbook); the
     report; the exit code."""
-    from vllm_provision.fleet import engine, plays
     from vllm_provision.core.settings import CacheEntry, Forks, HostKeyPolicy, Percent
+    from vllm_provision.fleet import engine, plays
     kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
     caches = [config.flag_value("cache", c, CacheEntry) for c in caches]   # before any host is read or reached

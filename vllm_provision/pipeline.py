@@ -16,16 +16,17 @@ import json
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
-from vllm_provision.probes.host import HostFacts
-from vllm_provision.plan import Plan
 from vllm_provision.core.redact import redact_text
 from vllm_provision.core.workspace import RunLock, Workspace
+from vllm_provision.plan import Plan
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps.facts import StepFacts, StepStatus, facts_dict
 
 STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")

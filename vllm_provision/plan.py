@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import GIB, PROJECT_ROOT, catalog, minor_version
-from vllm_provision.catalog import patches
-from vllm_provision.core import config
-from vllm_provision.core.archs import base_arch, split_archs
-from vllm_provision.probes import envprobe, host
-from vllm_provision.sources.externals import ExternalPlan, plan_externals
+from vllm_provision.catalog import Release, lock_path, patches
 from vllm_provision.checks import CheckStatus, check_driver
 from vllm_provision.checks.toolchain import check_torch_pin
-from vllm_provision.catalog import Release, lock_path
+from vllm_provision.core import config
+from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.redact import redact_text
 from vllm_provision.core.workspace import Workspace
+from vllm_provision.probes import envprobe, host
+from vllm_provision.sources.externals import ExternalPlan, plan_externals
 
 # Peak RSS of one nvcc job on vLLM 0.2.2's largest unit (attention_kernels.cu), with headroom.
 # Measured (`/usr/bin/time -v`, max RSS of the biggest child, cicc): 3,166,936 kB = 3.02 GiB for
@@ -304,13 +304,13 @@ def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.Ho
                      time_limit=float(build["time_limit"]) if build.get("time_limit") else None)
 
 
-def gpu_refusal(plan: "Plan") -> ConfigError | None:
+def gpu_refusal(plan: Plan) -> ConfigError | None:
     """The refusal for building on GPUs the release does not support (None when it can build for them)."""
     bad = unsupported_archs(plan.release, plan.build.arch_list) if plan.build.arch_source == "gpus" else []
     return arch_refusal(plan.release, bad, "gpus") if bad else None
 
 
-def host_torch_refusal(plan: "Plan") -> ConfigError | None:
+def host_torch_refusal(plan: Plan) -> ConfigError | None:
     """The existing backend builds against the host's torch: one the release does not pin is refused before
     any download (None: it matches, the release pins none, or the interpreter cannot be asked; the env
     step names a missing interpreter). Read from torch/version.py, not imported: well under a second."""

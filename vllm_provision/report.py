@@ -21,16 +21,17 @@ import shlex
 import socket
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from vllm_provision import GIB, PROJECT_ROOT, __version__
+from vllm_provision.checks import Check, CheckStatus, counts, from_dicts
 from vllm_provision.core import runner
 from vllm_provision.core.files import atomic_write
-from vllm_provision.checks import Check, CheckStatus, counts, from_dicts
-from vllm_provision.probes.host import HostFacts
 from vllm_provision.core.redact import redact_text
+from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps.facts import StepStatus
 
 
@@ -274,7 +275,8 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
             ["env", f"{env.get('backend', '')} {env.get('prefix', '')}".strip()],
             ["torch", env.get("torch") or tool.get("torch")],
             ["torch CUDA", env.get("torch_cuda") or tool.get("torch_cuda")],
-            ["nvcc", f"{env.get('nvcc_version') or tool.get('nvcc_version') or ''} {env.get('nvcc') or tool.get('nvcc') or ''}".strip()],
+            ["nvcc", f"{env.get('nvcc_version') or tool.get('nvcc_version') or ''} "
+                     f"{env.get('nvcc') or tool.get('nvcc') or ''}".strip()],
             ["host compiler", tool.get("compiler")],
             ["lock", env.get("lock") or tool.get("lock") or "none"]]
     rows = [r for r in rows if r[1]]
@@ -324,7 +326,8 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
             checks = from_dicts(sec["checks"])
             n = counts(checks)
             lines += ["", f"## {title}: {'ok' if sec.get('ok') else 'FAILED'} "
-                          f"({n[CheckStatus.PASS]} pass, {n[CheckStatus.WARN]} warn, {n[CheckStatus.FAIL]} fail, {n[CheckStatus.SKIP]} skip; "
+                          f"({n[CheckStatus.PASS]} pass, {n[CheckStatus.WARN]} warn, "
+                          f"{n[CheckStatus.FAIL]} fail, {n[CheckStatus.SKIP]} skip; "
                           f"{sec.get('when', '')})", ""]
             if sec.get("run"):
                 lines += [f"Checked {_ran_by(sec)}.", ""]

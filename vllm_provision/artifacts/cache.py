@@ -25,12 +25,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from vllm_provision.core import runner
-from vllm_provision.sources import download
-from vllm_provision.core.errors import StepFailed
-from vllm_provision.core.redact import redact_text, redact_url
 from vllm_provision.artifacts import manifest as mf
 from vllm_provision.artifacts.wheel import sidecar_of
+from vllm_provision.core import runner
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.redact import redact_text, redact_url
+from vllm_provision.sources import download
 
 PROJECT = "vllm"
 UPLOAD_TIMEOUT = 1800
@@ -42,7 +42,7 @@ class Entry:
     location: str        # a path (dir, static) or a URL (static-url, pypi)
 
     @classmethod
-    def parse(cls, text: str) -> "Entry":
+    def parse(cls, text: str) -> Entry:
         """The forms settings.cache_entry admits (checked there, with an error naming the setting)."""
         scheme, _, rest = text.partition(":")
         if scheme in ("static+http", "static+https"):

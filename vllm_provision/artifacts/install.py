@@ -9,20 +9,20 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from packaging.utils import parse_wheel_filename
 
-from vllm_provision.core import runner
-from vllm_provision.core.files import atomic_write
-from vllm_provision.sources.download import sha256_file
-from vllm_provision.envs.common import Installer
-from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.artifacts import cache
 from vllm_provision.artifacts import manifest as mf
 from vllm_provision.artifacts.wheel import Wheel, sidecar_of
+from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.files import atomic_write
+from vllm_provision.envs.common import Installer
+from vllm_provision.sources.download import sha256_file
 
 INSTALL_TIMEOUT = 1800
 

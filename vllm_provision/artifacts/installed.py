@@ -5,14 +5,14 @@ and the archs read back from the installed libraries are the manifest's."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
+from vllm_provision.artifacts import manifest as mf
+from vllm_provision.artifacts.sass import read_archs
 from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.artifacts import manifest as mf
-from vllm_provision.artifacts.sass import read_archs
 
 REINSTALL = "reinstall from the cache: `./inv build --force` (or `./inv provision --force build`)"
 
@@ -53,4 +53,5 @@ def artifact_checks(vllm_dirs: Iterable[str | Path], info: EnvInfo | None, expec
         held = "; ".join(f"{name} holds {', '.join(archs) or 'no SASS'}" for name, archs in wrong.items())
         detail = f"{held}; the manifest says {', '.join(wanted)}" if wrong else f"no libraries next to {path}"
         return checks + [Check("artifact-archs", CheckStatus.FAIL, detail, REINSTALL)]
-    return checks + [Check("artifact-archs", CheckStatus.PASS, f"{len(found)} libraries hold {', '.join(wanted)}, as the manifest says")]
+    return checks + [Check("artifact-archs", CheckStatus.PASS,
+                            f"{len(found)} libraries hold {', '.join(wanted)}, as the manifest says")]

@@ -14,15 +14,16 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from vllm_provision.core.errors import StepFailed
 from vllm_provision.artifacts import sass
+from vllm_provision.core.errors import StepFailed
 
 FORMAT = 1
 KEY_FIELDS = ("format", "release", "sdist_sha256", "patches", "torch", "torch_cuda", "cxx11_abi", "nvcc",

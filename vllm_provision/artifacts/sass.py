@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from vllm_provision.core.archs import base_arch
-
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from vllm_provision.checks.install import covers
+from vllm_provision.core.archs import base_arch
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.probes.envprobe import find_cuobjdump, sass_of
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.probes.envprobe import find_cuobjdump, sass_of
 
 
 def read_archs(libraries: Iterable[Path], info: EnvInfo | None) -> dict[str, tuple[str, ...]]:

@@ -15,20 +15,21 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from vllm_provision.core import runner
-from vllm_provision.core.files import atomic_write
-from vllm_provision.sources.download import sha256_file
-from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.core.errors import StepFailed
 from vllm_provision.artifacts import manifest as mf
 from vllm_provision.artifacts import sass
+from vllm_provision.core import runner
+from vllm_provision.core.envinfo import EnvInfo
+from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.files import atomic_write
+from vllm_provision.sources.download import sha256_file
 
 PREBUILT_FLAG = "VLLM_PROVISION_PREBUILT"
 LABEL_VARIABLE = "VLLM_PROVISION_LOCAL_VERSION"
@@ -116,7 +117,8 @@ def make_wheel(*, python: str, src: Path, out_dir: Path, fields: Mapping[str, An
     try:
         inside.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         runner.run([python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-w",
-                    str(staging), str(src)], log=log, cwd=src, env={**env, PREBUILT_FLAG: "1", LABEL_VARIABLE: label, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+                    str(staging), str(src)], log=log, cwd=src,
+                   env={**env, PREBUILT_FLAG: "1", LABEL_VARIABLE: label, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
                    timeout=PIP_TIMEOUT, what="pip wheel (packaging the built vLLM)")
         made = list(staging.glob("*.whl"))
         if len(made) != 1:

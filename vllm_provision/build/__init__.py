@@ -11,16 +11,16 @@ import os
 import re
 import shutil
 import sysconfig
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from vllm_provision import GIB
+from vllm_provision.build.placement import Placement
+from vllm_provision.checks.toolchain import matching_compiler_hint
 from vllm_provision.core import runner
 from vllm_provision.core.files import atomic_write
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES
-from vllm_provision.checks.toolchain import matching_compiler_hint
-from vllm_provision.build.placement import Placement
 
 DRIVER = Path(__file__).with_name("driver.py")
 
@@ -231,7 +231,8 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
                 link = link_dir / "libcudart.so"
                 link.unlink(missing_ok=True)
                 link.symlink_to(real)
-                env["LIBRARY_PATH"] = os.pathsep.join([str(link_dir)] + [p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p])
+                env["LIBRARY_PATH"] = os.pathsep.join(
+                    [str(link_dir)] + [p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p])
                 notes.append(f"linking against {real.name} through {link}")
     env["TORCH_CUDA_ARCH_LIST"] = arch_list
     env["MAX_JOBS"] = str(max(1, jobs_per_ext))

@@ -25,19 +25,27 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import GIB
+from vllm_provision.build import (
+    BUILD_LOCALE,
+    LOCALE_VARS,
+    cache_summary,
+    diagnose,
+    find_ccache,
+    ninja_unit_times,
+    parse_ccache_stats,
+    relevant_tail,
+)
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.core.progress import ninja_status, progress
 from vllm_provision.probes import envprobe
-from vllm_provision.build import (BUILD_LOCALE, LOCALE_VARS, cache_summary, diagnose, find_ccache, ninja_unit_times,
-               parse_ccache_stats, relevant_tail)
 
 CONFIGURE_TIMEOUT = 1800
 BUILD_TIMEOUT = 6 * 3600
@@ -467,8 +475,8 @@ def driver_library(cuda_home: str | None, system_dirs: Sequence[str]) -> Path | 
         for name in ("libcuda.so", STUB_SONAME):
             if (Path(d) / name).is_file():
                 return Path(d) / name
-    for d in toolkit_lib_dirs(cuda_home) if cuda_home else []:
-        for candidate in (d / "libcuda.so", d / "stubs" / "libcuda.so"):
+    for lib_dir in toolkit_lib_dirs(cuda_home) if cuda_home else []:
+        for candidate in (lib_dir / "libcuda.so", lib_dir / "stubs" / "libcuda.so"):
             if candidate.is_file():
                 return candidate
     return None

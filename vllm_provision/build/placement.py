@@ -15,9 +15,9 @@ Pure functions plus one sysfs read; the compiler wrappers (`make_build_env`) app
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 SYSFS_CPU = Path("/sys/devices/system/cpu")
 CUDA_SUFFIXES = (".cu",)
@@ -117,7 +117,7 @@ def plan_placement(units: list[str], cores: list[tuple[int, ...]], pool_cpus: in
     pool = [c for core in cores[:-n * unit_cores] for c in core]
     if pool_cpus:
         pool = pool[:max(1, pool_cpus)]
-    return Placement(reserved={u: cpu_list(cpus) for u, cpus in zip(units, reserved)}, pool=cpu_list(pool),
+    return Placement(reserved={u: cpu_list(cpus) for u, cpus in zip(units, reserved, strict=False)}, pool=cpu_list(pool),
                      threads_per_core=max(len(c) for c in cores))
 
 

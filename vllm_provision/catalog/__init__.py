@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Mapping
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -240,7 +240,7 @@ def parse_release(path: Path) -> Release:
                           hint=f"compare {path} with 0.2.2.toml") from exc
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_releases() -> tuple[Release, ...]:
     releases = [parse_release(p) for p in RELEASES_DIR.glob("*.toml")]
     return tuple(sorted(releases, key=lambda r: r.parsed_version))

@@ -7,14 +7,13 @@ ConfigError before any check runs and exits 2).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Iterable
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision.probes.host import HostFacts
-
 
 
 class CheckStatus(str, Enum):
@@ -69,14 +68,15 @@ def _status_of(value: object) -> CheckStatus:
 
 
 def counts(checks: Iterable[Check]) -> dict[str, int]:
-    out = {s: 0 for s in STATUSES}
+    out: dict[str, int] = {s: 0 for s in STATUSES}
     for c in checks:
         out[c.status] = out.get(c.status, 0) + 1
     return out
 
 
 def print_checks(title: str, checks: list[Check], as_json: bool = False, kind: str = "doctor") -> None:
-    """`--json`: {schema_version, kind, ok, checks:[...]} on stdout (schemas/checks.schema.json); otherwise a table (rich on a TTY, plain text in CI)."""
+    """`--json`: {schema_version, kind, ok, checks:[...]} on stdout
+    (schemas/checks.schema.json); otherwise a table (rich on a TTY, plain text in CI)."""
     import json
     import sys
 
@@ -129,7 +129,8 @@ def check_driver(facts: HostFacts, torch_cuda: str | None) -> Check:
     if not facts.gpus:
         return Check(name, CheckStatus.SKIP, f"no GPU visible ({facts.gpu_error or 'none listed'}): compiling only")
     have, want = parse_version(facts.driver_cuda), parse_version(torch_cuda)
-    detail = f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; torch needs CUDA {torch_cuda}"
+    detail = (f"driver {facts.driver_version or facts.gpus[0].driver_version} supports CUDA {facts.driver_cuda or '?'}; "
+              f"torch needs CUDA {torch_cuda}")
     if have is None or want is None:
         return Check(name, CheckStatus.WARN, detail)
     floor = DRIVER_FLOOR.get(want.major)

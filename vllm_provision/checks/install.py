@@ -5,17 +5,17 @@ doctor's look at a host interpreter's bytecode."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
-from vllm_provision.core.archs import base_arch
 from vllm_provision.checks import Check, CheckStatus
+from vllm_provision.core.archs import base_arch
+from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 
 
 def _path_of(url: str) -> Path | None:
@@ -132,7 +132,8 @@ def check_locked(installed: Mapping[str, str], lock: Mapping[str, str] | None, b
                      "something replaced locked packages (a pip install without constraints?): "
                      "`./inv env --force` restores the lock, then `./inv build --force`")
     if lock:
-        return Check("locked", CheckStatus.PASS, f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
+        return Check("locked", CheckStatus.PASS,
+                     f"{len([n for n in lock if n not in skip])} packages exactly as in {lock_name}; {torch_now}")
     return Check("locked", CheckStatus.PASS, f"no lock for this profile; {torch_now} unchanged since the env step")
 
 
@@ -158,7 +159,8 @@ def check_sass(sass: Mapping[str, tuple[str, ...]] | None, so_files: Mapping[str
     """Each extension's SASS (name -> archs, from cuobjdump; None: no cuobjdump to read it) covers every
     required compute capability."""
     if sass is None:
-        return [Check("sass", CheckStatus.SKIP, "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
+        return [Check("sass", CheckStatus.SKIP,
+                      "cuobjdump not found (next to nvcc, the toolkit's venv, /usr/local/cuda/bin, PATH)",
                       "the toolkit installs it (the nvidia-cuda-cuobjdump wheel): reinstall its venv with "
                       "`rm -rf .venv; ./inv --list`")]
     required = list(dict.fromkeys(base_arch(a) for a in required))

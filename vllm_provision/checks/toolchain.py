@@ -5,15 +5,15 @@ env vs the release's build requirements. They judge probed facts (host.NvccInfo)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from vllm_provision.probes.host import NvccInfo
-from vllm_provision.core.archs import base_arch
 from vllm_provision.checks import Check, CheckStatus, parse_version
+from vllm_provision.core.archs import base_arch
+from vllm_provision.probes.host import NvccInfo
 
 
 def matching_compiler_hint(cuda: str) -> str:
@@ -51,7 +51,8 @@ def check_nvcc_torch(torch_cuda: str | None, nvcc_version: str | None, nvcc_path
 def check_compiler_for(torch_cuda: str, nvccs: Iterable[NvccInfo]) -> Check:
     """nvcc-vs-torch before the env exists: any host toolkit that fits the planned torch's CUDA passes."""
     checks = [check_nvcc_torch(torch_cuda, n.version, n.path) for n in nvccs]
-    return next((c for c in checks if c.status != CheckStatus.FAIL), checks[0] if checks else check_nvcc_torch(torch_cuda, None, None))
+    return next((c for c in checks if c.status != CheckStatus.FAIL),
+                checks[0] if checks else check_nvcc_torch(torch_cuda, None, None))
 
 
 def check_gcc(gcc_version: str | None, gcc_path: str | None, nvcc: NvccInfo | None) -> Check:

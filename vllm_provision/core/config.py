@@ -10,8 +10,9 @@ import copy
 import itertools
 import os
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError

@@ -27,14 +27,14 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from vllm_provision.core import ui
 
 DEFAULT_HEARTBEAT_S = 30.0
 POLL_S = 1.0
-_active: list["Progress"] = []     # one display at a time: a progress opened inside another is quiet
+_active: list[Progress] = []     # one display at a time: a progress opened inside another is quiet
 _NINJA = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 
 
@@ -192,7 +192,8 @@ def _shown(p: Progress, watch, live: bool, heartbeat_s: float | None) -> Iterato
     what, step = p.what, p.step
     stop = threading.Event()
     if live:
-        from rich.progress import BarColumn, Progress as Bar, ProgressColumn, SpinnerColumn, TextColumn
+        from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, TextColumn
+        from rich.progress import Progress as Bar
         from rich.text import Text
 
         class _Status(ProgressColumn):

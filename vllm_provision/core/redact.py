@@ -8,7 +8,7 @@ values are replaced by value only as a second layer, and only when long enough t
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 MASK = "***"

@@ -20,13 +20,13 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
-from vllm_provision.core.errors import StepFailed
 from vllm_provision.core import ui
+from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.redact import redact_text
 
 

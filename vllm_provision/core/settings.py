@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 import string
-from typing import Annotated, Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -129,8 +130,8 @@ def artifact_key(value: Any) -> Any:
 Strings = Annotated[list[str], BeforeValidator(one_or_many), Field(description="a list such as [a, b], or one value")]
 Urls = Annotated[list[Annotated[str, AfterValidator(url)]], BeforeValidator(one_or_many),
                  Field(description="a list of URLs such as [https://host/simple], or one URL")]
-Count = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(not_bool)]
-AutoCount = Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(auto_is_none)]
+Count = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(not_bool)]
+AutoCount = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(auto_is_none)]
 # A timeout or delay is finite and at most a week: inf, nan and 1e300 would overflow the sockets and
 # subprocesses they reach (OverflowError inside a download), so the schema refuses them up front.
 MAX_SECONDS = 7 * 24 * 3600
@@ -139,7 +140,7 @@ Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False,
 Tries = Annotated[int, BeforeValidator(not_bool), Field(ge=0, le=100, description="a whole number from 0 to 100")]
 Flag = Annotated[bool, Field(description="true or false")]
 Text = Annotated[str, Field(description='a string (quote numbers: "3.10")')]
-OptionalText = Annotated[Optional[str], Field(description='null or a string (quote numbers: "12.1")')]
+OptionalText = Annotated[str | None, Field(description='null or a string (quote numbers: "12.1")')]
 
 
 class Section(BaseModel):
@@ -162,7 +163,7 @@ class Fetch(Section):
                                                 "[https://files.corp/vllm/vllm-{version}-cp38-abi3-manylinux_2_28_x86_64.whl] "
                                                 "({version} only): copied externals are read from it after "
                                                 "external_mirrors, before GitHub")]
-    bundle: Annotated[Optional[str], Field(description="null or a source bundle (directory or .tar) written by "
+    bundle: Annotated[str | None, Field(description="null or a source bundle (directory or .tar) written by "
                                                        "`./inv bundle`, imported into the cache before fetching")]
     timeout: Seconds
     retries: Tries
@@ -176,7 +177,7 @@ class Pypi(Section):
     trusted_hosts: Strings
     timeout: Seconds
     retries: Tries
-    cert: Annotated[Optional[str], Field(description="null or the path of a CA bundle")]
+    cert: Annotated[str | None, Field(description="null or the path of a CA bundle")]
 
 
 class Conda(Section):
@@ -189,12 +190,12 @@ class Env(Section):
     python: Text
     cuda: OptionalText
     installer: Annotated[Literal["auto", "uv", "pip"], Field(description="auto, uv or pip")]
-    python_path: Annotated[Optional[str], Field(description="null or an interpreter (path or name)")]
+    python_path: Annotated[str | None, Field(description="null or an interpreter (path or name)")]
     lock: Flag
 
 
 class Build(Section):
-    arch_list: Annotated[Optional[list[Annotated[str, AfterValidator(arch)]]], BeforeValidator(arch_items),
+    arch_list: Annotated[list[Annotated[str, AfterValidator(arch)]] | None, BeforeValidator(arch_items),
                          Field(description="null or compute capabilities such as 9.0 or [8.0, 9.0]")]
     max_jobs: Annotated[Count, Field(description="null (from free RAM and cores) or a whole number >= 1")]
     parallel_extensions: Flag
@@ -204,12 +205,12 @@ class Build(Section):
     critical_unit_cores: Annotated[AutoCount, Field(description="auto or a whole number >= 1")]
     targets: Annotated[list[str], BeforeValidator(one_or_many),
                        Field(description="a list of CMake targets such as [_C, _moe_C], or one")]
-    time_limit: Annotated[Optional[Annotated[float, Field(gt=0)]],
+    time_limit: Annotated[Annotated[float, Field(gt=0)] | None,
                           Field(description="null or seconds, a number > 0")]
 
 
 class Smoke(Section):
-    model: Annotated[Optional[str], Field(description="null or a local model directory")]
+    model: Annotated[str | None, Field(description="null or a local model directory")]
     max_model_len: Annotated[Count, Field(description="null or a whole number >= 1")]
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False,
                                                    description="a number > 0 and <= 1")]
@@ -221,7 +222,7 @@ class AllowedPipCheck(Section):
     package: Text
     requires: Text
     reason: Text
-    profiles: Annotated[Optional[list[str]], BeforeValidator(one_or_many),
+    profiles: Annotated[list[str] | None, BeforeValidator(one_or_many),
                         Field(description="a list of profiles, or one profile")] = None
 
 
@@ -241,7 +242,7 @@ class Artifacts(Section):
                                         "static+https://host/vllm/, pypi:https://user@host/], or one")]
     push: Flag
     require_cache: Flag
-    key: Annotated[Optional[str], AfterValidator(artifact_key),
+    key: Annotated[str | None, AfterValidator(artifact_key),
                    Field(description="null or a key of 64 hex digits, as `./inv wheel` prints")]
 
 

@@ -12,27 +12,36 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT
-from vllm_provision.core import envinfo, runner
-from vllm_provision.envs import lock
 from vllm_provision.checks import Check, CheckStatus, check_driver, parse_version
 from vllm_provision.checks.install import check_bytecode
 from vllm_provision.checks.resources import check_disk, check_ram, disk_needed
-from vllm_provision.checks.toolchain import (check_archs as toolchain_archs, check_gcc, check_nvcc_torch, check_release_floor,
-                               check_torch_pin)
-from vllm_provision.sources.download import HttpSettings, NotFound, fetch_text, open_url
+from vllm_provision.checks.toolchain import check_archs as toolchain_archs
+from vllm_provision.checks.toolchain import check_gcc, check_nvcc_torch, check_release_floor, check_torch_pin
+from vllm_provision.core import envinfo, runner
 from vllm_provision.core.errors import ProvisionError
-from vllm_provision.probes.envprobe import bytecode_of, torch_of
-from vllm_provision.probes.host import HostFacts, NvccInfo, best_nvcc, compiler_version, host_compiler, nvcc_candidates, probe_cmake, probe_nvcc
-from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
 from vllm_provision.core.redact import redact_text, redact_url
+from vllm_provision.envs import lock
+from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, Plan, arch_refusal, compilable_archs, unsupported_archs
+from vllm_provision.probes.envprobe import bytecode_of, torch_of
+from vllm_provision.probes.host import (
+    HostFacts,
+    NvccInfo,
+    best_nvcc,
+    compiler_version,
+    host_compiler,
+    nvcc_candidates,
+    probe_cmake,
+    probe_nvcc,
+)
+from vllm_provision.sources.download import HttpSettings, NotFound, fetch_text, open_url
 
 DEFAULT_TIMEOUT = 3.0            # seconds for each network look-up and quick probe
 KEY_PACKAGES = ("torch", "vllm", "xformers")
@@ -102,8 +111,8 @@ def parse_topology(text: str) -> dict | None:
         name = cells[0].strip()
         if re.fullmatch(r"(GPU|NIC)\d+", name) and len(cells) > len(devices):
             values = [c.strip() for c in cells[1:]]
-            matrix[name] = dict(zip(devices, values[:len(devices)]))
-            affinity[name] = dict(zip(extra, [v for v in values[len(devices):] if v]))
+            matrix[name] = dict(zip(devices, values[:len(devices)], strict=True))
+            affinity[name] = dict(zip(extra, [v for v in values[len(devices):] if v], strict=False))
             continue
         m = re.match(r"^\s+(\S+)\s+=\s+(.+?)\s*$", line)
         if m:
@@ -352,7 +361,7 @@ def check_source(plan: Plan, timeout: float) -> Check:
     with ThreadPoolExecutor(max_workers=max(1, len(plan.sources))) as pool:
         answers = list(pool.map(reach, plan.sources))
     tried = []
-    for source, (url, why) in zip(plan.sources, answers):
+    for source, (url, why) in zip(plan.sources, answers, strict=True):
         if url:
             return Check("source", CheckStatus.PASS, f"{source.file} reachable at {redact_url(url)} ({source.kind})")
         tried.append(why)

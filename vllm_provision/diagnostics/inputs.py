@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from vllm_provision.artifacts.cache import Entry
 from vllm_provision.core.errors import ConfigError

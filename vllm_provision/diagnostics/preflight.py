@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from vllm_provision import tomllib
-from vllm_provision.probes import host
 from vllm_provision.checks import Check, check_driver, to_json
 from vllm_provision.checks.resources import check_disk, check_ram, disk_needed
-from vllm_provision.checks.toolchain import (check_archs, check_build_requirements, check_gcc, check_nvcc_torch, check_release_floor,
-                               check_torch_pin)
+from vllm_provision.checks.toolchain import (
+    check_archs,
+    check_build_requirements,
+    check_gcc,
+    check_nvcc_torch,
+    check_release_floor,
+    check_torch_pin,
+)
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.probes.host import HostFacts, NvccInfo
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, Plan
+from vllm_provision.probes import host
+from vllm_provision.probes.host import HostFacts, NvccInfo
 
 __all__ = ["Check", "run", "resolve_nvcc", "write_report"]
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import minor_version
 from vllm_provision.core import runner
-from vllm_provision.envs import lock as locks, mirrors
-from vllm_provision.probes import host
-from vllm_provision.core.progress import Progress, progress
-from vllm_provision.probes.host import NvccInfo
-from vllm_provision.core.redact import redact_url
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.progress import Progress, progress
+from vllm_provision.core.redact import redact_url
+from vllm_provision.envs import lock as locks
+from vllm_provision.envs import mirrors
+from vllm_provision.probes import host
+from vllm_provision.probes.host import NvccInfo
 
 INSTALL_TIMEOUT = 3600
 # CUDA >= 13: these PyPI wheels make a complete nvcc (they land under site-packages/nvidia/cu<major>/).
@@ -275,9 +277,10 @@ def resolve_compiler(ctx, plan, installer: Installer, python: Path, facts: dict,
         return pip_compiler(ctx, installer, python, torch_cuda, facts.get("site_packages", ()), plan.env)
     if plan.env.channels and channel_compiler is not None:
         return channel_compiler(ctx, plan, torch_cuda, prefix / "cuda")
-    return CompilerChoice(None, f"no nvcc matching torch's CUDA {torch_cuda} (host toolkits: {found}); no PyPI wheel carries nvcc "
-                    f"for CUDA {Version(torch_cuda).major} and no conda channel is configured: set conda.channels "
-                    f"to one with cuda-nvcc={minor_version(torch_cuda)}, or install CUDA {minor_version(torch_cuda)} and set CUDA_HOME")
+    return CompilerChoice(None, f"no nvcc matching torch's CUDA {torch_cuda} (host toolkits: {found}); no PyPI wheel "
+                    f"carries nvcc for CUDA {Version(torch_cuda).major} and no conda channel is configured: set "
+                    f"conda.channels to one with cuda-nvcc={minor_version(torch_cuda)}, or install CUDA "
+                    f"{minor_version(torch_cuda)} and set CUDA_HOME")
 
 
 def bin_python(prefix: Path) -> Path:

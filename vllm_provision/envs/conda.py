@@ -11,20 +11,19 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from packaging.version import Version
 
 from vllm_provision import minor_version
 from vllm_provision.core import runner
-from vllm_provision.envs import mirrors
-from vllm_provision.probes import host
 from vllm_provision.core.errors import ConfigError, ProvisionError, StepFailed
-from vllm_provision.core.redact import has_secret, redact_url
 from vllm_provision.core.progress import progress
-from vllm_provision.envs import rattler_child
+from vllm_provision.core.redact import has_secret, redact_url
+from vllm_provision.envs import mirrors, rattler_child
 from vllm_provision.envs.common import CompilerChoice, bin_python, cuda_matches
+from vllm_provision.probes import host
 
 DEFAULT_CHANNELS = ("conda-forge",)
 TOOLS = ("micromamba", "mamba", "conda")

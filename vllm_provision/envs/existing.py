@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from vllm_provision.core import runner
-from vllm_provision.core.errors import ConfigError
-from vllm_provision.probes import answer, program
+from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.envs.common import bin_python
+from vllm_provision.probes import answer, program
 
 
 def interpreter(plan) -> str:
@@ -34,13 +34,19 @@ def create(ctx, prefix: Path) -> Path:
     return bin_python(prefix)
 
 
+def _python_info(python: str) -> dict:
+    info = answer(runner.run([python, program("python_info")], timeout=60, what="interpreter probe").output)
+    if info is None:
+        raise StepFailed(f"{python} gave no answer to the interpreter probe", hint="run it by hand: is it a working Python?")
+    return info
+
+
 def _see_source_venv(ctx, python: str, prefix: Path) -> None:
     """`venv --system-site-packages` over a python that is itself a venv sees only the base interpreter's
     packages; a .pth file adds the source venv's site-packages (read-only use, nothing installed there)."""
-    src = answer(runner.run([python, program("python_info")], timeout=60, what="interpreter probe").output)
+    src = _python_info(python)
     if not src["is_venv"]:
         return
-    dst = answer(runner.run([str(bin_python(prefix)), program("python_info")], timeout=60,
-                            what="interpreter probe").output)
+    dst = _python_info(str(bin_python(prefix)))
     (Path(dst["sites"][0]) / "_vllmp_existing.pth").write_text("\n".join(src["sites"]) + "\n")
     ctx.say(f"{python} is a venv: its site-packages are visible through _vllmp_existing.pth")

@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
@@ -18,9 +19,9 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, tomllib
 from vllm_provision.core import runner
+from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
 from vllm_provision.core.files import atomic_write
 from vllm_provision.envs import mirrors
-from vllm_provision.core.errors import ConfigError, NotBuiltYet, StepFailed
 
 BUILD_REQUIREMENTS = ("ninja", "packaging", "setuptools", "wheel", "torch")
 PLATFORM = "x86_64-manylinux_2_28"

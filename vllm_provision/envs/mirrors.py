@@ -8,7 +8,8 @@ themselves); argv, logs and plans only ever see `redact_url(...)` forms.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from vllm_provision.core.redact import redact_url

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from vllm_provision.core import runner
-from vllm_provision.probes import host
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.envs.common import bin_python
+from vllm_provision.probes import host
 
 
 def found_interpreters() -> list[str]:

@@ -10,8 +10,9 @@ import io
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vllm_provision.checks import CheckStatus
 from vllm_provision.fleet import plays, report

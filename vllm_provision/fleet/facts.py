@@ -22,7 +22,7 @@ class RemoteFacts:
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_raw(cls, raw: dict) -> "RemoteFacts":
+    def from_raw(cls, raw: dict) -> RemoteFacts:
         smi = raw.get("nvidia_smi")
         return cls(gpus=host_probe.parse_gpu_csv(smi["stdout"]) if smi else (),
                    python=raw["python"]["version"], interpreters=dict(raw.get("interpreters") or {}),

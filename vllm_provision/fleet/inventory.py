@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 import os
+import re
 import shutil
 import sys
 import sysconfig

@@ -16,16 +16,17 @@ import os
 import re
 import tarfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import config
-from vllm_provision.probes import host as host_probe
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.redact import redact_text
 from vllm_provision.fleet import kinds as kinds_mod
 from vllm_provision.fleet.facts import RemoteFacts
+from vllm_provision.probes import host as host_probe
 
 # not shipped to hosts: envs, workspaces, caches, VCS data
 TOOLKIT_EXCLUDES = {".venv", ".provision", ".git", ".carry", "__pycache__", ".pytest_cache", ".mypy_cache",

@@ -54,7 +54,7 @@ def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
     atomic_write(run_dir / MD_NAME, markdown(data))
-    _atomic(run_dir / JUNIT_NAME, run_report.junit_xml("vllm-provision.fleet", junit_cases(results)))
+    atomic_write(run_dir / JUNIT_NAME, run_report.junit_xml("vllm-provision.fleet", junit_cases(results)))
     link = run_dir.parent / LATEST
     tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
     tmp.unlink(missing_ok=True)

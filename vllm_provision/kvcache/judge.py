@@ -3,14 +3,25 @@ prediction, CPU blocks, outputs)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.kvcache.explain import explain
-from vllm_provision.kvcache.model import (PROFILE_MAX_NUM_SEQS, PROFILE_MIN_BATCHED_TOKENS, cpu_blocks, estimate_activation_peak_bytes,
-                    predict_gpu_blocks, predict_v1, v1_blocks_from_logged_gib, v1_capacity,
-                    v1_default_max_num_batched_tokens, v1_page_bytes, v1_requested_bytes)
+from vllm_provision.kvcache.model import (
+    PROFILE_MAX_NUM_SEQS,
+    PROFILE_MIN_BATCHED_TOKENS,
+    cpu_blocks,
+    estimate_activation_peak_bytes,
+    predict_gpu_blocks,
+    predict_v1,
+    v1_blocks_from_logged_gib,
+    v1_capacity,
+    v1_default_max_num_batched_tokens,
+    v1_page_bytes,
+    v1_requested_bytes,
+)
 from vllm_provision.kvcache.parse import KVFacts, as_int, kv_facts
 from vllm_provision.kvcache.units import gb, gib, group_digits
 
@@ -261,7 +272,8 @@ def _v1_memory_check(f: KVFacts) -> Check:
             (lo_t, lo_c), (hi_t, hi_c) = v1_capacity(low, f.block_size, length), v1_capacity(high, f.block_size, length)
             want, conc = lo_t, lo_c
             ok_tokens = lo_t <= f.kv_cache_tokens <= hi_t
-            ok_conc = f.max_concurrency is None or lo_c - TOLERANCE_CONCURRENCY <= f.max_concurrency <= hi_c + TOLERANCE_CONCURRENCY
+            ok_conc = (f.max_concurrency is None
+                       or lo_c - TOLERANCE_CONCURRENCY <= f.max_concurrency <= hi_c + TOLERANCE_CONCURRENCY)
         per_request = -(-length // f.block_size)
         lines.append(f"{group_digits(f.kv_cache_tokens)} tokens = int(blocks / ceil({group_digits(length)} / "
                      f"{f.block_size}) × {group_digits(length)}) = blocks / {per_request} × {group_digits(length)}")

@@ -5,23 +5,23 @@ whether it imports. Probes report what they saw; the checks layer (checks/instal
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from packaging.utils import canonicalize_name
 
 from vllm_provision.core import runner
-from vllm_provision.probes import answer, program
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import ProvisionError, StepFailed
+from vllm_provision.probes import answer, program
 
 PROBE_TIMEOUT = 120
 IMPORT_TIMEOUT = 600

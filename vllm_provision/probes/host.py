@@ -12,7 +12,7 @@ import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
@@ -95,7 +95,7 @@ def parse_gpu_csv(text: str, fields: str = GPU_QUERY) -> tuple[Gpu, ...]:
     names = fields.split(",")
     gpus = []
     for line in text.strip().splitlines():
-        cells = dict(zip(names, (c.strip() for c in line.split(","))))
+        cells = dict(zip(names, (c.strip() for c in line.split(",")), strict=False))
         if not {"index", "name", "memory.total", "compute_cap"} <= cells.keys():
             continue
         gpus.append(Gpu(index=int(cells["index"]), name=cells["name"],
@@ -213,7 +213,7 @@ def probe_nvcc(path: str, source: str = "") -> NvccInfo:
     return replace(_probe_nvcc(path), source=source)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _probe_nvcc(path: str) -> NvccInfo:
     asks = ([path, "--version"], [path, "--list-gpu-arch"], [path, "--dryrun", "-E", "-x", "cu", os.devnull])
     with ThreadPoolExecutor(max_workers=len(asks)) as pool:     # three cold nvcc starts at once
@@ -263,7 +263,7 @@ def host_compiler(environ=None) -> str | None:
     return shutil.which("g++", path=environ.get("PATH")) or shutil.which("gcc", path=environ.get("PATH"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def compiler_version(cc: str) -> str | None:
     """`cc -dumpfullversion -dumpversion` ("12.2.0"), once per run."""
     done = runner.capture([cc, "-dumpfullversion", "-dumpversion"], timeout=10)
@@ -313,7 +313,7 @@ def probe(disk_path: str = ".") -> HostFacts:
                      gpu_processes=processes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def find_interpreter(minor: str) -> str | None:
     """A working python`minor` ("3.10"): PATH first, then pyenv's versions.
 
@@ -326,7 +326,7 @@ def find_interpreter(minor: str) -> str | None:
     for path in candidates:
         result = runner.capture([path, program("python_info")], timeout=10)
         info = answer(result.output) if result and result.returncode == 0 else None
-        if info and info.get("venv_module") and "%d.%d" % tuple(info["version_info"]) == minor:
+        if info and info.get("venv_module") and "{}.{}".format(*info["version_info"]) == minor:
             return path
     return None
 

@@ -13,14 +13,13 @@ import hashlib
 import http.client
 import netrc
 import os
-import socket
 import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from vllm_provision.core.errors import StepFailed
@@ -101,8 +100,8 @@ def _with_retries(url: str, settings: HttpSettings, attempt: Callable, on_retry:
             if exc.code not in TRANSIENT_STATUS:
                 raise StepFailed(f"{shown}: HTTP {exc.code} {exc.reason}") from None
             last = exc
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                http.client.IncompleteRead, http.client.RemoteDisconnected) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.IncompleteRead,
+                http.client.RemoteDisconnected) as exc:
             last = exc
         if n < settings.retries:
             delay = settings.backoff * (2 ** n)

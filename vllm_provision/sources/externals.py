@@ -19,20 +19,21 @@ import gzip
 import json
 import os
 import shutil
-import tarfile
 import stat
+import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterable, Mapping
+from typing import IO
 
-from vllm_provision.core import runner, ui
 from vllm_provision.catalog import External, Release
-from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
+from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
 from vllm_provision.core.redact import redact_url
+from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
+from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
 
 GITHUB_ARCHIVE = "https://github.com/{repo}/archive/{commit}.tar.gz"
 MARKER = ".vllmp-external.json"
@@ -538,5 +539,6 @@ def summary(obtained: Mapping[str, Path]) -> str:
     return f"{len(obtained)} external sources verified in the cache ({size / 1e6:.1f} MB)"
 
 
-__all__ = ["ExternalPlan", "Origin", "origins", "release_wheels", "plan_externals", "cached_archive", "obtain", "prepare", "prepared_externals",
+__all__ = ["ExternalPlan", "Origin", "origins", "release_wheels", "plan_externals", "cached_archive", "obtain", "prepare",
+           "prepared_externals",
            "write_bundle", "import_bundle", "bundle_size", "summary", "assemble", "record"]

@@ -8,8 +8,8 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 from vllm_provision.core.errors import StepFailed
 

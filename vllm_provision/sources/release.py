@@ -8,17 +8,17 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 from urllib.parse import urldefrag, urljoin
 
 from vllm_provision.core import ui
-from vllm_provision.sources.download import HttpSettings, NotFound, cache_lock, download, fetch_text, sha256_file
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.sources.extract import safe_extract, tree_sha256
-from vllm_provision.plan import Plan, SourcePlan
 from vllm_provision.core.progress import progress
 from vllm_provision.core.redact import redact_url
+from vllm_provision.plan import Plan, SourcePlan
+from vllm_provision.sources.download import HttpSettings, NotFound, cache_lock, download, fetch_text, sha256_file
+from vllm_provision.sources.extract import safe_extract, tree_sha256
 
 
 class _Links(html.parser.HTMLParser):

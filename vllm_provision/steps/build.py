@@ -28,28 +28,35 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from vllm_provision.core import envinfo, runner, timings
-from vllm_provision.core.archs import base_archs
-from vllm_provision.checks import CheckStatus
-from vllm_provision.diagnostics import preflight
-from vllm_provision.probes import host
 from vllm_provision.artifacts import cache as artifact_cache
 from vllm_provision.artifacts import install as artifact_install
 from vllm_provision.artifacts import manifest as artifact_manifest
 from vllm_provision.artifacts.sass import planned_archs
 from vllm_provision.artifacts.wheel import Wheel, make_wheel
-from vllm_provision.build import (DRIVER, BuildEnv, cache_summary, diagnose, make_build_env, ninja_unit_times,
-                     parse_ccache_stats, relevant_tail)
+from vllm_provision.build import (
+    DRIVER,
+    BuildEnv,
+    cache_summary,
+    diagnose,
+    make_build_env,
+    ninja_unit_times,
+    parse_ccache_stats,
+    relevant_tail,
+)
 from vllm_provision.build import cmake as cmake_driver
 from vllm_provision.build.placement import host_placement
-from vllm_provision.probes.envprobe import site_state
-from vllm_provision.probes import answer, program
-from vllm_provision.envs.common import choose_installer
+from vllm_provision.checks import CheckStatus
+from vllm_provision.core import envinfo, runner, timings
+from vllm_provision.core.archs import base_archs
 from vllm_provision.core.errors import StepFailed
-from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
 from vllm_provision.core.progress import progress
-from vllm_provision.steps.facts import FactsUnreadable, PatchFacts, StepStatus
 from vllm_provision.core.ui import duration
+from vllm_provision.diagnostics import preflight
+from vllm_provision.envs.common import choose_installer
+from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
+from vllm_provision.probes import answer, host, program
+from vllm_provision.probes.envprobe import site_state
+from vllm_provision.steps.facts import FactsUnreadable, PatchFacts, StepStatus
 
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
@@ -186,7 +193,8 @@ def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
              "parallel": parallel, "max_jobs": jobs, "arch_list": plan.build.torch_cuda_arch_list,
              "compile_seconds": round(compile_s, 1), "pip_seconds": round(pip_s, 1), "seconds": round(total, 1),
              "startup_seconds": round(done.startup_seconds, 1),
-             "per_extension": built, "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
+             "per_extension": built,
+             "units": _unit_times(src, exts, time.time() - (time.monotonic() - started)) if parallel else [],
              "cpu_placement": dict(benv.placement.reserved, others=benv.placement.pool) if benv.placement else None,
              "ccache": cache, "cuda_home": info.cuda_home,
              "torch": torch_after[0], "log": str(ctx.log), "source": "compiled"}
@@ -313,7 +321,9 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     """A CMake-era release (0.4.0 onwards): the driver configures and compiles in src/build/cmake with every
     external from its prepared directory, then pip's editable pass reuses that tree. A time limit or a subset
     of targets measures and builds part of it: reported, not recorded as a finished build."""
-    from vllm_provision.sources.externals import prepared_externals     # External.override -> verified directory in the workspace
+    from vllm_provision.sources.externals import (
+        prepared_externals,  # External.override -> verified directory in the workspace
+    )
 
     plan, src = ctx.plan, ctx.workspace.src
     externals = prepared_externals(plan)

@@ -16,15 +16,15 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from vllm_provision import PROJECT_ROOT, minor_version
-from vllm_provision.core import envinfo, runner
-from vllm_provision.envs import lock as locks, mirrors
-from vllm_provision.probes import envprobe, host
 from vllm_provision.checks import CheckStatus
 from vllm_provision.checks.toolchain import check_compiler_for
+from vllm_provision.core import envinfo, runner
 from vllm_provision.core.envinfo import EnvInfo
-from vllm_provision.envs import common, conda, existing
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.envs import common, conda, existing, mirrors
+from vllm_provision.envs import lock as locks
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.probes import envprobe, host
 
 BACKENDS = ("venv", "conda", "existing")
 
@@ -170,7 +170,8 @@ def run(ctx: StepContext) -> StepOutcome:
     _prune(ctx, prefix)
     torch = (f"torch {info.torch} ({'CUDA ' + info.torch_cuda if info.torch_cuda else 'no CUDA'})"
              if info.torch else "no torch")
-    cc = f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home else f"no matching nvcc: {extra['compiler_reason']}"
+    cc = (f"nvcc {info.nvcc_version} ({extra['compiler_source']})" if info.cuda_home
+          else f"no matching nvcc: {extra['compiler_reason']}")
     ctx.say(f"{info.backend} env at {prefix}: Python {info.python_version}, {torch}, {cc}")
     if not info.cuda_home and info.torch_cuda:
         ctx.say(f"warning: {extra['compiler_reason']}")

@@ -9,9 +9,10 @@ and the fleet can read them too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from vllm_provision.core.errors import StepFailed
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.sources import externals
 from vllm_provision.sources.extract import tree_sha256
-from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.sources.release import cache_is_sound, extract_to, http_settings, obtain
 
 MARKER = ".vllmp-source.json"

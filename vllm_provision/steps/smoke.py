@@ -11,19 +11,19 @@ import time
 from pathlib import Path
 
 from vllm_provision import PROJECT_ROOT, report
+from vllm_provision.checks import CheckStatus
 from vllm_provision.core import envinfo, runner
-from vllm_provision.diagnostics import inputs
 from vllm_provision.core.errors import ConfigError, StepFailed
-from vllm_provision.probes.host import Gpu
+from vllm_provision.core.progress import progress
+from vllm_provision.core.workspace import Workspace
+from vllm_provision.diagnostics import inputs
 from vllm_provision.kvcache import judge as kvjudge
 from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.kvcache.units import group_digits
-from vllm_provision.checks import CheckStatus
 from vllm_provision.pipeline import StepContext, StepOutcome
-from vllm_provision.steps.facts import StepStatus
-from vllm_provision.core.workspace import Workspace
-from vllm_provision.core.progress import progress
+from vllm_provision.probes.host import Gpu
 from vllm_provision.steps.build import built_digest
+from vllm_provision.steps.facts import StepStatus
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
 SCRIPTS = ("generate.py", "model_checks.py", "logcapture.py", "engine_facts.py", "kv_facts.py", "parity.py",

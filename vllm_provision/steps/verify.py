@@ -16,24 +16,32 @@ CHECKS lists them; another check on the same facts is one more function appended
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, report
-from vllm_provision.core import envinfo
-from vllm_provision.core.archs import base_arch, split_archs
-from vllm_provision.probes import envprobe
 from vllm_provision.artifacts.installed import artifact_checks
 from vllm_provision.checks import Check, CheckStatus, summarize, to_json
-from vllm_provision.checks.install import (IMPORT_VLLM_IN_SMOKE, NO_GPU_IMPORT_VLLM, check_extension_imports, check_import_vllm,
-                              check_locked, check_pip, check_sass, check_vllm_install)
+from vllm_provision.checks.install import (
+    IMPORT_VLLM_IN_SMOKE,
+    NO_GPU_IMPORT_VLLM,
+    check_extension_imports,
+    check_import_vllm,
+    check_locked,
+    check_pip,
+    check_sass,
+    check_vllm_install,
+)
+from vllm_provision.core import envinfo
+from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.core.errors import NotBuiltYet, ProvisionError, StepFailed
 from vllm_provision.envs.lock import pinned
 from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.probes import envprobe
 from vllm_provision.steps.build import built_digest
 
 

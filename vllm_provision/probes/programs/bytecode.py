@@ -16,7 +16,7 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.dirna
 
 def main(name):
     spec = importlib.util.find_spec(name)
-    out = {"dont_write": bool(sys.flags.dont_write_bytecode)}
+    out: dict = {"dont_write": bool(sys.flags.dont_write_bytecode)}
     if spec and spec.submodule_search_locations:
         top = list(spec.submodule_search_locations)[0]
         modules = compiled = 0

@@ -17,7 +17,7 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.dirna
 
 
 def main():
-    out = {"python_version": platform.python_version(), "executable": sys.executable, "packages": {}}
+    out: dict = {"python_version": platform.python_version(), "executable": sys.executable, "packages": {}}
     for d in metadata.distributions():
         name = d.metadata["Name"]
         if name:

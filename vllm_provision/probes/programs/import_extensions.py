@@ -13,19 +13,20 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.dirna
 
 
 def main(so_files):
-    out = {"errors": {}, "torch_error": None}
+    out: dict = {"errors": {}, "torch_error": None}
     try:
         import torch  # noqa: F401
     except Exception as exc:
-        out["torch_error"] = "%s: %s" % (type(exc).__name__, exc)
+        out["torch_error"] = f"{type(exc).__name__}: {exc}"
     for name, path in so_files.items():
         try:
             spec = importlib.util.spec_from_file_location("vllm." + name, path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"not a loadable extension: {path}")
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
             out["errors"][name] = None
         except BaseException as exc:
-            out["errors"][name] = ("%s: %s" % (type(exc).__name__, exc)).splitlines()[0][:300]
+            out["errors"][name] = (f"{type(exc).__name__}: {exc}").splitlines()[0][:300]
     sys.stdout.flush()
     print(json.dumps(out))
 

@@ -25,17 +25,20 @@ def main(with_base):
     for d in dict.fromkeys(os.path.realpath(p) for p in dirs):
         if os.path.isdir(d):
             listing[d] = sorted(n for n in os.listdir(d) if n.endswith((".dist-info", ".egg-info")))
-    torch = {}
+    torch: dict = {}
     spec = importlib.util.find_spec("torch")
     try:
+        if spec is None or spec.origin is None:
+            raise OSError("torch is not installed")
         with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as fh:
             tree = ast.parse(fh.read())
     except (AttributeError, TypeError, OSError, SyntaxError):
         tree = ast.Module(body=[], type_ignores=[])
     for node in tree.body:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
-            torch[target.id] = node.value.value
+        value = getattr(node, "value", None)
+        if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+            torch[target.id] = value.value
     print(json.dumps({"dirs": listing, "torch": torch.get("__version__"), "torch_cuda": torch.get("cuda")}))
 
 

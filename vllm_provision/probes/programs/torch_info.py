@@ -15,7 +15,7 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.dirna
 
 
 def main():
-    out = {"python": sys.version.split()[0], "vllm_dirs": [], "cuda": None, "version": None}
+    out: dict = {"python": sys.version.split()[0], "vllm_dirs": [], "cuda": None, "version": None}
     spec = importlib.util.find_spec("vllm")
     out["vllm_dirs"] = list(spec.submodule_search_locations or []) if spec else []
     spec = importlib.util.find_spec("torch")

@@ -16,7 +16,7 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != os.path.dirna
 
 def main():
     import torch
-    out = {"torch": [torch.__version__, torch.version.cuda], "vllm": None, "editable_dir": None}
+    out: dict = {"torch": [torch.__version__, torch.version.cuda], "vllm": None, "editable_dir": None}
     try:
         d = md.distribution("vllm")
         out["vllm"] = d.version

@@ -51,9 +51,9 @@ def main():
     try:
         interpreters = {}
         for minor in range(6, 16):
-            path = shutil.which("python3.%d" % minor)
+            path = shutil.which(f"python3.{minor}")
             if path and command([path, "-c", "import venv"], 20)[0] == 0:
-                interpreters["3.%d" % minor] = path
+                interpreters[f"3.{minor}"] = path
         facts = {
             "python": {"version": platform.python_version(), "executable": sys.executable},
             "interpreters": interpreters,
@@ -73,7 +73,7 @@ def main():
             facts["nvidia_smi"] = {"rc": rc, "stdout": output, "path": smi}
             if rc != 0:
                 tail = (output.strip().splitlines() or ["no output"])[-1]
-                fail("failed", "nvidia-smi failed with exit code %s: %s" % (rc, tail),
+                fail("failed", f"nvidia-smi failed with exit code {rc}: {tail}",
                      "fix the GPU driver on the host (`nvidia-smi` must list the GPUs); the host cannot be "
                      "matched to a kind without them", rc, ansible_facts={"vllmp_host": facts})
         python = module.params["host_torch_python"]
@@ -81,11 +81,11 @@ def main():
             code = ("import json, torch; print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda, "
                     "'cxx11_abi': bool(torch._C._GLIBCXX_USE_CXX11_ABI)}))")
             rc, output = command([shutil.which(python) or python, "-c", code], 300)
-            lines = output.strip().splitlines() or ["exit code %s" % rc]
+            lines = output.strip().splitlines() or [f"exit code {rc}"]
             facts["torch"] = {"error": lines[-1]} if rc != 0 else module.from_json(lines[-1])
     except TimedOut as exc:
-        fail("timed out", "the facts probe ran past %g s (%s hung) and was stopped"
-             % (module.params["timeout"], exc), "run `nvidia-smi` on the host: a hang there is a driver or GPU "
+        fail("timed out", f"the facts probe ran past {module.params['timeout']:g} s ({exc} hung) and was stopped",
+             "run `nvidia-smi` on the host: a hang there is a driver or GPU "
              "fault; or raise fleet.facts_timeout", 124)
     except ConnectionLost:
         fail("failed", "the SSH session ended during the facts probe", "rerun the fleet")

@@ -63,7 +63,7 @@ def main():
             with tarfile.open(fileobj=io.BytesIO(base64.b64decode(p["toolkit"]))) as tar:
                 tar.extractall(chdir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         except (OSError, ValueError, tarfile.TarError) as exc:
-            detail = "could not unpack the toolkit into %s: %s" % (chdir, exc)
+            detail = f"could not unpack the toolkit into {chdir}: {exc}"
             module.fail_json(msg=detail, vllmp={"status": "failed", "phase": "upload", "detail": detail,
                                                 "hint": "check the disk space and permissions in the remote user's home"})
     logs = os.path.join(chdir, ".fleet")
@@ -72,16 +72,16 @@ def main():
         for name in os.listdir(logs):
             os.unlink(os.path.join(logs, name))
     log_path = os.path.join(logs, phase + ".log")
-    line = "%s %s" % (p["command"], " ".join(shlex.quote(a) for a in p["args"]))
+    line = f"{p['command']} {' '.join(shlex.quote(a) for a in p['args'])}"
     env = dict(os.environ, **{k: str(v) for k, v in p["environment"].items()})
     started = time.monotonic()
     with open(log_path, "w+", encoding="utf-8", errors="replace") as out:
-        out.write("$ %s\n" % line)
+        out.write(f"$ {line}\n")
         out.flush()
         try:
             rc, timed_out = run_group(["/bin/sh", "-c", line], p["timeout"], cwd=chdir, env=env, output=out)
         except ConnectionLost:
-            module.fail_json(msg="the SSH session ended during %s; its processes were ended" % phase,
+            module.fail_json(msg=f"the SSH session ended during {phase}; its processes were ended",
                              vllmp={"status": "failed", "phase": phase, "detail": "the SSH session ended"})
         out.seek(0)
         output = out.read()
@@ -91,14 +91,14 @@ def main():
     if p["bundle"]:
         result["report"], result["bundle"] = bundle(data, chdir, logs, log_path, phase)
     if timed_out:
-        detail = "%s ran past %g s and was stopped (its processes on the host were ended)" % (phase, p["timeout"])
+        detail = f"{phase} ran past {p['timeout']:g} s and was stopped (its processes on the host were ended)"
         module.fail_json(msg=detail, vllmp={"status": "timed out", "phase": phase, "detail": detail, "exit_code": rc,
-                                            "hint": "raise fleet.%s_timeout, or read %s.log" % (
-                                                "build" if phase == "wheel" else "install", phase)}, **result)
+                                            "hint": f"raise fleet.{'build' if phase == 'wheel' else 'install'}_timeout, "
+                                                        f"or read {phase}.log"}, **result)
     if rc != 0 or data.get("ok") is False:
-        detail = data.get("error") or "%s failed with exit code %s" % (phase, rc)
+        detail = data.get("error") or f"{phase} failed with exit code {rc}"
         module.fail_json(msg=detail, vllmp={"status": "failed", "phase": phase, "detail": detail, "exit_code": rc,
-                                            "hint": data.get("hint") or "read %s.log" % phase}, **result)
+                                            "hint": data.get("hint") or f"read {phase}.log"}, **result)
     module.exit_json(**result)
 
 
