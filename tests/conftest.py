@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import sys
 import tarfile
 import threading
@@ -16,6 +17,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+# ------------------------------------------------------------------------------------------ how the suite runs
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# the slow tier's time limit per test (fixture setup included: the first user of real_vllm_wheel compiles)
+SLOW_TIMEOUT_S = 3600
+# tests that must share one pytest-xdist worker (`--dist loadgroup`): the session compile is made once per
+# worker, so all its users run on one; the sshd farms' simulated hosts are Unix users and loopback addresses
+GROUPS = (("real-vllm", lambda item: "real_vllm_wheel" in getattr(item, "fixturenames", ())),
+          ("sshd", lambda item: item.path.name == "test_fleet.py"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+        group = next((name for name, belongs in GROUPS if belongs(item)), None)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skip is a failure: a missing tool, wheel or service fails the run, naming what is missing,
+    instead of leaving a test quietly unrun."""
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (every test must run in CI): {reason}"
 
 
 class Route:
