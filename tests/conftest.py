@@ -28,6 +28,7 @@ GROUPS = (("real-vllm", lambda item: "real_vllm_wheel" in getattr(item, "fixture
           ("sshd", lambda item: item.path.name == "test_fleet.py"))
 
 
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups (loadgroup)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
@@ -181,8 +182,9 @@ def without_host_cuda(environ: dict) -> dict:
 def real_vllm_wheel(tmp_path_factory) -> dict:
     """The slow tier's one real compile: `./inv provision --profile pypi-cu13 --arch 9.0 --push` from an empty
     workspace into a directory cache (the env from the committed lock, from PyPI). Later tests reuse it:
-    {workspace, cache (the dir cache), wheel, key, ccache, env (the environment it ran with), output}; a builder
-    that compiles again with the same CCACHE_DIR is served from the compiler cache."""
+    {workspace, cache (the dir cache), wheel, key, ccache, ccache_debug (CCACHE_DEBUG's record of each
+    compile's inputs), env (the environment it ran with), output}; a builder that compiles again with the same
+    CCACHE_DIR is served from the compiler cache."""
     import json
     import os
     import subprocess
@@ -190,6 +192,8 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
     env = without_host_cuda(dict(os.environ))
     env.update(VLLMP_WORKSPACE_ROOT=str(root / "ws"), VLLMP_CACHE_DIR=str(root / "cache"),
                CCACHE_DIR=str(root / "ccache"), CI="true", VLLMP_ARTIFACTS__CACHES=f"[dir:{root / 'wheels'}]",
+               # what ccache hashed for each object (a few MB each): a later compile that misses is compared
+               CCACHE_DEBUG="1", CCACHE_DEBUGDIR=str(root / "ccache-debug"),
                # GPU host images export lists vLLM 0.2.2's setup.py refuses ("9.0a"): the build and the wheel
                # must use the plan's list
                TORCH_CUDA_ARCH_LIST="9.0a",
@@ -205,4 +209,5 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
     workspace = root / "ws" / "0.2.2-pypi-cu13"
     artifact = json.loads((workspace / "report.json").read_text())["steps"]["build"]["facts"]["artifact"]
     return {"workspace": workspace, "cache": root / "wheels", "wheel": root / "wheels" / Path(artifact["wheel"]).name,
-            "key": artifact["key"], "ccache": root / "ccache", "env": env, "output": done.stdout + done.stderr}
+            "key": artifact["key"], "ccache": root / "ccache", "ccache_debug": root / "ccache-debug", "env": env,
+            "output": done.stdout + done.stderr}
