@@ -38,6 +38,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """A pytest-xdist worker under --dist loadgroup: each grouped test's id must carry its group (`@name`), else
+    the groups are split across workers (two real compiles, colliding sshd farms): stop before any test runs."""
+    if getattr(session.config.option, "loadgroup", False) and hasattr(session.config, "workerinput"):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup is not in effect with pytest {pytest.__version__} (e.g. "
+                                    f"{lost[0]} has no @group): install the test extra's pytest")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI=true a skip is a failure: a missing tool, wheel or service fails the run, naming what is missing,
