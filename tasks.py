@@ -248,11 +248,17 @@ def lint(c):
 
 
 @task(help={"k": "only tests matching this pytest -k expression (the lint still runs: it takes seconds)",
-            "quick": "skip the slow and network tiers"})
-def test(c, k=None, quick=False):
+            "quick": "skip the slow and network tiers",
+            "jobs": "parallel pytest workers (default: one per CPU, at least 2; 0: one process)"})
+def test(c, k=None, quick=False, jobs=None):
     """Lint (as `./inv lint`; a finding stops here), then run the test suite (pytest). CI runs exactly this."""
     lint(c)
-    args = [sys.executable, "-m", "pytest", "-q"]
+    # the 25 slowest steps and every skip with its reason (-ra) are printed at the end; tests run in parallel
+    # (pytest-xdist) with the users of one session fixture on one worker (xdist_group, tests/conftest.py)
+    args = [sys.executable, "-m", "pytest", "-q", "--durations=25"]
+    workers = max(2, len(os.sched_getaffinity(0))) if jobs is None else int(jobs)
+    if workers > 0:
+        args += ["-n", str(workers), "--dist", "loadgroup"]
     if k:
         args += ["-k", k]
     if quick:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import sys
 import tarfile
 import threading
@@ -16,6 +17,48 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+# ------------------------------------------------------------------------------------------ how the suite runs
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# the slow tier's time limit per test (fixture setup included: the first user of real_vllm_wheel compiles)
+SLOW_TIMEOUT_S = 3600
+# tests that must share one pytest-xdist worker (`--dist loadgroup`): the session compile is made once per
+# worker, so all its users run on one; the sshd farms' simulated hosts are Unix users and loopback addresses
+GROUPS = (("real-vllm", lambda item: "real_vllm_wheel" in getattr(item, "fixturenames", ())),
+          ("sshd", lambda item: item.path.name == "test_fleet.py"))
+
+
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups (loadgroup)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+        group = next((name for name, belongs in GROUPS if belongs(item)), None)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """A pytest-xdist worker under --dist loadgroup: each grouped test's id must carry its group (`@name`), else
+    the groups are split across workers (two real compiles, colliding sshd farms): stop before any test runs."""
+    if getattr(session.config.option, "loadgroup", False) and hasattr(session.config, "workerinput"):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup is not in effect with pytest {pytest.__version__} (e.g. "
+                                    f"{lost[0]} has no @group): install the test extra's pytest")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skip is a failure: a missing tool, wheel or service fails the run, naming what is missing,
+    instead of leaving a test quietly unrun."""
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (every test must run in CI): {reason}"
 
 
 class Route:
@@ -150,8 +193,9 @@ def without_host_cuda(environ: dict) -> dict:
 def real_vllm_wheel(tmp_path_factory) -> dict:
     """The slow tier's one real compile: `./inv provision --profile pypi-cu13 --arch 9.0 --push` from an empty
     workspace into a directory cache (the env from the committed lock, from PyPI). Later tests reuse it:
-    {workspace, cache (the dir cache), wheel, key, ccache, env (the environment it ran with), output}; a builder
-    that compiles again with the same CCACHE_DIR is served from the compiler cache."""
+    {workspace, cache (the dir cache), wheel, key, ccache, ccache_debug (CCACHE_DEBUG's record of each
+    compile's inputs), env (the environment it ran with), output}; a builder that compiles again with the same
+    CCACHE_DIR is served from the compiler cache."""
     import json
     import os
     import subprocess
@@ -159,6 +203,8 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
     env = without_host_cuda(dict(os.environ))
     env.update(VLLMP_WORKSPACE_ROOT=str(root / "ws"), VLLMP_CACHE_DIR=str(root / "cache"),
                CCACHE_DIR=str(root / "ccache"), CI="true", VLLMP_ARTIFACTS__CACHES=f"[dir:{root / 'wheels'}]",
+               # what ccache hashed for each object (a few MB each): a later compile that misses is compared
+               CCACHE_DEBUG="1", CCACHE_DEBUGDIR=str(root / "ccache-debug"),
                # GPU host images export lists vLLM 0.2.2's setup.py refuses ("9.0a"): the build and the wheel
                # must use the plan's list
                TORCH_CUDA_ARCH_LIST="9.0a",
@@ -174,4 +220,5 @@ def real_vllm_wheel(tmp_path_factory) -> dict:
     workspace = root / "ws" / "0.2.2-pypi-cu13"
     artifact = json.loads((workspace / "report.json").read_text())["steps"]["build"]["facts"]["artifact"]
     return {"workspace": workspace, "cache": root / "wheels", "wheel": root / "wheels" / Path(artifact["wheel"]).name,
-            "key": artifact["key"], "ccache": root / "ccache", "env": env, "output": done.stdout + done.stderr}
+            "key": artifact["key"], "ccache": root / "ccache", "ccache_debug": root / "ccache-debug", "env": env,
+            "output": done.stdout + done.stderr}

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cuda import LINK, NVCC, needs_nvcc
 from mirrors import free_port, wait_for
 from uv import find_uv_bin
 
@@ -28,7 +29,6 @@ from vllm_provision.core.errors import StepFailed
 from vllm_provision.envs.common import Installer
 
 ROOT = Path(__file__).resolve().parent.parent
-NVCC = Path("/usr/local/cuda/bin/nvcc")
 PY_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 FIELDS = {"format": mf.FORMAT, "release": "0.2.2",
           "sdist_sha256": "d047bec3c28a93325e8c7f3bc4db01aff20e64c77d56fbb53a1542cde34c6fdc",
@@ -55,7 +55,7 @@ SETUP = textwrap.dedent('''
                      package_data={"vllm": PACKAGE_DATA}, **PREBUILT_SETUP)
 ''')
 
-pytestmark = pytest.mark.skipif(not NVCC.is_file(), reason="needs nvcc to compile the tiny CUDA library")
+pytestmark = needs_nvcc
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def tiny_tree(tmp_path_factory) -> Path:
     cu.write_text('__global__ void twice(float *x) { x[threadIdx.x] *= 2.0f; }\n'
                   'extern "C" void run(float *x) { twice<<<1, 32>>>(x); }\n')
     subprocess.run([str(NVCC), "-shared", "-Xcompiler", "-fPIC", "-gencode", "arch=compute_90,code=sm_90",
-                    "-o", str(src / "vllm" / "_C.so"), str(cu)], check=True)
+                    "-o", str(src / "vllm" / "_C.so"), str(cu), *LINK], check=True)
     return src
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, Route
+from cuda import NVCC, needs_nvcc, use_wheel_toolkit
 
 from vllm_provision import GIB
 from vllm_provision.checks import summarize
@@ -58,7 +59,8 @@ def h100_facts() -> HostFacts:
 
 NO_GPU = HostFacts(gpu_error="nvidia-smi not found", cpu_count=2, mem_available_bytes=20 * GIB,
                    mem_total_bytes=24 * GIB, disk_free_bytes=100 * GIB)
-HOST_NVCC = Path("/usr/local/cuda/bin/nvcc")
+# the host's CUDA toolkit: the test extra's CUDA 13.0 wheels (CUDA_HOME, PATH; cuda.use_wheel_toolkit)
+HOST_NVCC = NVCC
 
 
 def simple_page(*files: str) -> bytes:
@@ -95,10 +97,15 @@ def by_name(checks):
     return {c.name.split(" ")[0] if c.name.startswith(("index", "channel")) else c.name: c for c in checks}
 
 
-needs_nvcc = pytest.mark.skipif(not HOST_NVCC.exists(), reason="needs the system CUDA toolkit at /usr/local/cuda")
+
+
+@pytest.fixture
+def wheel_toolkit(monkeypatch):
+    return use_wheel_toolkit(monkeypatch)
 
 
 @needs_nvcc
+@pytest.mark.usefixtures("wheel_toolkit")
 def test_h100_host_with_matching_toolchain_passes(isolated, http_server):
     facts = h100_facts()
     index = serve_index(http_server)
@@ -145,6 +152,7 @@ def test_driver_older_than_torch_cuda_fails(isolated, http_server):
 
 
 @needs_nvcc
+@pytest.mark.usefixtures("wheel_toolkit")
 def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, http_server):
     plan = make_plan(serve_index(http_server), NO_GPU, profile="seed", build={"arch_list": "9.0"})
     assert plan.env.cuda == "12.1"
@@ -160,6 +168,7 @@ def test_seed_lock_cuda_12_against_host_nvcc_13_fails_with_the_fix(isolated, htt
 
 
 @needs_nvcc
+@pytest.mark.usefixtures("wheel_toolkit")
 def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_server):
     # seed plans for CUDA 12.1, whose nvcc builds 7.0; this host's nvcc is 13.0
     plan = make_plan(serve_index(http_server), NO_GPU, profile="seed")     # no GPU, no --arch: 7.0 ... 9.0
@@ -240,13 +249,17 @@ def test_parsers_on_real_tool_output():
 
 
 @needs_nvcc
+@pytest.mark.usefixtures("wheel_toolkit")
 def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated):
-    """One H100 host, one env whose torch is the plan's, CC=gcc CXX=g++-12: every check doctor and preflight
-    share comes out the same from both; the host compiler judged is CXX's (the build compiles C++ with it)."""
+    """One H100 host, one env whose torch is the plan's, CC=gcc CXX=g++-12 (or g++ by another name): every check
+    doctor and preflight share comes out the same from both; the host compiler judged is CXX's (the build
+    compiles C++ with it)."""
     cxx = shutil.which("g++-12")
-    if not cxx:
-        pytest.skip("needs g++-12 next to gcc")
-    environ = {k: v for k, v in os.environ.items() if k != "CUDAHOSTCXX"} | {"CC": "gcc", "CXX": "g++-12"}
+    if not cxx:   # CXX is a compiler by another name than gcc's: g++ under a name of its own
+        cxx = str(Path(isolated["VLLMP_CACHE_DIR"]).parent / "bin" / "g++-cxx")
+        Path(cxx).parent.mkdir(parents=True)
+        Path(cxx).symlink_to(shutil.which("g++"))
+    environ = {k: v for k, v in os.environ.items() if k != "CUDAHOSTCXX"} | {"CC": "gcc", "CXX": cxx}
     facts = h100_facts()
     plan = make_plan(closed_port_url(), facts, offline=True, build={"arch_list": "9.0"})
     _, torch_cuda, _ = doctor.torch_cuda_of_plan(plan, 10)

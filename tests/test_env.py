@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mirrors import Proxy, conda_channels, free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
+from cuda import needs_nvcc, use_wheel_toolkit
+from mirrors import Proxy, conda_channels, free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)  # noqa: F401 (fixtures)
 
 from vllm_provision.core import envinfo
 from vllm_provision.envs import mirrors
@@ -182,10 +183,10 @@ def test_mirror_settings_as_installer_env_vars():
     assert mirrors.describe({"index_url": "https://u:p@m.corp/simple"}) == "https://u:***@m.corp/simple"
 
 
-def test_host_nvcc_that_does_not_match_torch_cuda_gives_a_reason(tmp_path, pypi_mirror):
+@needs_nvcc
+def test_host_nvcc_that_does_not_match_torch_cuda_gives_a_reason(tmp_path, pypi_mirror, monkeypatch):
     from vllm_provision.envs import common
-    if not common.host_toolkits():
-        pytest.skip("needs a host CUDA toolkit")
+    use_wheel_toolkit(monkeypatch)         # the host's toolkit: the test extra's CUDA 13.0 wheels
     host_major = common.host_toolkits()[0].version.split(".")[0]
     other = "12.1" if host_major != "12" else "11.8"
     plan = make_plan(tmp_path, index_url=pypi_mirror.url, lock=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+from cuda import needs_nvcc, use_wheel_toolkit
 
 from vllm_provision.catalog import get_release
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
@@ -82,9 +82,9 @@ def test_nvcc_and_compiler_parsers():
     assert host.parse_driver_version("| NVIDIA-SMI 580.95.05   Driver Version: 580.95.05   CUDA Version: 13.0 |") == "580.95.05"
 
 
-def test_real_nvcc_candidates_carry_version_and_gcc_limit():
+@needs_nvcc
+def test_real_nvcc_candidates_carry_version_and_gcc_limit(monkeypatch):
+    use_wheel_toolkit(monkeypatch)         # the host's toolkit: the test extra's CUDA 13.0 wheels
     found = host.nvcc_candidates()
-    if not found:
-        pytest.skip("no nvcc on this host")
     real = [c for c in found if c.gcc_max is not None]
     assert real and real[0].version and real[0].gcc_max >= 12

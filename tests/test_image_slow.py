@@ -32,10 +32,8 @@ IMAGE_CACHE = Path(os.environ.get("VLLMP_TEST_IMAGE_CACHE", "~/.cache/vllm-provi
 def container_host(tmp_path_factory):
     missing = images.missing_tools()
     if missing:
-        message = f"{', '.join(missing)} not found (.ci/run installs them: apt-get install buildah podman mmdebstrap runc)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        # under CI=true the skip fails the run (conftest.py)
+        pytest.skip(f"{', '.join(missing)} not found (.ci/run installs them: apt-get install buildah podman mmdebstrap runc)")
     root = tmp_path_factory.mktemp("containers")
     yield images.ContainerHost(root)
     shutil.rmtree(root, ignore_errors=True)      # vfs storage holds every layer in full: gigabytes

@@ -1,4 +1,4 @@
-"""verify's checks on real artifacts: .so files compiled with the system nvcc, a real venv (built
+"""verify's checks on real artifacts: .so files compiled with nvcc (the test extra's CUDA 13.0 wheels), a real venv (built
 without a package index) with real editable/non-editable installs, a lock that no longer matches,
 `pip check` complaints. verify on a real vLLM build runs in tests/test_build_slow.py, on the build
 it makes."""
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from cuda import LINK, NVCC, needs_nvcc
 from test_doctor import h100_facts
 
 from vllm_provision import pipeline
@@ -28,9 +29,6 @@ from vllm_provision.plan import build_plan
 from vllm_provision.probes import envprobe
 from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps import verify
-
-NVCC = Path("/usr/local/cuda/bin/nvcc")
-needs_nvcc = pytest.mark.skipif(not NVCC.exists(), reason="needs the system CUDA toolkit at /usr/local/cuda")
 
 KERNEL = """
 __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }
@@ -54,7 +52,7 @@ def nvcc_so(tmp: Path, name: str, arch: str, source: str = KERNEL, python_ext: b
     cu = tmp / f"{name}.cu"
     cu.write_text(source)
     out = tmp / (f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}" if python_ext else f"{name}.so")
-    argv = [NVCC, f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC", cu, "-o", out]
+    argv = [NVCC, f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC", cu, "-o", out, *LINK]
     if python_ext:
         argv[1:1] = [f"-I{sysconfig.get_paths()['include']}"]
     runner.run(argv, timeout=300)
