@@ -104,3 +104,18 @@ def test_the_fleet_reads_the_wheel_line_with_its_new_keys():
     line = json.dumps(outputs.stamped("wheel", {"ok": True, "wheel": "w.whl", "sha256": "b" * 64, "key": "k",
                                                 "version": "0.2.2", "archs": [], "published": []}))
     assert scope["last_json"]("building\n" + line + "\n")["key"] == "k"
+
+
+H200_RUN = ROOT / "tests" / "fixtures" / "gpu" / "h200" / "provision-2026-12-03"
+
+
+def test_a_real_h200_run_satisfies_the_committed_schemas():
+    """Outputs of gpu/provision-check.sh on one H200 (host-torch, 0.2.2, kernel parity), recorded: doctor's
+    --json and the workspace's report.json validate against the schemas the toolkit ships, and say what ran."""
+    doctor = valid(json.loads((H200_RUN / "doctor.json").read_text()))
+    assert doctor["ok"] and {c["name"] for c in doctor["checks"]} >= {"gpus", "driver-vs-cuda"}
+    report = json.loads((H200_RUN / "report.json").read_text())
+    jsonschema.validate(report, json.loads((SCHEMAS / "report.schema.json").read_text()))
+    assert report["schema_version"] == 2 and list(report["steps"]) == ["fetch", "env", "patch", "build", "verify", "smoke"]
+    smoke = report["steps"]["smoke"]["facts"]
+    assert smoke["num_gpu_blocks"] == 8239484 and smoke["parity"]["ok"] is True
