@@ -103,7 +103,7 @@ def upstream_facts(ws: Workspace, facts_type: type[F]) -> F | None:
     previous = read_stamp(ws, facts_type.STEP)
     if previous is None:
         return None
-    return facts_type.from_dict(previous.get("facts"))      # type: ignore[attr-defined]
+    return facts_type.from_dict(previous.get("facts"))
 
 
 def steps_to_force(force: Iterable[str]) -> set[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from vllm_provision.core import runner
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.envs.common import bin_python
-from vllm_provision.probes import answer, program
+from vllm_provision.probes import envprobe
 
 
 def interpreter(plan) -> str:
@@ -35,7 +35,7 @@ def create(ctx, prefix: Path) -> Path:
 
 
 def _python_info(python: str) -> dict:
-    info = answer(runner.run([python, program("python_info")], timeout=60, what="interpreter probe").output)
+    info = envprobe.python_info(python)
     if info is None:
         raise StepFailed(f"{python} gave no answer to the interpreter probe", hint="run it by hand: is it a working Python?")
     return info

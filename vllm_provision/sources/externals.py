@@ -31,6 +31,7 @@ from typing import IO
 from vllm_provision.catalog import External, Release
 from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_url
 from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
 from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
@@ -170,9 +171,7 @@ def _store(cache: Path, external: External, tree: Path) -> Path:
                 shutil.copy2(path, target)
         _normalised_tar(trimmed, external.short, archive)
     record = {"name": external.name, "ref": external.ref, "tree_sha256": got, "sha256": sha256_file(archive)}
-    part = _record_path(archive).with_suffix(".json.part")
-    part.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(part, _record_path(archive))
+    atomic_write(_record_path(archive), json.dumps(record, indent=1), suffix=".part", encoding="utf-8")
     return archive
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from vllm_provision.core.errors import StepFailed
 
@@ -54,11 +54,24 @@ def _record(data: Any, step: str, what: str) -> Mapping[str, Any]:
     return data
 
 
+def _records(data: Mapping[str, Any], name: str, step: str) -> list[Mapping[str, Any]]:
+    """The list field `name`, each item an object."""
+    return [_record(item, step, f"{name}[{i}]") for i, item in enumerate(_field(data, name, list, step))]
+
+
+_Facts = TypeVar("_Facts", bound="StepFacts")
+
+
 class StepFacts:
     """What a step's run() returns as its facts; `to_dict()` is what its stamp and report.json hold."""
     STEP = ""
 
     def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_Facts], data: Any) -> _Facts:
+        """The facts back from their recorded JSON; FactsUnreadable when the record has another shape."""
         raise NotImplementedError
 
 
@@ -95,15 +108,11 @@ class PatchFacts(StepFacts):
     def from_dict(cls, data: Any) -> PatchFacts:
         step = cls.STEP
         data = _record(data, step, "the record")
-        applied = []
-        for i, a in enumerate(_field(data, "applied", list, step)):
-            a = _record(a, step, f"applied[{i}]")
-            applied.append(AppliedPatch(_field(a, "file", str, step), _field(a, "sha256", str, step),
-                                        _field(a, "state", str, step)))
-        skipped = [SkippedPatch(_field(s, "file", str, step), _field(s, "reason", str, step))
-                   for i, s in enumerate(_field(data, "skipped", list, step))
-                   if _record(s, step, f"skipped[{i}]") is not None]
-        return cls(tuple(applied), tuple(skipped))
+        applied = tuple(AppliedPatch(_field(a, "file", str, step), _field(a, "sha256", str, step),
+                                     _field(a, "state", str, step)) for a in _records(data, "applied", step))
+        skipped = tuple(SkippedPatch(_field(s, "file", str, step), _field(s, "reason", str, step))
+                        for s in _records(data, "skipped", step))
+        return cls(applied, skipped)
 
     def key_patches(self) -> list[dict]:
         """The patches as the artifact key covers them: each applied one's file and sha256, in series order."""
