@@ -42,11 +42,10 @@ from packaging.version import Version  # noqa: E402
 
 from vllm_provision.core import runner  # noqa: E402
 from vllm_provision.core.errors import ConfigError  # noqa: E402
-from vllm_provision.envs.lock import read_header, render_header  # noqa: E402
+from vllm_provision.envs.lock import PIN, read_header, render_header  # noqa: E402
 
 DEFAULT_LOCK = ROOT / "envs" / "locks" / "0.2.2" / "seed-py3.11.txt"
 DEFAULT_EXCLUDE = "torch,triton,xformers,nvidia-*"
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
 
 def lock_entries(path: Path, exclude: list[str]) -> dict[str, tuple[str, str, list[str]]]:

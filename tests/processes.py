@@ -1,27 +1,20 @@
-"""What still runs, read from /proc: for tests that a stopped command left nothing behind."""
+"""What still runs, read from /proc (through the toolkit's own reader): for tests that a stopped command left
+nothing behind."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-
-def _stats():
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError, IndexError):
-            continue
-        yield int(stat.parent.name), state, int(ppid), int(pgrp)
+from vllm_provision.core import procs
 
 
 def group_gone(pgid: int) -> bool:
     """No process of the group runs (zombies waiting for their parent do not count)."""
-    return not any(pgrp == pgid and state != "Z" for _pid, state, _ppid, pgrp in _stats())
+    return not any(p.pgrp == pgid and p.alive for p in procs.table().values())
 
 
 def children_of(pid: int) -> list[int]:
-    return [p for p, _state, ppid, _pgrp in _stats() if ppid == pid]
+    return [p.pid for p in procs.table().values() if p.ppid == pid]
 
 
 def alive(pid: int) -> bool:
-    return any(p == pid and state != "Z" for p, state, _ppid, _pgrp in _stats())
+    proc = procs.read(pid)
+    return proc is not None and proc.alive

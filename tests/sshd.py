@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vllm_provision.core import procs
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 GPU_RECORDINGS = {"h200": FIXTURES / "gpu" / "h200x2" / "probes.json",
@@ -52,10 +54,8 @@ sys.exit(entry["rc"])
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a daemon's parent here may be an init that does not reap)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    proc = procs.read(pid)
+    return proc is not None and proc.alive
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -27,9 +27,8 @@ from vllm_provision.core.redact import redact_text
 from vllm_provision.core.workspace import RunLock, Workspace
 from vllm_provision.plan import Plan
 from vllm_provision.probes.host import HostFacts
-from vllm_provision.steps.facts import StepFacts, StepStatus, facts_dict
+from vllm_provision.steps.facts import STEPS, StepFacts, StepStatus, facts_dict
 
-STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
 ALL = "all"     # force every step
 T = TypeVar("T")
 F = TypeVar("F", bound=StepFacts)

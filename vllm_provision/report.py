@@ -32,7 +32,7 @@ from vllm_provision.core import runner
 from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_text
 from vllm_provision.probes.host import HostFacts
-from vllm_provision.steps.facts import StepStatus
+from vllm_provision.steps.facts import STEPS, StepStatus
 
 
 @contextmanager
@@ -60,7 +60,6 @@ def _write(report: Path, data: dict) -> None:
 
 SCHEMA_VERSION = 2
 SCHEMA = Path(__file__).with_name("schemas") / "report.schema.json"
-STEP_ORDER = ("fetch", "env", "patch", "build", "verify", "smoke")
 TIMINGS = "timings.html"
 
 
@@ -134,7 +133,7 @@ def finish_run(exit_code: int) -> list[Path]:
                 wanted = (data.get("run_steps") or {}).get(record["id"]) or []
                 rows = sorted(mine + [{"step": n, "status": StepStatus.NOT_RUN, "detail": why}
                                       for n, why in wanted if n not in ran],
-                              key=lambda s: STEP_ORDER.index(s["step"]) if s["step"] in STEP_ORDER else 99)
+                              key=lambda s: STEPS.index(s["step"]) if s["step"] in STEPS else 99)
                 run_record = record | {"steps": [{k: s.get(k) for k in ("step", "status", "detail", "seconds")}
                                                  for s in rows]}
                 folder = report.parent / "runs" / record["id"]
@@ -308,7 +307,7 @@ def render_markdown(data: dict, root: Path | None = None) -> str:
         if isinstance(p, dict):
             lines.append(f"- not needed: `{p.get('file', '?')}` ({p.get('reason', '')})")
     lines += ["", "## Steps (the latest run of each)", ""]
-    names = list(STEP_ORDER) + sorted(set(steps) - set(STEP_ORDER))
+    names = list(STEPS) + sorted(set(steps) - set(STEPS))
     lines += _table(["step", "status", "time", "ran", "detail"],
                     [[name, s.get("status"), f"{float(s.get('seconds') or 0):.1f} s", _ran_by(s), s.get("detail", "")]
                      if (s := steps.get(name)) else [name, StepStatus.NOT_RUN, "", "", "never run in this workspace"]

@@ -42,7 +42,7 @@ from vllm_provision.build import (
     parse_ccache_stats,
     relevant_tail,
 )
-from vllm_provision.core import runner, ui
+from vllm_provision.core import procs, runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.core.progress import ninja_status, progress
 from vllm_provision.probes import envprobe
@@ -238,35 +238,12 @@ def find_tool(name: str, python: str, path: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- memory
-def _proc_table() -> dict[int, tuple[int, int, int, str]]:
-    """pid -> (ppid, pgrp, rss bytes, comm) of every process /proc shows."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-            comm = text[text.index("(") + 1:text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
-            out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), int(fields[21]) * page, comm)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _started(pid: int) -> str:
-    """A process's start time (clock ticks since boot): with its pid, who it is."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def job_memory(table: Mapping[int, tuple[int, int, int, str]], root: int) -> tuple[int, dict[int, int]]:
+def job_memory(table: Mapping[int, procs.Proc], root: int) -> tuple[int, dict[int, int]]:
     """(the resident memory of `root` and everything under it, {job pid: its process tree's}) where a job is
     a child of ninja. Ninja starts every job in a process group of its own: the tree is followed by parent."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _pg, _rss, _comm) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
 
     def tree(pid: int) -> list[int]:
         out, todo = [], [pid]
@@ -277,9 +254,10 @@ def job_memory(table: Mapping[int, tuple[int, int, int, str]], root: int) -> tup
         return out
 
     members = tree(root) if root in table else []
-    ninjas = [pid for pid in members if table[pid][3] == "ninja"]
-    jobs = {c: sum(table[p][2] for p in tree(c)) for n in ninjas for c in children.get(n, ()) if table[c][3] != "ninja"}
-    return sum(table[p][2] for p in members), jobs
+    ninjas = [pid for pid in members if table[pid].comm == "ninja"]
+    jobs = {c: sum(table[p].rss_bytes for p in tree(c)) for n in ninjas for c in children.get(n, ())
+            if table[c].comm != "ninja"}
+    return sum(table[p].rss_bytes for p in members), jobs
 
 
 class MemoryWatch(threading.Thread):
@@ -297,8 +275,8 @@ class MemoryWatch(threading.Thread):
 
     def _root(self, table) -> int | None:
         me = os.getpid()
-        for pid, (ppid, _pgrp, _rss, _comm) in table.items():
-            if ppid == me:
+        for pid, proc in table.items():
+            if proc.ppid == me:
                 try:
                     if self.marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                         return pid
@@ -309,15 +287,15 @@ class MemoryWatch(threading.Thread):
     def run(self) -> None:
         root = None
         while not self._stop_event.wait(self.interval):
-            table = _proc_table()
+            table = procs.table()
             root = root if root in table else self._root(table)
             if root:
                 total, jobs = job_memory(table, root)
                 self.peak_total = max(self.peak_total, total)
                 self.peak_job = max([self.peak_job, *jobs.values()])
                 for j in jobs:
-                    if table[j][1] == j and j not in self.job_groups:
-                        self.job_groups[j] = _started(j)
+                    if table[j].pgrp == j and j not in self.job_groups:
+                        self.job_groups[j] = table[j].start
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -328,7 +306,7 @@ class MemoryWatch(threading.Thread):
         ignored it must not outlive the build). Returns the groups it had to kill."""
         killed = []
         for pgid, started in sorted(self.job_groups.items()):
-            if not started or _started(pgid) != started:      # gone, or the pid is another process's now
+            if not started or (leader := procs.read(pgid)) is None or leader.start != started:      # gone, or the pid is another process's now
                 continue
             try:
                 os.killpg(pgid, signal.SIGKILL)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_provision.core import ui
+from vllm_provision.core import procs, ui
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.redact import redact_text
 
@@ -85,27 +85,11 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _group_running(pgid: int) -> bool:
-    """Whether a process of the group still runs; zombies (dead, waiting for their parent) do not."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return not Path("/proc/self/stat").exists()     # without /proc, what kill(0) said
-
-
 def _group_ended(proc: subprocess.Popen, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         proc.poll()         # reaps the group's leader
-        if not _group_running(proc.pid):
+        if not procs.group_running(proc.pid):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -57,15 +57,12 @@ def lock_torch(plan: Plan, root: Path = PROJECT_ROOT) -> tuple[str | None, str |
     """(torch version, CUDA from its +cuXYZ tag) pinned in the plan's lock file, if there is one."""
     if not plan.env.lock:
         return None, None
-    path = root / plan.env.lock
     try:
-        text = path.read_text()
+        version = lock.pinned(root / plan.env.lock).get("torch")
     except OSError:
         return None, None
-    m = re.search(r"^torch==([^\s;\\]+)", text, re.M)
-    if not m:
+    if not version:
         return None, None
-    version = m.group(1)
     tag = re.search(r"\+cu(\d+)(\d)$", version)
     return version, f"{tag.group(1)}.{tag.group(2)}" if tag else None
 

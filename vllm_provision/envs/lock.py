@@ -129,10 +129,14 @@ def pinned(path: Path) -> dict[str, str]:
     return pinned_text(path.read_text())
 
 
+# one requirement line `name[extras]==version ...`: (name, version)
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+
+
 def pinned_text(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
+        m = PIN.match(line)
         if m:
             out[canonicalize_name(m.group(1))] = m.group(2)
     return out

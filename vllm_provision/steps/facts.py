@@ -59,6 +59,9 @@ def _records(data: Mapping[str, Any], name: str, step: str) -> list[Mapping[str,
     return [_record(item, step, f"{name}[{i}]") for i, item in enumerate(_field(data, name, list, step))]
 
 
+# the pipeline runs them in this order; the report lists them in it
+STEPS = ("fetch", "env", "patch", "build", "verify", "smoke")
+
 _Facts = TypeVar("_Facts", bound="StepFacts")
 
 
