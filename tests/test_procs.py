@@ -9,6 +9,7 @@ import sys
 import time
 
 from conftest import ROOT
+
 from vllm_provision.core import procs
 
 sys.path.insert(0, str(ROOT / "smoke"))

@@ -306,7 +306,8 @@ class MemoryWatch(threading.Thread):
         ignored it must not outlive the build). Returns the groups it had to kill."""
         killed = []
         for pgid, started in sorted(self.job_groups.items()):
-            if not started or (leader := procs.read(pgid)) is None or leader.start != started:      # gone, or the pid is another process's now
+            leader = procs.read(pgid)
+            if not started or leader is None or leader.start != started:    # gone, or the pid is another's now
                 continue
             try:
                 os.killpg(pgid, signal.SIGKILL)
