@@ -14,15 +14,19 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jsonschema
 import pytest
 from sshd import SshFarm, sshd_usable
 
-from vllm_provision.core import config
+from vllm_provision.core import config, outputs
+from vllm_provision.core.errors import ConfigError
 from vllm_provision.fleet import engine
 from vllm_provision.fleet import report as fleet_report
 from vllm_provision.fleet.engine import FleetOptions, select_hosts
 from vllm_provision.fleet.inventory import read_hosts_file
 from vllm_provision.fleet.plays import new_run_dir
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "vllm_provision" / "schemas"
 
 pytestmark = pytest.mark.skipif(bool(sshd_usable()), reason=sshd_usable() or "")
 
@@ -239,6 +243,8 @@ def test_one_build_per_kind_canary_batches_and_the_failure_budget(fresh, tmp_pat
 def check_report_files(data: dict) -> None:
     run_dir = data["run_dir"]
     written = json.loads((run_dir / "fleet-report.json").read_text())
+    jsonschema.validate(written, json.loads((SCHEMAS / "fleet.schema.json").read_text()))
+    assert written["schema_version"] == outputs.SCHEMA_VERSION and written["kind"] == "fleet"
     assert {"started", "seconds", "release", "profile", "policy", "host_key_policy", "kinds", "hosts", "counts",
             "ok"} <= written.keys()
     assert written["counts"] == {"ok": 3, "failed": 1, "unreachable": 0, "timed out": 0, "refused": 0, "skipped": 1}
@@ -434,3 +440,22 @@ def test_without_the_fleet_extra_the_error_names_it():
     with pytest.raises(ConfigError, match="need Ansible") as err:
         ansible_tool("ansible-playbook-not-installed")
     assert "VLLMP_EXTRAS=fleet" in err.value.hint and err.value.exit_code == 2
+
+
+def test_rerun_failed_reads_only_a_current_fleet_report(tmp_path):
+    root = tmp_path / "reports"
+    run_dir = root / "20261204-000000"
+    results = [fleet_report.HostResult("gpu-a", status="ok"), fleet_report.HostResult("gpu-b", status="failed")]
+    data = {"started": "2026-12-04T00:00:00Z", "seconds": 1.0, "release": "0.2.2", "profile": "pypi-cu13",
+            "facts_only": True, "policy": {"forks": 4, "max_fail_percent": 0.0}, "host_key_policy": "strict",
+            "caches": [], "kinds": []}
+    written = fleet_report.write(run_dir, data, results)
+    jsonschema.validate(written, json.loads((SCHEMAS / "fleet.schema.json").read_text()))
+    assert fleet_report.failed_hosts(root) == ["gpu-b"]
+    # a report from before fleet reports were versioned (or from another toolkit) is refused, not misread
+    unversioned = {k: v for k, v in written.items() if k not in ("schema_version", "kind")}
+    (run_dir / "fleet-report.json").write_text(json.dumps(unversioned))
+    with pytest.raises(ConfigError) as refused:
+        fleet_report.failed_hosts(root)
+    assert "not a fleet report this toolkit reads" in str(refused.value)
+    assert "without --rerun-failed" in refused.value.hint

@@ -7,7 +7,7 @@ from __future__ import annotations
 SCHEMA_VERSION = 1
 # kind -> its schema file under vllm_provision/schemas/
 SCHEMAS = {"plan": "plan", "pipeline": "pipeline", "wheel": "wheel", "doctor": "checks", "verify": "checks",
-           "nccl": "nccl", "error": "error"}
+           "nccl": "nccl", "error": "error", "fleet": "fleet"}
 
 
 def stamped(kind: str, data: dict) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vllm_provision import report as run_report
+from vllm_provision.core import outputs
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_text
@@ -48,9 +49,10 @@ class HostResult:
 
 def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
     """Write the three files and point `latest` at run_dir; returns the JSON written."""
-    data = data | {"hosts": [r.to_dict() for r in results],
-                   "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
-                   "ok": bool(results) and all(r.status == "ok" for r in results)}
+    data = outputs.stamped("fleet", data | {
+        "hosts": [r.to_dict() for r in results],
+        "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
+        "ok": bool(results) and all(r.status == "ok" for r in results)})
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
     atomic_write(run_dir / MD_NAME, markdown(data))
@@ -105,10 +107,16 @@ def junit_cases(results: list[HostResult]) -> list[dict]:
 def load_latest(report_root: Path) -> dict:
     path = report_root / LATEST / JSON_NAME
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--rerun-failed needs the latest fleet report and {path} cannot be read",
                           hint="run the fleet once without --rerun-failed (reports go to fleet.report_dir)") from exc
+    if not isinstance(data, dict) or data.get("schema_version") != outputs.SCHEMA_VERSION or data.get("kind") != "fleet":
+        raise ConfigError(f"{path} is not a fleet report this toolkit reads (schema_version "
+                          f"{data.get('schema_version') if isinstance(data, dict) else None!r}, this toolkit reads "
+                          f"{outputs.SCHEMA_VERSION})",
+                          hint="run the fleet once without --rerun-failed to write a current report")
+    return data
 
 
 def failed_hosts(report_root: Path) -> list[str]:
