@@ -591,6 +591,6 @@ def test_a_cmake_builds_timings_page_comes_from_its_ninja_log(tmp_path):
     out = run_cmake(StepContext(plan, host.HostFacts(), "build"), info)
     assert out.status == "skipped" and out.detail.startswith("built _C only: 5/5 units")
     page = plan.workspace.root / timings.PAGE
-    assert out.facts["timings"] == timings.PAGE and page.is_file()
+    assert out.facts.timings == timings.PAGE and page.is_file()
     html = page.read_text()
     assert all(f"{n}.cpp.o" in html for n in "abcd") and f"vLLM {release.version} for 9.0" in html

@@ -137,3 +137,36 @@ def test_patch_facts_record_the_json_they_always_have():
     recorded = {"applied": [{"file": "0001-cxx20.patch", "sha256": "a" * 64, "state": "applied"}],
                 "skipped": [{"file": "0002-old.patch", "reason": "torch 2.11.0 < 2.13"}]}
     assert json.dumps(PatchFacts.from_dict(recorded).to_dict()) == json.dumps(recorded)
+
+
+def test_fetch_and_build_facts_round_trip_the_json_steps_record():
+    """The fetch and build steps' facts, typed: what a stamp holds loads back to the same JSON, and the fields
+    the steps after them read (a cache install's key, the arch list verify falls back to) are typed."""
+    from vllm_provision.steps.facts import BuildFacts, BuildSource, FetchFacts
+    fetched = {"archive": "/c/vllm-0.2.2.tar.gz", "source": "pypi-sdist", "tree_sha256": "ab" * 32,
+               "externals": {"cutlass": "cutlass-v4.4.2.tar.gz"}}
+    assert FetchFacts.from_dict(fetched).to_dict() == fetched
+    installed = {"source": "cache", "cache": "dir:/w", "file": "vllm.whl", "key": "k" * 64, "version": "0.2.2+cu130",
+                 "wheel_sha256": "s" * 64, "archs": ["9.0"], "arch_list": "9.0", "libraries": ["_C.so"]}
+    typed = BuildFacts.from_dict(installed)
+    assert typed.source is BuildSource.CACHE and typed.key == "k" * 64 and typed.details["wheel_sha256"] == "s" * 64
+    assert typed.to_dict() == installed
+    compiled = {"source": "compiled", "arch_list": "9.0", "max_jobs": 2, "units": [], "version": "0.2.2"}
+    assert BuildFacts.from_dict(compiled).key is None and BuildFacts.from_dict(compiled).max_jobs == 2
+
+
+@pytest.mark.parametrize(("step", "facts", "problem"), [
+    ("fetch", {"archive": "a.tar.gz", "source": "pypi-sdist", "tree_sha256": "ab"}, "no `externals`"),
+    ("fetch", {"archive": "a.tar.gz", "source": "pypi-sdist", "tree_sha256": "ab", "externals": {"fmt": 1}},
+     "`externals` is not a map"),
+    ("build", {"source": "built", "arch_list": "9.0"}, "`source` is 'built'"),
+    ("build", {"source": "cache", "arch_list": "9.0"}, "no `key`"),      # a cache install without its key
+    ("build", {"source": "compiled", "arch_list": ["9.0"]}, "`arch_list` is list"),
+    ("build", {"source": "compiled", "arch_list": "9.0", "max_jobs": "2"}, "`max_jobs` is str"),
+])
+def test_fetch_and_build_records_of_another_shape_are_refused(step, facts, problem):
+    from vllm_provision.steps.facts import BuildFacts, FactsUnreadable, FetchFacts
+    with pytest.raises(FactsUnreadable) as refused:
+        {"fetch": FetchFacts, "build": BuildFacts}[step].from_dict(facts)
+    assert problem in refused.value.message and f"./inv {step} --force" in refused.value.hint
+

@@ -29,6 +29,7 @@ from vllm_provision.plan import build_plan
 from vllm_provision.probes import envprobe
 from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps import verify
+from vllm_provision.steps.facts import FactsUnreadable
 
 KERNEL = """
 __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }
@@ -300,7 +301,7 @@ def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuo
                                      python_version="3.11", packages={"tinydep": "1.0"}))
     # the stamp a build on this env leaves (no earlier step ran in this workspace): verify's upstream is current
     build_stamp = stamp_of(step_module("build"), StepContext(plan, HostFacts(), "build"), "")
-    (ws.stamps / "build.json").write_text(json.dumps({"stamp": build_stamp, "facts": {}}))
+    (ws.stamps / "build.json").write_text(json.dumps({"stamp": build_stamp, "facts": {"source": "compiled", "arch_list": "9.0"}}))
     junit = tmp_path / "verify.xml"
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "invoke"), "verify", "--profile", "host-torch", "--arch", "9.0",
                            "--json", "--junit", str(junit)], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -335,8 +336,15 @@ def test_without_gpu_the_build_stamps_arch_list_is_required(isolated):
     plan = build_plan({}, facts=HostFacts())            # no --arch: the plan defaults to 7.0 ... 9.0
     ctx = StepContext(plan, HostFacts(), "verify")
     plan.workspace.ensure()
-    (plan.workspace.stamps / "build.json").write_text(json.dumps({"stamp": "s", "facts": {"arch_list": "9.0"}}))
+    stamp = plan.workspace.stamps / "build.json"
+    stamp.write_text(json.dumps({"stamp": "s", "facts": {"source": "compiled", "arch_list": "9.0+PTX"}}))
     assert verify.required_archs(ctx) == (("9.0",), "the arch list the build used (no GPU here)")
+    # a record of another shape stops verify with the rerun hint, never checks against the plan's default
+    stamp.write_text(json.dumps({"stamp": "s", "facts": {"source": "compiled", "archs": "9.0"}}))
+    with pytest.raises(FactsUnreadable) as refused:
+        verify.required_archs(ctx)
+    assert "./inv build --force" in refused.value.hint
+    stamp.write_text(json.dumps({"stamp": "s", "facts": {"source": "compiled", "arch_list": "9.0"}}))
     explicit = build_plan({"build": {"arch_list": "8.0;9.0"}}, facts=HostFacts())
     assert verify.required_archs(StepContext(explicit, HostFacts(), "verify"))[0] == ("8.0", "9.0")
     from test_doctor import h100_facts

@@ -25,7 +25,7 @@ from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, ru
 from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 from vllm_provision.probes import host
 from vllm_provision.sources import externals
-from vllm_provision.steps.facts import StepStatus
+from vllm_provision.steps.facts import BuildFacts, BuildSource, StepStatus
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -296,21 +296,22 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
     if push:          # before the build: a wheel with nowhere to go is bad input
         inputs.check_push(make_plan(**flags))
     results = run_pipeline(["fetch", "env", "patch", "build"], as_json=as_json, **flags)
-    built = next(r for r in results if r.step == "build").facts
-    if built.get("source") == "cache":
+    built = BuildFacts.from_dict(next(r for r in results if r.step == "build").facts)
+    if built.source == BuildSource.CACHE:
         # nothing to make: the build is already in a cache; --out gets a checked copy of it (an image's
         # producer stage hands it on), else the same lines name it
-        published = [f"already in {built['cache']}"]
+        where, key, wheel_sha256 = built.details["cache"], str(built.key), built.details["wheel_sha256"]
+        published = [f"already in {where}"]
         if out:
             plan = make_plan(**flags)
-            wheel = artifact_install.copy_out(build_step.cache_entries_of(plan), built["key"], built["wheel_sha256"],
+            wheel = artifact_install.copy_out(build_step.cache_entries_of(plan), key, wheel_sha256,
                                               Path(out).resolve())
-            ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: copied to {wheel.path}")
+            ui.info(f"[wheel] this workspace installed it from cache {where}: copied to {wheel.path}")
             summary = wheel.summary()
         else:
-            ui.info(f"[wheel] this workspace installed it from cache {built['cache']}: nothing to make")
-            summary = {"wheel": f"{built['file']} in {built['cache']}", "sha256": built["wheel_sha256"],
-                       "key": built["key"], "version": built["version"], "archs": built["archs"]}
+            ui.info(f"[wheel] this workspace installed it from cache {where}: nothing to make")
+            summary = {"wheel": f"{built.details['file']} in {where}", "sha256": wheel_sha256,
+                       "key": key, "version": built.version, "archs": built.details["archs"]}
     else:
         plan = make_plan(**flags)
         ws = plan.workspace

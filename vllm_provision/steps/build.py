@@ -56,7 +56,7 @@ from vllm_provision.envs.common import choose_installer
 from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
 from vllm_provision.probes import answer, host, program
 from vllm_provision.probes.envprobe import site_state
-from vllm_provision.steps.facts import FactsUnreadable, PatchFacts, StepStatus
+from vllm_provision.steps.facts import BuildFacts, FactsUnreadable, PatchFacts, StepStatus, facts_dict
 
 EXT_TIMEOUT = 3 * 3600
 PIP_TIMEOUT = 3 * 3600
@@ -210,7 +210,7 @@ def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     detail = (f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {len(libraries)} libraries in "
               f"{total:.0f} s{' (' + str(len(exts)) + ' extensions in parallel)' if parallel else ''}{cache_note}")
-    return StepOutcome(detail=detail, facts=facts)
+    return StepOutcome(detail=detail, facts=BuildFacts.from_dict(facts))
 
 
 @dataclass(frozen=True)
@@ -297,8 +297,8 @@ def publish(ctx: StepContext, info: envinfo.EnvInfo, built: StepOutcome) -> Step
     """The compiled tree made a wheel and published to every writable cache: `built` with the artifact's facts.
     (src/MARKER keeps the build's facts without them: the wheel is not part of the tree.)"""
     wheel, published = wheel_and_publish(ctx, info, ctx.workspace.root / "wheels")
-    facts = dict(built.facts, artifact=wheel.summary() | {"published": published})
-    return replace(built, facts=facts,
+    facts = facts_dict(built.facts) | {"artifact": wheel.summary() | {"published": published}}
+    return replace(built, facts=BuildFacts.from_dict(facts),
                    detail=f"{built.detail}; wheel {wheel.path.name} ({'; '.join(published) or 'no writable cache'})")
 
 
@@ -347,9 +347,10 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     if built.stopped_at_limit:
         projected = f"{built.projected_seconds / 60:.0f} min" if built.projected_seconds else "unknown"
         return StepOutcome(detail=f"stopped at the {plan.build.time_limit:.0f} s limit: {rate}{peak}; "
-                                  f"the whole compile projected at {projected}", facts=facts, status=StepStatus.SKIPPED)
+                                  f"the whole compile projected at {projected}", facts=BuildFacts.from_dict(facts),
+                           status=StepStatus.SKIPPED)
     if plan.build.targets:
-        return StepOutcome(detail=f"built {', '.join(built.targets)} only: {rate}{peak}", facts=facts,
+        return StepOutcome(detail=f"built {', '.join(built.targets)} only: {rate}{peak}", facts=BuildFacts.from_dict(facts),
                            status=StepStatus.SKIPPED)
     started = time.monotonic()
     facts["install_compiled_units"] = cmake_driver.editable_install(plan, src, info.python, externals, built,
@@ -366,7 +367,7 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     cache_note = f", ccache {cache['hits']} hits / {cache['misses']} misses" if cache else ", no compiler cache"
     return StepOutcome(detail=f"vllm {editable} (editable) for {plan.build.torch_cuda_arch_list}: {rate}{peak}"
                               f"{cache_note}; pip's pass compiled {facts['install_compiled_units']} units",
-                       facts=facts)
+                       facts=BuildFacts.from_dict(facts))
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
@@ -469,7 +470,7 @@ def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome |
                             "arch_list": ctx.plan.build.torch_cuda_arch_list, "log": str(ctx.log)}
     (ctx.workspace.src / MARKER).write_text(json.dumps(facts, indent=2))
     return StepOutcome(detail=f"vllm {facts['version']} installed from cache {facts['cache']}, key {key}, in "
-                              f"{seconds:.1f} s ({done.fit})", facts=facts)
+                              f"{seconds:.1f} s ({done.fit})", facts=BuildFacts.from_dict(facts))
 
 
 def wheel_and_publish(ctx: StepContext, info: envinfo.EnvInfo, out_dir: Path, push: bool = True) -> tuple[Wheel, list[str]]:

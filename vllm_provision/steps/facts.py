@@ -10,7 +10,7 @@ and the fleet can read them too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -120,3 +120,74 @@ class PatchFacts(StepFacts):
     def key_patches(self) -> list[dict]:
         """The patches as the artifact key covers them: each applied one's file and sha256, in series order."""
         return [{"file": a.file, "sha256": a.sha256} for a in self.applied]
+
+
+# ------------------------------------------------------------------------------------------------ fetch
+@dataclass(frozen=True)
+class FetchFacts(StepFacts):
+    """The fetch step's facts: the verified release archive, where it came from, the extracted tree's hash,
+    and each external source's verified archive (name -> file name in the download cache)."""
+    STEP = "fetch"
+    archive: str
+    source: str                     # the kind of source that served it: cache, mirror, pypi, github, bundle
+    tree_sha256: str
+    externals: Mapping[str, str]
+
+    def to_dict(self) -> dict:
+        return {"archive": self.archive, "source": self.source, "tree_sha256": self.tree_sha256,
+                "externals": dict(self.externals)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FetchFacts:
+        step = cls.STEP
+        data = _record(data, step, "the record")
+        externals = _field(data, "externals", dict, step)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in externals.items()):
+            raise FactsUnreadable(step, "`externals` is not a map of names to file names")
+        return cls(_field(data, "archive", str, step), _field(data, "source", str, step),
+                   _field(data, "tree_sha256", str, step), dict(externals))
+
+
+# ------------------------------------------------------------------------------------------------ build
+class BuildSource(str, Enum):
+    COMPILED = "compiled"       # compiled in this workspace's src/
+    CACHE = "cache"             # a verified wheel installed from an artifact cache
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class BuildFacts(StepFacts):
+    """The build step's facts as the steps after it, the report, `./inv wheel` and the fleet read them; the
+    step records more (units, timings, per-shape details), kept in `details` and written back unchanged."""
+    STEP = "build"
+    source: BuildSource
+    arch_list: str                  # TORCH_CUDA_ARCH_LIST the binary was built for
+    version: str | None = None      # the installed vllm's version
+    key: str | None = None          # the artifact key (a cache install; a compile's is under artifact)
+    max_jobs: int | None = None
+    timings: str | None = None      # the timeline page, relative to the workspace
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        typed = {"source": self.source.value, "arch_list": self.arch_list, "version": self.version, "key": self.key,
+                 "max_jobs": self.max_jobs, "timings": self.timings}
+        return dict(self.details) | {k: v for k, v in typed.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BuildFacts:
+        step = cls.STEP
+        data = _record(data, step, "the record")
+        source = _field(data, "source", str, step)
+        if source not in {s.value for s in BuildSource}:
+            raise FactsUnreadable(step, f"`source` is {source!r}, not one of {', '.join(s.value for s in BuildSource)}")
+
+        def optional(name: str, kind: type) -> Any:
+            return _field(data, name, kind, step) if data.get(name) is not None else None
+        typed = {"source", "arch_list", "version", "key", "max_jobs", "timings"}
+        # an install from a cache stands for its key: without one it cannot be checked or handed on
+        key = _field(data, "key", str, step) if source == BuildSource.CACHE.value else optional("key", str)
+        return cls(BuildSource(source), _field(data, "arch_list", str, step), optional("version", str), key,
+                   optional("max_jobs", int), optional("timings", str),
+                   {k: v for k, v in data.items() if k not in typed})

@@ -10,6 +10,7 @@ from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.sources import externals
 from vllm_provision.sources.extract import tree_sha256
 from vllm_provision.sources.release import cache_is_sound, extract_to, http_settings, obtain
+from vllm_provision.steps.facts import FetchFacts
 
 MARKER = ".vllmp-source.json"
 
@@ -61,5 +62,4 @@ def run(ctx: StepContext) -> StepOutcome:
     archive, source, src, tree = extract_release(ctx)
     ctx.say(f"{archive.name} ({source.kind}) verified and extracted to {src}")
     detail = f"{archive.name} verified, extracted" + (f"; {len(got)} external sources verified" if got else "")
-    return StepOutcome(detail=detail, facts={
-        "archive": str(archive), "source": source.kind, "tree_sha256": tree, "externals": got})
+    return StepOutcome(detail=detail, facts=FetchFacts(str(archive), source.kind, tree, got))

@@ -40,9 +40,10 @@ from vllm_provision.core import envinfo
 from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.core.errors import NotBuiltYet, ProvisionError, StepFailed
 from vllm_provision.envs.lock import pinned
-from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp
+from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp, upstream_facts
 from vllm_provision.probes import envprobe
 from vllm_provision.steps.build import built_digest
+from vllm_provision.steps.facts import BuildFacts, BuildSource
 
 
 def _lock_file(ctx: StepContext, info: envinfo.EnvInfo) -> Path | None:
@@ -69,9 +70,9 @@ def required_archs(ctx: StepContext) -> tuple[tuple[str, ...], str]:
     if ctx.facts.compute_caps:
         return ctx.facts.compute_caps, "this host's GPUs"
     if ctx.plan.build.arch_source != "config":
-        built = ((read_stamp(ctx.workspace, "build") or {}).get("facts") or {}).get("arch_list")
-        if built:
-            return tuple(base_arch(a) for a in split_archs(str(built))), "the arch list the build used (no GPU here)"
+        built = upstream_facts(ctx.workspace, BuildFacts)
+        if built and built.arch_list:
+            return tuple(base_arch(a) for a in split_archs(built.arch_list)), "the arch list the build used (no GPU here)"
     return tuple(base_arch(a) for a in ctx.plan.build.arch_list), f"the plan's archs ({ctx.plan.build.arch_source})"
 
 
@@ -124,10 +125,11 @@ def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
 def vllm_install(v: Verifying) -> list[Check]:
     """Both shapes: editable from src/ (compiled here) or installed from a cached artifact (its manifest's key
     and the archs read back from the installed libraries besides)."""
-    built = (read_stamp(v.ctx.workspace, "build") or {}).get("facts") or {}
-    artifact = built if built.get("source") == "cache" else None
-    return (check_vllm_install(v.inspected, v.ctx.plan.release.version, v.ctx.workspace.src, artifact=artifact)
-            + artifact_checks(v.torch.vllm_dirs, v.info, artifact["key"] if artifact else None))
+    built = upstream_facts(v.ctx.workspace, BuildFacts)
+    cached = built if built is not None and built.source == BuildSource.CACHE else None
+    return (check_vllm_install(v.inspected, v.ctx.plan.release.version, v.ctx.workspace.src,
+                               artifact=cached.to_dict() if cached else None)
+            + artifact_checks(v.torch.vllm_dirs, v.info, cached.key if cached else None))
 
 
 def pip_clean(v: Verifying) -> list[Check]:
