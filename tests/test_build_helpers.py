@@ -12,14 +12,20 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from vllm_provision.build import (
     CCACHE_MISSING,
+    align_header_mtimes,
     cache_summary,
     diagnose,
+    env_header_dirs,
     make_build_env,
     parse_ccache_stats,
     wheel_for_header,
 )
+
+from vllm_provision.core.envinfo import EnvInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 # A PATH with no ccache on it (this is checked): only the toolkit's own install can provide one.
@@ -73,7 +79,10 @@ def test_build_env_keeps_system_cuda_out(tmp_path):
     assert path[:2] == [str(tmp_path / "venv" / "bin"), str(cuda / "bin")]     # the env's nvcc first
     assert path.index(str(other)) > 1 and any("shadowed" in n for n in b.notes)
     assert b.env["CUDA_HOME"] == str(cuda) and "CUDA_PATH" not in b.env
-    assert b.env["CPATH"].split(os.pathsep)[0] == str(cuda / "include")
+    # the wheels' headers: arguments of the compiler wrappers (ccache writes them relative), not an absolute CPATH
+    assert "CPATH" not in b.env
+    assert f'"-I{cuda / "include"}"' in Path(b.env["CXX"]).read_text()
+    assert f'"-I{cuda / "include"}"' in Path(b.env["PYTORCH_NVCC"]).read_text()
     assert b.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and b.env["MAX_JOBS"] == "2"
     assert "/usr/local/cuda" not in b.env["LD_LIBRARY_PATH"]
     link = tmp_path / "tools" / "lib" / "libcudart.so"
@@ -108,22 +117,61 @@ def test_ccache_comes_from_the_toolkits_install_and_the_wrapper_compiles_through
     assert (src / "hello.o").stat().st_size > 0
 
 
-def test_workspaces_of_the_same_layout_share_the_compiler_cache_whatever_the_sessions_locale(tmp_path):
+def _install_env(root: Path, same_second: bool) -> Path:
+    """An env's headers as a wheel install leaves them: torch ships two identical `#pragma once` stubs
+    (c10/util/python_stub.h, torch/csrc/utils/python_stub.h) whose mtimes fall in one second or in two,
+    as the install's timing has it; and a CUDA wheel's include dir."""
+    include = root / "env" / "lib" / "python3.11" / "site-packages" / "torch" / "include"
+    stub = "#pragma once\nstruct _object;\nusing PyObject = _object;\n"
+    for i, rel in enumerate(("c10/util/python_stub.h", "torch/csrc/utils/python_stub.h")):
+        (include / rel).parent.mkdir(parents=True, exist_ok=True)
+        (include / rel).write_text(stub)
+        when = 1_700_000_000 + (0 if same_second else i)
+        os.utime(include / rel, (when, when))
+    (include / "c10" / "all.h").write_text("#include <c10/util/python_stub.h>\n#include <torch/csrc/utils/python_stub.h>\n")
+    cuda_include = root / "env" / "lib" / "python3.11" / "site-packages" / "nvidia" / "cu13" / "include"
+    cuda_include.mkdir(parents=True)
+    (cuda_include / "cuda_like.h").write_text("#define CUDA_LIKE 13\n")
+    return root / "env"
+
+
+@pytest.mark.parametrize("mode", ["direct", "preprocessor"])
+def test_workspaces_of_the_same_layout_share_the_compiler_cache_whatever_the_sessions_locale(tmp_path, mode):
     """The fleet's case: the same compile in another workspace root (another host's home), from a session with
-    another locale (SSH sessions often have no LANG): served from the cache the first one filled."""
+    another locale (SSH sessions often have no LANG), against another install of the same env (its header
+    mtimes fell otherwise; its wheel include dir lies elsewhere): served from the cache the first one filled,
+    by ccache's direct mode and by its preprocessor mode (what it falls back to after a direct miss)."""
+    no_direct = {"CCACHE_NODIRECT": "1"} if mode == "preprocessor" else {}
     results = []
-    for root, locale in ((tmp_path / "a" / "ws", {"LANG": "C.UTF-8"}), (tmp_path / "b" / "other" / "ws", {})):
+    for root, locale, same_second in ((tmp_path / "a" / "ws", {"LANG": "C.UTF-8"}, False),
+                                      (tmp_path / "b" / "other" / "ws", {}, True)):
         src = root / "src"
         src.mkdir(parents=True)
-        (src / "hello.cpp").write_text("#include <cstdio>\nint main() { std::puts(\"hi\"); return 7; }\n")
+        env = _install_env(root, same_second)
+        info = EnvInfo(backend="venv", prefix=str(env), python=str(env / "bin" / "python"), python_version="3.11",
+                       include_dirs=(str(env / "lib/python3.11/site-packages/nvidia/cu13/include"),))
+        assert align_header_mtimes(env_header_dirs(info)) > 0
+        assert align_header_mtimes(env_header_dirs(info)) == 0          # a second call changes nothing
+        (src / "hello.cpp").write_text("#include <cstdio>\n#include <c10/all.h>\n#include <cuda_like.h>\n"
+                                       "int main() { std::puts(\"hi\"); return CUDA_LIKE; }\n")
+        torch_include = env / "lib/python3.11/site-packages/torch/include"
         b = make_build_env(base={"PATH": BARE_PATH, "CXX": shutil.which("g++", path=BARE_PATH), **locale},
-                           python=str(root / "env" / "bin" / "python"), cuda_home=None, arch_list="9.0",
+                           python=info.python, cuda_home=None, include_dirs=info.include_dirs, arch_list="9.0",
                            jobs_per_ext=1, tools_dir=root / "tools", src=src, ccache_dir=tmp_path / "shared-cc")
-        subprocess.run([b.env["CXX"], "-c", str(src / "hello.cpp"), "-o", str(src / "hello.o")], cwd=src, env=b.env,
-                       check=True)
+        subprocess.run([b.env["CXX"], f"-I{torch_include}", "-c", str(src / "hello.cpp"), "-o", str(src / "hello.o")],
+                       cwd=src, env=b.env | no_direct, check=True)
         stats = subprocess.run([b.ccache, "--print-stats"], env=b.env, capture_output=True, text=True, check=True)
         results.append(cache_summary(parse_ccache_stats(stats.stdout)))
     assert [(r["misses"], r["hits"]) for r in results] == [(1, 0), (1, 1)], results
+
+
+def test_the_existing_backend_never_has_its_headers_touched(tmp_path):
+    env = _install_env(tmp_path, same_second=False)
+    host = EnvInfo(backend="existing", prefix=str(env), python=str(env / "bin" / "python"), python_version="3.11")
+    assert env_header_dirs(host) == []
+    own = EnvInfo(backend="venv", prefix=str(env), python=str(env / "bin" / "python"), python_version="3.11",
+                  include_dirs=("/usr/include",))      # outside the prefix: never touched
+    assert env_header_dirs(own) == [env / "lib" / "python3.11" / "site-packages" / "torch" / "include"]
 
 
 def test_without_ccache_the_note_names_the_toolkits_own_fix(tmp_path):

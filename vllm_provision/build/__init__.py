@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,9 +122,11 @@ done
 
 
 def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement | None = None,
-                     taskset: str | None = None, nvcc: bool = False) -> str:
+                     taskset: str | None = None, nvcc: bool = False, include_dirs: Sequence[str] = ()) -> str:
     """A /bin/sh wrapper for `compiler`: through ccache, and pinned to the CPUs the placement gives
-    the source it compiles (a critical unit: its own cores; anything else: the pool)."""
+    the source it compiles (a critical unit: its own cores; anything else: the pool). `include_dirs` are
+    searched after the command line's own -I dirs, as CPATH's would be; as arguments ccache writes them
+    relative to its base dir, where an absolute CPATH would be hashed as it is (another workspace, another key)."""
     what = " and ".join(x for x in ("through ccache" if ccache else "", "placed on CPUs" if placement else "") if x)
     lines = ["#!/bin/sh", f"# Written by vllm-provision: {Path(compiler).name} {what}."]
     if ccache and nvcc:
@@ -143,7 +145,8 @@ def compiler_wrapper(compiler: str, *, ccache: str | None, placement: Placement 
         suffix = ["$split"] if split else []
     if ccache:
         prefix.append(f'"{ccache}"')
-    lines.append("exec " + " ".join(prefix + [f'"{compiler}"', '"$@"'] + suffix))
+    includes = [f'"-I{d}"' for d in include_dirs]
+    lines.append("exec " + " ".join(prefix + [f'"{compiler}"', '"$@"'] + includes + suffix))
     return "\n".join(lines) + "\n"
 
 
@@ -218,8 +221,6 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
         if cuda_home and env.get(var):
             env[var] = os.pathsep.join(p for p in env[var].split(os.pathsep) if p and not _is_system_cuda(p, cuda_home))
     includes = [d for d in include_dirs if d and Path(d).is_dir()]
-    if includes:
-        env["CPATH"] = os.pathsep.join(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p])
     # pip CUDA wheels ship libcudart.so.N only; torch links with -lcudart.
     if cuda_home:
         libdirs = [Path(cuda_home) / d for d in ("lib64", "lib")]
@@ -258,12 +259,15 @@ def make_build_env(*, base: Mapping[str, str], python: str, cuda_home: str | Non
         host_cxx = base.get("CXX") or shutil.which("c++", path=search) or "c++"
         host_cxx = shutil.which(host_cxx, path=search) or host_cxx
         _write_exec(wrappers / "nvcc", compiler_wrapper(nvcc, ccache=ccache, placement=placement, taskset=taskset,
-                                                        nvcc=True))
+                                                        nvcc=True, include_dirs=includes))
         # named after the real compiler, so torch's compiler-ABI check recognises it (g++, c++, clang++)
         _write_exec(wrappers / Path(host_cxx).name,
-                    compiler_wrapper(host_cxx, ccache=ccache, placement=placement, taskset=taskset))
+                    compiler_wrapper(host_cxx, ccache=ccache, placement=placement, taskset=taskset,
+                                     include_dirs=includes))
         env["PYTORCH_NVCC"] = str(wrappers / "nvcc")
         env["CXX"] = str(wrappers / Path(host_cxx).name)
+    elif includes:
+        env["CPATH"] = os.pathsep.join(includes + [p for p in env.get("CPATH", "").split(os.pathsep) if p])
     if ccache:
         # the workspace root (src/ and the env's prefix below it) as the base: paths in the compile lines are
         # relative, so another workspace or host of the same layout is served from a shared cache
@@ -331,3 +335,36 @@ def ninja_unit_times(temp_dir: Path, src: Path) -> list[dict]:
             # start/end: seconds since this ninja started (the timings page places them)
             out.append({"unit": unit, "seconds": round(end - start, 1), "start": start, "end": end})
     return sorted(out, key=lambda u: -u["seconds"])
+
+
+def align_header_mtimes(include_dirs: Iterable[str | Path]) -> int:
+    """Give every file under the env's include dirs one mtime, the newest among them; returns how many changed.
+
+    GCC's `#pragma once` takes two files of the same size, contents and mtime (in whole seconds) for one file.
+    torch ships identical copies of some headers (c10/util/python_stub.h and torch/csrc/utils/python_stub.h):
+    whether their install fell within one second decided whether the second is included, so two installs of
+    the same lock preprocessed differently and missed each other's compiler cache. One mtime for all makes
+    the preprocessed source the same wherever the env was installed; the newest keeps it later than anything
+    compiled against an earlier install (ninja rebuilds), and a second call changes nothing."""
+    files = [f for d in dict.fromkeys(str(d) for d in include_dirs) if Path(d).is_dir()
+             for f in Path(d).rglob("*") if f.is_file() and not f.is_symlink()]
+    if not files:
+        return 0
+    stats = {f: f.stat().st_mtime_ns for f in files}
+    newest = max(stats.values()) // 10**9 * 10**9      # whole seconds: what GCC compares
+    changed = [f for f, mtime in stats.items() if mtime != newest]
+    for f in changed:
+        os.utime(f, ns=(newest, newest))
+    return len(changed)
+
+
+def env_header_dirs(info) -> list[Path]:
+    """The header dirs the env's own packages installed (torch's, the CUDA wheels'), all inside its prefix;
+    none for the `existing` backend, whose files are the host's and not the toolkit's to touch."""
+    if info.backend == "existing":
+        return []
+    prefix = Path(info.prefix).resolve()
+    dirs = [*prefix.glob("lib/python*/site-packages/torch/include"), *(Path(d) for d in info.include_dirs)]
+    if info.cuda_home:
+        dirs.append(Path(info.cuda_home) / "include")
+    return [d for d in dirs if d.is_dir() and d.resolve().is_relative_to(prefix)]

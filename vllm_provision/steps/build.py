@@ -36,8 +36,10 @@ from vllm_provision.artifacts.wheel import Wheel, make_wheel
 from vllm_provision.build import (
     DRIVER,
     BuildEnv,
+    align_header_mtimes,
     cache_summary,
     diagnose,
+    env_header_dirs,
     make_build_env,
     ninja_unit_times,
     parse_ccache_stats,
@@ -120,6 +122,14 @@ def run(ctx: StepContext) -> StepOutcome:
     return publish(ctx, info, built) if artifact_settings(ctx).get("push") else built
 
 
+def same_headers(ctx: StepContext, info: envinfo.EnvInfo) -> None:
+    """One mtime for the env's headers (align_header_mtimes): every install of the lock preprocesses alike,
+    so a compiler cache filled on one host serves another."""
+    changed = align_header_mtimes(env_header_dirs(info))
+    if changed:
+        ctx.say(f"{changed} header files of the env given one mtime (a compiler cache shared between hosts hits)")
+
+
 def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     """A setup.py-era release: every extension compiled (several at once, compiler-cached) and vLLM installed
     editable from src; torch must be unchanged. The facts also go to src/MARKER (intact(), built_digest())."""
@@ -134,6 +144,7 @@ def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
         placement = host_placement(cuda_sources_named(setup_text, src), plan.release.slowest_units,
                                    plan.build.cpu_pool, plan.build.critical_unit_cores)
+    same_headers(ctx, info)
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
                           jobs_per_ext=jobs, tools_dir=src / "build" / "vllmp-tools", src=src,
@@ -328,6 +339,7 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     plan, src = ctx.plan, ctx.workspace.src
     externals = prepared_externals(plan)
     ctx.say(f"{plan.build.max_jobs} jobs x {plan.build.nvcc_threads} nvcc thread(s): {plan.build.max_jobs_reason}")
+    same_headers(ctx, info)
     kw = dict(cuda_home=info.cuda_home, include_dirs=info.include_dirs,
               ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
     built = cmake_driver.drive(plan, src, info.python, externals, plan.build.targets or None, plan.build.time_limit,
