@@ -24,7 +24,6 @@ from vllm_provision.build import (
     parse_ccache_stats,
     wheel_for_header,
 )
-
 from vllm_provision.core.envinfo import EnvInfo
 
 ROOT = Path(__file__).resolve().parent.parent
