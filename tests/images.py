@@ -24,6 +24,8 @@ TOOLS = ("buildah", "podman", "mmdebstrap", "runc")
 SUITE = "bookworm"
 # what the Dockerfile asks of a base: Python >= 3.10 with venv; `patch` for the patch step (else apt)
 BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv", "patch")
+# ... and for WHEEL_FROM=build, the compile's: Python's headers and a host compiler
+COMPILE_PACKAGES = ("python3-dev", "g++")
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # the Dockerfile's copy of the toolkit's download and uv caches (its `./inv` runs as root)
 TOOLKIT_CACHE_IN_BUILD = "/root/.cache/vllm-provision"
@@ -112,11 +114,11 @@ class ContainerHost:
         return done, time.monotonic() - started
 
 
-def make_base_tarball(out: Path, mirror: str | None = None) -> float:
-    """bookworm minbase with the base packages, from Debian's registry; returns the seconds it took."""
+def make_base_tarball(out: Path, mirror: str | None = None, packages: tuple[str, ...] = BASE_PACKAGES) -> float:
+    """bookworm minbase with `packages`, from Debian's registry; returns the seconds it took."""
     started = time.monotonic()
     part = out.with_name("part-" + out.name)
-    done = subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", "--include=" + ",".join(BASE_PACKAGES), SUITE,
+    done = subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", "--include=" + ",".join(packages), SUITE,
                            str(part), mirror or apt_mirror()], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     os.replace(part, out)
