@@ -201,3 +201,47 @@ def test_a_signal_during_a_step_stops_it_and_the_report_records_the_real_exit_co
     assert f"| result | interrupted (exit code {code}) |" in md
     stopped = "Terminated" if sig == signal.SIGTERM else "KeyboardInterrupt"
     assert f"compile interrupted ({stopped}): stopped with SIGTERM" in plan.workspace.log("build").read_text()
+
+
+def test_each_run_has_its_own_logs_and_the_toolkits_messages_are_logged_with_time(isolated, monkeypatch):
+    """logs/<step>.log holds the step's latest run only (no log grows forever, none is lost): the run before's
+    is under runs/<id>/logs/, with toolkit.log, every message the toolkit printed, timestamped."""
+    from vllm_provision import report
+
+    def env_run(ctx):
+        with open(ctx.log, "a") as log:
+            log.write(f"installing, run {len(ran)}\n")
+        ctx.say(f"env made, run {len(ran)}")
+        return StepOutcome(detail="env done")
+    ran = _steps(monkeypatch, {"env": env_run})
+    plan = build_plan({}, facts=HostFacts())
+    ids = []
+    for _ in range(2):
+        ids.append(report.begin_run("env", [])["id"])
+        pipeline.run_steps(plan, HostFacts(), ["fetch", "env"], force=["env"])
+        report.finish_run(0)
+        time.sleep(1.1)         # run ids are per second
+    ws = plan.workspace
+    assert ws.log("env").read_text() == "installing, run 3\n"
+    first = ws.root / "runs" / ids[0] / "logs"
+    assert (first / "env.log").read_text() == "installing, run 2\n"
+    said = (first / pipeline.TOOLKIT_LOG).read_text().splitlines()
+    assert any(line.endswith("[env] env made, run 2") for line in said)
+    assert all(line[:4].isdigit() and line[4] == "-" for line in said)         # asctime first
+    assert (ws.logs / pipeline.TOOLKIT_LOG).read_text().count("env made") == 1  # this run's only
+
+
+def test_only_the_newest_runs_keep_their_logs(isolated, monkeypatch):
+    from vllm_provision import report
+    monkeypatch.setattr(report, "KEEP_RUN_LOGS", 2)
+    _steps(monkeypatch, {})
+    plan = build_plan({}, facts=HostFacts())
+    ids = []
+    for _ in range(3):
+        ids.append(report.begin_run("fetch", [])["id"])
+        pipeline.run_steps(plan, HostFacts(), ["fetch"], force=["fetch"])
+        report.finish_run(0)
+        time.sleep(1.1)
+    runs = plan.workspace.root / "runs"
+    assert [(runs / i / "logs").is_dir() for i in ids] == [False, True, True]
+    assert all((runs / i / "run.json").is_file() for i in ids)      # the record of every run stays

@@ -30,6 +30,7 @@ from vllm_provision.probes.host import HostFacts
 from vllm_provision.steps.facts import STEPS, StepFacts, StepStatus, facts_dict
 
 ALL = "all"     # force every step
+TOOLKIT_LOG = "toolkit.log"     # what the toolkit said during the run, timestamped (ui.recording)
 T = TypeVar("T")
 F = TypeVar("F", bound=StepFacts)
 
@@ -151,7 +152,7 @@ def run_steps(plan: Plan, facts: HostFacts, steps: Iterable[str] = STEPS, force:
     stopped = False
     upstream = ""
     last_wanted = max((STEPS.index(s) for s in wanted), default=-1)
-    with RunLock(ws.root / ".lock"), runner.sigterm_as_interrupt():
+    with RunLock(ws.root / ".lock"), runner.sigterm_as_interrupt(), ui.recording(ws.logs / TOOLKIT_LOG):
         try:
             for name in STEPS[:last_wanted + 1]:
                 module = step_module(name)
@@ -205,6 +206,8 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
             return StepResult(name, StepStatus.UP_TO_DATE, f"inputs unchanged since {previous.get('finished', '?')}{then}",
                               time.monotonic() - started, previous.get("facts", {})), stamp
         _stamp_file(ws, name).unlink(missing_ok=True)
+        ctx.log.parent.mkdir(parents=True, exist_ok=True)
+        ctx.log.write_text("")      # a step's log holds its latest run; runs/<id>/logs/ keeps earlier ones
         outcome = _guarded(name, ctx.log, module.run, ctx)
     except ProvisionError as exc:
         facts = dict(getattr(exc, "facts", {}))

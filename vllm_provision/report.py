@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import socket
 import time
 import xml.etree.ElementTree as ET
@@ -139,6 +140,7 @@ def finish_run(exit_code: int) -> list[Path]:
                 folder = report.parent / "runs" / record["id"]
                 folder.mkdir(parents=True, exist_ok=True)
                 _write(folder / "run.json", run_record | {"schema_version": SCHEMA_VERSION})
+                _keep_logs(report.parent, folder, since=run["_t0"])
                 data.pop("run_steps", None)
                 data["run"] = run_record
                 data["schema_version"] = SCHEMA_VERSION
@@ -150,6 +152,22 @@ def finish_run(exit_code: int) -> list[Path]:
             continue        # a read-only or vanished workspace: the command's own exit code stands
     _touched.clear()
     return written
+
+
+KEEP_RUN_LOGS = 20     # runs whose logs stay under runs/<id>/logs/ (every run.json stays)
+
+
+def _keep_logs(workspace: Path, folder: Path, since: float) -> None:
+    """The logs this run wrote (logs/ holds each step's latest) copied to runs/<id>/logs/; the logs of all
+    but the newest KEEP_RUN_LOGS runs removed."""
+    logs = workspace / "logs"
+    written = [p for p in logs.glob("*.log") if p.is_file() and p.stat().st_mtime >= since - 1] if logs.is_dir() else []
+    for path in written:
+        (folder / "logs").mkdir(exist_ok=True)
+        shutil.copy2(path, folder / "logs" / path.name)
+    kept = sorted((p for p in (workspace / "runs").glob("*/logs") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-KEEP_RUN_LOGS]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def merge_section(report: Path, name: str, section: Any, **top: Any) -> dict:

@@ -109,8 +109,6 @@ def run(ctx: StepContext) -> StepOutcome:
     info = envinfo.load(ws)
     if not (ws.src / "setup.py").is_file():
         raise StepFailed(f"no setup.py in {ws.src}", hint="run `./inv fetch` first")
-    ws.logs.mkdir(parents=True, exist_ok=True)
-    ctx.log.write_text("")  # the build log of this run only
     if artifact_mode(ctx) != "build":
         hit = install_from_cache(ctx, info)
         if hit:

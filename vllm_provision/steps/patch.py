@@ -109,7 +109,6 @@ def run(ctx: StepContext) -> StepOutcome:
     versions = _versions(ctx)
     chosen = selected(series, versions)
     applied, skipped = [], []
-    ctx.log.write_text("")
     stale = no_longer_wanted(src, chosen)
     if stale:
         # a patch cannot be taken back once its file has changed: start again from the verified archive
