@@ -170,3 +170,24 @@ def test_fetch_and_build_records_of_another_shape_are_refused(step, facts, probl
         {"fetch": FetchFacts, "build": BuildFacts}[step].from_dict(facts)
     assert problem in refused.value.message and f"./inv {step} --force" in refused.value.hint
 
+
+
+def test_smoke_facts_carry_what_the_fleet_reads_and_keep_the_rest():
+    from vllm_provision.fleet import report as fleet_report
+    from vllm_provision.fleet.collect import Collector
+    from vllm_provision.steps.facts import FactsUnreadable, SmokeFacts
+    one_gpu = {"verdict": {"ok": True, "checks": []}, "num_gpu_blocks": 8239484, "num_cpu_blocks": 512,
+               "model": "/m/tiny-chatglm", "kv_cache_tokens": None, "timings": {"load_s": 30.1}}
+    typed = SmokeFacts.from_dict(one_gpu)
+    assert typed.num_gpu_blocks == 8239484 and typed.passed is True and typed.to_dict() == one_gpu
+    every_gpu = {"gpus": [{"gpu": 0, "status": "pass", "num_gpu_blocks": 10}], "nccl": None, "tensor_parallel": {}}
+    assert SmokeFacts.from_dict(every_gpu).passed is None and SmokeFacts.from_dict(every_gpu).to_dict() == every_gpu
+    with pytest.raises(FactsUnreadable):
+        SmokeFacts.from_dict({"verdict": {"checks": []}, "num_gpu_blocks": 3})        # a verdict without ok
+    # the fleet's row from a host's report.json: its blocks and verdict, through the typed facts
+    row = fleet_report.HostResult("gpu-a")
+    Collector.remote_report(row, {"steps": {"smoke": {"status": "ok", "facts": one_gpu | {"verdict": {"ok": False}}}}})
+    assert row.gpu_blocks == 8239484 and row.smoke == "fail"
+    row = fleet_report.HostResult("gpu-b")
+    Collector.remote_report(row, {"steps": {"smoke": {"status": "ok", "facts": {"num_gpu_blocks": "many"}}}})
+    assert row.gpu_blocks is None and "smoke step's recorded facts cannot be read" in row.detail

@@ -16,7 +16,7 @@ from typing import Any
 
 from vllm_provision.checks import CheckStatus
 from vllm_provision.fleet import plays, report
-from vllm_provision.steps.facts import StepStatus
+from vllm_provision.steps.facts import FactsUnreadable, SmokeFacts, StepStatus
 
 Echo = Callable[[str], None]
 
@@ -167,11 +167,14 @@ class Collector:
         steps = data.get("steps") or {}
         row.steps += [name for name, step in steps.items() if step.get("status") in (StepStatus.OK, StepStatus.UP_TO_DATE)]
         smoke = steps.get("smoke") or {}
-        facts = smoke.get("facts") or {}
-        row.gpu_blocks = facts.get("num_gpu_blocks")
-        verdict = facts.get("verdict")
-        row.smoke = (CheckStatus.PASS if verdict.get("ok") else CheckStatus.FAIL) if isinstance(verdict, dict) else \
-            (StepStatus.SKIPPED if smoke.get("status") == StepStatus.SKIPPED else None)
+        try:
+            facts = SmokeFacts.from_dict(smoke.get("facts") or {})
+        except FactsUnreadable as exc:       # the host's toolkit is the one the fleet sent: a bug, said as such
+            row.detail = (row.detail + "; " if row.detail else "") + exc.message
+            return
+        row.gpu_blocks = facts.num_gpu_blocks
+        row.smoke = ((CheckStatus.PASS if facts.passed else CheckStatus.FAIL) if facts.passed is not None else
+                     (StepStatus.SKIPPED if smoke.get("status") == StepStatus.SKIPPED else None))
 
     # ---------------------------------------------------------------------------------------- the end
     def finish(self, stopped: bool = False) -> dict | None:

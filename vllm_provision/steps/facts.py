@@ -191,3 +191,34 @@ class BuildFacts(StepFacts):
         return cls(BuildSource(source), _field(data, "arch_list", str, step), optional("version", str), key,
                    optional("max_jobs", int), optional("timings", str),
                    {k: v for k, v in data.items() if k not in typed})
+
+
+# ------------------------------------------------------------------------------------------------ smoke
+@dataclass(frozen=True)
+class SmokeFacts(StepFacts):
+    """The smoke step's facts as the fleet and `./inv smoke`'s readers take them: the KV-cache blocks the
+    engine reported and whether the verdict passed (both absent in the every-GPU form, whose rows are under
+    `gpus`); the rest (model, timings, parity, per-GPU rows) is kept in `details` and written back unchanged."""
+    STEP = "smoke"
+    num_gpu_blocks: int | None = None
+    verdict: Mapping[str, Any] | None = None        # kvjudge's verdict: {"ok": bool, "checks": [...], ...}
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        typed = {"verdict": dict(self.verdict) if self.verdict is not None else None, "num_gpu_blocks": self.num_gpu_blocks}
+        return {k: v for k, v in typed.items() if v is not None} | dict(self.details)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SmokeFacts:
+        step = cls.STEP
+        data = _record(data, step, "the record")
+        blocks = _field(data, "num_gpu_blocks", int, step) if data.get("num_gpu_blocks") is not None else None
+        verdict = _record(data["verdict"], step, "`verdict`") if data.get("verdict") is not None else None
+        if verdict is not None:
+            _field(verdict, "ok", bool, step)
+        return cls(blocks, verdict, {k: v for k, v in data.items() if k not in ("verdict", "num_gpu_blocks")})
+
+    @property
+    def passed(self) -> bool | None:
+        """The verdict's ok; None without a verdict."""
+        return None if self.verdict is None else bool(self.verdict["ok"])

@@ -23,7 +23,7 @@ from vllm_provision.kvcache.units import group_digits
 from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.probes.host import Gpu
 from vllm_provision.steps.build import built_digest
-from vllm_provision.steps.facts import StepStatus
+from vllm_provision.steps.facts import SmokeFacts, StepStatus
 
 SMOKE_DIR = PROJECT_ROOT / "smoke"
 SCRIPTS = ("generate.py", "model_checks.py", "logcapture.py", "engine_facts.py", "kv_facts.py", "parity.py",
@@ -141,7 +141,7 @@ def run(ctx: StepContext) -> StepOutcome:
     size = (f"{facts['kv_cache_tokens']} KV-cache tokens in {blocks} blocks" if facts["kv_cache_tokens"] is not None
             else f"{blocks} GPU blocks")
     return StepOutcome(detail=f"{size}, all checks passed"
-                       + (", kernel parity ok" if facts.get("parity") else ""), facts=facts)
+                       + (", kernel parity ok" if facts.get("parity") else ""), facts=SmokeFacts.from_dict(facts))
 
 
 def run_parity(ctx: StepContext, python: str, model: Path) -> dict:
