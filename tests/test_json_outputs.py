@@ -84,7 +84,8 @@ def test_pipeline_and_wheel_json(isolated, monkeypatch, capsys):
     assert (failed["kind"], failed["ok"], failed["exit_code"]) == ("pipeline", False, 1)
 
     built = {"source": "cache", "cache": "dir:/srv/wheels", "file": "vllm-0.2.2-cp311-cp311-linux_x86_64.whl",
-             "wheel_sha256": "a" * 64, "key": "0.2.2-cu13-sm90-abc", "version": "0.2.2", "archs": ["sm_90"]}
+             "wheel_sha256": "a" * 64, "key": "0.2.2-cu13-sm90-abc", "version": "0.2.2", "archs": ["sm_90"],
+             "arch_list": "9.0"}   # what an install from a cache records (steps.build.install_from_cache)
     monkeypatch.setattr(cli, "run_pipeline", lambda *a, **k: [StepResult("build", "up-to-date", facts=built)])
     cli.wheel_task(None, False, as_json=True)
     wheel = valid(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
