@@ -206,7 +206,6 @@ def _run_step(module, ctx: StepContext, upstream: str, forced: bool) -> tuple[St
             return StepResult(name, StepStatus.UP_TO_DATE, f"inputs unchanged since {previous.get('finished', '?')}{then}",
                               time.monotonic() - started, previous.get("facts", {})), stamp
         _stamp_file(ws, name).unlink(missing_ok=True)
-        ctx.log.parent.mkdir(parents=True, exist_ok=True)
         ctx.log.write_text("")      # a step's log holds its latest run; runs/<id>/logs/ keeps earlier ones
         outcome = _guarded(name, ctx.log, module.run, ctx)
     except ProvisionError as exc:

@@ -162,8 +162,9 @@ def _keep_logs(workspace: Path, folder: Path, since: float) -> None:
     but the newest KEEP_RUN_LOGS runs removed."""
     logs = workspace / "logs"
     written = [p for p in logs.glob("*.log") if p.is_file() and p.stat().st_mtime >= since - 1] if logs.is_dir() else []
-    for path in written:
+    if written:
         (folder / "logs").mkdir(exist_ok=True)
+    for path in written:
         shutil.copy2(path, folder / "logs" / path.name)
     kept = sorted((p for p in (workspace / "runs").glob("*/logs") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     for old in kept[:-KEEP_RUN_LOGS]:

@@ -19,6 +19,7 @@ from vllm_provision import GIB
 from vllm_provision.build.placement import Placement
 from vllm_provision.checks.toolchain import matching_compiler_hint
 from vllm_provision.core import runner
+from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.files import atomic_write
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES
 
@@ -358,7 +359,7 @@ def align_header_mtimes(include_dirs: Iterable[str | Path]) -> int:
     return len(changed)
 
 
-def env_header_dirs(info) -> list[Path]:
+def env_header_dirs(info: EnvInfo) -> list[Path]:
     """The header dirs the env's own packages installed (torch's, the CUDA wheels'), all inside its prefix;
     none for the `existing` backend, whose files are the host's and not the toolkit's to touch."""
     if info.backend == "existing":

@@ -54,6 +54,11 @@ def _record(data: Any, step: str, what: str) -> Mapping[str, Any]:
     return data
 
 
+def _optional(data: Mapping[str, Any], name: str, kind: type, step: str) -> Any:
+    """The field `name` when it is there and not null, else None."""
+    return _field(data, name, kind, step) if data.get(name) is not None else None
+
+
 def _records(data: Mapping[str, Any], name: str, step: str) -> list[Mapping[str, Any]]:
     """The list field `name`, each item an object."""
     return [_record(item, step, f"{name}[{i}]") for i, item in enumerate(_field(data, name, list, step))]
@@ -182,14 +187,11 @@ class BuildFacts(StepFacts):
         source = _field(data, "source", str, step)
         if source not in {s.value for s in BuildSource}:
             raise FactsUnreadable(step, f"`source` is {source!r}, not one of {', '.join(s.value for s in BuildSource)}")
-
-        def optional(name: str, kind: type) -> Any:
-            return _field(data, name, kind, step) if data.get(name) is not None else None
         typed = {"source", "arch_list", "version", "key", "max_jobs", "timings"}
         # an install from a cache stands for its key: without one it cannot be checked or handed on
-        key = _field(data, "key", str, step) if source == BuildSource.CACHE.value else optional("key", str)
-        return cls(BuildSource(source), _field(data, "arch_list", str, step), optional("version", str), key,
-                   optional("max_jobs", int), optional("timings", str),
+        key = _field(data, "key", str, step) if source == BuildSource.CACHE.value else _optional(data, "key", str, step)
+        return cls(BuildSource(source), _field(data, "arch_list", str, step), _optional(data, "version", str, step),
+                   key, _optional(data, "max_jobs", int, step), _optional(data, "timings", str, step),
                    {k: v for k, v in data.items() if k not in typed})
 
 
@@ -212,11 +214,11 @@ class SmokeFacts(StepFacts):
     def from_dict(cls, data: Any) -> SmokeFacts:
         step = cls.STEP
         data = _record(data, step, "the record")
-        blocks = _field(data, "num_gpu_blocks", int, step) if data.get("num_gpu_blocks") is not None else None
-        verdict = _record(data["verdict"], step, "`verdict`") if data.get("verdict") is not None else None
+        verdict = _optional(data, "verdict", dict, step)
         if verdict is not None:
             _field(verdict, "ok", bool, step)
-        return cls(blocks, verdict, {k: v for k, v in data.items() if k not in ("verdict", "num_gpu_blocks")})
+        return cls(_optional(data, "num_gpu_blocks", int, step), verdict,
+                   {k: v for k, v in data.items() if k not in ("verdict", "num_gpu_blocks")})
 
     @property
     def passed(self) -> bool | None:
