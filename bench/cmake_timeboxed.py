@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vllm_provision import GIB, catalog
 from vllm_provision.build import cmake as driver  # noqa: E402
+from vllm_provision.core import config  # noqa: E402
 from vllm_provision.core.workspace import Workspace  # noqa: E402
 from vllm_provision.plan import Plan, plan_build  # noqa: E402
 from vllm_provision.probes import host
@@ -48,14 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     release = catalog.get_release(args.release)
     facts = host.probe()
-    settings = {"build": {"arch_list": [args.arch], "max_jobs": None, "ccache": True, "targets": [],
-                          "time_limit": None}}
-    planned = plan_build(release, settings, facts, "13.0")
+    settings = config.resolve({"release": args.release, "build": {"arch_list": [args.arch]}}, environ={})
+    planned = plan_build(release, settings.build, facts, "13.0")
     build = dataclasses.replace(planned, max_jobs=args.max_jobs) if args.max_jobs else planned
     work = (args.build_dir or args.src / "build").parent
     plan = Plan(release=release, profile="bench", offline=args.offline,
                 workspace=Workspace(root=work / "ws", cache=work / "cache"), sources=(), env=None, patches=(),
-                build=build, smoke={}, settings={})
+                build=build, smoke=settings.smoke, settings=settings)
     externals = dict(e.split("=", 1) for e in args.external)
     nvcc = shutil.which("nvcc")
     started = time.monotonic()

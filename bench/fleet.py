@@ -52,7 +52,7 @@ def one_run(farm: SshFarm, work: Path, forks: int, toolkit_command: str, n: int)
     controller_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     data = engine.run(engine.FleetOptions(hosts=hosts, overrides=layer | {"caches": [f"dir:{cache}"]},
-                                          run_dir=new_run_dir(reports), fleet=settings["fleet"]))
+                                          run_dir=new_run_dir(reports), fleet=settings.fleet))
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     controller_cpu_s = after.ru_utime + after.ru_stime - controller_cpu.ru_utime - controller_cpu.ru_stime

@@ -388,7 +388,7 @@ def test_flags_reach_the_artifacts_settings_and_a_bad_key_is_bad_input(isolated)
         {"push": True, "require_cache": True, "key": key}
     assert "artifacts" not in cli.cli_settings(push=False, require_cache=False, artifact_key=None)
     plan = cli.make_plan(require_cache=True, artifact_key=key, arch="9.0")
-    assert plan.settings["artifacts"]["key"] == key and plan.settings["artifacts"]["require_cache"] is True
+    assert plan.settings.artifacts.key == key and plan.settings.artifacts.require_cache is True
     with pytest.raises(ConfigError) as info:
         cli.make_plan(artifact_key="3f2a", arch="9.0")
     assert "artifacts.key" in info.value.message and "64 lowercase hex digits" in info.value.message
@@ -396,13 +396,11 @@ def test_flags_reach_the_artifacts_settings_and_a_bad_key_is_bad_input(isolated)
 
 def test_the_build_steps_mode_follows_the_settings(isolated, monkeypatch):
     from vllm_provision import cli
-    from vllm_provision.pipeline import StepContext
     from vllm_provision.steps import build
-    facts = __import__("vllm_provision.probes.host", fromlist=["facts_from"]).facts_from()
     modes = {}
     for name, flags, caches in (("build", {}, None), ("cache-or-build", {}, "[dir:/srv/w]"),
                                 ("cache-only", {"require_cache": True}, "[dir:/srv/w]")):
         if caches:
             monkeypatch.setenv("VLLMP_ARTIFACTS__CACHES", caches)
-        modes[name] = build.artifact_mode(StepContext(cli.make_plan(arch="9.0", **flags), facts, "build"))
+        modes[name] = build.artifact_mode(cli.make_plan(arch="9.0", **flags).settings.artifacts)
     assert modes == {"build": "build", "cache-or-build": "cache-or-build", "cache-only": "cache-only"}

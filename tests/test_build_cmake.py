@@ -27,7 +27,9 @@ from processes import children_of
 
 from vllm_provision import GIB, catalog
 from vllm_provision.build import cmake as driver
+from vllm_provision.core import config
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.settings import Settings
 from vllm_provision.core.workspace import Workspace
 from vllm_provision.plan import Plan, choose_parallelism, plan_build
 from vllm_provision.probes import host
@@ -37,8 +39,11 @@ VENV_BIN = Path(PYTHON).parent
 NVCC = next((p for p in (Path("/usr/local/cuda/bin/nvcc"), Path(shutil.which("nvcc") or "/nonexistent"))
              if p.is_file()), None)
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-BUILD = {"arch_list": ["9.0"], "max_jobs": None, "ccache": True, "parallel_extensions": True,
-         "cpu_placement": "auto", "cpu_pool": None, "critical_unit_cores": None, "targets": [], "time_limit": None}
+BUILD = {"arch_list": ["9.0"]}      # over vllm-provision.yaml's defaults
+
+
+def build_settings(**build) -> Settings:
+    return config.resolve({"build": BUILD | build}, environ={})
 
 
 def release_for_env(torch: str | None = None):
@@ -50,10 +55,11 @@ def release_for_env(torch: str | None = None):
 def make_plan(tmp_path: Path, *, release=None, offline=False, cpus=2, free_gib=12.0, **build) -> Plan:
     release = release or release_for_env(importlib.metadata.version("torch"))
     facts = host.HostFacts(cpu_count=cpus, mem_available_bytes=int(free_gib * GIB))
-    bp = plan_build(release, {"build": BUILD | build}, facts, "13.0")
+    settings = build_settings(**build)
+    bp = plan_build(release, settings.build, facts, "13.0")
     return Plan(release=release, profile="pypi-cu13", offline=offline,
                 workspace=Workspace(root=tmp_path / "ws", cache=tmp_path / "cache"), sources=(), env=None,
-                patches=(), build=bp, smoke={}, settings={})
+                patches=(), build=bp, smoke=settings.smoke, settings=settings)
 
 
 # ------------------------------------------------------------------------------------------- pure
@@ -76,13 +82,13 @@ def test_jobs_and_threads_come_from_free_ram_and_cores(cpus, free_gib, archs, wa
 def test_the_plan_explains_the_cmake_build_and_the_archs_this_compiler_builds(tmp_path):
     release = catalog.get_release("0.26.0")
     facts = host.HostFacts(cpu_count=16, mem_available_bytes=125 * GIB)
-    bp = plan_build(release, {"build": BUILD}, facts, "13.0")
+    bp = plan_build(release, build_settings().build, facts, "13.0")
     assert (bp.max_jobs, bp.nvcc_threads) == (16, 1)
     assert bp.job_peak_bytes == int(4.4 * GIB) and bp.memory_budget_bytes == int(125 * GIB * 0.9)
     assert "16 cores" in bp.max_jobs_reason and bp.expected_seconds > 0 and "16 jobs" in bp.expected_reason
     assert {"10.0", "12.0", "11.0"} <= set(bp.compiler_archs)
     # a CUDA 12.4 compiler cannot build Blackwell: the plan says so instead of a failing compile
-    older = plan_build(release, {"build": BUILD}, facts, "12.4")
+    older = plan_build(release, build_settings().build, facts, "12.4")
     assert not {"10.0", "12.0", "11.0"} & set(older.compiler_archs) and "9.0" in older.compiler_archs
     data = dataclasses.asdict(bp)       # the plan's build section, as `./inv plan` (text and --json) prints it
     assert {"max_jobs", "nvcc_threads", "max_jobs_reason", "memory_budget_bytes", "expected_seconds",
@@ -476,9 +482,9 @@ def test_the_release_compiler_floor_is_checked_for_doctor_and_preflight():
 def test_targets_and_a_time_limit_are_refused_for_a_setuptools_release():
     facts = host.HostFacts(cpu_count=2, mem_available_bytes=8 * GIB)
     with pytest.raises(ConfigError) as err:
-        plan_build(catalog.get_release("0.2.2"), {"build": BUILD | {"time_limit": 600}}, facts, "13.0")
+        plan_build(catalog.get_release("0.2.2"), build_settings(time_limit=600).build, facts, "13.0")
     assert "CMake-era" in err.value.message and err.value.exit_code == 2
-    bp = plan_build(release_for_env(), {"build": BUILD | {"time_limit": 600, "targets": ["_C"]}}, facts, "13.0")
+    bp = plan_build(release_for_env(), build_settings(time_limit=600, targets=["_C"]).build, facts, "13.0")
     assert bp.time_limit == 600.0 and bp.targets == ("_C",)
     # the task's flags reach the plan through the settings (./inv build --time-limit 600 --targets _C,_moe_C)
     from vllm_provision import cli

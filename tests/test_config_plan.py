@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 
+import pydantic
 import pytest
 from conftest import ROOT
 
@@ -16,6 +17,7 @@ from vllm_provision import pipeline
 from vllm_provision.catalog import get_release, known_versions
 from vllm_provision.core import config
 from vllm_provision.core.errors import ConfigError, ProvisionError, StepFailed
+from vllm_provision.core.settings import Settings
 from vllm_provision.core.workspace import RunLock
 from vllm_provision.pipeline import StepOutcome
 from vllm_provision.plan import build_plan, plan_env
@@ -26,12 +28,12 @@ H100 = HostFacts(gpus=(Gpu(0, "NVIDIA H100 80GB HBM3", 81559, 0, "9.0", "580.159
 
 
 def test_precedence_yaml_profile_env_flag(isolated, monkeypatch):
-    assert config.resolve({"profile": "seed"}, {})["env"]["backend"] == "conda"   # the seed profile over the defaults
-    assert config.resolve({}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "venv"
-    assert config.resolve({"env": {"backend": "existing"}}, {"VLLMP_ENV__BACKEND": "venv"})["env"]["backend"] == "existing"
-    assert config.resolve({}, {"VLLMP_FETCH__TIMEOUT": "5"})["fetch"]["timeout"] == 5
-    assert config.resolve({}, {"VLLMP_PROFILE": "host-torch"})["env"]["backend"] == "existing"
-    assert config.resolve({}, {"VLLMP_ENV__PYTHON": "3.10"})["env"]["python"] == "3.10"   # not the float 3.1
+    assert config.resolve({"profile": "seed"}, {}).env.backend == "conda"   # the seed profile over the defaults
+    assert config.resolve({}, {"VLLMP_ENV__BACKEND": "venv"}).env.backend == "venv"
+    assert config.resolve({"env": {"backend": "existing"}}, {"VLLMP_ENV__BACKEND": "venv"}).env.backend == "existing"
+    assert config.resolve({}, {"VLLMP_FETCH__TIMEOUT": "5"}).fetch.timeout == 5
+    assert config.resolve({}, {"VLLMP_PROFILE": "host-torch"}).env.backend == "existing"
+    assert config.resolve({}, {"VLLMP_ENV__PYTHON": "3.10"}).env.python == "3.10"   # not the float 3.1
 
 
 def test_unknown_setting_names_the_source(isolated):
@@ -78,8 +80,7 @@ def test_max_jobs_from_ram(isolated):
 def test_cpu_counts_settings(isolated):
     assert build_plan({}, facts=H100).build.critical_unit_cores is None          # auto: by host size
     assert build_plan({"build": {"critical_unit_cores": "auto"}}, facts=H100).build.critical_unit_cores is None
-    resolved = config.resolve({}, {"VLLMP_BUILD__CRITICAL_UNIT_CORES": "4"})
-    assert build_plan(resolved, facts=H100).build.critical_unit_cores == 4
+    assert build_plan({}, {"VLLMP_BUILD__CRITICAL_UNIT_CORES": "4"}, facts=H100).build.critical_unit_cores == 4
     for bad in (0, "four", 2.5):
         with pytest.raises(ConfigError) as err:
             build_plan({"build": {"critical_unit_cores": bad}}, facts=H100)
@@ -91,6 +92,21 @@ def test_cpu_counts_settings(isolated):
         assert "build.cpu_pool" in err.value.message and "every CPU not reserved" in err.value.hint
 
 
+def test_the_validated_settings_travel_as_one_frozen_model(isolated):
+    """What the schema checked is what every step reads: the model itself, by attribute, never a dict copy
+    that a reader could change or fill with a default of its own."""
+    plan = build_plan({"build": {"arch_list": "9.0", "ccache": False}, "smoke": {"parity": True},
+                       "fetch": {"github": False}, "env": {"installer": "pip"}}, facts=H100)
+    assert isinstance(plan.settings, Settings) and plan.smoke is plan.settings.smoke
+    assert plan.build.arch_list == ("9.0",) and plan.build.ccache is False and plan.smoke.parity is True
+    assert plan.env.installer == "pip" and [s.kind for s in plan.sources] == ["pypi-sdist"]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        plan.settings.build.max_jobs = 64
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        plan.settings.profile = "seed"
+    assert plan.to_dict()["smoke"]["parity"] is True      # the plan's JSON as before
+
+
 def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):
     release = get_release("0.2.2")
     settings = config.resolve({"profile": "seed"}, {})
@@ -99,8 +115,8 @@ def test_seed_without_channel_falls_back_to_nearest_python_venv(isolated):
     assert env.python == "3.11" and env.python_path == "/usr/bin/python3.11"
     assert "no conda channel" in env.note and "nearest supported 3.11" in env.note
     assert env.lock == "envs/locks/0.2.2/seed-py3.11.txt"
-    settings["conda"]["channels"] = ["http://127.0.0.1:1/channel"]
-    assert plan_env(release, "seed", settings, interpreters={}).backend == "conda"
+    with_channel = config.resolve({"profile": "seed", "conda": {"channels": ["http://127.0.0.1:1/channel"]}}, {})
+    assert plan_env(release, "seed", with_channel, interpreters={}).backend == "conda"
 
 
 def test_plan_json_redacts_credentials(isolated, monkeypatch):
@@ -172,7 +188,7 @@ def test_second_run_on_the_same_workspace_is_refused_with_the_holder(isolated):
 
 
 def test_default_profile_is_pypi_only_and_seed_stays_by_name(isolated):
-    assert config.resolve({}, {})["profile"] == "pypi-cu13"
+    assert config.resolve({}, {}).profile == "pypi-cu13"
     plan = build_plan({}, facts=H100)
     assert plan.env.backend == "venv" and plan.env.cuda == "13.0"
     assert plan.env.lock.startswith("envs/locks/0.2.2/pypi-cu13-py3.")

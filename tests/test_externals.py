@@ -13,7 +13,9 @@ import pytest
 from conftest import Route, make_tarball
 
 from vllm_provision.catalog import External, Submodule, get_release
+from vllm_provision.core import config
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.settings import Fetch
 from vllm_provision.sources import externals
 from vllm_provision.sources.download import HttpSettings
 from vllm_provision.sources.extract import tree_sha256
@@ -53,8 +55,13 @@ def serve(http_server, prefix: str = "/gh", parent_files=PARENT_FILES) -> str:
     return f"{http_server.url}{prefix}/{{repo}}/{{commit}}.tar.gz"
 
 
-def settings(*mirrors: str) -> dict:
-    return {"fetch": {"external_mirrors": list(mirrors), "github": False}}
+def fetch_settings(**fetch) -> Fetch:
+    """fetch.* over vllm-provision.yaml's defaults, checked by the schema as the toolkit's are."""
+    return config.resolve({"fetch": fetch}, environ={}).fetch
+
+
+def settings(*mirrors: str) -> Fetch:
+    return fetch_settings(external_mirrors=list(mirrors), github=False)
 
 
 def test_a_tarball_mirror_serves_the_trimmed_verified_tree_to_the_build(tmp_path, http_server, release):
@@ -291,8 +298,8 @@ def make_wheel(trees: dict[str, dict[str, bytes]], change: tuple[str, str] | Non
     return buf.getvalue()
 
 
-def wheel_settings(*urls: str) -> dict:
-    return {"fetch": {"external_mirrors": [], "github": False, "release_wheels": list(urls)}}
+def wheel_settings(*urls: str) -> Fetch:
+    return fetch_settings(external_mirrors=[], github=False, release_wheels=list(urls))
 
 
 def test_copied_externals_come_from_the_release_wheel_and_verify(tmp_path, http_server, copied_trees):
@@ -369,8 +376,8 @@ def test_the_wheel_origin_comes_after_the_mirrors_and_before_github(tmp_path):
     cache = tmp_path / "cache"
     (cache / "sources").mkdir(parents=True)
     (cache / "sources" / WHEEL).write_bytes(b"")
-    settings_ = {"fetch": {"external_mirrors": ["https://m/{repo}/{commit}.tar.gz"], "github": True,
-                           "release_wheels": ["https://w/vllm-{version}-py3-none-any.whl"]}}
+    settings_ = fetch_settings(external_mirrors=["https://m/{repo}/{commit}.tar.gz"], github=True,
+                               release_wheels=["https://w/vllm-{version}-py3-none-any.whl"])
     plan = next(p for p in externals.plan_externals(get_release("0.26.0"), settings_, cache) if p.name == "tml_fa4")
     assert [o.split()[0] for o in plan.origins] == ["tarball", "wheel", "wheel", "tarball"]
     assert plan.origins[1:3] == (f"wheel {cache / 'sources' / WHEEL}", "wheel https://w/vllm-0.26.0-py3-none-any.whl")
@@ -410,8 +417,8 @@ def test_a_link_in_the_wheel_is_refused(tmp_path, copied_trees):
 def test_release_wheels_are_set_like_any_list_and_must_name_a_vllm_wheel():
     from vllm_provision.core import config
     template = "https://files.corp/vllm/vllm-{version}-cp38-abi3-manylinux_2_28_x86_64.whl"
-    assert config.resolve({}, {})["fetch"]["release_wheels"] == []
-    assert config.resolve({}, {"VLLMP_FETCH__RELEASE_WHEELS": f"[{template}]"})["fetch"]["release_wheels"] == [template]
+    assert config.resolve({}, {}).fetch.release_wheels == []
+    assert config.resolve({}, {"VLLMP_FETCH__RELEASE_WHEELS": f"[{template}]"}).fetch.release_wheels == [template]
     for bad in ("https://files.corp/vllm/{file}", "https://files.corp/vllm/vllm-{commit}-x.whl",
                 "https://files.corp/vllm/other-{version}-x.whl"):
         with pytest.raises(ConfigError, match="release_wheels"):

@@ -72,7 +72,7 @@ def fleet_run(farm: SshFarm, tmp_path: Path, names: list[str], *, facts_only: bo
                          rerun_failed=rerun_failed, root=root)
     events: list[str] = []
     options = FleetOptions(hosts=hosts, overrides=settings_layer | {"caches": [f"dir:{cache}"] if cache else []},
-                           run_dir=new_run_dir(root), fleet=settings["fleet"], facts_only=facts_only,
+                           run_dir=new_run_dir(root), fleet=settings.fleet, facts_only=facts_only,
                            ansible_inventory=ansible_inventory, echo=events.append)
     data = engine.run(options)
     data["events"] = events

@@ -95,7 +95,7 @@ def test_two_hosts_one_build_one_install_from_the_cache(real_vllm_wheel, tmp_pat
         options = FleetOptions(hosts=hosts, overrides=settings_layer | {
             "caches": [f"dir:{cache}"], "env": {"CCACHE_DIR": str(ccache), "VLLMP_ENV__PYTHON": "3.11", "CCACHE_DEBUG": "1",
                                               "CCACHE_DEBUGDIR": str(ccache_debug), **site_tls()}},
-            run_dir=new_run_dir(tmp_path / "reports"), fleet=settings["fleet"])
+            run_dir=new_run_dir(tmp_path / "reports"), fleet=settings.fleet)
         data = engine.run(options)
         first, second = data["hosts"]
         assert data["ok"] is True, [(h["name"], h["status"], h["detail"]) for h in data["hosts"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 from cuda import needs_nvcc, use_wheel_toolkit
 
 from vllm_provision.catalog import get_release
+from vllm_provision.core import config
 from vllm_provision.plan import BUILD_JOB_PEAK_BYTES, GIB, plan_build
 from vllm_provision.probes import host
 
@@ -26,7 +27,7 @@ def facts_of(d: Path, disk=100 * GIB) -> host.HostFacts:
                            cpu_count=int(read(d, "cpu_count") or 1), disk_free_bytes=disk)
 
 
-SETTINGS = {"build": {"arch_list": None, "max_jobs": None, "parallel_extensions": True, "ccache": True}}
+BUILD = config.resolve({}, environ={}).build       # vllm-provision.yaml's: no arch list, jobs from the host
 
 
 def test_mixed_gpu_host():
@@ -36,7 +37,7 @@ def test_mixed_gpu_host():
     assert f.driver_cuda == "12.4" and f.driver_version == "550.54.15"
     assert [(p.pid, p.used_mib) for p in f.gpu_processes] == [(4242, 1010), (977, 498)]
     assert f.mem_available_bytes == 40 * GIB and f.cpu_count == 64
-    b = plan_build(get_release("0.2.2"), SETTINGS, f)
+    b = plan_build(get_release("0.2.2"), BUILD, f)
     assert b.arch_list == ("7.0", "8.0", "8.9") and b.arch_source == "gpus"
     assert b.torch_cuda_arch_list == "7.0;8.0;8.9"
     assert b.max_jobs == min(64, (40 * GIB) // BUILD_JOB_PEAK_BYTES) == 11
@@ -45,11 +46,11 @@ def test_mixed_gpu_host():
 def test_no_gpu_host_uses_release_archs_and_ram_bounds_jobs():
     f = facts_of(FIX / "hosts" / "nogpu")
     assert f.gpus == () and f.gpu_error and f.driver_cuda is None and f.gpu_processes == ()
-    b = plan_build(get_release("0.2.2"), SETTINGS, f)
+    b = plan_build(get_release("0.2.2"), BUILD, f)
     assert b.arch_list == ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
     assert b.max_jobs == 2                         # 2 cores (20 GiB would allow 5)
     small = host.facts_from(meminfo="MemAvailable: 4194304 kB\n", cpu_count=16)
-    assert plan_build(get_release("0.2.2"), SETTINGS, small).max_jobs == 1
+    assert plan_build(get_release("0.2.2"), BUILD, small).max_jobs == 1
 
 
 def test_recorded_h100():
@@ -68,7 +69,7 @@ def test_recorded_h100():
 def test_arch_list_rendering_per_release():
     f = host.HostFacts()
     for given in ("8.0,9.0", "8.0;9.0", "8.0 9.0", ["8.0", "9.0"]):
-        b = plan_build(get_release("0.2.2"), {"build": {"arch_list": given}}, f)
+        b = plan_build(get_release("0.2.2"), config.resolve({"build": {"arch_list": given}}, environ={}).build, f)
         assert b.torch_cuda_arch_list == "8.0;9.0"      # 0.2.2 splits on ';'/space only: no commas
 
 

@@ -236,10 +236,10 @@ def test_bad_smoke_input_is_the_scripts_own_error_not_a_failed_gpu(ctx, tmp_path
 
 def test_all_gpus_setting_defaults_off_and_comes_from_the_flag_or_the_environment(isolated, monkeypatch):
     facts = two_gpu_facts()
-    assert build_plan({}, facts=facts).smoke["all_gpus"] is False
-    assert build_plan(config.merge(cli_settings(), {"smoke": {"all_gpus": True}}), facts=facts).smoke["all_gpus"] is True
+    assert build_plan({}, facts=facts).smoke.all_gpus is False
+    assert build_plan(config.merge(cli_settings(), {"smoke": {"all_gpus": True}}), facts=facts).smoke.all_gpus is True
     monkeypatch.setenv("VLLMP_SMOKE__ALL_GPUS", "true")
-    assert build_plan({}, facts=facts).smoke["all_gpus"] is True
+    assert build_plan({}, facts=facts).smoke.all_gpus is True
     monkeypatch.setenv("VLLMP_SMOKE__ALL_GPUS", "sometimes")
     with pytest.raises(ConfigError) as err:
         build_plan({}, facts=facts)

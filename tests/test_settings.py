@@ -75,7 +75,7 @@ def test_readme_settings_examples(isolated, given, key, expected):
     is_env = all(k.startswith("VLLMP_") for k in given)
     value = config.resolve({} if is_env else given, {**isolated, **given} if is_env else isolated)
     for part in key:
-        value = value[part]
+        value = getattr(value, part)
     assert value == expected
 
 

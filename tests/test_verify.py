@@ -24,6 +24,7 @@ from vllm_provision import pipeline
 from vllm_provision.checks import install
 from vllm_provision.core import envinfo, runner
 from vllm_provision.core.errors import NotBuiltYet
+from vllm_provision.core.settings import AllowedPipCheck
 from vllm_provision.pipeline import StepContext, StepOutcome, run_steps, stamp_of, step_module
 from vllm_provision.plan import build_plan
 from vllm_provision.probes import envprobe
@@ -167,7 +168,8 @@ def test_pip_check_allows_only_what_the_profile_declares(venv, tmp_path):
     pip(python, "-e", str(src))
     reason = "patch 0002 replaces xformers"
     complaints = envprobe.pip_check(str(python))
-    allowed = install.check_pip(complaints, str(python), [{"package": "vllm", "requires": "xformers", "reason": reason}])
+    allowed = install.check_pip(complaints, str(python),
+                                [AllowedPipCheck(package="vllm", requires="xformers", reason=reason)])
     assert allowed.status == "pass" and reason in allowed.detail
     strict = install.check_pip(complaints, str(python), [])
     assert strict.status == "fail" and "xformers" in strict.detail and "allowed_pip_check" in strict.hint
@@ -323,10 +325,10 @@ def test_cli_verify_end_to_end_on_a_real_workspace(venv, isolated, tmp_path, cuo
 def test_allowed_pip_check_entries_apply_to_their_profiles(isolated):
     seed = build_plan({}, facts=HostFacts())
     host_torch = build_plan({"profile": "host-torch"}, facts=HostFacts())
-    assert [r["requires"] for r in verify.allowed_pip_check(seed.settings, "seed")] == ["xformers"]
-    names = {r["requires"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch")}
+    assert [r.requires for r in verify.allowed_pip_check(seed.settings.verify, "seed")] == ["xformers"]
+    names = {r.requires for r in verify.allowed_pip_check(host_torch.settings.verify, "host-torch")}
     assert {"xformers", "ray", "pydantic"} <= names
-    assert all(r["reason"] for r in verify.allowed_pip_check(host_torch.settings, "host-torch"))
+    assert all(r.reason for r in verify.allowed_pip_check(host_torch.settings.verify, "host-torch"))
     parsed = envprobe.parse_pip_check("vllm 0.2.2+cu130 requires uvicorn[standard], which is not installed.\n"
                                     "vllm 0.2.2 has requirement pydantic==1.10.13, but you have pydantic 2.5.0.\n")
     assert [(p, r) for p, r, _ in parsed] == [("vllm", "uvicorn"), ("vllm", "pydantic")]

@@ -182,10 +182,10 @@ def pinned_artifact_refusal(plan: Plan) -> ProvisionError | None:
     not after the env's minutes of downloads."""
     from vllm_provision.artifacts import install as artifact_install
     from vllm_provision.steps import build as build_step
-    key = (plan.settings.get("artifacts") or {}).get("key")
+    key = plan.settings.artifacts.key
     if not key or plan.env.backend == "existing":
         return None
-    return artifact_install.python_refusal(build_step.cache_entries_of(plan), key, plan.env.python)
+    return artifact_install.python_refusal(build_step.cache_entries(plan.settings.artifacts), key, plan.env.python)
 
 
 def require_gpu(what: str) -> None:
@@ -304,7 +304,7 @@ def wheel_task(out: str | None, push: bool, as_json: bool = False, **flags: Any)
         published = [f"already in {where}"]
         if out:
             plan = make_plan(**flags)
-            wheel = artifact_install.copy_out(build_step.cache_entries_of(plan), key, wheel_sha256,
+            wheel = artifact_install.copy_out(build_step.cache_entries(plan.settings.artifacts), key, wheel_sha256,
                                               Path(out).resolve())
             ui.info(f"[wheel] this workspace installed it from cache {where}: copied to {wheel.path}")
             summary = wheel.summary()
@@ -359,12 +359,12 @@ def catalog_hashes_task(*, release: str | None, mirror: str | None) -> None:
 
     settings = config.resolve(cli_settings(release=release) | (
         {"fetch": {"external_mirrors": [mirror]}} if mirror else {}))
-    chosen = get_release(settings["release"])
+    chosen = get_release(settings.release)
     if not chosen.externals:
         raise ConfigError(f"vLLM {chosen.version} has no external sources in the catalog",
                           hint="add its [[external]] entries first")
     with tempfile.TemporaryDirectory(prefix="vllmp-hashes-") as tmp:
-        for name, digest, files, size in externals.record(chosen, settings, http_settings_of(settings), Path(tmp)):
+        for name, digest, files, size in externals.record(chosen, settings.fetch, http_settings_of(settings), Path(tmp)):
             ui.out.print(f"{name}: tree_sha256 = \"{digest}\"  # {files} files, {size / 1e6:.1f} MB")
 
 
@@ -372,10 +372,10 @@ def lock_task(*, release: str | None, profile: str | None, python: str | None) -
     """`./inv lock`: fetch the release if needed, then compile its lock."""
     plan = build_plan(config.flag_settings({"release": release, "profile": profile, "python": python}),
                       need_lock=False)
-    if plan.env.backend == "existing" or not plan.settings["env"].get("lock"):
+    if plan.env.backend == "existing" or not plan.settings.env.lock:
         raise ConfigError(f"profile {plan.profile} installs no lock (env.backend {plan.env.backend}, "
-                          f"env.lock {plan.settings['env'].get('lock')})", hint="lock a profile such as seed")
-    minor = minor_version(python or plan.settings["env"]["python"])
+                          f"env.lock {plan.settings.env.lock})", hint="lock a profile such as seed")
+    minor = minor_version(python or plan.settings.env.python)
     inputs.check(plan, ["fetch"])
     src = plan.workspace.src
     recipe = lock.load_recipe(plan.release, plan.profile)
@@ -421,7 +421,7 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
         if not eq or not name:
             raise ConfigError(f"--env {item!r} is not NAME=VALUE", hint="e.g. --env CCACHE_DIR=/srv/ccache")
         extra[name] = value
-    caches = caches or list((settings.get("artifacts") or {}).get("caches") or [])
+    caches = caches or settings.artifacts.caches
     if not facts_only and not inputs.writable_caches(caches):   # the builder's wheel reaches the others only so
         raise ConfigError("fleet needs a writable artifact cache the hosts share: the builder pushes its wheel "
                           "there and the other hosts install it from there",
@@ -430,7 +430,7 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
     overrides = layer | {"caches": list(caches), "env": extra, "report_dir": str(root)}
     plays.settings(overrides)                       # a credential is refused before any run dir exists
     options = engine.FleetOptions(
-        hosts=selected, overrides=overrides, run_dir=plays.new_run_dir(root), fleet=settings["fleet"],
+        hosts=selected, overrides=overrides, run_dir=plays.new_run_dir(root), fleet=settings.fleet,
         facts_only=facts_only, ansible_inventory=Path(ansible_inventory) if ansible_inventory else None,
         echo=lambda line: ui.step("fleet", line))
     data = engine.run(options)

@@ -16,9 +16,11 @@ from vllm_provision.catalog import Release, lock_path, patches
 from vllm_provision.checks import CheckStatus, check_driver
 from vllm_provision.checks.toolchain import check_torch_pin
 from vllm_provision.core import config
-from vllm_provision.core.archs import base_arch, split_archs
+from vllm_provision.core.archs import base_arch
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.redact import redact_text
+from vllm_provision.core.settings import Build as BuildSettings
+from vllm_provision.core.settings import Settings, Smoke
 from vllm_provision.core.workspace import Workspace
 from vllm_provision.probes import envprobe, host
 from vllm_provision.sources.externals import ExternalPlan, plan_externals
@@ -100,8 +102,8 @@ class Plan:
     env: EnvPlan
     patches: tuple[PatchPlan, ...]
     build: BuildPlan
-    smoke: Mapping[str, Any]
-    settings: Mapping[str, Any] = field(repr=False)
+    smoke: Smoke
+    settings: Settings = field(repr=False)   # the validated settings, as config.resolve made them
     externals: tuple[ExternalPlan, ...] = ()   # CMake-era releases: the sources their configure would download
 
     def to_dict(self) -> dict:
@@ -117,20 +119,10 @@ class Plan:
             "env": asdict(self.env),
             "patches": [asdict(p) | {"when": dict(p.when)} for p in self.patches],
             "build": asdict(self.build),
-            "smoke": dict(self.smoke),
+            "smoke": self.smoke.model_dump(),
         }
         return json.loads(redact_text(json.dumps(data)))
 
-
-
-def _arch_list(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = split_archs(str(value))
-    return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
 def unsupported_archs(release: Release, archs) -> list[str]:
@@ -234,12 +226,10 @@ def expected_build_seconds(release: Release, archs: int, cores: int) -> int:
     return int(max(COMPILE_CPU_SECONDS_PER_ARCH * archs / max(1, cores), slowest * archs))
 
 
-def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFacts,
-               cuda: str | None = None) -> BuildPlan:
+def plan_build(release: Release, build: BuildSettings, facts: host.HostFacts, cuda: str | None = None) -> BuildPlan:
     """Archs the release cannot build are refused here when configured; when they are this host's GPUs
     the plan keeps them, so that doctor can report them and the build refuses (`gpu_refusal`)."""
-    build = settings["build"]
-    requested = _arch_list(build.get("arch_list"))
+    requested = tuple(dict.fromkeys(build.arch_list or ()))   # the schema split and checked them
     if requested:
         archs, source = requested, "config"
     elif facts.compute_caps:
@@ -253,13 +243,13 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
     if bad and source != "gpus":
         raise arch_refusal(release, bad, source)
     compiler_archs = compilable_archs(release.cuda_archs, cuda)[0]
-    if release.build_system != "cmake" and (build.get("targets") or build.get("time_limit")):
+    if release.build_system != "cmake" and (build.targets or build.time_limit):
         raise ConfigError(f"--targets and --time-limit drive CMake-era builds; vLLM {release.version} builds with "
                           f"{release.build_system}", hint="drop them, or pick a release built with CMake (0.4.0 on)")
     if release.build_system == "cmake":
         return _plan_cmake_build(release, build, facts, archs, source, compiler_archs)
-    if build.get("max_jobs"):
-        max_jobs, reason = int(build["max_jobs"]), "config"
+    if build.max_jobs:
+        max_jobs, reason = build.max_jobs, "config"
     else:
         by_ram = max(1, facts.mem_available_bytes // BUILD_JOB_PEAK_BYTES) if facts.mem_available_bytes else 1
         max_jobs = max(1, min(facts.cpu_count, by_ram))
@@ -272,10 +262,9 @@ def plan_build(release: Release, settings: Mapping[str, Any], facts: host.HostFa
                                      f"for {len(archs)} arch(s)",
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
                      max_jobs=max_jobs, max_jobs_reason=reason,
-                     parallel_extensions=bool(build.get("parallel_extensions", True)),
-                     ccache=bool(build.get("ccache", True)), cpu_placement=build.get("cpu_placement") or "auto",
-                     cpu_pool=build.get("cpu_pool"), critical_unit_cores=build.get("critical_unit_cores"),
-                     compiler_archs=compiler_archs)
+                     parallel_extensions=build.parallel_extensions, ccache=build.ccache,
+                     cpu_placement=build.cpu_placement, cpu_pool=build.cpu_pool,
+                     critical_unit_cores=build.critical_unit_cores, compiler_archs=compiler_archs)
 
 
 def _minutes(seconds: int) -> str:
@@ -283,13 +272,13 @@ def _minutes(seconds: int) -> str:
         f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.HostFacts, archs: tuple[str, ...],
+def _plan_cmake_build(release: Release, build: BuildSettings, facts: host.HostFacts, archs: tuple[str, ...],
                       source: str, compiler_archs: tuple[str, ...]) -> BuildPlan:
     """The CMake-era build: jobs x nvcc threads from free RAM and cores with the release's per-job peak."""
     peak = int((release.job_peak_gib or BUILD_JOB_PEAK_BYTES / GIB) * GIB)
     n_archs = len({base_arch(a) for a in archs}) or 1
     par = choose_parallelism(cpus=facts.cpu_count, mem_available_bytes=facts.mem_available_bytes,
-                             job_peak_bytes=peak, archs=n_archs, max_jobs=build.get("max_jobs"))
+                             job_peak_bytes=peak, archs=n_archs, max_jobs=build.max_jobs)
     expected = expected_cmake_seconds(release, n_archs, par.jobs, par.nvcc_threads)
     return BuildPlan(arch_list=tuple(archs), arch_source=source,
                      torch_cuda_arch_list=release.arch_list_separator.join(archs),
@@ -299,9 +288,8 @@ def _plan_cmake_build(release: Release, build: Mapping[str, Any], facts: host.Ho
                      expected_reason=(f"about {_minutes(expected)}: {compile_work_per_arch(release)} CPU-s of "
                                       f"compile per arch x {n_archs} over {par.jobs} jobs x {par.nvcc_threads} "
                                       f"nvcc thread(s); the progress line refines it"),
-                     parallel_extensions=False, ccache=bool(build.get("ccache", True)), cpu_placement="off",
-                     compiler_archs=compiler_archs, targets=tuple(build.get("targets") or ()),
-                     time_limit=float(build["time_limit"]) if build.get("time_limit") else None)
+                     parallel_extensions=False, ccache=build.ccache, cpu_placement="off",
+                     compiler_archs=compiler_archs, targets=tuple(build.targets), time_limit=build.time_limit)
 
 
 def gpu_refusal(plan: Plan) -> ConfigError | None:
@@ -324,23 +312,23 @@ def host_torch_refusal(plan: Plan) -> ConfigError | None:
     return ConfigError(check.detail, hint=check.hint) if check.status == CheckStatus.FAIL else None
 
 
-def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: Path = PROJECT_ROOT,
+def plan_env(release: Release, profile: str, settings: Settings, root: Path = PROJECT_ROOT,
              interpreters: Mapping[str, str] | None = None) -> EnvPlan:
-    """`interpreters` (minor -> path) replaces interpreter discovery, for tests."""
-    env, pypi, conda = settings["env"], settings["pypi"], settings["conda"]
-    requested = env["backend"]
+    """`interpreters` (minor -> path) replaces interpreter discovery, for tests (and the fleet: a host's)."""
+    env, pypi, conda = settings.env, settings.pypi, settings.conda
+    requested = env.backend
     backend, note = requested, ""
-    python = str(env.get("python") or "")
-    python_path = env.get("python_path")
+    python = env.python
+    python_path = env.python_path
     find = (lambda m: interpreters.get(m)) if interpreters is not None else host.find_interpreter
-    if requested == "conda" and not conda.get("channels"):
+    if requested == "conda" and not conda.channels:
         backend = "venv"
         note = "no conda channel configured (conda.channels): using a venv from the PyPI index instead"
     if backend == "venv" and not python_path:
         wanted = minor_version(python)
         # the release's published Pythons, and any the profile has a committed lock for (tested with it)
         supported = [f"3.{n}" for n in range(8, 16) if release.python_tested.contains(f"3.{n}.0")
-                     or (env.get("lock") and lock_path(release.version, profile, f"3.{n}", root).is_file())]
+                     or (env.lock and lock_path(release.version, profile, f"3.{n}", root).is_file())]
 
         # nearest supported minor first, and among equals one that has a committed lock
         def preference(m: str) -> tuple:
@@ -358,30 +346,27 @@ def plan_env(release: Release, profile: str, settings: Mapping[str, Any], root: 
     if backend == "existing":
         python = "host"
     lock = None
-    if env.get("lock") and backend != "existing":
+    if env.lock and backend != "existing":
         lock = str(lock_path(release.version, profile, minor_version(python), root).relative_to(root))
     return EnvPlan(
         backend=backend, requested_backend=requested, note=note, python=python,
-        python_path=str(python_path) if python_path else None, installer=env.get("installer", "auto"),
-        cuda=str(env["cuda"]) if env.get("cuda") else None, lock=lock,
-        index_url=pypi["index_url"],
-        extra_index_urls=tuple(pypi.get("extra_index_urls") or ()),
-        trusted_hosts=tuple(pypi.get("trusted_hosts") or ()), timeout=int(pypi["timeout"]),
-        retries=int(pypi["retries"]), cert=pypi.get("cert"),
-        channels=tuple(conda.get("channels") or ()), override_channels=bool(conda.get("override_channels", True)),
+        python_path=str(python_path) if python_path else None, installer=env.installer,
+        cuda=env.cuda or None, lock=lock, index_url=pypi.index_url, extra_index_urls=tuple(pypi.extra_index_urls),
+        trusted_hosts=tuple(pypi.trusted_hosts), timeout=int(pypi.timeout), retries=pypi.retries, cert=pypi.cert,
+        channels=tuple(conda.channels), override_channels=conda.override_channels,
     )
 
 
-def plan_sources(release: Release, settings: Mapping[str, Any]) -> tuple[SourcePlan, ...]:
-    fetch, pypi = settings["fetch"], settings["pypi"]
+def plan_sources(release: Release, settings: Settings) -> tuple[SourcePlan, ...]:
+    fetch = settings.fetch
     sdist = release.sdist
     out = []
-    for template in fetch.get("mirrors") or ():   # checked by the settings schema: {file} and {version} only
+    for template in fetch.mirrors:   # checked by the settings schema: {file} and {version} only
         out.append(SourcePlan("mirror", template.format(file=sdist.file, version=release.version), sdist.file,
                               sdist.sha256))
-    if fetch.get("pypi_sdist", True):
-        out.append(SourcePlan("pypi-sdist", pypi["index_url"].rstrip("/") + "/vllm/", sdist.file, sdist.sha256))
-    if fetch.get("github", True):
+    if fetch.pypi_sdist:
+        out.append(SourcePlan("pypi-sdist", settings.pypi.index_url.rstrip("/") + "/vllm/", sdist.file, sdist.sha256))
+    if fetch.github:
         for s in release.sources:
             if s.kind == "github-archive":
                 out.append(SourcePlan("github-archive", s.url, s.file, s.sha256, s.tree_sha256))
@@ -403,10 +388,10 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
                root: Path = PROJECT_ROOT, facts: host.HostFacts | None = None, need_lock: bool = True) -> Plan:
     """`need_lock=False` for `./inv lock`, which writes the lock a complete recipe needs."""
     settings = config.resolve(cli, environ, root)
-    release = catalog.get_release(settings["release"])
-    profile = settings["profile"]
-    cache = Path(os.path.expanduser(str(settings["cache_dir"])))
-    ws_root = Path(os.path.expanduser(str(settings["workspace_root"])))
+    release = catalog.get_release(settings.release)
+    profile = settings.profile
+    cache = Path(os.path.expanduser(settings.cache_dir))
+    ws_root = Path(os.path.expanduser(settings.workspace_root))
     if not ws_root.is_absolute():
         ws_root = root / ws_root
     workspace = Workspace(root=ws_root / f"{release.version}-{profile}", cache=cache)
@@ -419,9 +404,9 @@ def build_plan(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     host_cudas = sorted((n.version for n in facts.nvcc if n.version), key=Version)
     compiler_cuda = env.cuda or (host_cudas[-1] if host_cudas else None)
     return Plan(
-        release=release, profile=profile, offline=bool(settings.get("offline")), workspace=workspace,
+        release=release, profile=profile, offline=settings.offline, workspace=workspace,
         sources=plan_sources(release, settings), env=env,
         patches=tuple(PatchPlan(p.file, p.why, dict(p.when), p.sha256) for p in series),
-        build=plan_build(release, settings, facts, compiler_cuda), smoke=dict(settings["smoke"]), settings=settings,
-        externals=plan_externals(release, settings, cache),
+        build=plan_build(release, settings.build, facts, compiler_cuda), smoke=settings.smoke, settings=settings,
+        externals=plan_externals(release, settings.fetch, cache),
     )

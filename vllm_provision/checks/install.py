@@ -15,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.core.archs import base_arch
+from vllm_provision.core.settings import AllowedPipCheck
 from vllm_provision.probes.envprobe import Bytecode, ImportResult, ImportVllm, PipCheck
 
 
@@ -66,12 +67,11 @@ def check_vllm_install(inspected: Mapping[str, dict], release: str, src: Path, d
     return checks
 
 
-def check_pip(pip: PipCheck, python: str, allowed: Iterable[Mapping[str, str]],
+def check_pip(pip: PipCheck, python: str, allowed: Iterable[AllowedPipCheck],
               ours: Iterable[str] | None = None) -> Check:
     """`pip check`, minus the complaints the profile accepts. With `ours` (the existing-env backend: the
     host's packages are not ours to change), complaints about other packages are only a warning."""
-    rules = [(canonicalize_name(a.get("package", "")), canonicalize_name(a.get("requires", "")), a.get("reason", ""))
-             for a in allowed or ()]
+    rules = [(canonicalize_name(a.package), canonicalize_name(a.requires), a.reason) for a in allowed]
     mine = {canonicalize_name(n) for n in ours} if ours is not None else None
     bad, accepted, foreign = [], [], []
     for pkg, req, line in pip.complaints:

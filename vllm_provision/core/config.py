@@ -243,8 +243,8 @@ def _short(value: Any) -> str:
 
 
 def resolve(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-            root: Path = PROJECT_ROOT) -> dict:
-    """The effective settings, checked against the schema, as a plain dict."""
+            root: Path = PROJECT_ROOT) -> Settings:
+    """The effective settings, checked against the schema: the frozen model every reader takes as it is."""
     environ = os.environ if environ is None else environ
     cli = copy.deepcopy({k: v for k, v in (cli or {}).items() if v is not None})
     _not_utf8_variables(environ)
@@ -263,7 +263,7 @@ def resolve(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | N
     merged = merge(merge(merge(base, profile_data), from_env), cli)
     merged["profile"] = profile
     try:
-        return Settings.model_validate(merged).model_dump()
+        return Settings.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise _invalid(err, layers.source(_setting(err["loc"]))) from None

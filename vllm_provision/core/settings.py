@@ -144,7 +144,8 @@ OptionalText = Annotated[str | None, Field(description='null or a string (quote 
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Frozen: the validated settings travel as they are, read by attribute, never changed on the way."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Fetch(Section):
@@ -269,7 +270,7 @@ class Fleet(Section):
 class Settings(BaseSettings):
     """No defaults here: the defaults file gives every value, so a key it lacks is an error naming it."""
 
-    model_config = SettingsConfigDict(extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__",
                                       enable_decoding=False, env_parse_none_str="null")
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **others):

@@ -237,7 +237,7 @@ def check_archs(plan: Plan, facts: HostFacts, nvcc: NvccInfo | None) -> Check:
 
 
 def _http(timeout: float, plan: Plan) -> HttpSettings:
-    return HttpSettings(timeout=timeout, retries=0, backoff=0.0, cert=plan.settings["pypi"].get("cert"))
+    return HttpSettings(timeout=timeout, retries=0, backoff=0.0, cert=plan.settings.pypi.cert)
 
 
 def _project_files(index_url: str, project: str, settings: HttpSettings) -> list[str]:

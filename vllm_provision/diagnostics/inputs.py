@@ -67,7 +67,7 @@ def writable_caches(caches: Iterable[str]) -> list[Entry]:
 
 def check_push(plan: Plan) -> None:
     """--push needs a cache the wheel can go to."""
-    caches = list(plan.settings["artifacts"].get("caches") or ())
+    caches = plan.settings.artifacts.caches
     if not writable_caches(caches):
         shown = ", ".join(Entry.parse(c).shown for c in caches)
         raise ConfigError("--push needs a writable cache in artifacts.caches, and "
@@ -80,21 +80,20 @@ def check(plan: Plan, steps: Iterable[str]) -> None:
     steps = set(steps)
     _directory(plan.workspace.root, "workspace_root", "the workspace")
     _directory(plan.workspace.cache, "cache_dir", "the cache")
-    artifacts = plan.settings["artifacts"]
-    caches = list(artifacts.get("caches") or ())
+    artifacts = plan.settings.artifacts
+    caches = artifacts.caches
     if "build" in steps:
-        for flag, wanted in (("--require-cache", artifacts.get("require_cache")),
-                             ("--artifact-key", artifacts.get("key"))):
+        for flag, wanted in (("--require-cache", artifacts.require_cache), ("--artifact-key", artifacts.key)):
             if wanted and not caches:
                 raise ConfigError(f"{flag} installs from artifacts.caches, and no cache is set",
                                   hint="set one, e.g. VLLMP_ARTIFACTS__CACHES=dir:/srv/vllm-wheels, "
                                        f"or drop {flag} to compile here")
-        if artifacts.get("push"):
+        if artifacts.push:
             check_push(plan)
         for entry in map(Entry.parse, caches):
-            if entry.kind in ("dir", "static") and entry.writable and artifacts.get("push"):
+            if entry.kind in ("dir", "static") and entry.writable and artifacts.push:
                 _directory(Path(entry.location), "artifacts.caches", f"the cache {entry.shown}")
-    model = plan.smoke.get("model")
+    model = plan.smoke.model
     if model and "smoke" in steps:
         refusal = model_refusal(model)
         if refusal:

@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vllm_provision.core import runner
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.settings import Fleet as FleetSettings
 from vllm_provision.fleet import plays, report
 from vllm_provision.fleet.ansible import PLAYBOOK
 from vllm_provision.fleet.inventory import Host, ansible_tool
@@ -30,7 +30,7 @@ class FleetOptions:
     hosts: list[Host]                      # selected (--limit, --rerun-failed applied)
     overrides: dict                        # settings layer + caches, env, report_dir (plays.settings)
     run_dir: Path
-    fleet: Mapping[str, Any]               # resolved fleet.* settings
+    fleet: FleetSettings                   # resolved fleet.* settings
     facts_only: bool = False
     ansible_inventory: Path | None = None  # the site's inventory, given to Ansible as it is
     echo: Callable[[str], None] | None = None
@@ -52,15 +52,15 @@ def write_inventory(hosts: list[Host], path: Path) -> None:
     path.write_text(json.dumps({"all": {"hosts": ungrouped, "children": groups}}, indent=1))
 
 
-def write_ssh_config(fleet: Mapping[str, Any], path: Path) -> None:
+def write_ssh_config(fleet: FleetSettings, path: Path) -> None:
     """The host-key policy and timeouts for every connection and ProxyJump hop (ssh passes -F on to the jump),
     then the operator's own ssh_config (aliases, User, Port, IdentityFile, ProxyJump)."""
-    known_hosts = Path(os.path.expanduser(fleet["known_hosts"]))
-    user_config = Path(os.path.expanduser(fleet["ssh_config"]))
-    strict = "accept-new" if fleet["host_key_policy"] == "accept-new" else "yes"
+    known_hosts = Path(os.path.expanduser(fleet.known_hosts))
+    user_config = Path(os.path.expanduser(fleet.ssh_config))
+    strict = "accept-new" if fleet.host_key_policy == "accept-new" else "yes"
     lines = ["# vllm-provision fleet run: host keys and timeouts, then the operator's ssh_config",
              f"StrictHostKeyChecking {strict}", f'UserKnownHostsFile "{known_hosts}"', "BatchMode yes",
-             f"ConnectTimeout {int(fleet['connect_timeout'])}", "ServerAliveInterval 15", "ServerAliveCountMax 4"]
+             f"ConnectTimeout {int(fleet.connect_timeout)}", "ServerAliveInterval 15", "ServerAliveCountMax 4"]
     if user_config.is_file():
         lines.append(f'Include "{user_config}"')
     path.write_text("\n".join(lines) + "\n")
@@ -70,7 +70,7 @@ def environment(options: FleetOptions, control_dir: str) -> dict[str, str]:
     fleet = options.fleet
     return {"ANSIBLE_PIPELINING": "True", "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_SSH_ARGS": f"-F {options.run_dir / SSH_CONFIG} -o ControlMaster=auto -o ControlPersist=60s",
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir, "ANSIBLE_TIMEOUT": str(int(fleet["connect_timeout"])),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir, "ANSIBLE_TIMEOUT": str(int(fleet.connect_timeout)),
             "ANSIBLE_PYTHON_INTERPRETER": "python3", "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "True", "ANSIBLE_FORCE_COLOR": "False", "ANSIBLE_DEPRECATION_WARNINGS": "False",
             "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
@@ -94,7 +94,7 @@ def run(options: FleetOptions) -> dict:
         "vllmp_overrides": options.overrides | {"run_dir": str(run_dir)}, "vllmp_facts_only": options.facts_only}))
     # ssh's control sockets must stay under 108 bytes: a short directory of their own, for this run only
     control_dir = tempfile.mkdtemp(prefix="vllmp-cp-")
-    argv = [playbook, "-i", str(inventory), "--limit", f"@{run_dir / 'limit'}", "-f", str(options.fleet["forks"]),
+    argv = [playbook, "-i", str(inventory), "--limit", f"@{run_dir / 'limit'}", "-f", str(options.fleet.forks),
             "-e", f"@{run_dir / 'vars.json'}", str(PLAYBOOK)]
     echo = options.echo or (lambda line: None)
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_provision import catalog, plan
+from vllm_provision.core.settings import Settings
 from vllm_provision.fleet.facts import RemoteFacts
 
 
@@ -38,10 +39,10 @@ class Kind:
         return list(self.fields["archs"])
 
 
-def kind_fields(facts: RemoteFacts, settings: Mapping[str, Any]) -> dict[str, Any] | Outcome:
+def kind_fields(facts: RemoteFacts, settings: Settings) -> dict[str, Any] | Outcome:
     """The kind of a host, or why it has none (no GPU and no arch list, no usable Python, no host torch)."""
-    release = catalog.get_release(settings["release"])
-    archs = list(settings["build"].get("arch_list") or facts.compute_caps)
+    release = catalog.get_release(settings.release)
+    archs = list(settings.build.arch_list or facts.compute_caps)
     if not archs:
         return Outcome("failed", "the host has no GPU (nvidia-smi is not installed) and no arch list is set",
                        "give --arch 9.0 (the archs to build for), or run the fleet on GPU hosts")
@@ -49,13 +50,13 @@ def kind_fields(facts: RemoteFacts, settings: Mapping[str, Any]) -> dict[str, An
     if bad:
         refusal = plan.arch_refusal(release, bad, "gpus")
         return Outcome("failed", refusal.message, refusal.hint)
-    env = plan.plan_env(release, settings["profile"], settings, interpreters=facts.interpreters)
-    fields: dict[str, Any] = {"release": release.version, "profile": settings["profile"], "archs": archs,
+    env = plan.plan_env(release, settings.profile, settings, interpreters=facts.interpreters)
+    fields: dict[str, Any] = {"release": release.version, "profile": settings.profile, "archs": archs,
                               "platform": facts.platform, "glibc": facts.glibc, "gcc": facts.gcc}
     if env.backend == "existing":
         torch = facts.torch or {}
         if not torch.get("version"):
-            return Outcome("failed", f"profile {settings['profile']} reuses the host's torch and there is none "
+            return Outcome("failed", f"profile {settings.profile} reuses the host's torch and there is none "
                            f"({torch.get('error') or 'not probed'})",
                            "install torch with CUDA on the host's python3, or pick another profile")
         fields |= {"python": ".".join(facts.python.split(".")[:2]), "torch": torch["version"],

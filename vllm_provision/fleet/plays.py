@@ -24,6 +24,7 @@ from vllm_provision import PROJECT_ROOT
 from vllm_provision.core import config
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.redact import redact_text
+from vllm_provision.core.settings import Settings
 from vllm_provision.fleet import kinds as kinds_mod
 from vllm_provision.fleet.facts import RemoteFacts
 from vllm_provision.probes import host as host_probe
@@ -42,10 +43,10 @@ def slug(name: str) -> str:
     return name if _SAFE_NAME.match(name) else re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def remote_environment(settings: Mapping[str, Any], caches: list[str], extra: Mapping[str, str]) -> dict[str, str]:
+def remote_environment(settings: Settings, caches: list[str], extra: Mapping[str, str]) -> dict[str, str]:
     """The VLLMP_* variables a host's toolkit runs with. They travel in the module's arguments, which Ansible
     may log (-vvv) or keep in files on the host: a value with a credential is refused here."""
-    env = {"VLLMP_RELEASE": str(settings["release"]), "VLLMP_PROFILE": str(settings["profile"]),
+    env = {"VLLMP_RELEASE": settings.release, "VLLMP_PROFILE": settings.profile,
            "VLLMP_EXTRAS": "", "CI": "1"}         # the toolkit's venv without the test extras; plain output
     if caches:
         env["VLLMP_ARTIFACTS__CACHES"] = json.dumps(caches)
@@ -58,8 +59,8 @@ def remote_environment(settings: Mapping[str, Any], caches: list[str], extra: Ma
     return env
 
 
-def report_root(settings: Mapping[str, Any], override: str | None = None) -> Path:
-    path = Path(os.path.expanduser(override or settings["fleet"]["report_dir"]))
+def report_root(settings: Settings, override: str | None = None) -> Path:
+    path = Path(os.path.expanduser(override or settings.fleet.report_dir))
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
@@ -89,12 +90,10 @@ def _settings(overrides_json: str, key: str | None) -> Any:
     flags set: release, profile, build.arch_list, fleet.*) plus `caches`, `env` (NAME: VALUE for the hosts),
     `report_dir` and `run_dir`. `key`: one dotted value of the result (for play keywords such as serial)."""
     resolved, caches, extra, report_dir, run_dir = _resolve(json.loads(overrides_json))
-    fleet = resolved["fleet"]
-    view = {"release": resolved["release"], "profile": resolved["profile"], "fleet": fleet, "caches": caches,
-            "env": remote_environment(resolved, caches, extra), "gpu_query": host_probe.GPU_QUERY,
-            "host_torch_python": (resolved["env"].get("python_path") or "python3")
-            if resolved["env"]["backend"] == "existing" else None,
-            "remote_dir": remote_dir(fleet["remote_dir"]), "report_root": str(report_root(resolved, report_dir)),
+    view = {"release": resolved.release, "profile": resolved.profile, "fleet": resolved.fleet.model_dump(),
+            "caches": caches, "env": remote_environment(resolved, caches, extra), "gpu_query": host_probe.GPU_QUERY,
+            "host_torch_python": (resolved.env.python_path or "python3") if resolved.env.backend == "existing" else None,
+            "remote_dir": remote_dir(resolved.fleet.remote_dir), "report_root": str(report_root(resolved, report_dir)),
             "run_dir": run_dir}
     if key is None:
         return view
@@ -104,12 +103,12 @@ def _settings(overrides_json: str, key: str | None) -> Any:
     return value
 
 
-def _resolve(overrides: Mapping[str, Any] | None) -> tuple[dict, list[str], dict, str | None, str | None]:
+def _resolve(overrides: Mapping[str, Any] | None) -> tuple[Settings, list[str], dict, str | None, str | None]:
     overrides = dict(overrides or {})
     caches, extra = overrides.pop("caches", None), overrides.pop("env", None) or {}
     report_dir, run_dir = overrides.pop("report_dir", None), overrides.pop("run_dir", None)
     resolved = config.resolve(overrides)
-    return resolved, list(caches or (resolved.get("artifacts") or {}).get("caches") or []), extra, report_dir, run_dir
+    return resolved, list(caches or resolved.artifacts.caches), extra, report_dir, run_dir
 
 
 def known_keys(view: Mapping[str, Any]) -> dict:

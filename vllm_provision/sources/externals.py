@@ -33,6 +33,7 @@ from vllm_provision.core import runner, ui
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_url
+from vllm_provision.core.settings import Fetch as FetchSettings
 from vllm_provision.sources.download import HttpSettings, cache_lock, download, sha256_file
 from vllm_provision.sources.extract import safe_extract, tree_files, tree_sha256
 
@@ -89,22 +90,22 @@ def wheel_name_pattern(version: str) -> str:
     return f"vllm-{version}-*.whl"
 
 
-def release_wheels(version: str, external: External, settings: Mapping, cache: Path) -> list[str]:
+def release_wheels(version: str, external: External, fetch: FetchSettings, cache: Path) -> list[str]:
     """Where a copied external's files may be read from the release's own wheel: each `vllm-<version>-*.whl`
     already in the download cache (`<cache>/sources`), then each `fetch.release_wheels` URL (its `{version}`
     filled in) whose file the cache does not hold yet. None for a compiled external or one without wheel_path."""
     if external.role != "copied" or not external.wheel_path:
         return []
     cached = sorted(p for p in (cache / "sources").glob(wheel_name_pattern(version)) if p.is_file())
-    urls = [t.format(version=version) for t in settings["fetch"].get("release_wheels") or ()]
+    urls = [t.format(version=version) for t in fetch.release_wheels]
     names = {p.name for p in cached}
     return [str(p) for p in cached] + [u for u in urls if _url_file(u) not in names]
 
 
-def plan_externals(release: Release, settings: Mapping, cache: Path) -> tuple[ExternalPlan, ...]:
+def plan_externals(release: Release, fetch: FetchSettings, cache: Path) -> tuple[ExternalPlan, ...]:
     out = []
     for ext in release.externals:
-        shown = [f"{o.kind} {redact_url(o.url)}" for o in _external_origins(release.version, ext, settings, cache)]
+        shown = [f"{o.kind} {redact_url(o.url)}" for o in _external_origins(release.version, ext, fetch, cache)]
         out.append(ExternalPlan(ext.name, ext.repo, ext.ref, ext.override, ext.role, ext.tree_sha256,
                                 archive_name(ext), cached_archive(cache, ext) is not None, tuple(shown)))
     return tuple(out)
@@ -206,15 +207,13 @@ def _tarball_tree(url: str, dest: Path, http: HttpSettings) -> Path:
         archive.unlink(missing_ok=True)
 
 
-def _origins_of(repo: str, commit: str, name: str, settings: Mapping) -> list[Origin]:
-    fetch = settings["fetch"]
-    return origins(repo, commit, name, fetch.get("external_mirrors") or (), bool(fetch.get("github", True)))
+def _origins_of(repo: str, commit: str, name: str, fetch: FetchSettings) -> list[Origin]:
+    return origins(repo, commit, name, fetch.external_mirrors, fetch.github)
 
 
-def _external_origins(version: str, external: External, settings: Mapping, cache: Path) -> list[Origin]:
-    fetch = settings["fetch"]
-    return origins(external.repo, external.ref, external.name, fetch.get("external_mirrors") or (),
-                   bool(fetch.get("github", True)), release_wheels(version, external, settings, cache))
+def _external_origins(version: str, external: External, fetch: FetchSettings, cache: Path) -> list[Origin]:
+    return origins(external.repo, external.ref, external.name, fetch.external_mirrors, fetch.github,
+                   release_wheels(version, external, fetch, cache))
 
 
 def _url_file(url: str) -> str:
@@ -307,11 +306,11 @@ def _no_source(repo: str, commit: str, failures: list[str]) -> StepFailed:
                            "networked host (`./inv bundle`, then `./inv fetch --bundle PATH`)")
 
 
-def _repository_tree(repo: str, commit: str, name: str, work: Path, settings: Mapping, http: HttpSettings,
+def _repository_tree(repo: str, commit: str, name: str, work: Path, fetch: FetchSettings, http: HttpSettings,
                      log: Path | None) -> Path:
     """`repo` at `commit` from the first origin that serves it."""
     failures = []
-    for n, origin in enumerate(_origins_of(repo, commit, name, settings)):
+    for n, origin in enumerate(_origins_of(repo, commit, name, fetch)):
         try:
             return _tree_from(origin, commit, work / f"{name}-{n}", http, log)
         except StepFailed as exc:
@@ -320,12 +319,12 @@ def _repository_tree(repo: str, commit: str, name: str, work: Path, settings: Ma
     raise _no_source(repo, commit, failures)
 
 
-def _with_submodules(external: External, tree: Path, work: Path, settings: Mapping, http: HttpSettings,
+def _with_submodules(external: External, tree: Path, work: Path, fetch: FetchSettings, http: HttpSettings,
                      log: Path | None) -> Path:
     root = tree / external.subdir if external.subdir else tree
     for sub in external.submodules:
         sub_tree = _repository_tree(sub.repo, sub.commit, f"{external.name}-{Path(sub.path).name}", work,
-                                    settings, http, log)
+                                    fetch, http, log)
         target = root / sub.path
         shutil.rmtree(target, ignore_errors=True)   # an archive holds an empty directory for a submodule
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -333,46 +332,46 @@ def _with_submodules(external: External, tree: Path, work: Path, settings: Mappi
     return root
 
 
-def assemble(external: External, work: Path, settings: Mapping, http: HttpSettings, log: Path | None) -> Path:
+def assemble(external: External, work: Path, fetch: FetchSettings, http: HttpSettings, log: Path | None) -> Path:
     """The external's tree as its build sees it: the repository at the commit (its `subdir`), with each
     submodule fetched by its own commit and placed at its path."""
-    tree = _repository_tree(external.repo, external.ref, external.name, work, settings, http, log)
-    return _with_submodules(external, tree, work, settings, http, log)
+    tree = _repository_tree(external.repo, external.ref, external.name, work, fetch, http, log)
+    return _with_submodules(external, tree, work, fetch, http, log)
 
 
-def _fetch_one(version: str, external: External, cache: Path, settings: Mapping, http: HttpSettings,
+def _fetch_one(version: str, external: External, cache: Path, fetch: FetchSettings, http: HttpSettings,
                log: Path | None) -> Path:
     """Each origin in turn until one serves a tree whose content is the catalog's (a mirror serving other
     files for the commit, or a wheel with other copies, is reported and passed over)."""
     failures = []
-    for n, origin in enumerate(_external_origins(version, external, settings, cache)):
+    for n, origin in enumerate(_external_origins(version, external, fetch, cache)):
         with tempfile.TemporaryDirectory(dir=cache_dir(cache)) as tmp:
             try:
                 if origin.kind == "wheel":
                     wheel = _release_wheel(origin.url, version, cache, http)
                     return _store(cache, external, _wheel_tree(external, wheel, Path(tmp) / f"{external.name}-{n}"))
                 tree = _tree_from(origin, external.ref, Path(tmp) / f"{external.name}-{n}", http, log)
-                return _store(cache, external, _with_submodules(external, tree, Path(tmp), settings, http, log))
+                return _store(cache, external, _with_submodules(external, tree, Path(tmp), fetch, http, log))
             except StepFailed as exc:
                 failures.append(f"{origin.kind} {redact_url(origin.url)}: {exc.message}")
                 ui.info(f"{external.name}: {failures[-1]}; trying the next source")
     raise _no_source(external.repo, external.ref, failures)
 
 
-def record(release: Release, settings: Mapping, http: HttpSettings, work: Path) -> list[tuple[str, str, int, int]]:
+def record(release: Release, fetch: FetchSettings, http: HttpSettings, work: Path) -> list[tuple[str, str, int, int]]:
     """For whoever adds a release to the catalog: each external fetched through the configured sources and
     hashed over its include globs, unverified: (name, tree_sha256, files, bytes). Compare with a second source."""
     out = []
     for external in release.externals:
         with tempfile.TemporaryDirectory(dir=work) as tmp:
-            root = assemble(external, Path(tmp), settings, http, None)
+            root = assemble(external, Path(tmp), fetch, http, None)
             files = tree_files(root, external.globs)
             out.append((external.name, tree_sha256(root, external.globs), len(files),
                         sum(f.lstat().st_size for f in files)))
     return out
 
 
-def obtain(release: Release, cache: Path, settings: Mapping, http: HttpSettings, *, offline: bool,
+def obtain(release: Release, cache: Path, fetch: FetchSettings, http: HttpSettings, *, offline: bool,
            log: Path | None = None, say: Callable[[str], None] = ui.info) -> dict[str, Path]:
     """Every external of `release` verified in the cache (fetched when missing unless offline): name -> archive."""
     cache_dir(cache).mkdir(parents=True, exist_ok=True)
@@ -388,7 +387,7 @@ def obtain(release: Release, cache: Path, settings: Mapping, http: HttpSettings,
         with cache_lock(archive):
             if cached_archive(cache, external) is None:
                 say(f"external {n}/{len(release.externals)}: {external.short}")
-                _fetch_one(release.version, external, cache, settings, http, log)
+                _fetch_one(release.version, external, cache, fetch, http, log)
         out[external.name] = archive
     return out
 

@@ -8,7 +8,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin
 
@@ -16,6 +16,7 @@ from vllm_provision.core import ui
 from vllm_provision.core.errors import ConfigError, StepFailed
 from vllm_provision.core.progress import progress
 from vllm_provision.core.redact import redact_url
+from vllm_provision.core.settings import Settings
 from vllm_provision.plan import Plan, SourcePlan
 from vllm_provision.sources.download import HttpSettings, NotFound, cache_lock, download, fetch_text, sha256_file
 from vllm_provision.sources.extract import safe_extract, tree_sha256
@@ -55,10 +56,9 @@ def sdist_url_from_index(project_url: str, filename: str, settings: HttpSettings
                    hint="the index/mirror does not carry this release; the next source is tried")
 
 
-def http_settings_of(settings: Mapping) -> HttpSettings:
-    fetch = settings["fetch"]
-    return HttpSettings(timeout=float(fetch["timeout"]), retries=int(fetch["retries"]),
-                        backoff=float(fetch["backoff"]), cert=settings["pypi"].get("cert"))
+def http_settings_of(settings: Settings) -> HttpSettings:
+    return HttpSettings(timeout=settings.fetch.timeout, retries=settings.fetch.retries,
+                        backoff=settings.fetch.backoff, cert=settings.pypi.cert)
 
 
 def http_settings(plan: Plan) -> HttpSettings:

@@ -52,6 +52,7 @@ from vllm_provision.core import envinfo, runner, timings
 from vllm_provision.core.archs import base_archs
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.progress import progress
+from vllm_provision.core.settings import Artifacts as ArtifactSettings
 from vllm_provision.core.ui import duration
 from vllm_provision.diagnostics import preflight
 from vllm_provision.envs.common import choose_installer
@@ -109,7 +110,7 @@ def run(ctx: StepContext) -> StepOutcome:
     info = envinfo.load(ws)
     if not (ws.src / "setup.py").is_file():
         raise StepFailed(f"no setup.py in {ws.src}", hint="run `./inv fetch` first")
-    if artifact_mode(ctx) != "build":
+    if artifact_mode(ctx.plan.settings.artifacts) != "build":
         hit = install_from_cache(ctx, info)
         if hit:
             return hit
@@ -117,7 +118,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if ctx.plan.release.build_system == "cmake":
         return run_cmake(ctx, info)
     built = compile_setuptools(ctx, info)
-    return publish(ctx, info, built) if artifact_settings(ctx).get("push") else built
+    return publish(ctx, info, built) if ctx.plan.settings.artifacts.push else built
 
 
 def same_headers(ctx: StepContext, info: envinfo.EnvInfo) -> None:
@@ -381,27 +382,22 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
 
 
 # ------------------------------------------------------------------------------------------------ artifacts
-def artifact_settings(ctx: StepContext) -> dict:
-    return dict(ctx.plan.settings.get("artifacts") or {})
-
-
-def artifact_mode(ctx: StepContext) -> str:
+def artifact_mode(artifacts: ArtifactSettings) -> str:
     """build: no cache configured | cache-or-build: a miss compiles | cache-only: a miss fails."""
-    settings = artifact_settings(ctx)
-    if settings.get("require_cache"):
+    if artifacts.require_cache:
         return "cache-only"
-    return "cache-or-build" if settings.get("caches") else "build"
+    return "cache-or-build" if artifacts.caches else "build"
 
 
 def planned_key(ctx: StepContext, info: envinfo.EnvInfo) -> str:
     """The pinned key (--artifact-key), else the one the plan and this host give; StepFailed when a field of
     it is unknown here."""
-    return artifact_settings(ctx).get("key") or artifact_manifest.compute_key(key_fields(ctx, info))
+    return ctx.plan.settings.artifacts.key or artifact_manifest.compute_key(key_fields(ctx, info))
 
 
 def stamped_key(ctx: StepContext, info: envinfo.EnvInfo) -> str | None:
     """The key the build stands for when caches are consulted or a key is pinned; None: compiled, no cache."""
-    if artifact_mode(ctx) == "build" and not artifact_settings(ctx).get("key"):
+    if artifact_mode(ctx.plan.settings.artifacts) == "build" and not ctx.plan.settings.artifacts.key:
         return None
     try:
         return planned_key(ctx, info)
@@ -409,12 +405,8 @@ def stamped_key(ctx: StepContext, info: envinfo.EnvInfo) -> str | None:
         return "not computable here"
 
 
-def cache_entries(ctx: StepContext) -> list[artifact_cache.Entry]:
-    return cache_entries_of(ctx.plan)
-
-
-def cache_entries_of(plan) -> list[artifact_cache.Entry]:
-    return [artifact_cache.Entry.parse(e) for e in (plan.settings.get("artifacts") or {}).get("caches") or ()]
+def cache_entries(artifacts: ArtifactSettings) -> list[artifact_cache.Entry]:
+    return [artifact_cache.Entry.parse(e) for e in artifacts.caches]
 
 
 def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
@@ -448,7 +440,7 @@ def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Targ
 
 def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome | None:
     """The build from the first cache that holds its key, installed verified; None on a miss that may compile."""
-    mode, entries = artifact_mode(ctx), cache_entries(ctx)
+    mode, entries = artifact_mode(ctx.plan.settings.artifacts), cache_entries(ctx.plan.settings.artifacts)
     try:
         key = planned_key(ctx, info)
     except FactsUnreadable:     # a stale patch record: its key could name another build
@@ -494,7 +486,7 @@ def wheel_and_publish(ctx: StepContext, info: envinfo.EnvInfo, out_dir: Path, pu
                        env=env, info=info, log=log)
     ctx.say(f"wheel {wheel.path} (key {wheel.manifest['key']})")
     published = []
-    for entry in cache_entries(ctx) if push else ():
+    for entry in cache_entries(ctx.plan.settings.artifacts) if push else ():
         if entry.writable:
             published.append(artifact_cache.publish(entry, wheel.path, log))
             ctx.say(published[-1])

@@ -30,7 +30,7 @@ def intact(ctx: StepContext) -> bool:
 
 
 def import_bundle(ctx: StepContext) -> None:
-    bundle = ctx.plan.settings["fetch"].get("bundle")
+    bundle = ctx.plan.settings.fetch.bundle
     if bundle:
         path = Path(bundle).expanduser()
         count = externals.import_bundle(ctx.plan.release, path, ctx.plan.workspace.downloads,
@@ -41,7 +41,7 @@ def import_bundle(ctx: StepContext) -> None:
 def obtain_externals(ctx: StepContext) -> dict:
     if not ctx.plan.release.externals:
         return {}
-    got = externals.obtain(ctx.plan.release, ctx.plan.workspace.cache, ctx.plan.settings, http_settings(ctx.plan),
+    got = externals.obtain(ctx.plan.release, ctx.plan.workspace.cache, ctx.plan.settings.fetch, http_settings(ctx.plan),
                            offline=ctx.plan.offline, log=ctx.log, say=ctx.say)
     ctx.say(externals.summary(got))
     return {name: path.name for name, path in got.items()}

@@ -47,7 +47,7 @@ def _scripts_hash() -> str:
 
 def stamp_inputs(ctx: StepContext) -> dict:
     # all_gpus off leaves the stamp as it was before the setting existed: no smoke reruns for it
-    smoke = {k: v for k, v in ctx.plan.smoke.items() if k != "all_gpus" or v}
+    smoke = {k: v for k, v in ctx.plan.smoke.model_dump().items() if k != "all_gpus" or v}
     return {"smoke": smoke, "scripts": _scripts_hash(),
             "gpus": [g.uuid or g.name for g in ctx.facts.gpus], "built": built_digest(ctx)}
 
@@ -60,12 +60,12 @@ def make_tiny_model(python: str, out: Path, log: Path | None = None) -> Path:
 
 
 def resolve_model(ctx: StepContext, python: str) -> Path:
-    model = ctx.plan.smoke.get("model")
+    model = ctx.plan.smoke.model
     if model:
         refusal = inputs.model_refusal(model)   # checked before the first step too; the directory may have changed
         if refusal:
             raise refusal
-        return Path(str(model)).expanduser()
+        return Path(model).expanduser()
     ctx.say("no --model given: making the tiny ChatGLM checkpoint")
     return make_tiny_model(python, ctx.workspace.root / "models" / "tiny-chatglm", ctx.log)
 
@@ -73,10 +73,10 @@ def resolve_model(ctx: StepContext, python: str) -> Path:
 def generate_argv(ctx: StepContext, python: str, model: Path, out: Path | str) -> list:
     """smoke/generate.py's command line for the plan's smoke settings."""
     argv = [python, SMOKE_DIR / "generate.py", "--model", model, "--out", out,
-            "--gpu-memory-utilization", str(ctx.plan.smoke.get("gpu_memory_utilization") or 0.9),
+            "--gpu-memory-utilization", str(ctx.plan.smoke.gpu_memory_utilization),
             "--engine", ctx.plan.release.llm_engine]
-    if ctx.plan.smoke.get("max_model_len"):
-        argv += ["--max-model-len", str(ctx.plan.smoke["max_model_len"])]
+    if ctx.plan.smoke.max_model_len:
+        argv += ["--max-model-len", str(ctx.plan.smoke.max_model_len)]
     return argv
 
 
@@ -104,8 +104,8 @@ def run(ctx: StepContext) -> StepOutcome:
                                                    "the smoke needs one: run `./inv smoke` on the GPU host")
     env = envinfo.load(ctx.workspace)
     model = resolve_model(ctx, env.python)
-    if ctx.plan.smoke.get("all_gpus"):
-        if ctx.plan.smoke.get("parity"):
+    if ctx.plan.smoke.all_gpus:
+        if ctx.plan.smoke.parity:
             ctx.say("kernel parity runs with the single-GPU smoke (smoke.all_gpus off), not on every GPU")
         return run_all_gpus(ctx, env.python, model)
     out = ctx.workspace.root / "smoke.json"
@@ -127,7 +127,7 @@ def run(ctx: StepContext) -> StepOutcome:
              "num_cpu_blocks": (smoke.get("cache") or {}).get("num_cpu_blocks"),
              "kv_cache_tokens": kv_facts(smoke).capacity_tokens if smoke.get("engine") == "v1" else None,
              "timings": smoke.get("timings")}
-    if ctx.plan.smoke.get("parity"):
+    if ctx.plan.smoke.parity:
         facts["parity"] = run_parity(ctx, env.python, model)
     failed = verdict.failed()
     if failed:

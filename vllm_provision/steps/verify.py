@@ -39,6 +39,8 @@ from vllm_provision.checks.install import (
 from vllm_provision.core import envinfo
 from vllm_provision.core.archs import base_arch, split_archs
 from vllm_provision.core.errors import NotBuiltYet, ProvisionError, StepFailed
+from vllm_provision.core.settings import AllowedPipCheck
+from vllm_provision.core.settings import Verify as VerifySettings
 from vllm_provision.envs.lock import pinned
 from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp, upstream_facts
 from vllm_provision.probes import envprobe
@@ -54,14 +56,9 @@ def _lock_file(ctx: StepContext, info: envinfo.EnvInfo) -> Path | None:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def allowed_pip_check(settings: Mapping, profile: str) -> list[dict]:
+def allowed_pip_check(verify: VerifySettings, profile: str) -> list[AllowedPipCheck]:
     """verify.allowed_pip_check entries for this profile (an entry with `profiles:` applies only to those)."""
-    rules = (settings.get("verify") or {}).get("allowed_pip_check") or ()
-    return [dict(r) for r in rules if not r.get("profiles") or profile in r["profiles"]]
-
-
-def _settings(ctx: StepContext) -> dict:
-    return dict(ctx.plan.settings.get("verify") or {})
+    return [r for r in verify.allowed_pip_check if not r.profiles or profile in r.profiles]
 
 
 def required_archs(ctx: StepContext) -> tuple[tuple[str, ...], str]:
@@ -134,7 +131,7 @@ def vllm_install(v: Verifying) -> list[Check]:
 
 def pip_clean(v: Verifying) -> list[Check]:
     ours = ["vllm", *(v.lock or {})] if v.info.backend == "existing" else None
-    allowed = allowed_pip_check(v.ctx.plan.settings, v.ctx.plan.profile)
+    allowed = allowed_pip_check(v.ctx.plan.settings.verify, v.ctx.plan.profile)
     return [check_pip(envprobe.pip_check(v.info.python, v.ctx.log), v.info.python, allowed, ours)]
 
 
@@ -165,8 +162,7 @@ def sass(v: Verifying) -> list[Check]:
 
 
 def _import_vllm(ctx: StepContext, info: envinfo.EnvInfo) -> envprobe.ImportVllm:
-    timeout = float(_settings(ctx).get("import_timeout") or envprobe.IMPORT_TIMEOUT)
-    return envprobe.import_vllm(info.python, ctx.log, timeout)
+    return envprobe.import_vllm(info.python, ctx.log, ctx.plan.settings.verify.import_timeout)
 
 
 def _imports_vllm_here(ctx: StepContext) -> bool:
@@ -210,7 +206,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
         info = envinfo.load(ctx.workspace)
     except ProvisionError:
         info = None
-    return {"release": ctx.plan.release.version, "archs": required_archs(ctx), "settings": _settings(ctx),
+    return {"release": ctx.plan.release.version, "archs": required_archs(ctx), "settings": ctx.plan.settings.verify.model_dump(),
             "lock": ctx.plan.env.lock, "dists": _dists_digest(info), "built": built_digest(ctx)}
 
 
