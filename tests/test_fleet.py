@@ -10,6 +10,7 @@ phase runs tests/fixtures/fleet/inv-standin (SshFarm.standin) as the toolkit com
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,6 +26,7 @@ from vllm_provision.fleet import report as fleet_report
 from vllm_provision.fleet.engine import FleetOptions, select_hosts
 from vllm_provision.fleet.inventory import read_hosts_file
 from vllm_provision.fleet.plays import new_run_dir
+from vllm_provision.fleet.report import HostStatus
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "vllm_provision" / "schemas"
 
@@ -445,7 +447,8 @@ def test_without_the_fleet_extra_the_error_names_it():
 def test_rerun_failed_reads_only_a_current_fleet_report(tmp_path):
     root = tmp_path / "reports"
     run_dir = root / "20261204-000000"
-    results = [fleet_report.HostResult("gpu-a", status="ok"), fleet_report.HostResult("gpu-b", status="failed")]
+    results = [fleet_report.HostResult("gpu-a", status=HostStatus.OK),
+               fleet_report.HostResult("gpu-b", status=HostStatus.FAILED)]
     data = {"started": "2026-12-04T00:00:00Z", "seconds": 1.0, "release": "0.2.2", "profile": "pypi-cu13",
             "facts_only": True, "policy": {"forks": 4, "max_fail_percent": 0.0}, "host_key_policy": "strict",
             "caches": [], "kinds": []}
@@ -459,3 +462,16 @@ def test_rerun_failed_reads_only_a_current_fleet_report(tmp_path):
         fleet_report.failed_hosts(root)
     assert "not a fleet report this toolkit reads" in str(refused.value)
     assert "without --rerun-failed" in refused.value.hint
+
+
+def test_the_host_modules_report_only_statuses_the_fleet_report_knows():
+    """The modules run on the hosts without the toolkit, so they spell a host's status themselves: every
+    status they can send is a HostStatus (the collector reads it as one; an unknown word would stop the run)."""
+    library = Path(__file__).resolve().parent.parent / "vllm_provision" / "fleet" / "ansible" / "library"
+    sent = set()
+    for module in library.glob("*.py"):
+        text = module.read_text()
+        sent |= set(re.findall(r'"status": "([^"]+)"', text)) | set(re.findall(r'\bfail\("([^"]+)"', text))
+    assert {"failed", "timed out"} <= sent          # the scan finds them (the modules' own words)
+    assert sent <= {s.value for s in fleet_report.STATUSES}
+    assert "pending" not in {s.value for s in fleet_report.STATUSES}       # never a written host's status

@@ -368,7 +368,6 @@ def test_fd_capture_sees_the_engine_core_child_process(tmp_path):
 
 def test_the_smoke_step_passes_the_catalogs_engine(isolated):
     from vllm_provision.cli import cli_settings
-    from vllm_provision.pipeline import StepContext
     from vllm_provision.plan import build_plan
     from vllm_provision.probes.host import HostFacts
     from vllm_provision.steps.smoke import generate_argv
@@ -376,7 +375,7 @@ def test_the_smoke_step_passes_the_catalogs_engine(isolated):
                       mem_total_bytes=128 << 30, disk_free_bytes=100 << 30)
     for release, engine in (("0.2.2", "v0"), ("0.26.0", "v1")):
         plan = build_plan(cli_settings(release=release), facts=facts, need_lock=False)   # no lock needed to plan a smoke
-        argv = [str(a) for a in generate_argv(StepContext(plan, facts, "smoke"), "python", Path("/m"), "/o.json")]
+        argv = [str(a) for a in generate_argv(plan, "python", Path("/m"), "/o.json")]
         assert argv[argv.index("--engine") + 1] == engine
 
 

@@ -403,6 +403,7 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
     report; the exit code."""
     from vllm_provision.core.settings import CacheEntry, Forks, HostKeyPolicy, Percent
     from vllm_provision.fleet import engine, plays
+    from vllm_provision.fleet.report import HostStatus
     kinds = {"forks": Forks, "max_fail_percent": Percent, "host_key_policy": HostKeyPolicy}
     fleet = {name: config.flag_value(name.replace("_", "-"), value, kinds[name]) for name, value in fleet.items()}
     caches = [config.flag_value("cache", c, CacheEntry) for c in caches]   # before any host is read or reached
@@ -442,7 +443,7 @@ def fleet_task(*, hosts: str | None, ansible_inventory: str | None, limit: str |
     ui.console.print(table)
     ui.info(f"report: {options.run_dir / 'fleet-report.md'} (and .json, junit.xml; Ansible's output: ansible.log)")
     if not data["ok"]:
-        bad = [h for h in data["hosts"] if h["status"] != "ok"]
+        bad = [h for h in data["hosts"] if h["status"] != HostStatus.OK]
         ui.error(f"{len(bad)} of {len(data['hosts'])} hosts did not pass: "
                  + ", ".join(f"{h['name']} {h['status']}" for h in bad[:5]) + (" ..." if len(bad) > 5 else ""),
                  "fix them (see the report's `Not ok` table), then ./inv fleet ... --rerun-failed")

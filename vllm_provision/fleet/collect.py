@@ -12,13 +12,16 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vllm_provision.checks import CheckStatus
 from vllm_provision.fleet import plays, report
+from vllm_provision.fleet.report import HostStatus
 from vllm_provision.steps.facts import FactsUnreadable, SmokeFacts, StepStatus
 
 Echo = Callable[[str], None]
+# Ansible's word for one task's result on one host (its callback's v2_runner_on_* events), not a host's outcome
+TaskStatus = Literal["ok", "failed", "skipped", "unreachable"]
 
 
 def unreachable(host: str, message: str, known_hosts: str) -> dict:
@@ -27,19 +30,19 @@ def unreachable(host: str, message: str, known_hosts: str) -> dict:
     text = (found.group(1) if found else message).strip()
     last = (text.splitlines() or [""])[-1].strip()
     if re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for \S+ has changed", text):
-        return {"status": "refused", "detail": f"the host key of {host} changed (it is not the key in {known_hosts})",
+        return {"status": HostStatus.REFUSED, "detail": f"the host key of {host} changed (it is not the key in {known_hosts})",
                 "hint": f"if the host was reinstalled, check the new key out of band, then `ssh-keygen -R HOST -f "
                         f"{known_hosts}` and `ssh-keyscan HOST >> {known_hosts}`; otherwise this may be another "
                         "machine answering for it"}
     if re.search(r"host key is known for|Host key verification failed", text):
-        return {"status": "refused", "detail": f"the host key of {host} is not in {known_hosts}",
+        return {"status": HostStatus.REFUSED, "detail": f"the host key of {host} is not in {known_hosts}",
                 "hint": f"add it after checking it: `ssh-keyscan -H HOST >> {known_hosts}`, or run with "
                         "--host-key-policy accept-new to learn keys of new hosts"}
     if "Permission denied" in text:
-        return {"status": "unreachable", "detail": f"authentication failed for {host}: {last}",
+        return {"status": HostStatus.UNREACHABLE, "detail": f"authentication failed for {host}: {last}",
                 "hint": f"check the user and IdentityFile in ssh_config (or the ssh agent); `ssh {host} true` "
                         "must work without a password"}
-    return {"status": "unreachable", "detail": f"cannot connect to {host}: {last or 'no answer'}",
+    return {"status": HostStatus.UNREACHABLE, "detail": f"cannot connect to {host}: {last or 'no answer'}",
             "hint": f"check that {host} is up and sshd listens (`ssh -v {host} true`); raise "
                     "fleet.connect_timeout for slow links"}
 
@@ -47,12 +50,12 @@ def unreachable(host: str, message: str, known_hosts: str) -> dict:
 def _module_failure(result: dict) -> dict:
     text = " ".join(str(result.get(k) or "") for k in ("msg", "module_stderr", "module_stdout"))
     if "in the expected time frame" in text:        # Ansible's task timeout: the backstop after the module's own
-        return {"status": "timed out", "detail": str(result.get("msg")).strip(),
+        return {"status": HostStatus.TIMED_OUT, "detail": str(result.get("msg")).strip(),
                 "hint": "the host or its link stopped answering; check it with `ssh HOST true`"}
     if result.get("rc") == 127 and "python3" in text:
-        return {"status": "failed", "detail": "python3 is not installed on the host",
+        return {"status": HostStatus.FAILED, "detail": "python3 is not installed on the host",
                 "hint": "install python3 (3.10+ for the toolkit)", "exit_code": 127}
-    return {"status": "failed", "detail": str(result.get("msg") or "the task failed").strip(),
+    return {"status": HostStatus.FAILED, "detail": str(result.get("msg") or "the task failed").strip(),
             "hint": None, "exit_code": result.get("rc")}
 
 
@@ -94,8 +97,8 @@ class Collector:
         if "vllmp_kinds" in facts and self.kinds is None:
             self.kinds = facts["vllmp_kinds"]
 
-    def result(self, host: str, phase: str | None, status: str, data: dict, seconds: float) -> None:
-        """One task's result on one host: status ok | failed | skipped | unreachable."""
+    def result(self, host: str, phase: str | None, status: TaskStatus, data: dict, seconds: float) -> None:
+        """One task's result on one host, as Ansible reports it."""
         row = self.host(host)
         if phase or status == "unreachable":        # the run's own set-up tasks are nobody's time
             row.seconds += seconds
@@ -140,7 +143,7 @@ class Collector:
         elif phase == "install":
             self.step(row, "install", seconds)
             self.remote_report(row, data.get("report"))
-            row.status = "ok"
+            row.status = HostStatus.OK
         elif phase == "report" and data.get("encoding") == "base64":
             self.bundles[host] = data["content"]
 
@@ -150,7 +153,7 @@ class Collector:
 
     def end(self, row: report.HostResult, phase: str, outcome: dict) -> None:
         row.phase = outcome.get("phase") or phase
-        row.status, row.detail, row.hint = outcome["status"], outcome.get("detail") or "", outcome.get("hint")
+        row.status, row.detail, row.hint = HostStatus(outcome["status"]), outcome.get("detail") or "", outcome.get("hint")
         row.exit_code = outcome.get("exit_code")
         self.echo(f"{row.name} {row.phase} {row.status} ({row.seconds:.1f} s)")
 
@@ -184,7 +187,7 @@ class Collector:
         kinds = (self.kinds or {}).get("kinds", {})
         fleet = self.view["fleet"]
         budget = float(fleet["max_fail_percent"])
-        failed = sum(self.results[h].status != "ok" for h in self.installed)
+        failed = sum(self.results[h].status != HostStatus.OK for h in self.installed)
         for name in self.order:
             row = self.results[name]
             kind = self.kind_of(name)
@@ -195,24 +198,25 @@ class Collector:
                 entry = kind.get("built") or kind.get("known") or {}
                 if "install" in row.steps and not row.key:
                     row.key, row.sha256 = entry.get("key"), entry.get("sha256")
-            if row.status != "pending":
+            if row.status != HostStatus.PENDING:
                 continue
             if stopped:
-                row.status, row.detail = "failed", "the run was interrupted"
+                row.status, row.detail = HostStatus.FAILED, "the run was interrupted"
             elif kind is None:
-                row.status, row.detail = "failed", "the host did not finish (see ansible.log)"
+                row.status, row.detail = HostStatus.FAILED, "the host did not finish (see ansible.log)"
             elif self.facts_only:
-                row.status = "ok"
-            elif self.results[kind["canary"]].status != "ok":
-                row.status, row.detail = "skipped", f"the canary {self.names[kind['canary']]} of kind {kind['id']} did not pass"
+                row.status = HostStatus.OK
+            elif self.results[kind["canary"]].status != HostStatus.OK:
+                row.status = HostStatus.SKIPPED
+                row.detail = f"the canary {self.names[kind['canary']]} of kind {kind['id']} did not pass"
                 row.hint = f"fix {self.names[kind['canary']]} (see its row), then rerun with --rerun-failed"
             elif failed * 100 > budget * max(len(self.installed), 1):
-                row.status = "skipped"
+                row.status = HostStatus.SKIPPED
                 row.detail = (f"failure budget spent: {failed} of {len(self.installed)} hosts failed (more than "
                               f"max_fail_percent {budget:g} %)")
                 row.hint = "fix the failed hosts, then rerun with --rerun-failed"
             else:
-                row.status = "skipped"
+                row.status = HostStatus.SKIPPED
                 row.detail = "every host of the batch before failed, and Ansible ends a play then"
                 row.hint = "fix the failed hosts, then rerun with --rerun-failed"
         self.unpack_bundles()

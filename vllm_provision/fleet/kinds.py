@@ -16,12 +16,13 @@ from typing import Any
 from vllm_provision import catalog, plan
 from vllm_provision.core.settings import Settings
 from vllm_provision.fleet.facts import RemoteFacts
+from vllm_provision.fleet.report import HostStatus
 
 
 @dataclass
 class Outcome:
     """How a host ended, when it did not end well."""
-    status: str                    # failed | unreachable | timed out | refused | skipped
+    status: HostStatus
     detail: str
     hint: str | None = None
     exit_code: int | None = None
@@ -44,25 +45,25 @@ def kind_fields(facts: RemoteFacts, settings: Settings) -> dict[str, Any] | Outc
     release = catalog.get_release(settings.release)
     archs = list(settings.build.arch_list or facts.compute_caps)
     if not archs:
-        return Outcome("failed", "the host has no GPU (nvidia-smi is not installed) and no arch list is set",
+        return Outcome(HostStatus.FAILED, "the host has no GPU (nvidia-smi is not installed) and no arch list is set",
                        "give --arch 9.0 (the archs to build for), or run the fleet on GPU hosts")
     bad = plan.unsupported_archs(release, archs)
     if bad:
         refusal = plan.arch_refusal(release, bad, "gpus")
-        return Outcome("failed", refusal.message, refusal.hint)
+        return Outcome(HostStatus.FAILED, refusal.message, refusal.hint)
     env = plan.plan_env(release, settings.profile, settings, interpreters=facts.interpreters)
     fields: dict[str, Any] = {"release": release.version, "profile": settings.profile, "archs": archs,
                               "platform": facts.platform, "glibc": facts.glibc, "gcc": facts.gcc}
     if env.backend == "existing":
         torch = facts.torch or {}
         if not torch.get("version"):
-            return Outcome("failed", f"profile {settings.profile} reuses the host's torch and there is none "
+            return Outcome(HostStatus.FAILED, f"profile {settings.profile} reuses the host's torch and there is none "
                            f"({torch.get('error') or 'not probed'})",
                            "install torch with CUDA on the host's python3, or pick another profile")
         fields |= {"python": ".".join(facts.python.split(".")[:2]), "torch": torch["version"],
                    "torch_cuda": torch.get("cuda"), "cxx11_abi": torch.get("cxx11_abi")}
     elif not env.python_path:
-        return Outcome("failed", f"no Python interpreter for the env: {env.note}",
+        return Outcome(HostStatus.FAILED, f"no Python interpreter for the env: {env.note}",
                        "install python3.10, 3.11 or 3.12 with the venv module on the host")
     else:
         fields["python"] = env.python

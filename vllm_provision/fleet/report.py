@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from vllm_provision import report as run_report
@@ -14,7 +15,24 @@ from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_text
 
-STATUSES = ("ok", "failed", "unreachable", "timed out", "refused", "skipped")
+
+class HostStatus(str, Enum):
+    """A host's outcome in a fleet run (fleet-report.json's `status`). A str, as CheckStatus is, so the JSON
+    is unchanged. The modules that run on the hosts (ansible/library/) cannot import it and write the same
+    words; tests/test_fleet.py keeps them in step."""
+    PENDING = "pending"             # not ended yet; never in a written report
+    OK = "ok"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    TIMED_OUT = "timed out"
+    REFUSED = "refused"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:       # Enum's own str() is "HostStatus.OK"; format() follows __str__
+        return self.value
+
+
+STATUSES = tuple(s for s in HostStatus if s is not HostStatus.PENDING)
 LATEST = "latest"
 JSON_NAME, MD_NAME, JUNIT_NAME = "fleet-report.json", "fleet-report.md", "junit.xml"
 
@@ -22,7 +40,7 @@ JSON_NAME, MD_NAME, JUNIT_NAME = "fleet-report.json", "fleet-report.md", "junit.
 @dataclass
 class HostResult:
     name: str
-    status: str = "pending"          # one of STATUSES once done
+    status: HostStatus = HostStatus.PENDING
     phase: str = "connect"           # the last phase started: connect, facts, upload, wheel, install
     kind: str | None = None
     kind_label: str | None = None
@@ -52,7 +70,7 @@ def write(run_dir: Path, data: dict, results: list[HostResult]) -> dict:
     data = outputs.stamped("fleet", data | {
         "hosts": [r.to_dict() for r in results],
         "counts": {s: sum(r.status == s for r in results) for s in STATUSES},
-        "ok": bool(results) and all(r.status == "ok" for r in results)})
+        "ok": bool(results) and all(r.status == HostStatus.OK for r in results)})
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / JSON_NAME, json.dumps(data, indent=2) + "\n")
     atomic_write(run_dir / MD_NAME, markdown(data))
@@ -87,7 +105,7 @@ def markdown(data: dict) -> str:
                       h["status"] + (f" (exit {h['exit_code']})" if h["exit_code"] not in (None, 0) else ""),
                       f"{h['seconds']:.1f} s", h["gpu_blocks"] if h["gpu_blocks"] is not None else "",
                       h["smoke"] or "", h["log"] or ""] for h in data["hosts"]])
-    bad = [h for h in data["hosts"] if h["status"] != "ok"]
+    bad = [h for h in data["hosts"] if h["status"] != HostStatus.OK]
     if bad:
         lines += ["", "## Not ok", ""]
         lines += _table(["host", "status", "phase", "what happened", "fix"],
@@ -98,8 +116,9 @@ def markdown(data: dict) -> str:
 def junit_cases(results: list[HostResult]) -> list[dict]:
     """One testcase per host: not ok is a failure (its status in the message), skipped is skipped."""
     def case(r: HostResult) -> dict:
-        status = r.status if r.status in ("ok", "skipped") else "failed"
-        detail = r.detail if r.status in ("ok", "failed", "skipped") else f"{r.status}: {r.detail}"
+        status = r.status if r.status in (HostStatus.OK, HostStatus.SKIPPED) else HostStatus.FAILED
+        detail = (r.detail if r.status in (HostStatus.OK, HostStatus.FAILED, HostStatus.SKIPPED)
+                  else f"{r.status}: {r.detail}")
         return {"name": r.name, "status": status, "detail": detail, "hint": r.hint, "seconds": r.seconds}
     return [case(r) for r in results]
 
@@ -121,4 +140,4 @@ def load_latest(report_root: Path) -> dict:
 
 def failed_hosts(report_root: Path) -> list[str]:
     """The hosts that were not ok in the latest report."""
-    return [h["name"] for h in load_latest(report_root)["hosts"] if h["status"] != "ok"]
+    return [h["name"] for h in load_latest(report_root)["hosts"] if h["status"] != HostStatus.OK]

@@ -22,6 +22,7 @@ import shutil
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,9 +55,11 @@ from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.progress import progress
 from vllm_provision.core.settings import Artifacts as ArtifactSettings
 from vllm_provision.core.ui import duration
+from vllm_provision.core.workspace import Workspace
 from vllm_provision.diagnostics import preflight
 from vllm_provision.envs.common import choose_installer
 from vllm_provision.pipeline import StepContext, StepOutcome, upstream_facts
+from vllm_provision.plan import BuildPlan
 from vllm_provision.probes import answer, host, program
 from vllm_provision.probes.envprobe import site_state
 from vllm_provision.steps.facts import BuildFacts, FactsUnreadable, PatchFacts, StepStatus, facts_dict
@@ -81,12 +84,12 @@ def stamp_inputs(ctx: StepContext) -> dict:
             "artifact_key": stamped_key(ctx, info)}
 
 
-def built_digest(ctx: StepContext) -> str | None:
+def built_digest(ws: Workspace) -> str | None:
     """The last build's output, by its marker (libraries, timings: new with every build). Steps that
     test the compiled libraries (verify, smoke) carry it in their stamps, so they rerun after every
     rebuild, forced ones included; a forced rerun of an idempotent step (patch) changes nothing."""
     try:
-        return hashlib.sha256((ctx.workspace.src / MARKER).read_bytes()).hexdigest()[:16]
+        return hashlib.sha256((ws.src / MARKER).read_bytes()).hexdigest()[:16]
     except OSError:
         return None
 
@@ -97,11 +100,6 @@ def intact(ctx: StepContext) -> bool:
     except (OSError, ValueError):
         return False
     return all((ctx.workspace.src / so).is_file() for so in data.get("libraries", []))
-
-
-def _say_lines(ctx: StepContext, lines) -> None:
-    for line in lines:
-        ctx.say(line)
 
 
 def run(ctx: StepContext) -> StepOutcome:
@@ -121,12 +119,12 @@ def run(ctx: StepContext) -> StepOutcome:
     return publish(ctx, info, built) if ctx.plan.settings.artifacts.push else built
 
 
-def same_headers(ctx: StepContext, info: envinfo.EnvInfo) -> None:
+def same_headers(info: envinfo.EnvInfo, say: Callable[[str], None]) -> None:
     """One mtime for the env's headers (align_header_mtimes): every install of the lock preprocesses alike,
     so a compiler cache filled on one host serves another."""
     changed = align_header_mtimes(env_header_dirs(info))
     if changed:
-        ctx.say(f"{changed} header files of the env given one mtime (a compiler cache shared between hosts hits)")
+        say(f"{changed} header files of the env given one mtime (a compiler cache shared between hosts hits)")
 
 
 def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
@@ -143,13 +141,14 @@ def compile_setuptools(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     if plan.build.cpu_placement == "auto" and plan.build.parallel_extensions:
         placement = host_placement(cuda_sources_named(setup_text, src), plan.release.slowest_units,
                                    plan.build.cpu_pool, plan.build.critical_unit_cores)
-    same_headers(ctx, info)
+    same_headers(info, ctx.say)
     benv = make_build_env(base=os.environ, python=info.python, cuda_home=info.cuda_home,
                           include_dirs=info.include_dirs, arch_list=plan.build.torch_cuda_arch_list,
                           jobs_per_ext=jobs, tools_dir=src / "build" / "vllmp-tools", src=src,
                           ccache_dir=Path(os.environ.get("CCACHE_DIR") or ws.cache / "ccache"),
                           use_ccache=plan.build.ccache, placement=placement)
-    _say_lines(ctx, benv.notes)
+    for note in benv.notes:
+        ctx.say(note)
     before = _ccache_stats(benv)
     started = time.monotonic()
 
@@ -338,7 +337,7 @@ def run_cmake(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome:
     plan, src = ctx.plan, ctx.workspace.src
     externals = prepared_externals(plan)
     ctx.say(f"{plan.build.max_jobs} jobs x {plan.build.nvcc_threads} nvcc thread(s): {plan.build.max_jobs_reason}")
-    same_headers(ctx, info)
+    same_headers(info, ctx.say)
     kw = dict(cuda_home=info.cuda_home, include_dirs=info.include_dirs,
               ccache_dir=Path(os.environ.get("CCACHE_DIR") or ctx.workspace.cache / "ccache"))
     built = cmake_driver.drive(plan, src, info.python, externals, plan.build.targets or None, plan.build.time_limit,
@@ -428,10 +427,9 @@ def key_fields(ctx: StepContext, info: envinfo.EnvInfo) -> dict:
             "externals": {e.name: e.tree_sha256 for e in ctx.plan.release.externals}}
 
 
-def target_of(ctx: StepContext, info: envinfo.EnvInfo) -> artifact_manifest.Target:
+def target_of(build: BuildPlan, gpus: tuple[str, ...], info: envinfo.EnvInfo) -> artifact_manifest.Target:
     """What the artifact must fit; on a GPU-less host (an image build) the archs must cover the plan's."""
-    gpus = ctx.facts.compute_caps
-    planned = base_archs(ctx.plan.build.arch_list)
+    planned = base_archs(build.arch_list)
     return artifact_manifest.Target(torch=info.torch, torch_cuda=info.torch_cuda, cxx11_abi=info.cxx11_abi,
                                     python_tag=artifact_manifest.python_tag(info.python_version),
                                     compute_caps=gpus or planned, glibc=artifact_manifest.host_glibc(),
@@ -458,7 +456,7 @@ def install_from_cache(ctx: StepContext, info: envinfo.EnvInfo) -> StepOutcome |
         ctx.say(f"no cached build for key {key} in {', '.join(e.shown for e in entries)}: compiling")
         return None
     ctx.say(f"cache hit: {found.shown} (key {key})")
-    done = artifact_install.install_found(found, key, target_of(ctx, info), python=info.python,
+    done = artifact_install.install_found(found, key, target_of(ctx.plan.build, ctx.facts.compute_caps, info), python=info.python,
                                           work_dir=ctx.workspace.root / "artifacts", installer=choose_installer(ctx.plan),
                                           log=ctx.log)
     seconds = time.monotonic() - started

@@ -21,20 +21,22 @@ from vllm_provision.checks.toolchain import check_compiler_for
 from vllm_provision.core import envinfo, runner
 from vllm_provision.core.envinfo import EnvInfo
 from vllm_provision.core.errors import ConfigError, StepFailed
+from vllm_provision.core.workspace import Workspace
 from vllm_provision.envs import common, conda, existing, mirrors
 from vllm_provision.envs import lock as locks
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.plan import EnvPlan
 from vllm_provision.probes import envprobe, host
 
 BACKENDS = ("venv", "conda", "existing")
 
 
-def envs_dir(ctx: StepContext) -> Path:
-    return ctx.workspace.root / "envs"
+def envs_dir(ws: Workspace) -> Path:
+    return ws.root / "envs"
 
 
-def lock_file(ctx: StepContext) -> Path | None:
-    return PROJECT_ROOT / ctx.plan.env.lock if ctx.plan.env.lock else None
+def lock_file(env: EnvPlan) -> Path | None:
+    return PROJECT_ROOT / env.lock if env.lock else None
 
 
 def _shown(path: Path) -> str:
@@ -46,7 +48,7 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def stamp_inputs(ctx: StepContext) -> dict:
-    inputs = {"env": ctx.plan.to_dict()["env"], "lock_sha256": _sha256(lock_file(ctx)),
+    inputs = {"env": ctx.plan.to_dict()["env"], "lock_sha256": _sha256(lock_file(ctx.plan.env)),
               "release": ctx.plan.release.version}
     if ctx.plan.env.backend == "existing":
         # the packages reused from the host are inputs too: an image upgrade of torch reruns the env
@@ -70,7 +72,7 @@ def intact(ctx: StepContext) -> bool:
 
 
 def _next_prefix(ctx: StepContext) -> Path:
-    base = envs_dir(ctx)
+    base = envs_dir(ctx.workspace)
     base.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
     n = max(numbers, default=0) + 1
@@ -88,7 +90,7 @@ def switch_link(link: Path, prefix: Path) -> None:
 
 
 def _prune(ctx: StepContext, keep: Path) -> None:
-    for p in envs_dir(ctx).iterdir():
+    for p in envs_dir(ctx.workspace).iterdir():
         if p != keep and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
 
@@ -122,7 +124,7 @@ def build_env(ctx: StepContext, prefix: Path) -> tuple[EnvInfo, dict]:
     module = importlib.import_module(f"vllm_provision.envs.{backend}")
     if hasattr(module, "interpreter"):
         module.interpreter(plan)  # a missing interpreter is the first thing to say
-    lock = lock_file(ctx)
+    lock = lock_file(ctx.plan.env)
     if lock is not None:
         locks.check(lock, plan.release.version, plan.profile, minor_version(plan.env.python))
     check_compiler(plan, lock)

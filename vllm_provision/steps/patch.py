@@ -12,9 +12,10 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from vllm_provision.catalog import patches
+from vllm_provision.catalog import Release, patches
 from vllm_provision.core import envinfo, runner
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.workspace import Workspace
 from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.steps.facts import AppliedPatch, PatchFacts, SkippedPatch
 from vllm_provision.steps.fetch import extract_release
@@ -22,10 +23,9 @@ from vllm_provision.steps.fetch import extract_release
 MARKER = ".vllmp-patches.json"
 
 
-def _versions(ctx: StepContext) -> dict:
-    versions = dict(envinfo.load(ctx.workspace).versions())
-    versions["release"] = ctx.plan.release.version
-    return versions
+def _versions(ws: Workspace, release: Release) -> dict:
+    """The versions the patches' conditions read: the env's packages and the release."""
+    return dict(envinfo.load(ws).versions()) | {"release": release.version}
 
 
 def selected(series, versions) -> list[tuple[patches.Patch, bool, str]]:
@@ -34,7 +34,7 @@ def selected(series, versions) -> list[tuple[patches.Patch, bool, str]]:
 
 def stamp_inputs(ctx: StepContext) -> dict:
     series = patches.load_series(ctx.plan.release.version)
-    versions = _versions(ctx)
+    versions = _versions(ctx.workspace, ctx.plan.release)
     return {"release": ctx.plan.release.version,
             "patches": [{"file": p.file, "sha256": p.sha256, "applies": ok} for p, ok, _ in selected(series, versions)]}
 
@@ -106,7 +106,7 @@ def run(ctx: StepContext) -> StepOutcome:
     if not src.is_dir():
         raise StepFailed(f"no sources in {src}", hint="run `./inv fetch` first")
     series = patches.load_series(ctx.plan.release.version)
-    versions = _versions(ctx)
+    versions = _versions(ctx.workspace, ctx.plan.release)
     chosen = selected(series, versions)
     applied, skipped = [], []
     stale = no_longer_wanted(src, chosen)

@@ -21,6 +21,7 @@ from vllm_provision.kvcache import judge as kvjudge
 from vllm_provision.kvcache.parse import kv_facts
 from vllm_provision.kvcache.units import group_digits
 from vllm_provision.pipeline import StepContext, StepOutcome
+from vllm_provision.plan import Plan
 from vllm_provision.probes.host import Gpu
 from vllm_provision.steps.build import built_digest
 from vllm_provision.steps.facts import SmokeFacts, StepStatus
@@ -49,7 +50,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
     # all_gpus off leaves the stamp as it was before the setting existed: no smoke reruns for it
     smoke = {k: v for k, v in ctx.plan.smoke.model_dump().items() if k != "all_gpus" or v}
     return {"smoke": smoke, "scripts": _scripts_hash(),
-            "gpus": [g.uuid or g.name for g in ctx.facts.gpus], "built": built_digest(ctx)}
+            "gpus": [g.uuid or g.name for g in ctx.facts.gpus], "built": built_digest(ctx.workspace)}
 
 
 def make_tiny_model(python: str, out: Path, log: Path | None = None) -> Path:
@@ -70,13 +71,13 @@ def resolve_model(ctx: StepContext, python: str) -> Path:
     return make_tiny_model(python, ctx.workspace.root / "models" / "tiny-chatglm", ctx.log)
 
 
-def generate_argv(ctx: StepContext, python: str, model: Path, out: Path | str) -> list:
+def generate_argv(plan: Plan, python: str, model: Path, out: Path | str) -> list:
     """smoke/generate.py's command line for the plan's smoke settings."""
     argv = [python, SMOKE_DIR / "generate.py", "--model", model, "--out", out,
-            "--gpu-memory-utilization", str(ctx.plan.smoke.gpu_memory_utilization),
-            "--engine", ctx.plan.release.llm_engine]
-    if ctx.plan.smoke.max_model_len:
-        argv += ["--max-model-len", str(ctx.plan.smoke.max_model_len)]
+            "--gpu-memory-utilization", str(plan.smoke.gpu_memory_utilization),
+            "--engine", plan.release.llm_engine]
+    if plan.smoke.max_model_len:
+        argv += ["--max-model-len", str(plan.smoke.max_model_len)]
     return argv
 
 
@@ -112,7 +113,7 @@ def run(ctx: StepContext) -> StepOutcome:
     out.unlink(missing_ok=True)
     ctx.say(f"generating with the notes' sampling parameters on {model.name}")
     with progress("loading the model and generating", step=ctx.name):     # a heartbeat while vLLM starts
-        result = runner.run(generate_argv(ctx, env.python, model, out), log=ctx.log, what="smoke/generate.py",
+        result = runner.run(generate_argv(ctx.plan, env.python, model, out), log=ctx.log, what="smoke/generate.py",
                             timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
     for line in (smoke.get("sampling") or {}).get("changes") or []:
@@ -191,7 +192,7 @@ def run_all_gpus(ctx: StepContext, python: str, model: Path) -> StepOutcome:
              "nccl": None if nccl is None else {"ok": nccl.get("ok"), "error": nccl.get("error"),
                                                  "busbw_gbps": {s["label"]: s["busbw_gbps"] for s in nccl["sizes"]}},
              "tensor_parallel": {k: tp.get(k) for k in ("status", "reason", "num_gpu_blocks", "predicted_blocks")}}
-    failed = [r for r in rows if r["status"] == "fail"]
+    failed = [r for r in rows if r["status"] == CheckStatus.FAIL]
     if failed:
         first = failed[0]
         raise StepFailed(f"smoke failed on GPU {', '.join(str(r['gpu']) for r in failed)} of {len(rows)}: "
@@ -217,7 +218,7 @@ def per_gpu_smoke(ctx: StepContext, python: str, model: Path, folder: Path) -> l
     launch = folder / "per-gpu.json"
     argv = [python, SMOKE_DIR / "per_gpu.py", "--gpus", ",".join(str(g.index) for g in gpus),
             "--timeout", str(GENERATE_TIMEOUT_S), "--log-dir", folder, "--result", launch, "--",
-            *generate_argv(ctx, python, model, folder / "smoke-gpu{gpu}.json")]
+            *generate_argv(ctx.plan, python, model, folder / "smoke-gpu{gpu}.json")]
     ctx.say(f"generating on {len(gpus)} GPU(s) at once with {model.name}, one process each (CUDA_VISIBLE_DEVICES=i)")
     result = runner.run(argv, log=ctx.log, what="smoke/per_gpu.py", timeout=GENERATE_TIMEOUT_S + SCRIPT_TIMEOUT_MARGIN_S,
                         check=False)
@@ -321,7 +322,7 @@ def tensor_parallel_smoke(ctx: StepContext, python: str, model: Path, n: int, fo
     out = folder / "smoke-tp.json"
     workers = f"ray {ray}" if ray else "the V1 engine's own worker processes"
     ctx.say(f"tensor parallel: {workers}; generating with --tensor-parallel-size {n}")
-    result = runner.run(generate_argv(ctx, python, model, out) + ["--tensor-parallel-size", str(n)], log=ctx.log,
+    result = runner.run(generate_argv(ctx.plan, python, model, out) + ["--tensor-parallel-size", str(n)], log=ctx.log,
                         what=f"smoke/generate.py --tensor-parallel-size {n}", timeout=GENERATE_TIMEOUT_S, check=False)
     smoke = read_result("smoke/generate.py", result, out, ctx.log)
     return {"tensor_parallel_size": n, "ray": ray, "smoke_json": str(out)} | judged(one_gpu_share(smoke, n))

@@ -43,13 +43,14 @@ from vllm_provision.core.settings import AllowedPipCheck
 from vllm_provision.core.settings import Verify as VerifySettings
 from vllm_provision.envs.lock import pinned
 from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp, upstream_facts
+from vllm_provision.plan import EnvPlan
 from vllm_provision.probes import envprobe
 from vllm_provision.steps.build import built_digest
 from vllm_provision.steps.facts import BuildFacts, BuildSource
 
 
-def _lock_file(ctx: StepContext, info: envinfo.EnvInfo) -> Path | None:
-    raw = info.lock or ctx.plan.env.lock
+def _lock_file(env: EnvPlan, info: envinfo.EnvInfo) -> Path | None:
+    raw = info.lock or env.lock
     if not raw:
         return None
     path = Path(raw)
@@ -114,7 +115,7 @@ def probe_env(ctx: StepContext, info: envinfo.EnvInfo) -> Verifying:
                          hint="rebuild the env with `./inv env --force`")
     dirs = tuple(dict.fromkeys([*torch.vllm_dirs, str(ctx.workspace.src / "vllm")]))
     so_files, missing = envprobe.extension_files(dirs, ctx.plan.release.extensions)
-    lock_file = _lock_file(ctx, info)
+    lock_file = _lock_file(ctx.plan.env, info)
     lock = pinned(lock_file) if lock_file and lock_file.is_file() else None
     return Verifying(ctx, info, inspected, torch, dirs, so_files, tuple(missing), lock_file, lock)
 
@@ -161,8 +162,8 @@ def sass(v: Verifying) -> list[Check]:
     return check_sass(found, v.so_files, archs, why)
 
 
-def _import_vllm(ctx: StepContext, info: envinfo.EnvInfo) -> envprobe.ImportVllm:
-    return envprobe.import_vllm(info.python, ctx.log, ctx.plan.settings.verify.import_timeout)
+def _import_vllm(python: str, verify: VerifySettings, log: Path) -> envprobe.ImportVllm:
+    return envprobe.import_vllm(python, log, verify.import_timeout)
 
 
 def _imports_vllm_here(ctx: StepContext) -> bool:
@@ -174,7 +175,7 @@ def vllm_imports(v: Verifying) -> list[Check]:
         return [NO_GPU_IMPORT_VLLM]
     if not _imports_vllm_here(v.ctx):
         return [IMPORT_VLLM_IN_SMOKE]
-    imported = v.vllm_import.result() if v.vllm_import else _import_vllm(v.ctx, v.info)
+    imported = v.vllm_import.result() if v.vllm_import else _import_vllm(v.info.python, v.ctx.plan.settings.verify, v.ctx.log)
     return [check_import_vllm(imported, v.ctx.log)]
 
 
@@ -190,7 +191,8 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo,
     # verify takes about as long as its slowest check, and report them in CHECKS' order. The slowest,
     # `import vllm` (torch, transformers), needs none of the probed facts: it starts before the probe.
     with ThreadPoolExecutor(max_workers=len(checks) + 1) as pool:
-        early = pool.submit(_import_vllm, ctx, info) if _imports_vllm_here(ctx) and vllm_imports in checks else None
+        early = (pool.submit(_import_vllm, info.python, ctx.plan.settings.verify, ctx.log)
+                 if _imports_vllm_here(ctx) and vllm_imports in checks else None)
         facts = replace(probe_env(ctx, info), vllm_import=early)
         return [c for found in pool.map(lambda check: list(check(facts)), checks) for c in found]
 
@@ -207,7 +209,7 @@ def stamp_inputs(ctx: StepContext) -> dict:
     except ProvisionError:
         info = None
     return {"release": ctx.plan.release.version, "archs": required_archs(ctx), "settings": ctx.plan.settings.verify.model_dump(),
-            "lock": ctx.plan.env.lock, "dists": _dists_digest(info), "built": built_digest(ctx)}
+            "lock": ctx.plan.env.lock, "dists": _dists_digest(info), "built": built_digest(ctx.workspace)}
 
 
 def run(ctx: StepContext) -> StepOutcome:
@@ -226,4 +228,5 @@ def run(ctx: StepContext) -> StepOutcome:
         raise StepFailed(f"verify: {len(failed)} check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed[:3]),
                          hint=failed[0].hint, facts=found)
     n = {s: sum(c.status == s for c in checks) for s in (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.SKIP)}
-    return StepOutcome(detail=f"{n['pass']} checks passed, {n['warn']} warned, {n['skip']} skipped", facts=found)
+    return StepOutcome(detail=f"{n[CheckStatus.PASS]} checks passed, {n[CheckStatus.WARN]} warned, "
+                              f"{n[CheckStatus.SKIP]} skipped", facts=found)
