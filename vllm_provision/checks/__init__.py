@@ -9,23 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from enum import Enum
 
 from packaging.version import InvalidVersion, Version
 
+from vllm_provision.core.words import Word
 from vllm_provision.probes.host import HostFacts
 
 
-class CheckStatus(str, Enum):
-    """A check's verdict. A str (json.dumps, f-strings and `== "pass"` see the bare value), so report.json and
-    every --json output read as before; `enum.StrEnum` would do the same but needs Python 3.11."""
+class CheckStatus(Word):
+    """A check's verdict (report.json, every --json output)."""
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
     SKIP = "skip"
-
-    def __str__(self) -> str:     # Enum's own str() is "CheckStatus.PASS"; format() follows __str__
-        return self.value
 
 
 STATUSES = tuple(CheckStatus)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from vllm_provision import report as run_report
@@ -14,12 +13,12 @@ from vllm_provision.core import outputs
 from vllm_provision.core.errors import ConfigError
 from vllm_provision.core.files import atomic_write
 from vllm_provision.core.redact import redact_text
+from vllm_provision.core.words import Word
 
 
-class HostStatus(str, Enum):
-    """A host's outcome in a fleet run (fleet-report.json's `status`). A str, as CheckStatus is, so the JSON
-    is unchanged. The modules that run on the hosts (ansible/library/) cannot import it and write the same
-    words; tests/test_fleet.py keeps them in step."""
+class HostStatus(Word):
+    """A host's outcome in a fleet run (fleet-report.json's `status`). The modules that run on the hosts
+    (ansible/library/) cannot import it and write the same words; tests/test_fleet.py keeps them in step."""
     PENDING = "pending"             # not ended yet; never in a written report
     OK = "ok"
     FAILED = "failed"
@@ -27,9 +26,6 @@ class HostStatus(str, Enum):
     TIMED_OUT = "timed out"
     REFUSED = "refused"
     SKIPPED = "skipped"
-
-    def __str__(self) -> str:       # Enum's own str() is "HostStatus.OK"; format() follows __str__
-        return self.value
 
 
 STATUSES = tuple(s for s in HostStatus if s is not HostStatus.PENDING)

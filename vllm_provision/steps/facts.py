@@ -11,23 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any, TypeVar
 
 from vllm_provision.core.errors import StepFailed
+from vllm_provision.core.words import Word
 
 
-class StepStatus(str, Enum):
-    """A step's outcome in a run (report.json's step rows). A str, as CheckStatus is, so the JSON is unchanged."""
+class StepStatus(Word):
+    """A step's outcome in a run (report.json's step rows)."""
     OK = "ok"
     UP_TO_DATE = "up-to-date"       # its stamp matched: not run again
     SKIPPED = "skipped"             # ran, and had nothing to do here (smoke without a GPU, a partial build)
     FAILED = "failed"
     INTERRUPTED = "interrupted"     # Ctrl-C or SIGTERM
     NOT_RUN = "not run"             # asked for, but an earlier step failed or the run was interrupted
-
-    def __str__(self) -> str:       # Enum's own str() is "StepStatus.OK"; format() follows __str__
-        return self.value
 
 
 class FactsUnreadable(StepFailed):
@@ -154,12 +151,9 @@ class FetchFacts(StepFacts):
 
 
 # ------------------------------------------------------------------------------------------------ build
-class BuildSource(str, Enum):
+class BuildSource(Word):
     COMPILED = "compiled"       # compiled in this workspace's src/
     CACHE = "cache"             # a verified wheel installed from an artifact cache
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
