@@ -191,3 +191,26 @@ def test_smoke_facts_carry_what_the_fleet_reads_and_keep_the_rest():
     row = fleet_report.HostResult("gpu-b")
     Collector.remote_report(row, {"steps": {"smoke": {"status": "ok", "facts": {"num_gpu_blocks": "many"}}}})
     assert row.gpu_blocks is None and "smoke step's recorded facts cannot be read" in row.detail
+
+
+def test_env_and_verify_facts_round_trip_the_json_steps_record():
+    """Every step's facts are a typed record: the env's summary and verify's checks read back as recorded, and
+    a record of another shape is refused, not read as empty (an empty check list would read as a pass)."""
+    from vllm_provision.steps.facts import EnvFacts, FactsUnreadable, VerifyFacts
+    env = {"prefix": "/ws/envs/env-1", "python": "/ws/envs/env-1/bin/python", "python_version": "3.12.3",
+           "packages": 87, "installer": "uv", "compiler_source": "pip wheels", "compiler_reason": "matches torch",
+           "torch": "2.11.0+cu130", "torch_cuda": "13.0", "cuda_home": "/ws/envs/env-1/cuda", "nvcc_version": "13.0",
+           "lock": "envs/locks/0.2.2/pypi-cu13-py3.12.txt"}
+    assert EnvFacts.from_dict(env).to_dict() == env and EnvFacts.from_dict(env).packages == 87
+    with_error = env | {"torch": None, "torch_error": "libcudart.so.13: cannot open shared object file"}
+    assert EnvFacts.from_dict(with_error).to_dict() == with_error
+    verify = {"ok": False, "checks": [{"name": "pip-check", "status": "fail", "detail": "vllm needs x", "hint": "h"},
+                                      {"name": "import-vllm", "status": "skip", "detail": "no GPU", "hint": None}]}
+    typed = VerifyFacts.from_dict(verify)
+    assert [c.status for c in typed.checks] == ["fail", "skip"] and typed.ok is False and typed.to_dict() == verify
+    for bad, problem in (({k: v for k, v in env.items() if k != "packages"}, "no `packages`"),
+                         (env | {"packages": "87"}, "`packages` is str"),
+                         ({"ok": True}, "no `checks`"),
+                         ({"ok": True, "checks": [{"status": "pass"}]}, "no `name`")):
+        with pytest.raises(FactsUnreadable, match=problem):
+            (VerifyFacts if "ok" in bad else EnvFacts).from_dict(bad)

@@ -179,6 +179,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
 
     from vllm_provision.core.errors import StepFailed
     from vllm_provision.pipeline import StepOutcome
+    from vllm_provision.steps.facts import VerifyFacts
     plan = build_plan({"build": {"arch_list": "9.0"}}, facts=HostFacts())
     ws = plan.workspace
     home_log = os.path.expanduser("~/.cache/vllm-provision/env.log")
@@ -191,7 +192,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
 
     _fake_steps(monkeypatch, {"env": env_ok, "smoke": lambda ctx: StepOutcome(detail="no GPU", status="skipped")})
     assert _task(monkeypatch, ["provision", "--arch", "9.0"]) == 0
-    _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts={"checks": []})})
+    _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts=VerifyFacts(ok=True, checks=()))})
     assert _task(monkeypatch, ["verify", "--arch", "9.0"]) == 0
     _fake_steps(monkeypatch, {"build": no_cached_build, "_build": "--require-cache"})
     monkeypatch.setenv("VLLMP_ARTIFACTS__CACHES", f"dir:{ws.root.parent / 'wheels'}")   # set, and without the build

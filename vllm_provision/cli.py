@@ -14,7 +14,7 @@ from invoke.exceptions import Exit
 from rich.table import Table
 
 from vllm_provision import PROJECT_ROOT, minor_version, report
-from vllm_provision.checks import from_dicts, print_checks, summarize, to_json
+from vllm_provision.checks import print_checks, summarize, to_json
 from vllm_provision.core import config, envinfo, runner, ui
 from vllm_provision.core.errors import ConfigError, NotBuiltYet, ProvisionError, StepFailed
 from vllm_provision.core.outputs import stamped
@@ -25,7 +25,7 @@ from vllm_provision.pipeline import STEPS, StepResult, interrupted_exit_code, ru
 from vllm_provision.plan import Plan, build_plan, gpu_refusal, host_torch_refusal, lock_path
 from vllm_provision.probes import host
 from vllm_provision.sources import externals
-from vllm_provision.steps.facts import BuildFacts, BuildSource, StepStatus
+from vllm_provision.steps.facts import BuildFacts, BuildSource, StepStatus, VerifyFacts
 
 
 def handles_errors(func: Callable) -> Callable:
@@ -277,7 +277,7 @@ def verify_task(*, as_json: bool = False, junit: str | None = None, **flags) -> 
     if "checks" not in result.facts:       # it stopped before any check ran (nothing built yet, bad input)
         raise (NotBuiltYet if result.exit_code == 2 else StepFailed)(result.detail, hint=result.hint,
                                                                      log_tail=result.facts.get("log_tail"))
-    checks = from_dicts(result.facts["checks"])
+    checks = list(VerifyFacts.from_dict(result.facts).checks)
     if junit:
         report.write_junit(junit, "vllm-provision.verify", checks)
     print_checks(f"verify: vLLM {plan.release.version} / {plan.profile}", checks, as_json, kind="verify")

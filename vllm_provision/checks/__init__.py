@@ -7,8 +7,9 @@ ConfigError before any check runs and exits 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -50,7 +51,7 @@ def to_json(checks: Iterable[Check]) -> dict:
     return {"ok": ok, "checks": [c.to_dict() for c in checks]}
 
 
-def from_dicts(items: Iterable[dict]) -> list[Check]:
+def from_dicts(items: Iterable[Mapping[str, Any]]) -> list[Check]:
     return [Check(str(i.get("name", "?")), _status_of(i.get("status")), str(i.get("detail", "")), i.get("hint"))
             for i in items]
 

@@ -27,6 +27,7 @@ from vllm_provision.envs import lock as locks
 from vllm_provision.pipeline import StepContext, StepOutcome
 from vllm_provision.plan import EnvPlan
 from vllm_provision.probes import envprobe, host
+from vllm_provision.steps.facts import EnvFacts
 
 BACKENDS = ("venv", "conda", "existing")
 
@@ -179,7 +180,7 @@ def run(ctx: StepContext) -> StepOutcome:
         ctx.say(f"warning: {extra['compiler_reason']}")
     return StepOutcome(
         detail=f"{info.backend} Python {info.python_version}, {len(info.packages)} packages, {torch}, {cc}",
-        facts={"prefix": info.prefix, "python": info.python, "python_version": info.python_version,
-               "torch": info.torch, "torch_cuda": info.torch_cuda, "cuda_home": info.cuda_home,
-               "nvcc_version": info.nvcc_version, "lock": info.lock, "installer": info.installer,
-               "packages": len(info.packages), **extra})
+        facts=EnvFacts(prefix=info.prefix, python=info.python, python_version=info.python_version,
+                       packages=len(info.packages), installer=info.installer, torch=info.torch,
+                       torch_cuda=info.torch_cuda, cuda_home=info.cuda_home, nvcc_version=info.nvcc_version,
+                       lock=info.lock, **extra))

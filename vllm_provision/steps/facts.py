@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from vllm_provision.checks import Check, from_dicts
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.words import Word
 
@@ -81,7 +82,7 @@ class StepFacts:
 
 
 def facts_dict(facts: StepFacts | Mapping[str, Any]) -> dict:
-    """The JSON form of a step's facts, typed or (for steps not typed yet) a plain dict."""
+    """The JSON form of a step's facts (a failed step's partial facts are a plain dict)."""
     return facts.to_dict() if isinstance(facts, StepFacts) else dict(facts)
 
 
@@ -148,6 +149,67 @@ class FetchFacts(StepFacts):
             raise FactsUnreadable(step, "`externals` is not a map of names to file names")
         return cls(_field(data, "archive", str, step), _field(data, "source", str, step),
                    _field(data, "tree_sha256", str, step), dict(externals))
+
+
+# ------------------------------------------------------------------------------------------------ env
+@dataclass(frozen=True)
+class EnvFacts(StepFacts):
+    """The env step's facts as its row in the report shows them. The steps after it read the env itself
+    from env.json (`core.envinfo.EnvInfo`); these are the summary of what was made and why."""
+    STEP = "env"
+    prefix: str
+    python: str
+    python_version: str
+    packages: int                   # how many distributions the env holds
+    installer: str                  # uv | pip
+    compiler_source: str            # where the env's nvcc came from
+    compiler_reason: str            # why that one (or why none matches torch)
+    torch: str | None = None
+    torch_cuda: str | None = None
+    cuda_home: str | None = None
+    nvcc_version: str | None = None
+    lock: str | None = None
+    torch_error: str | None = None  # torch present but not importable
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.torch_error is None:
+            del data["torch_error"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnvFacts:
+        step = cls.STEP
+        data = _record(data, step, "the record")
+        required = {name: _field(data, name, kind, step) for name, kind in (
+            ("prefix", str), ("python", str), ("python_version", str), ("packages", int), ("installer", str),
+            ("compiler_source", str), ("compiler_reason", str))}
+        optional = {name: _optional(data, name, str, step) for name in (
+            "torch", "torch_cuda", "cuda_home", "nvcc_version", "lock", "torch_error")}
+        return cls(**required, **optional)
+
+
+# ------------------------------------------------------------------------------------------------ verify
+@dataclass(frozen=True)
+class VerifyFacts(StepFacts):
+    """The verify step's facts: its checks, in report order, and whether none failed. `./inv verify` prints
+    them; a failed verify records the same form (StepFailed's facts)."""
+    STEP = "verify"
+    ok: bool
+    checks: tuple[Check, ...]
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [c.to_dict() for c in self.checks]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> VerifyFacts:
+        step = cls.STEP
+        data = _record(data, step, "the record")
+        checks = _records(data, "checks", step)
+        for item in checks:
+            _field(item, "name", str, step)
+            _field(item, "status", str, step)
+        return cls(_field(data, "ok", bool, step), tuple(from_dicts(checks)))
 
 
 # ------------------------------------------------------------------------------------------------ build

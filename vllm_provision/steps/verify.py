@@ -46,7 +46,7 @@ from vllm_provision.pipeline import StepContext, StepOutcome, read_stamp, upstre
 from vllm_provision.plan import EnvPlan
 from vllm_provision.probes import envprobe
 from vllm_provision.steps.build import built_digest
-from vllm_provision.steps.facts import BuildFacts, BuildSource
+from vllm_provision.steps.facts import BuildFacts, BuildSource, VerifyFacts
 
 
 def _lock_file(env: EnvPlan, info: envinfo.EnvInfo) -> Path | None:
@@ -222,11 +222,11 @@ def run(ctx: StepContext) -> StepOutcome:
     rep = ctx.workspace.report
     report.merge_section(rep, "host", report.host_section(ctx.facts))
     report.merge_section(rep, "verify", section, release=ctx.plan.release.version, profile=ctx.plan.profile)
-    found = {"ok": ok, "checks": [c.to_dict() for c in checks]}
+    found = VerifyFacts(ok, tuple(checks))
     failed = [c for c in checks if c.status == CheckStatus.FAIL]
     if failed:
         raise StepFailed(f"verify: {len(failed)} check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed[:3]),
-                         hint=failed[0].hint, facts=found)
+                         hint=failed[0].hint, facts=found.to_dict())
     n = {s: sum(c.status == s for c in checks) for s in (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.SKIP)}
     return StepOutcome(detail=f"{n[CheckStatus.PASS]} checks passed, {n[CheckStatus.WARN]} warned, "
                               f"{n[CheckStatus.SKIP]} skipped", facts=found)
