@@ -211,6 +211,7 @@ def test_env_and_verify_facts_round_trip_the_json_steps_record():
     for bad, problem in (({k: v for k, v in env.items() if k != "packages"}, "no `packages`"),
                          (env | {"packages": "87"}, "`packages` is str"),
                          ({"ok": True}, "no `checks`"),
-                         ({"ok": True, "checks": [{"status": "pass"}]}, "no `name`")):
+                         ({"ok": True, "checks": [{"status": "pass"}]}, "no `name`"),
+                         ({"ok": True, "checks": [{"name": "x", "status": "fine"}]}, "check status 'fine'")):
         with pytest.raises(FactsUnreadable, match=problem):
             (VerifyFacts if "ok" in bad else EnvFacts).from_dict(bad)

@@ -93,8 +93,8 @@ def test_cpu_counts_settings(isolated):
 
 
 def test_the_validated_settings_travel_as_one_frozen_model(isolated):
-    """What the schema checked is what every step reads: the model itself, by attribute, never a dict copy
-    that a reader could change or fill with a default of its own."""
+    """What the schema checked is what every step reads: the model itself, by attribute (never a dict copy a
+    reader fills with a default of its own), whose fields cannot be reassigned on the way."""
     plan = build_plan({"build": {"arch_list": "9.0", "ccache": False}, "smoke": {"parity": True},
                        "fetch": {"github": False}, "env": {"installer": "pip"}}, facts=H100)
     assert isinstance(plan.settings, Settings) and plan.smoke is plan.settings.smoke

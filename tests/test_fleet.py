@@ -475,3 +475,21 @@ def test_the_host_modules_report_only_statuses_the_fleet_report_knows():
     assert {"failed", "timed out"} <= sent          # the scan finds them (the modules' own words)
     assert sent <= {s.value for s in fleet_report.STATUSES}
     assert "pending" not in {s.value for s in fleet_report.STATUSES}       # never a written host's status
+
+
+def test_a_host_without_a_kind_is_failed_in_plain_words_ansible_stores(isolated):
+    """The kinds filter's answer becomes an Ansible variable: a host it cannot place (no GPU, no arch list)
+    is failed with the bare word, not a str subclass that Ansible refuses to store (it warns and converts)."""
+    from vllm_provision.fleet import plays
+    raw = {"python": {"version": "3.11.2"}, "interpreters": {"3.11": "/usr/bin/python3.11"}, "platform": "x86_64",
+           "glibc": "2.36", "gcc": "12.2.0", "cpu_count": 2, "home": "/home/u"}
+    found = plays.kinds(["bare"], {"bare": {"vllmp_host": raw}}, {"release": "0.2.2"})
+    assert found["kinds"] == {} and type(found["errors"]["bare"]["status"]) is str
+    assert found["errors"]["bare"]["status"] == "failed" and "no GPU" in found["errors"]["bare"]["detail"]
+
+
+def test_a_status_word_the_toolkit_does_not_know_fails_the_host_and_says_the_word():
+    from vllm_provision.fleet.collect import host_status
+    outcome = {"status": "exploded", "detail": "the module's words"}
+    assert host_status(outcome) == HostStatus.FAILED and "'exploded'" in outcome["detail"]
+    assert host_status({"status": "timed out"}) == HostStatus.TIMED_OUT

@@ -147,7 +147,8 @@ def kinds(hosts: list[str], hostvars: Mapping[str, Any], overrides: Mapping[str,
         found = RemoteFacts.from_raw(hostvars[name]["vllmp_host"])
         result = kinds_mod.kind_fields(found, resolved)
         if isinstance(result, kinds_mod.Outcome):
-            errors[name] = {"status": result.status, "detail": result.detail, "hint": result.hint}
+            # the bare word: Ansible stores no str subclass in its variables (it warns and converts)
+            errors[name] = {"status": result.status.value, "detail": result.detail, "hint": result.hint}
             continue
         facts[name], fields[name] = found, result
     known = known_keys(view)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from vllm_provision.checks import Check, from_dicts
+from vllm_provision.checks import Check, CheckStatus, from_dicts
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.words import Word
 
@@ -208,7 +208,9 @@ class VerifyFacts(StepFacts):
         checks = _records(data, "checks", step)
         for item in checks:
             _field(item, "name", str, step)
-            _field(item, "status", str, step)
+            if _field(item, "status", str, step) not in {s.value for s in CheckStatus}:
+                raise FactsUnreadable(step, f"check status {item['status']!r} is none of "
+                                            f"{', '.join(s.value for s in CheckStatus)}")
         return cls(_field(data, "ok", bool, step), tuple(from_dicts(checks)))
 
 

@@ -208,7 +208,7 @@ def run_all_gpus(ctx: StepContext, python: str, model: Path) -> StepOutcome:
     busbw = f"; NCCL busbw up to {max(s['busbw_gbps'] for s in nccl['sizes']):.1f} GB/s" if nccl else ""
     return StepOutcome(detail=f"{len(rows)} GPU{'s' if len(rows) > 1 else ''}: {verdicts}; "
                               f"{' / '.join(_blocks(r['num_gpu_blocks']) for r in rows)} GPU blocks{busbw}; "
-                              f"tensor parallel {tp['status']}", facts=facts)
+                              f"tensor parallel {tp['status']}", facts=SmokeFacts.from_dict(facts))
 
 
 def per_gpu_smoke(ctx: StepContext, python: str, model: Path, folder: Path) -> list[dict]:
