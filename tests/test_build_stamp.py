@@ -212,6 +212,6 @@ def test_env_and_verify_facts_round_trip_the_json_steps_record():
                          (env | {"packages": "87"}, "`packages` is str"),
                          ({"ok": True}, "no `checks`"),
                          ({"ok": True, "checks": [{"status": "pass"}]}, "no `name`"),
-                         ({"ok": True, "checks": [{"name": "x", "status": "fine"}]}, "check status 'fine'")):
+                         ({"ok": True, "checks": [{"name": "x", "status": "fine"}]}, "`status` is 'fine', not one of pass")):
         with pytest.raises(FactsUnreadable, match=problem):
             (VerifyFacts if "ok" in bad else EnvFacts).from_dict(bad)

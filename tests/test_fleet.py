@@ -489,7 +489,9 @@ def test_a_host_without_a_kind_is_failed_in_plain_words_ansible_stores(isolated)
 
 
 def test_a_status_word_the_toolkit_does_not_know_fails_the_host_and_says_the_word():
-    from vllm_provision.fleet.collect import host_status
-    outcome = {"status": "exploded", "detail": "the module's words"}
-    assert host_status(outcome) == HostStatus.FAILED and "'exploded'" in outcome["detail"]
-    assert host_status({"status": "timed out"}) == HostStatus.TIMED_OUT
+    from vllm_provision.fleet.collect import Collector
+    row = fleet_report.HostResult("gpu-a")
+    Collector().end(row, "facts", {"status": "exploded", "detail": "the module's words"})
+    assert row.status == HostStatus.FAILED and "'exploded'" in row.detail
+    Collector().end(row, "facts", {"status": "timed out"})
+    assert row.status == HostStatus.TIMED_OUT

@@ -192,7 +192,7 @@ def test_each_step_row_is_its_latest_run_and_each_run_is_kept_with_its_exit_code
 
     _fake_steps(monkeypatch, {"env": env_ok, "smoke": lambda ctx: StepOutcome(detail="no GPU", status="skipped")})
     assert _task(monkeypatch, ["provision", "--arch", "9.0"]) == 0
-    _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts=VerifyFacts(ok=True, checks=()))})
+    _fake_steps(monkeypatch, {"verify": lambda ctx: StepOutcome(detail="all pass", facts=VerifyFacts(checks=()))})
     assert _task(monkeypatch, ["verify", "--arch", "9.0"]) == 0
     _fake_steps(monkeypatch, {"build": no_cached_build, "_build": "--require-cache"})
     monkeypatch.setenv("VLLMP_ARTIFACTS__CACHES", f"dir:{ws.root.parent / 'wheels'}")   # set, and without the build

@@ -59,16 +59,6 @@ def _module_failure(result: dict) -> dict:
             "hint": None, "exit_code": result.get("rc")}
 
 
-def host_status(outcome: dict) -> HostStatus:
-    """A host's status from an outcome a module or filter sent. A word this toolkit does not know is a failure
-    that says the word, never an exception: Ansible drops a callback's exceptions, and the host's row with it."""
-    try:
-        return HostStatus(outcome.get("status"))
-    except ValueError:
-        outcome["detail"] = f"status {outcome.get('status')!r} (unknown to this toolkit): {outcome.get('detail') or ''}"
-        return HostStatus.FAILED
-
-
 class Collector:
     def __init__(self, echo: Echo | None = None):
         self.echo = echo or (lambda line: None)
@@ -163,7 +153,12 @@ class Collector:
 
     def end(self, row: report.HostResult, phase: str, outcome: dict) -> None:
         row.phase = outcome.get("phase") or phase
-        row.status, row.detail, row.hint = host_status(outcome), outcome.get("detail") or "", outcome.get("hint")
+        row.detail, row.hint = outcome.get("detail") or "", outcome.get("hint")
+        try:
+            row.status = HostStatus(outcome.get("status"))
+        except ValueError:      # a failure that says the word: Ansible drops a callback's exceptions, and the row
+            row.status = HostStatus.FAILED
+            row.detail = f"status {outcome.get('status')!r} (unknown to this toolkit): {row.detail}"
         row.exit_code = outcome.get("exit_code")
         self.echo(f"{row.name} {row.phase} {row.status} ({row.seconds:.1f} s)")
 

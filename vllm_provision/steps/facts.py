@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from vllm_provision.checks import Check, CheckStatus, from_dicts
+from vllm_provision.checks import Check, CheckStatus, from_dicts, summarize, to_json
 from vllm_provision.core.errors import StepFailed
 from vllm_provision.core.words import Word
 
@@ -55,6 +55,17 @@ def _record(data: Any, step: str, what: str) -> Mapping[str, Any]:
 def _optional(data: Mapping[str, Any], name: str, kind: type, step: str) -> Any:
     """The field `name` when it is there and not null, else None."""
     return _field(data, name, kind, step) if data.get(name) is not None else None
+
+
+_Word = TypeVar("_Word", bound=Word)
+
+
+def _word(data: Mapping[str, Any], name: str, kind: type[_Word], step: str) -> _Word:
+    """The field `name` as a member of the closed vocabulary `kind`; a word outside it is refused."""
+    value = _field(data, name, str, step)
+    if value not in {w.value for w in kind}:
+        raise FactsUnreadable(step, f"`{name}` is {value!r}, not one of {', '.join(w.value for w in kind)}")
+    return kind(value)
 
 
 def _records(data: Mapping[str, Any], name: str, step: str) -> list[Mapping[str, Any]]:
@@ -192,26 +203,28 @@ class EnvFacts(StepFacts):
 # ------------------------------------------------------------------------------------------------ verify
 @dataclass(frozen=True)
 class VerifyFacts(StepFacts):
-    """The verify step's facts: its checks, in report order, and whether none failed. `./inv verify` prints
-    them; a failed verify records the same form (StepFailed's facts)."""
+    """The verify step's facts: its checks, in report order (ok: none failed). `./inv verify` prints them; a
+    failed verify records the same form (StepFailed's facts), and so does report.json's verify section."""
     STEP = "verify"
-    ok: bool
     checks: tuple[Check, ...]
 
+    @property
+    def ok(self) -> bool:
+        return summarize(self.checks)[0]
+
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checks": [c.to_dict() for c in self.checks]}
+        return to_json(self.checks)
 
     @classmethod
     def from_dict(cls, data: Any) -> VerifyFacts:
         step = cls.STEP
         data = _record(data, step, "the record")
         checks = _records(data, "checks", step)
+        _field(data, "ok", bool, step)         # part of the record's shape; the checks decide it
         for item in checks:
             _field(item, "name", str, step)
-            if _field(item, "status", str, step) not in {s.value for s in CheckStatus}:
-                raise FactsUnreadable(step, f"check status {item['status']!r} is none of "
-                                            f"{', '.join(s.value for s in CheckStatus)}")
-        return cls(_field(data, "ok", bool, step), tuple(from_dicts(checks)))
+            _word(item, "status", CheckStatus, step)
+        return cls(tuple(from_dicts(checks)))
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -242,13 +255,11 @@ class BuildFacts(StepFacts):
     def from_dict(cls, data: Any) -> BuildFacts:
         step = cls.STEP
         data = _record(data, step, "the record")
-        source = _field(data, "source", str, step)
-        if source not in {s.value for s in BuildSource}:
-            raise FactsUnreadable(step, f"`source` is {source!r}, not one of {', '.join(s.value for s in BuildSource)}")
+        source = _word(data, "source", BuildSource, step)
         typed = {"source", "arch_list", "version", "key", "max_jobs", "timings"}
         # an install from a cache stands for its key: without one it cannot be checked or handed on
-        key = _field(data, "key", str, step) if source == BuildSource.CACHE.value else _optional(data, "key", str, step)
-        return cls(BuildSource(source), _field(data, "arch_list", str, step), _optional(data, "version", str, step),
+        key = _field(data, "key", str, step) if source == BuildSource.CACHE else _optional(data, "key", str, step)
+        return cls(source, _field(data, "arch_list", str, step), _optional(data, "version", str, step),
                    key, _optional(data, "max_jobs", int, step), _optional(data, "timings", str, step),
                    {k: v for k, v in data.items() if k not in typed})
 

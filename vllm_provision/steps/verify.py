@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 from vllm_provision import PROJECT_ROOT, report
 from vllm_provision.artifacts.installed import artifact_checks
-from vllm_provision.checks import Check, CheckStatus, summarize, to_json
+from vllm_provision.checks import Check, CheckStatus
 from vllm_provision.checks.install import (
     IMPORT_VLLM_IN_SMOKE,
     NO_GPU_IMPORT_VLLM,
@@ -162,10 +162,6 @@ def sass(v: Verifying) -> list[Check]:
     return check_sass(found, v.so_files, archs, why)
 
 
-def _import_vllm(python: str, verify: VerifySettings, log: Path) -> envprobe.ImportVllm:
-    return envprobe.import_vllm(python, log, verify.import_timeout)
-
-
 def _imports_vllm_here(ctx: StepContext) -> bool:
     return bool(ctx.facts.gpus) and "smoke" not in ctx.then
 
@@ -175,7 +171,8 @@ def vllm_imports(v: Verifying) -> list[Check]:
         return [NO_GPU_IMPORT_VLLM]
     if not _imports_vllm_here(v.ctx):
         return [IMPORT_VLLM_IN_SMOKE]
-    imported = v.vllm_import.result() if v.vllm_import else _import_vllm(v.info.python, v.ctx.plan.settings.verify, v.ctx.log)
+    imported = (v.vllm_import.result() if v.vllm_import else
+                envprobe.import_vllm(v.info.python, v.ctx.log, v.ctx.plan.settings.verify.import_timeout))
     return [check_import_vllm(imported, v.ctx.log)]
 
 
@@ -191,7 +188,7 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo,
     # verify takes about as long as its slowest check, and report them in CHECKS' order. The slowest,
     # `import vllm` (torch, transformers), needs none of the probed facts: it starts before the probe.
     with ThreadPoolExecutor(max_workers=len(checks) + 1) as pool:
-        early = (pool.submit(_import_vllm, info.python, ctx.plan.settings.verify, ctx.log)
+        early = (pool.submit(envprobe.import_vllm, info.python, ctx.log, ctx.plan.settings.verify.import_timeout)
                  if _imports_vllm_here(ctx) and vllm_imports in checks else None)
         facts = replace(probe_env(ctx, info), vllm_import=early)
         return [c for found in pool.map(lambda check: list(check(facts)), checks) for c in found]
@@ -216,13 +213,12 @@ def run(ctx: StepContext) -> StepOutcome:
     info = ensure_built(ctx)
     started = time.monotonic()
     checks = collect(ctx, info)
-    ok, _ = summarize(checks)
-    section = to_json(checks) | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    found = VerifyFacts(tuple(checks))
+    section = found.to_dict() | {"when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                  "seconds": round(time.monotonic() - started, 2)}
     rep = ctx.workspace.report
     report.merge_section(rep, "host", report.host_section(ctx.facts))
     report.merge_section(rep, "verify", section, release=ctx.plan.release.version, profile=ctx.plan.profile)
-    found = VerifyFacts(ok, tuple(checks))
     failed = [c for c in checks if c.status == CheckStatus.FAIL]
     if failed:
         raise StepFailed(f"verify: {len(failed)} check(s) failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed[:3]),
