@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 # The test suite's real loopback servers and index pages, so the bench and the tests agree.
-from conftest import FaultServer, Route  # noqa: E402
-from test_doctor import closed_port_url, serve_index  # noqa: E402
+from conftest import FaultServer, Route, holding_a_refused_port  # noqa: E402
+from test_doctor import serve_index  # noqa: E402
 
 GOAL_S = 5.0
 REPODATA = json.dumps({"packages": {"python-3.10.12-0.tar.bz2": {"name": "python"}}}).encode()
@@ -39,9 +39,13 @@ def serve(delay: float) -> tuple[FaultServer, str]:
 
 
 def main() -> None:
+    with holding_a_refused_port() as down_port:
+        measure(down_url=f"http://127.0.0.1:{down_port}")
+
+
+def measure(down_url: str) -> None:
     up, up_url = serve(0.0)
     slow, slow_url = serve(10.0)
-    down_url = closed_port_url().removesuffix("/simple")
     tmp = tempfile.mkdtemp(prefix="bench-doctor-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLMP_")}
     env.update({"VLLMP_CACHE_DIR": f"{tmp}/cache", "VLLMP_WORKSPACE_ROOT": f"{tmp}/ws",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
+import socket
 import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -145,6 +148,21 @@ def http_server():
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+@contextlib.contextmanager
+def holding_a_refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound and never listening, so no other
+    server (another xdist worker's) can take it between choosing it and using it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    with holding_a_refused_port() as port:
+        yield port
 
 
 def make_tarball(members: dict[str, bytes], top: str = "vllm-0.0.1", extra: list[tarfile.TarInfo] | None = None) -> bytes:

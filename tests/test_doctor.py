@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -78,14 +77,6 @@ def serve_index(server, *, vllm_files=("vllm-0.2.2.tar.gz",), xformers=True, del
                                               delay=delay))
     server.add("/files/vllm-0.2.2.tar.gz", Route(b"x" * 100))
     return server.url + "/simple"
-
-
-def closed_port_url() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/simple"
 
 
 def make_plan(index_url: str, facts: HostFacts, **extra):
@@ -180,8 +171,8 @@ def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_s
     assert by_name(doctor.run_doctor(default, NO_GPU, timeout=2))["arch-list"].status == "pass"
 
 
-def test_mirror_down_fails_fast_and_redacts_credentials(isolated):
-    url = closed_port_url().replace("http://", "http://alice:s3cret@")
+def test_mirror_down_fails_fast_and_redacts_credentials(isolated, refused_port):
+    url = f"http://127.0.0.1:{refused_port}/simple".replace("http://", "http://alice:s3cret@")
     plan = make_plan(url, NO_GPU)
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     index = by_name(checks)["index"]
@@ -212,7 +203,7 @@ def test_mirror_missing_only_xformers_is_a_warning(isolated, http_server):
     assert c.status == "warn" and "xformers" in c.detail
 
 
-def test_extra_index_and_conda_channel_each_checked(isolated, http_server):
+def test_extra_index_and_conda_channel_each_checked(isolated, http_server, refused_port):
     index = serve_index(http_server)
     repodata = json.dumps({"packages": {"python-3.10.12-h0.tar.bz2": {"name": "python", "version": "3.10.12"}},
                            "packages.conda": {}}).encode()
@@ -220,7 +211,7 @@ def test_extra_index_and_conda_channel_each_checked(isolated, http_server):
     http_server.add("/chan/noarch/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
     http_server.add("/bad/linux-64/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
     plan = make_plan(index, NO_GPU, conda={"channels": [http_server.url + "/chan", http_server.url + "/bad"]},
-                     pypi={"index_url": index, "extra_index_urls": [closed_port_url()]})
+                     pypi={"index_url": index, "extra_index_urls": [f"http://127.0.0.1:{refused_port}/simple"]})
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     idx = [c for c in checks if c.name.startswith("index ")]
     assert [c.status for c in idx] == ["pass", "fail"]
@@ -230,8 +221,8 @@ def test_extra_index_and_conda_channel_each_checked(isolated, http_server):
     assert bad.status == "fail"     # no noarch subdir, no python
 
 
-def test_cached_source_passes_offline(isolated, tmp_path):
-    plan = make_plan(closed_port_url(), NO_GPU, offline=True)
+def test_cached_source_passes_offline(isolated, tmp_path, refused_port):
+    plan = make_plan(f"http://127.0.0.1:{refused_port}/simple", NO_GPU, offline=True)
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     c = by_name(checks)
     assert c["source"].status == "fail" and "--offline" in c["source"].detail
@@ -250,7 +241,7 @@ def test_parsers_on_real_tool_output():
 
 @needs_nvcc
 @pytest.mark.usefixtures("wheel_toolkit")
-def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated):
+def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated, refused_port):
     """One H100 host, one env whose torch is the plan's, CC=gcc CXX=g++-12 (or g++ by another name): every check
     doctor and preflight share comes out the same from both; the host compiler judged is CXX's (the build
     compiles C++ with it)."""
@@ -261,7 +252,7 @@ def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated):
         Path(cxx).symlink_to(shutil.which("g++"))
     environ = {k: v for k, v in os.environ.items() if k != "CUDAHOSTCXX"} | {"CC": "gcc", "CXX": cxx}
     facts = h100_facts()
-    plan = make_plan(closed_port_url(), facts, offline=True, build={"arch_list": "9.0"})
+    plan = make_plan(f"http://127.0.0.1:{refused_port}/simple", facts, offline=True, build={"arch_list": "9.0"})
     _, torch_cuda, _ = doctor.torch_cuda_of_plan(plan, 10)
     plan.workspace.ensure()
     envinfo.save(plan.workspace, envinfo.EnvInfo(backend="venv", prefix="/nonexistent", python="/nonexistent/python",

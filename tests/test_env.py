@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cuda import needs_nvcc, use_wheel_toolkit
-from mirrors import Proxy, conda_channels, free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)  # noqa: F401 (fixtures)
+from mirrors import Proxy, conda_channels, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
 
 from vllm_provision.core import envinfo
 from vllm_provision.envs import mirrors
@@ -85,11 +85,11 @@ def test_venv_from_mirror_installs_the_lock(tmp_path, proxy_factory, wheelhouse,
         == {wheelhouse[n].name for n in ("tinya", "tinyb", "tinyc")}
 
 
-def test_failed_rebuild_keeps_the_previous_env(tmp_path, pypi_mirror, lock):
+def test_failed_rebuild_keeps_the_previous_env(tmp_path, pypi_mirror, refused_port, lock):
     good = make_plan(tmp_path, index_url=pypi_mirror.url, lock=lock)
     assert run_env(good).status == "ok"
     before = envinfo.path(good.workspace).read_text()
-    down = f"http://127.0.0.1:{free_port()}/simple/"
+    down = f"http://127.0.0.1:{refused_port}/simple/"
     result = run_env(make_plan(tmp_path, index_url=down, lock=lock))
     assert result.status == "failed" and result.exit_code == 1
     assert result.detail == f"the package index {down} cannot be used: connection refused (mirror down or wrong URL)"

@@ -56,9 +56,8 @@ def test_channel_without_the_python_says_so(tmp_path, conda_channels):
     assert other.requests == []
 
 
-def test_unreachable_channel_is_one_line(tmp_path):
-    from mirrors import free_port
-    url = f"http://127.0.0.1:{free_port()}/nothing"
+def test_unreachable_channel_is_one_line(tmp_path, refused_port):
+    url = f"http://127.0.0.1:{refused_port}/nothing"
     ctx = make_ctx(tmp_path, [url])
     with pytest.raises(Exception) as err:
         conda.solve_install(ctx, [url], ["tinyconda"], tmp_path / "env", what="test env")

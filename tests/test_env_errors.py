@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import Route
-from mirrors import free_port, proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
+from mirrors import proxy_factory, pypi_mirror, wheelhouse, write_lock  # noqa: F401 (fixtures)
 from test_env import isolated_pip, make_plan, run_env  # noqa: F401 (fixture)
 from test_preflight import fake_nvcc
 
@@ -33,9 +33,10 @@ def shown(result, capsys) -> list[str]:
 
 @pytest.mark.parametrize("installer", ["uv", "pip"])
 @pytest.mark.parametrize("fault", ["closed port", "HTTP 503"])
-def test_a_failing_mirror_is_named_in_the_one_error_line(tmp_path, http_server, lock, capsys, installer, fault):
+def test_a_failing_mirror_is_named_in_the_one_error_line(tmp_path, http_server, refused_port, lock, capsys, installer,
+                                                        fault):
     if fault == "closed port":
-        index = f"http://127.0.0.1:{free_port()}/simple/"
+        index = f"http://127.0.0.1:{refused_port}/simple/"
         reason = "connection refused (mirror down or wrong URL)"
     else:
         for name in ("tinya", "tinyb", "tinyc"):
@@ -93,3 +94,19 @@ def test_an_env_with_a_compiler_goes_ahead(tmp_path, pypi_mirror, lock, monkeypa
         monkeypatch.setenv("CUDA_HOME", str(fake_nvcc(tmp_path / "cuda-12.4", "12.4").parent.parent))
     result = run_env(make_plan(tmp_path, index_url=pypi_mirror.url, lock=lock, cuda=cuda))
     assert result.status == "ok", (result.detail, result.hint)
+
+
+@pytest.mark.parametrize("output, reason", [
+    ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
+     "    tinya from http://127.0.0.1:14013/simple/tinya/tinya-1.0-py3-none-any.whl:\n"
+     "        Expected sha256 ab\n             Got        cd",
+     "hash mismatch against the lock (the mirror serves a different file)"),
+    ("ERROR: No matching distribution found for tinya (from /tmp/pip-req-401abc/r.txt)", "not available on the mirror"),
+    ("ERROR: HTTP error 401 while getting http://127.0.0.1:8080/simple/tinya/", "authentication failed "
+     "(check the credentials in the URL or ~/.netrc)"),
+    ("error: HTTP status client error (403 Forbidden) for url (http://127.0.0.1:8080/simple/tinya/)",
+     "authentication failed (check the credentials in the URL or ~/.netrc)"),
+])
+def test_a_401_inside_a_port_or_a_path_is_not_read_as_a_login_failure(output, reason):
+    from vllm_provision.envs.common import diagnose_install
+    assert diagnose_install(output).reason == reason

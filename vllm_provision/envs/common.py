@@ -66,6 +66,9 @@ _PKG_PATTERNS = (
     re.compile(r"/packages/[^\s]*/([A-Za-z0-9_.]+?)-\d[^/\s]*\.(?:whl|tar\.gz)"),
 )
 # uv: "HTTP status server error (503 Service Unavailable)"; pip: "503 Server Error"; probe_index: "HTTP 503"
+# 401/403 as a status code, not inside a port, a path or a temp dir's random name (a mirror on :14013 whose file
+# fails its hash is a hash mismatch, not a login problem)
+_AUTH_ERROR = re.compile(r"(?<![\w:/.-])40[13](?![\w:/.-])")
 _SERVER_ERROR = re.compile(r"(?:server error \(|\bHTTP )(5\d\d)\b|\b(5\d\d) Server Error")
 REFUSED = "connection refused (mirror down or wrong URL)"
 TIMED_OUT = "timed out (raise pypi.timeout for a slow mirror)"
@@ -100,7 +103,7 @@ def diagnose_install(output: str) -> InstallFailure:
         return InstallFailure(pkg, "unknown host (check the mirror URL)", True)
     if output.startswith("unreachable ("):   # mirrors.probe_index: the index could not be read at all
         return InstallFailure(pkg, output, True)
-    if "401" in output or "unauthorized" in low or "403" in output:
+    if _AUTH_ERROR.search(output) or "unauthorized" in low or "forbidden" in low:
         reason = "authentication failed (check the credentials in the URL or ~/.netrc)"
     elif "hash" in low and ("mismatch" in low or "do not match" in low or "doesn't match" in low):
         reason = "hash mismatch against the lock (the mirror serves a different file)"
