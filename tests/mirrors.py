@@ -32,12 +32,6 @@ TINY = {  # name -> (version, install_requires)
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(url: str, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -84,14 +78,36 @@ def write_lock(path: Path, wheels: dict[str, Path], names=("tinya", "tinyb", "ti
     return path
 
 
+_SERVE_PYPISERVER = """
+import os, pathlib, socket, sys
+import pypiserver, waitress
+listening = socket.socket(fileno=int(sys.argv[1]))
+password = os.environ.get("PYPISERVER_TEST_PASSWORD")
+if password:
+    auth = dict(authenticate=["update", "download", "list"], password_file=None,
+                auther=lambda user, given: (user, given) == ("ci", password))
+else:
+    auth = dict(authenticate=[], password_file=".")
+waitress.serve(pypiserver.app(roots=[pathlib.Path(sys.argv[2])], **auth), sockets=[listening], _quiet=True)
+"""
+
+
 class Pypiserver:
-    def __init__(self, root: Path):
-        self.port = free_port()
+    """A real pypiserver (its WSGI app, served by waitress) in a child process. The port is bound and listening
+    here before the child starts and handed to it, so two servers (two xdist workers) never race for one port.
+    With `password`, it asks for ci/password to list, download and upload."""
+
+    def __init__(self, root: Path, password: str | None = None):
+        with socket.socket() as listening:
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(128)
+            self.port = listening.getsockname()[1]
+            env = dict(os.environ, PYPISERVER_TEST_PASSWORD=password or "")
+            self.proc = subprocess.Popen([sys.executable, "-c", _SERVE_PYPISERVER, str(listening.fileno()), str(root)],
+                                         pass_fds=[listening.fileno()], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}/simple/"
-        self.proc = subprocess.Popen([sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p",
-                                      str(self.port), "-a", ".", "-P", ".", str(root)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.url)
+        wait_for(f"http://127.0.0.1:{self.port}/health")
 
     def stop(self) -> None:
         self.proc.terminate()

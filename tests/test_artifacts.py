@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cuda import LINK, NVCC, needs_nvcc
-from mirrors import free_port, wait_for
+from mirrors import Pypiserver
 from uv import find_uv_bin
 
 from vllm_provision.artifacts import cache, install, installed
@@ -223,27 +223,19 @@ def test_installs_from_a_static_tree_on_disk_and_served(tiny_wheel, static_serve
 
 
 class AuthPypiserver:
-    """pypiserver (its WSGI app, served by waitress) that asks for ci/PASSWORD to list, download and upload."""
+    """The test pypiserver asking for ci/PASSWORD to list, download and upload."""
 
     PASSWORD = "s3cret-upload-token"
 
     def __init__(self, root: Path):
-        self.port = free_port()
-        code = textwrap.dedent(f'''
-            import pathlib, pypiserver, waitress
-            app = pypiserver.app(roots=[pathlib.Path({str(root)!r})], authenticate=["update", "download", "list"],
-                                 password_file=None, auther=lambda u, p: (u, p) == ("ci", {self.PASSWORD!r}))
-            waitress.serve(app, host="127.0.0.1", port={self.port}, _quiet=True)
-        ''')
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(f"http://127.0.0.1:{self.port}/health")
+        self.server = Pypiserver(root, password=self.PASSWORD)
+        self.port = self.server.port
 
     def url(self, password: str | None = None) -> str:
         return f"http://ci:{password or self.PASSWORD}@127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.server.stop()
 
 
 @pytest.fixture
