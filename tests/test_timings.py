@@ -95,7 +95,9 @@ def test_the_build_step_counts_and_places_the_units_of_its_ninja_dirs(tmp_path):
     assert units_done(tmp_root(src)) == 2
     units = _unit_times(src, [{"name": "vllm.ext"}], started_at)
     slow = next(u for u in units if u["unit"] == "csrc/slow.cu")
-    assert 0.2 < slow["start"] < 1.5 and 0.5 < slow["end"] - slow["start"] < 1.5    # on the compile's clock
+    # on the compile's clock: started after the 0.3 s pause, lasted the rule's 0.6 s sleep (upper bounds loose
+    # for a busy CI host; they catch a unit placed on the wrong clock, which is off by hours)
+    assert 0.2 < slow["start"] < 30 and 0.5 < slow["end"] - slow["start"] < 30
     placed, recorded = timings.units_from_facts(units)
     assert recorded and {u.group for u in placed} == {"vllm.ext"}
 
