@@ -79,6 +79,11 @@ def serve_index(server, *, vllm_files=("vllm-0.2.2.tar.gz",), xformers=True, del
     return server.url + "/simple"
 
 
+def down_index(port: int, userinfo: str = "") -> str:
+    """An index URL on a port that refuses connections (the `refused_port` fixture's)."""
+    return f"http://{userinfo}127.0.0.1:{port}/simple"
+
+
 def make_plan(index_url: str, facts: HostFacts, **extra):
     cli = {"pypi": {"index_url": index_url}, "fetch": {"github": False}, **extra}
     return build_plan(cli, facts=facts)
@@ -172,7 +177,7 @@ def test_release_default_archs_include_one_nvcc_13_cannot_build(isolated, http_s
 
 
 def test_mirror_down_fails_fast_and_redacts_credentials(isolated, refused_port):
-    url = f"http://127.0.0.1:{refused_port}/simple".replace("http://", "http://alice:s3cret@")
+    url = down_index(refused_port, userinfo="alice:s3cret@")
     plan = make_plan(url, NO_GPU)
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     index = by_name(checks)["index"]
@@ -211,7 +216,7 @@ def test_extra_index_and_conda_channel_each_checked(isolated, http_server, refus
     http_server.add("/chan/noarch/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
     http_server.add("/bad/linux-64/repodata.json", Route(b'{"packages": {}}', content_type="application/json"))
     plan = make_plan(index, NO_GPU, conda={"channels": [http_server.url + "/chan", http_server.url + "/bad"]},
-                     pypi={"index_url": index, "extra_index_urls": [f"http://127.0.0.1:{refused_port}/simple"]})
+                     pypi={"index_url": index, "extra_index_urls": [down_index(refused_port)]})
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     idx = [c for c in checks if c.name.startswith("index ")]
     assert [c.status for c in idx] == ["pass", "fail"]
@@ -222,7 +227,7 @@ def test_extra_index_and_conda_channel_each_checked(isolated, http_server, refus
 
 
 def test_cached_source_passes_offline(isolated, tmp_path, refused_port):
-    plan = make_plan(f"http://127.0.0.1:{refused_port}/simple", NO_GPU, offline=True)
+    plan = make_plan(down_index(refused_port), NO_GPU, offline=True)
     checks = doctor.run_doctor(plan, NO_GPU, timeout=1)
     c = by_name(checks)
     assert c["source"].status == "fail" and "--offline" in c["source"].detail
@@ -252,7 +257,7 @@ def test_doctor_and_preflight_give_the_same_answer_on_the_same_facts(isolated, r
         Path(cxx).symlink_to(shutil.which("g++"))
     environ = {k: v for k, v in os.environ.items() if k != "CUDAHOSTCXX"} | {"CC": "gcc", "CXX": cxx}
     facts = h100_facts()
-    plan = make_plan(f"http://127.0.0.1:{refused_port}/simple", facts, offline=True, build={"arch_list": "9.0"})
+    plan = make_plan(down_index(refused_port), facts, offline=True, build={"arch_list": "9.0"})
     _, torch_cuda, _ = doctor.torch_cuda_of_plan(plan, 10)
     plan.workspace.ensure()
     envinfo.save(plan.workspace, envinfo.EnvInfo(backend="venv", prefix="/nonexistent", python="/nonexistent/python",

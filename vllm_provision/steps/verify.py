@@ -162,6 +162,10 @@ def sass(v: Verifying) -> list[Check]:
     return check_sass(found, v.so_files, archs, why)
 
 
+def _import_vllm(ctx: StepContext, python: str) -> envprobe.ImportVllm:
+    return envprobe.import_vllm(python, ctx.log, ctx.plan.settings.verify.import_timeout)
+
+
 def _imports_vllm_here(ctx: StepContext) -> bool:
     return bool(ctx.facts.gpus) and "smoke" not in ctx.then
 
@@ -171,8 +175,7 @@ def vllm_imports(v: Verifying) -> list[Check]:
         return [NO_GPU_IMPORT_VLLM]
     if not _imports_vllm_here(v.ctx):
         return [IMPORT_VLLM_IN_SMOKE]
-    imported = (v.vllm_import.result() if v.vllm_import else
-                envprobe.import_vllm(v.info.python, v.ctx.log, v.ctx.plan.settings.verify.import_timeout))
+    imported = v.vllm_import.result() if v.vllm_import else _import_vllm(v.ctx, v.info.python)
     return [check_import_vllm(imported, v.ctx.log)]
 
 
@@ -188,8 +191,7 @@ def collect(ctx: StepContext, info: envinfo.EnvInfo,
     # verify takes about as long as its slowest check, and report them in CHECKS' order. The slowest,
     # `import vllm` (torch, transformers), needs none of the probed facts: it starts before the probe.
     with ThreadPoolExecutor(max_workers=len(checks) + 1) as pool:
-        early = (pool.submit(envprobe.import_vllm, info.python, ctx.log, ctx.plan.settings.verify.import_timeout)
-                 if _imports_vllm_here(ctx) and vllm_imports in checks else None)
+        early = pool.submit(_import_vllm, ctx, info.python) if _imports_vllm_here(ctx) and vllm_imports in checks else None
         facts = replace(probe_env(ctx, info), vllm_import=early)
         return [c for found in pool.map(lambda check: list(check(facts)), checks) for c in found]
 
